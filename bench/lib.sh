@@ -1,0 +1,34 @@
+# Helpers for benchmarks. Each bench/<name>.sh defines bench_<name>, which prints its own lines
+# through `report`.
+
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+
+# bench_db NAME: a fresh database with custos installed.
+bench_db() {
+  cpsql -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+  cpsql -d "$1" -c "CREATE EXTENSION custos CASCADE" >/dev/null 2>&1
+}
+
+# pgbench_tps DB USER CLIENTS SCRIPT_FILE [extra pgbench args]: transactions per second.
+pgbench_tps() {
+  local db=$1 user=$2 clients=$3 script=$4; shift 4
+  pgbench -n -U "$user" -c "$clients" -j "$clients" -T "$BENCH_SECONDS" -f "$script" "$@" "$db" 2>&1 \
+    | awk '/^tps = / {printf "%.0f", $3; found=1} END {if (!found) exit 1}'
+}
+
+# time_sql DB SQL: wall milliseconds of one statement, measured by the server's clock.
+time_sql() {
+  cpsql -d "$1" -At -c "DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN EXECUTE \$q\$$2\$q\$;
+    RAISE NOTICE '%', round(extract(epoch FROM clock_timestamp() - t0) * 1000, 2); END \$\$" 2>&1 \
+    | sed -n 's/^NOTICE: *//p'
+}
+
+# report LABEL VALUE UNIT [BASELINE_LABEL BASELINE_VALUE]: one line, with the ratio if a baseline is given.
+report() {
+  if [ $# -ge 5 ]; then
+    awk -v l="$1" -v v="$2" -v u="$3" -v bl="$4" -v bv="$5" \
+      'BEGIN {printf "  %-58s %12s %-8s  %.2fx %s (%s)\n", l, v, u, (bv > 0 ? v / bv : 0), bl, bv}'
+  else
+    printf '  %-58s %12s %s\n' "$1" "$2" "$3"
+  fi
+}

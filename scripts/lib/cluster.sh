@@ -1,0 +1,54 @@
+# Throwaway PostgreSQL 15 clusters for the demo, the integration tests and the benchmarks.
+# Source this file, then `cluster_start [extra postgresql.conf lines...]`; the cluster listens only
+# on a Unix socket in its own directory (no TCP port to collide with), and is stopped and removed
+# when the calling script exits.
+PG_BIN=/usr/lib/postgresql/15/bin
+
+cluster_start() {
+  CLUSTER_DIR=$(mktemp -d /tmp/custos-cluster-XXXXXX)
+  chown postgres: "$CLUSTER_DIR"
+  chmod 700 "$CLUSTER_DIR"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres --auth=trust \
+    -E UTF8 --locale=C.UTF-8 >"$CLUSTER_DIR/initdb.log" 2>&1 \
+    || { cat "$CLUSTER_DIR/initdb.log" >&2; return 1; }
+  {
+    echo "listen_addresses = ''"
+    echo "unix_socket_directories = '$CLUSTER_DIR'"
+    echo "port = 5432"
+    echo "max_connections = 100"
+    echo "shared_buffers = 512MB"
+    echo "fsync = on"
+    for line in "$@"; do echo "$line"; done
+  } >>"$CLUSTER_DIR/data/postgresql.conf"
+  trap cluster_stop EXIT
+  # RUST_BACKTRACE would add backtraces to error DETAILs.
+  env -u RUST_BACKTRACE runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" \
+    -l "$CLUSTER_DIR/server.log" -w start >/dev/null \
+    || { cat "$CLUSTER_DIR/server.log" >&2; return 1; }
+  export PGHOST="$CLUSTER_DIR" PGPORT=5432 PGUSER=postgres
+}
+
+cluster_restart() {
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w restart -m fast >/dev/null
+}
+
+cluster_stop() {
+  [ -n "${CLUSTER_DIR:-}" ] || return 0
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$CLUSTER_DIR"
+  CLUSTER_DIR=
+}
+
+# psql with the settings every script wants: stop at the first error, quiet, no psqlrc.
+cpsql() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# Builds and installs the extension into PostgreSQL 15. PROFILE=release for the demo and benchmarks.
+install_extension() {
+  local profile_flag=()
+  [ "${PROFILE:-debug}" = release ] && profile_flag=(--release)
+  local log
+  log=$(mktemp)
+  (cd "$ROOT" && cargo pgrx install "${profile_flag[@]}" --pg-config /usr/lib/postgresql/15/bin/pg_config >"$log" 2>&1) \
+    || { cat "$log" >&2; rm -f "$log"; return 1; }
+  rm -f "$log"
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up what is missing, then runs every test: formatting and lints, unit and property tests,
+# in-database #[pg_test]s, and integration tests against a live server.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PGRX_HOME="$ROOT/pgrx-config" PATH="$HOME/.cargo/bin:$PATH"
+unset RUST_BACKTRACE
+bash "$ROOT/scripts/setup.sh"
+source "$ROOT/scripts/lib/cluster.sh"
+cd "$ROOT"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "rustfmt"
+cargo fmt --check
+(cd tests/integration && cargo fmt --check)
+
+step "clippy (-D warnings)"
+cargo clippy --quiet --features "pg15 pg_test" --tests -- -D warnings
+
+step "unit, property and in-database tests (cargo pgrx test)"
+PGRX_TEST_DATA=$(mktemp -d /tmp/custos-pgtest-XXXXXX)
+chown postgres: "$PGRX_TEST_DATA"
+trap 'rm -rf "$PGRX_TEST_DATA"' EXIT
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA/data"
+rm -rf "$PGRX_TEST_DATA"
+
+step "integration tests against a live server"
+install_extension
+cluster_start
+CUSTOS_TEST_HOST="$PGHOST" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=4

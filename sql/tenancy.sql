@@ -1,0 +1,278 @@
+-- Tenancy: isolation helpers, coverage report and per-tenant settings.
+
+COMMENT ON FUNCTION @extschema@.current_tenant() IS
+'The tenant of the current request: the value of custos.set_tenant() in this transaction, else the tenant_id claim of request.jwt.claims (as PostgREST sets it). NULL when neither holds a valid UUID, so tenant-isolated tables show no rows.';
+COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
+'Sets the tenant for the rest of the current transaction (NULL clears it) and returns it. For application servers that connect directly; PostgREST requests carry the tenant in their JWT instead.';
+REVOKE EXECUTE ON FUNCTION @extschema@.set_tenant(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_tenant(uuid) TO custos_reader;
+
+------------------------------------------------------------------------------------------------
+-- Row-level security helpers
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.enable_tenant_isolation(tbl regclass, col name DEFAULT 'tenant_id')
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    col_type regtype;
+    kind "char";
+BEGIN
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION USING ERRCODE = '42809',
+            MESSAGE = format('%s is not a table', tbl),
+            HINT = 'row-level security applies to ordinary and partitioned tables only';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42703',
+            MESSAGE = format('column %I does not exist in table %s', col, tbl),
+            HINT = 'pass the name of the tenant column as the second argument';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION USING ERRCODE = '42804',
+            MESSAGE = format('tenant column %I of %s has type %s, not uuid', col, tbl, col_type);
+    END IF;
+
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    -- FORCE: the table owner is filtered too (superusers and BYPASSRLS roles never are).
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('DROP POLICY IF EXISTS custos_tenant_access ON %s', tbl);
+    EXECUTE format('DROP POLICY IF EXISTS custos_tenant_isolation ON %s', tbl);
+    -- The permissive policy grants a tenant its rows; the restrictive one makes sure no other
+    -- permissive policy a user adds later can widen access beyond the tenant.
+    -- (select ...) runs once per query as an InitPlan, so an index on the column is usable.
+    EXECUTE format($p$CREATE POLICY custos_tenant_access ON %s AS PERMISSIVE FOR ALL
+                      USING (%I = (SELECT @extschema@.current_tenant()))
+                      WITH CHECK (%I = (SELECT @extschema@.current_tenant()))$p$, tbl, col, col);
+    EXECUTE format($p$CREATE POLICY custos_tenant_isolation ON %s AS RESTRICTIVE FOR ALL
+                      USING (%I = (SELECT @extschema@.current_tenant()))
+                      WITH CHECK (%I = (SELECT @extschema@.current_tenant()))$p$, tbl, col, col);
+    RETURN format('%s isolated by %I', tbl, col);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.enable_tenant_isolation(regclass, name) IS
+'Enables and forces row-level security on a table, with policies that show and accept only rows whose tenant column equals custos.current_tenant(). Idempotent. The caller must own the table.';
+
+CREATE FUNCTION @extschema@.rls_coverage()
+RETURNS TABLE (table_name regclass, tenant_column name, rls_enabled boolean, rls_forced boolean,
+               has_isolation_policy boolean, problem text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH candidates AS (
+        SELECT c.oid, a.attname,
+               c.relrowsecurity, c.relforcerowsecurity,
+               EXISTS (SELECT 1 FROM pg_policy p
+                        WHERE p.polrelid = c.oid AND p.polname = 'custos_tenant_isolation'
+                          AND NOT p.polpermissive) AS has_policy
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p')
+           AND NOT c.relispartition
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg\_toast%'
+           AND a.attname = 'tenant_id'
+    )
+    SELECT oid::regclass, attname, relrowsecurity, relforcerowsecurity, has_policy,
+           CASE WHEN NOT relrowsecurity THEN 'row-level security is disabled'
+                WHEN NOT relforcerowsecurity THEN 'row-level security is not forced: the owner sees every tenant'
+                ELSE 'no custos tenant isolation policy' END
+      FROM candidates
+     WHERE NOT (relrowsecurity AND relforcerowsecurity AND has_policy)
+     ORDER BY oid::regclass::text
+$fn$;
+COMMENT ON FUNCTION @extschema@.rls_coverage() IS
+'Tables with a tenant_id column that are not isolated by custos (RLS disabled, not forced, or without the isolation policy), with what is missing. Empty when every such table is covered.';
+
+------------------------------------------------------------------------------------------------
+-- Settings: extension-wide definitions with defaults, per-tenant overrides
+------------------------------------------------------------------------------------------------
+CREATE TABLE @extschema@.setting_definitions (
+    key            text PRIMARY KEY,
+    value_type     text NOT NULL CHECK (value_type IN ('integer', 'number', 'boolean', 'text')),
+    default_value  jsonb NOT NULL,
+    min_value      numeric,
+    max_value      numeric,
+    allowed_values text[],
+    description    text NOT NULL
+);
+COMMENT ON TABLE @extschema@.setting_definitions IS
+'Every setting custos knows, with its type, allowed range and extension-wide default. Each capability adds its own rows.';
+
+CREATE TABLE @extschema@.tenant_settings (
+    tenant_id  uuid NOT NULL DEFAULT @extschema@.current_tenant(),
+    key        text NOT NULL REFERENCES @extschema@.setting_definitions (key),
+    value      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    updated_by text NOT NULL DEFAULT current_user,
+    PRIMARY KEY (tenant_id, key)
+);
+COMMENT ON TABLE @extschema@.tenant_settings IS
+'Per-tenant overrides of custos.setting_definitions. Tenant-isolated; values are validated on write.';
+SELECT @extschema@.enable_tenant_isolation('@extschema@.tenant_settings');
+
+CREATE FUNCTION @extschema@.validate_setting(key text, value jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    def @extschema@.setting_definitions;
+    actual text := jsonb_typeof(value);
+    num numeric;
+BEGIN
+    SELECT * INTO def FROM @extschema@.setting_definitions d WHERE d.key = validate_setting.key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('unknown setting "%s"', key),
+            HINT = format('known settings: %s',
+                          (SELECT string_agg(d.key, ', ' ORDER BY d.key) FROM @extschema@.setting_definitions d));
+    END IF;
+    IF value IS NULL OR actual = 'null' THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('setting "%s" cannot be null', key),
+            HINT = 'use custos.reset_setting(key) to go back to the default';
+    END IF;
+    IF def.value_type IN ('integer', 'number') THEN
+        IF actual <> 'number' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" takes %s %s, not %s', key,
+                                 CASE def.value_type WHEN 'integer' THEN 'an' ELSE 'a' END, def.value_type, actual),
+                HINT = format('for example: %s', def.default_value);
+        END IF;
+        num := value::text::numeric;
+        IF def.value_type = 'integer' AND num <> trunc(num) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" takes a whole number, not %s', key, num);
+        END IF;
+        IF num < def.min_value OR num > def.max_value THEN
+            RAISE EXCEPTION USING ERRCODE = '22003',
+                MESSAGE = format('setting "%s" must be between %s and %s, not %s', key, def.min_value, def.max_value, num);
+        END IF;
+    ELSIF def.value_type = 'boolean' AND actual <> 'boolean' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('setting "%s" takes true or false, not %s', key, actual);
+    ELSIF def.value_type = 'text' THEN
+        IF actual <> 'string' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" takes a string, not %s', key, actual);
+        END IF;
+        IF def.allowed_values IS NOT NULL AND NOT (value #>> '{}') = ANY (def.allowed_values) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" cannot be %s', key, value),
+                HINT = format('allowed values: %s', array_to_string(def.allowed_values, ', '));
+        END IF;
+    END IF;
+    RETURN value;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.validate_setting(text, jsonb) IS
+'Returns the value if it is valid for the setting; otherwise raises an error naming what is wrong (unknown key, wrong type, out of range).';
+
+CREATE FUNCTION @extschema@.tenant_settings_validate() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    NEW.value := @extschema@.validate_setting(NEW.key, NEW.value);
+    NEW.updated_at := now();
+    NEW.updated_by := current_user;
+    RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER validate BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.tenant_settings_validate();
+
+CREATE FUNCTION @extschema@.setting(key text)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result jsonb;
+BEGIN
+    SELECT coalesce(
+             (SELECT s.value FROM @extschema@.tenant_settings s
+               WHERE s.tenant_id = @extschema@.current_tenant() AND s.key = setting.key),
+             d.default_value)
+      INTO result
+      FROM @extschema@.setting_definitions d
+     WHERE d.key = setting.key;
+    IF NOT FOUND THEN
+        PERFORM @extschema@.validate_setting(key, 'null');  -- raises "unknown setting" with the list
+    END IF;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.setting(text) IS
+'Effective value of a setting for the current tenant: its override if it has one, else the default. Unknown keys raise an error listing the known ones.';
+
+CREATE FUNCTION @extschema@.settings()
+RETURNS TABLE (key text, value jsonb, source text, value_type text, description text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT d.key, coalesce(s.value, d.default_value),
+           CASE WHEN s.value IS NULL THEN 'default' ELSE 'tenant' END,
+           d.value_type, d.description
+      FROM @extschema@.setting_definitions d
+      LEFT JOIN @extschema@.tenant_settings s
+        ON s.key = d.key AND s.tenant_id = @extschema@.current_tenant()
+     ORDER BY d.key
+$fn$;
+COMMENT ON FUNCTION @extschema@.settings() IS
+'Every setting with its effective value for the current tenant and where that value comes from (tenant or default).';
+
+CREATE FUNCTION @extschema@.set_setting(key text, value jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.current_tenant();
+BEGIN
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'no tenant is set',
+            HINT = 'call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim';
+    END IF;
+    INSERT INTO @extschema@.tenant_settings AS s (tenant_id, key, value)
+    VALUES (tenant, set_setting.key, set_setting.value)
+    ON CONFLICT ON CONSTRAINT tenant_settings_pkey DO UPDATE SET value = excluded.value;
+    RETURN @extschema@.setting(key);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.set_setting(text, jsonb) IS
+'Overrides a setting for the current tenant after validating the value; returns the effective value.';
+
+CREATE FUNCTION @extschema@.reset_setting(key text)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.setting(key);  -- unknown keys raise
+    DELETE FROM @extschema@.tenant_settings s
+     WHERE s.tenant_id = @extschema@.current_tenant() AND s.key = reset_setting.key;
+    RETURN @extschema@.setting(key);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.reset_setting(text) IS
+'Removes the current tenant''s override of a setting; returns the default now in effect.';
+
+INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
+    ('dormant.threshold_days', 'integer', '30', 1, 3650,
+     'Days without activity after which an identity counts as dormant.');
+
+GRANT SELECT ON @extschema@.setting_definitions TO PUBLIC;
+-- Row-level security decides which rows: without a tenant, none.
+GRANT SELECT ON @extschema@.tenant_settings TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.tenant_settings TO custos_admin;
+REVOKE EXECUTE ON FUNCTION @extschema@.set_setting(text, jsonb), @extschema@.reset_setting(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_setting(text, jsonb), @extschema@.reset_setting(text) TO custos_admin;
+REVOKE EXECUTE ON FUNCTION @extschema@.enable_tenant_isolation(regclass, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.enable_tenant_isolation(regclass, name) TO custos_admin;

@@ -1,0 +1,40 @@
+//! custos: a tamper-evident audit ledger and identity-risk toolkit that lives inside PostgreSQL.
+//!
+//! One module per capability; each owns its SQL file under `sql/` (pulled in below in dependency
+//! order) and keeps its logic in plain Rust functions that are tested without a database.
+
+use pgrx::prelude::*;
+
+pub mod error;
+pub mod gucs;
+pub mod ledger;
+pub mod tenancy;
+
+::pgrx::pg_module_magic!();
+
+// SQL objects, in the order they depend on each other. `bootstrap` creates what the generated
+// function definitions need (roles), `finalize` runs after every Rust function exists.
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/tenancy.sql",
+    name = "tenancy",
+    requires = [tenancy::current_tenant, tenancy::set_tenant]
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+pub mod testing;

@@ -1,0 +1,79 @@
+//! Helpers for the integration tests: fresh databases with custos, connections as any role, and
+//! the exact per-request protocol PostgREST speaks.
+
+use postgres::{Client, IsolationLevel, NoTls, Row};
+
+fn host() -> String {
+    std::env::var("CUSTOS_TEST_HOST").expect(
+        "CUSTOS_TEST_HOST must name the server's socket directory (scripts/test.sh sets it)",
+    )
+}
+
+/// Connects to `db` as `user` (trust authentication on the throwaway cluster).
+pub fn connect(db: &str, user: &str) -> Client {
+    let port = std::env::var("CUSTOS_TEST_PORT").unwrap_or_else(|_| "5432".into());
+    Client::connect(
+        &format!("host={} port={port} dbname={db} user={user}", host()),
+        NoTls,
+    )
+    .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
+}
+
+/// Creates a new database named `it_<name>` with custos installed and returns a superuser client.
+pub fn fresh_db(name: &str) -> (String, Client) {
+    let db = format!("it_{name}");
+    let mut admin = connect("postgres", "postgres");
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .unwrap();
+    let mut client = connect(&db, "postgres");
+    client
+        .batch_execute("CREATE EXTENSION custos CASCADE")
+        .unwrap();
+    (db, client)
+}
+
+/// Creates a role unless it exists (roles are cluster-wide and tests run in parallel).
+pub fn ensure_role(client: &mut Client, role: &str, options: &str) {
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} {options}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ))
+        .unwrap();
+}
+
+/// One PostgREST request: a transaction that sets the role and the JWT claims with
+/// `set_config(..., true)`, then runs the request's query, as PostgREST does per HTTP request.
+pub fn postgrest_request(
+    client: &mut Client,
+    role: &str,
+    claims: &serde_json::Value,
+    method: &str,
+    path: &str,
+    sql: &str,
+) -> Result<Vec<Row>, postgres::Error> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .read_only(method == "GET")
+        .start()?;
+    tx.query(
+        "SELECT set_config('search_path', $1, true), set_config('role', $2, true), \
+                set_config('request.jwt.claims', $3, true), set_config('request.method', $4, true), \
+                set_config('request.path', $5, true), set_config('request.headers', '{}', true)",
+        &[&"custos, public", &role, &claims.to_string(), &method, &path],
+    )?;
+    let rows = tx.query(sql, &[])?;
+    tx.commit()?;
+    Ok(rows)
+}
+
+/// The SQLSTATE of a failed statement, for asserting on error codes.
+pub fn sqlstate(err: &postgres::Error) -> String {
+    err.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no sqlstate: {err}"))
+}
