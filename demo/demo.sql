@@ -1,10 +1,11 @@
 -- The custos demo: three tenants of a SaaS product sharing one database.
 \set QUIET on
+\set VERBOSITY terse
 \pset footer off
 SET client_min_messages = warning;
 CREATE EXTENSION custos CASCADE;
 
-\echo '== custos' :VERSION_NAME
+\echo '== custos demo: three tenants of one SaaS database'
 SELECT extname, extversion FROM pg_extension WHERE extname IN ('custos', 'vector') ORDER BY 1;
 
 -- Tenants and an application table that predates custos.

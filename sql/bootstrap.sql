@@ -12,13 +12,34 @@ BEGIN
                 NULL;  -- created meanwhile by CREATE EXTENSION in another database
             END;
         END IF;
-        EXECUTE format('ALTER ROLE %I NOBYPASSRLS', r);
+        -- Only when needed: concurrent installs would otherwise update the same catalog row.
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r AND rolbypassrls) THEN
+            EXECUTE format('ALTER ROLE %I NOBYPASSRLS', r);
+        END IF;
     END LOOP;
 END
 $$;
 
--- custos_writer and custos_auditor can do what custos_reader can; custos_admin can do everything.
-GRANT custos_reader TO custos_writer, custos_auditor, custos_exporter;
-GRANT custos_writer, custos_auditor, custos_exporter TO custos_admin;
+-- custos_writer, custos_auditor and custos_exporter can do what custos_reader can; custos_admin
+-- can do everything. Granted only where missing, tolerating a concurrent install doing the same.
+DO $$
+DECLARE
+    m record;
+BEGIN
+    FOR m IN SELECT * FROM (VALUES ('custos_reader', 'custos_writer'), ('custos_reader', 'custos_auditor'),
+                                   ('custos_reader', 'custos_exporter'), ('custos_writer', 'custos_admin'),
+                                   ('custos_auditor', 'custos_admin'), ('custos_exporter', 'custos_admin')) AS v(role, member)
+    LOOP
+        CONTINUE WHEN pg_catalog.pg_has_role(m.member, m.role, 'MEMBER');
+        BEGIN
+            EXECUTE format('GRANT %I TO %I', m.role, m.member);
+        EXCEPTION WHEN unique_violation OR internal_error THEN
+            IF NOT pg_catalog.pg_has_role(m.member, m.role, 'MEMBER') THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+END
+$$;
 
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;

@@ -12,6 +12,20 @@ pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static JWT_TENANT_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"tenant_id"));
 
+/// The application user behind the current transaction, recorded as `actor` on ledger events.
+pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Largest canonical `details` document an event may carry, in bytes.
+pub static MAX_DETAILS_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
+/// Ed25519 signing key for checkpoints: 32-byte seed as hex or base64. Superuser-only, hidden.
+pub static CHECKPOINT_SIGNING_KEY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
+/// File holding the signing key, for deployments that keep secrets out of postgresql.conf.
+pub static CHECKPOINT_KEY_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"custos.tenant_id",
@@ -29,6 +43,41 @@ Only superusers may SET it directly; everyone else calls custos.set_tenant(uuid)
         &JWT_TENANT_CLAIM,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"custos.actor",
+        c"Application user recorded as the actor of ledger events (set with custos.set_actor).",
+        c"Transaction-local when set by custos.set_actor. When empty, the sub claim of \
+request.jwt.claims is used, then the database role.",
+        &ACTOR,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.max_details_bytes",
+        c"Largest details document of a ledger event, in bytes (canonical JSON).",
+        c"Default 1048576 (1 MiB), range 1024 to 268435456. Larger events are refused with SQLSTATE 54000.",
+        &MAX_DETAILS_BYTES,
+        1024,
+        256 * 1024 * 1024,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"custos.checkpoint_signing_key",
+        c"Ed25519 key that signs ledger checkpoints (32-byte seed, hex or base64).",
+        c"Superuser-only and hidden from SHOW ALL and pg_settings. Alternatively custos.checkpoint_key_file.",
+        &CHECKPOINT_SIGNING_KEY,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.checkpoint_key_file",
+        c"File holding the Ed25519 checkpoint signing key (32-byte seed, hex or base64).",
+        c"Read by the server process when a checkpoint is signed; used when custos.checkpoint_signing_key is empty.",
+        &CHECKPOINT_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
     );
     // SAFETY: called from _PG_init on the backend thread; the prefix is a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"custos".as_ptr()) };

@@ -20,10 +20,23 @@ extension_sql_file!(
     name = "tenancy",
     requires = [tenancy::current_tenant, tenancy::set_tenant]
 );
+extension_sql_file!(
+    "../sql/ledger.sql",
+    name = "ledger",
+    requires = [
+        "tenancy",
+        ledger::trigger::events_chain,
+        ledger::api::verify_chain,
+        ledger::api::checkpoint,
+        ledger::api::verify_checkpoint,
+        ledger::api::checkpoint_public_key
+    ]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    ledger::head::init();
 }
 
 #[cfg(test)]

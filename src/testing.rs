@@ -6,10 +6,15 @@ use pgrx::prelude::*;
 /// Runs `sql`; returns "SQLSTATE: message" if it raised, None if it succeeded. The statement runs in
 /// a subtransaction (a plpgsql exception block), so a failure leaves the test transaction usable.
 pub fn error_of(sql: &str) -> Option<String> {
+    // Created once per session: a test may have switched to a role that could not replace it.
     Spi::run(
-        "CREATE OR REPLACE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-         BEGIN EXECUTE q; RETURN NULL;
-         EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        "DO $d$ BEGIN
+           IF to_regprocedure('pg_temp.error_of(text)') IS NULL THEN
+             CREATE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN NULL;
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;
+           END IF;
+         END $d$",
     )
     .expect("create helper");
     Spi::get_one_with_args::<String>("SELECT pg_temp.error_of($1)", &[sql.into()])

@@ -20,6 +20,9 @@ pub enum Break {
     Reordered { seq: i64, links_to: i64 },
     /// The chain ends before a point it is known to have reached.
     Truncated { last: i64, expected: i64 },
+    /// The row at a signed checkpoint no longer has the hash the checkpoint recorded: the chain was
+    /// rewritten and its hashes recomputed.
+    Rewritten { seq: i64 },
 }
 
 impl Break {
@@ -29,7 +32,8 @@ impl Break {
             | Break::LinkBroken { seq, .. }
             | Break::ContentChanged { seq }
             | Break::HashAltered { seq }
-            | Break::Reordered { seq, .. } => *seq,
+            | Break::Reordered { seq, .. }
+            | Break::Rewritten { seq } => *seq,
             Break::Truncated { last, .. } => last + 1,
         }
     }
@@ -44,6 +48,7 @@ impl Break {
             Break::HashAltered { .. } => "hash altered",
             Break::Reordered { .. } => "reordered",
             Break::Truncated { .. } => "truncated",
+            Break::Rewritten { .. } => "rewritten",
         }
     }
 
@@ -69,6 +74,9 @@ impl Break {
             }
             Break::Truncated { last, expected } => {
                 format!("truncated: seq {} onwards is missing; the chain ends at seq {last} but had reached seq {expected}", last + 1)
+            }
+            Break::Rewritten { seq } => {
+                format!("rewritten: seq {seq} no longer has the hash a signed checkpoint recorded")
             }
         }
     }

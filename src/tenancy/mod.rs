@@ -38,16 +38,57 @@ pub(crate) fn read_setting(name: &CStr) -> Option<String> {
     }
 }
 
-pub(crate) fn current_tenant_id() -> Option<uuid::Uuid> {
-    let local = gucs::TENANT_ID
-        .get()
-        .map(|c| c.to_string_lossy().into_owned());
-    let claim = gucs::JWT_TENANT_CLAIM
+/// The `sub` claim: who the request is, for the ledger's `actor`.
+pub fn subject_of(claims: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_str(claims).ok()?;
+    doc.get("sub")?.as_str().map(str::to_owned)
+}
+
+/// What a request's claims say, parsed once per distinct claims text: triggers ask for every row.
+#[derive(Clone, Default)]
+struct ClaimsCache {
+    text: String,
+    claim_name: String,
+    tenant: Option<uuid::Uuid>,
+    subject: Option<String>,
+}
+
+thread_local! {
+    static CLAIMS: std::cell::RefCell<ClaimsCache> = std::cell::RefCell::new(ClaimsCache::default());
+}
+
+fn with_claims<R>(f: impl FnOnce(&ClaimsCache) -> R) -> R {
+    let text = read_setting(c"request.jwt.claims").unwrap_or_default();
+    let claim_name = gucs::JWT_TENANT_CLAIM
         .get()
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_else(|| "tenant_id".to_owned());
-    let claims = read_setting(c"request.jwt.claims");
-    resolve_tenant(local.as_deref(), claims.as_deref(), &claim)
+    CLAIMS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.text != text || cache.claim_name != claim_name {
+            *cache = ClaimsCache {
+                tenant: resolve_tenant(None, Some(&text), &claim_name),
+                subject: subject_of(&text),
+                text,
+                claim_name,
+            };
+        }
+        f(&cache)
+    })
+}
+
+pub(crate) fn current_tenant_id() -> Option<uuid::Uuid> {
+    match gucs::TENANT_ID.get() {
+        Some(local) if !local.as_bytes().is_empty() => {
+            resolve_tenant(Some(&local.to_string_lossy()), None, "")
+        }
+        _ => with_claims(|c| c.tenant),
+    }
+}
+
+/// The JWT `sub` of the current request, if any.
+pub(crate) fn current_subject() -> Option<String> {
+    with_claims(|c| c.subject.clone())
 }
 
 /// The current tenant, or NULL: set_tenant's value, else the JWT claim.

@@ -1,0 +1,487 @@
+//! SQL functions of the ledger that need Rust: verification and signed checkpoints. They run as
+//! SECURITY DEFINER with a pinned search_path, so they read every row of the tenant whatever RLS
+//! shows the caller; each one first checks that the caller works in that tenant.
+
+use super::chain::{canonical_json_string, event_hash, genesis_hash, EventFields, Hash, HASH_LEN};
+use super::checkpoint::{self, Checkpoint, CheckpointError};
+use super::verify::{Break, Row, Verifier};
+use crate::error::raise;
+use crate::gucs;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+
+const PAGE: i64 = 10_000;
+const PROGRESS_EVERY: i64 = 250_000;
+
+fn to_uuid(u: pgrx::Uuid) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(*u.as_bytes())
+}
+
+/// Only superusers (scheduled workers, DBAs) cross tenants; everyone else works in the tenant of
+/// the current request. Checked against the role that called in, not the function's owner.
+pub(crate) fn authorize_tenant(tenant: uuid::Uuid) {
+    // SAFETY: backend thread; plain lookups of the session's roles.
+    let outer_is_superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) };
+    if outer_is_superuser {
+        return;
+    }
+    if crate::tenancy::current_tenant_id() != Some(tenant) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for the ledger of tenant {tenant}"),
+            Some("set that tenant first (custos.set_tenant or the JWT tenant_id claim); only superusers work across tenants"),
+        );
+    }
+}
+
+fn to_hash(bytes: &[u8]) -> Hash {
+    let mut h = [0u8; HASH_LEN];
+    if bytes.len() == HASH_LEN {
+        h.copy_from_slice(bytes);
+    }
+    h
+}
+
+pub(crate) const ROW_COLUMNS: &str =
+    "tenant_id, seq, id, occurred_at, recorded_at, actor, db_role, txid, action, \
+    entity_type, entity_id, severity, details, ip_address, user_agent, prev_hash, hash";
+
+/// A stored row, read back for verification.
+pub(crate) struct StoredRow {
+    pub tenant: [u8; 16],
+    pub seq: i64,
+    id: [u8; 16],
+    occurred_at: i64,
+    recorded_at: i64,
+    actor: String,
+    db_role: String,
+    txid: i64,
+    action: String,
+    entity_type: String,
+    entity_id: Option<String>,
+    severity: String,
+    details: String,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+impl StoredRow {
+    pub fn recomputed(&self) -> Hash {
+        let fields = EventFields {
+            tenant_id: self.tenant,
+            seq: self.seq,
+            id: self.id,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor: &self.actor,
+            db_role: &self.db_role,
+            txid: self.txid,
+            action: &self.action,
+            entity_type: &self.entity_type,
+            entity_id: self.entity_id.as_deref(),
+            severity: &self.severity,
+            details: &self.details,
+            ip_address: self.ip_address.as_deref().map(str::as_bytes),
+            user_agent: self.user_agent.as_deref().map(str::as_bytes),
+        };
+        event_hash(&to_hash(&self.prev_hash), &fields)
+    }
+}
+
+pub(crate) fn read_row(r: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<StoredRow> {
+    let ts = |i: usize| -> pgrx::spi::Result<i64> {
+        Ok(r.get::<pgrx::datum::TimestampWithTimeZone>(i)?
+            .map(pg_sys::TimestampTz::from)
+            .unwrap_or_default())
+    };
+    Ok(StoredRow {
+        tenant: r
+            .get::<pgrx::Uuid>(1)?
+            .map(|u| *u.as_bytes())
+            .unwrap_or_default(),
+        seq: r.get::<i64>(2)?.unwrap_or_default(),
+        id: r
+            .get::<pgrx::Uuid>(3)?
+            .map(|u| *u.as_bytes())
+            .unwrap_or_default(),
+        occurred_at: ts(4)?,
+        recorded_at: ts(5)?,
+        actor: r.get::<String>(6)?.unwrap_or_default(),
+        db_role: r.get::<String>(7)?.unwrap_or_default(),
+        txid: r.get::<i64>(8)?.unwrap_or_default(),
+        action: r.get::<String>(9)?.unwrap_or_default(),
+        entity_type: r.get::<String>(10)?.unwrap_or_default(),
+        entity_id: r.get::<String>(11)?,
+        severity: r.get::<String>(12)?.unwrap_or_default(),
+        details: canonical_json_string(&r.get::<JsonB>(13)?.map(|j| j.0).unwrap_or_default()),
+        ip_address: r.get::<pgrx::Inet>(14)?.map(|i| i.0),
+        user_agent: r.get::<String>(15)?,
+        prev_hash: r.get::<Vec<u8>>(16)?.unwrap_or_default(),
+        hash: r.get::<Vec<u8>>(17)?.unwrap_or_default(),
+    })
+}
+
+fn spi_failed(e: pgrx::spi::Error) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("ledger read failed: {e}"),
+        None,
+    )
+}
+
+/// The stored hash of one row, if that row exists.
+fn stored_hash(tenant: pgrx::Uuid, seq: i64) -> Option<Hash> {
+    Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT hash FROM custos.events WHERE tenant_id = $1 AND seq = $2",
+        &[tenant.into(), seq.into()],
+    )
+    .unwrap_or_else(|e| spi_failed(e))
+    .map(|b| to_hash(&b))
+}
+
+fn last_seq(tenant: pgrx::Uuid) -> i64 {
+    Spi::get_one_with_args::<i64>(
+        "SELECT max(seq) FROM custos.events WHERE tenant_id = $1",
+        &[tenant.into()],
+    )
+    .unwrap_or_else(|e| spi_failed(e))
+    .unwrap_or(0)
+}
+
+pub struct Outcome {
+    pub checked: i64,
+    pub last_seq: i64,
+    pub broken: Option<Break>,
+}
+
+/// Walks the chain from `from_seq` to `to_seq` (or its end) in pages of [`PAGE`] rows, each read
+/// in its own SPI session so memory stays flat however long the chain is.
+pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Outcome {
+    let tenant_bytes = *tenant.as_bytes();
+    let start_prev = if from_seq == 1 {
+        Some(genesis_hash(&tenant_bytes))
+    } else {
+        stored_hash(tenant, from_seq - 1)
+    };
+    let Some(start_prev) = start_prev else {
+        return Outcome {
+            checked: 0,
+            last_seq: from_seq - 1,
+            broken: Some(Break::Gap {
+                seq: from_seq - 1,
+                found: from_seq,
+            }),
+        };
+    };
+    let mut verifier = Verifier::new(from_seq, start_prev);
+    let mut after = from_seq - 1;
+    let mut broken = None;
+    let mut next_progress = PROGRESS_EVERY;
+    'pages: loop {
+        let rows: Vec<StoredRow> = Spi::connect(|client| {
+            let table = client.select(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM custos.events WHERE tenant_id = $1 AND seq > $2 \
+                       AND ($3::bigint IS NULL OR seq <= $3) ORDER BY seq LIMIT {PAGE}"
+                ),
+                None,
+                &[tenant.into(), after.into(), to_seq.into()],
+            )?;
+            table
+                .map(|r| read_row(&r))
+                .collect::<pgrx::spi::Result<Vec<_>>>()
+        })
+        .unwrap_or_else(|e| spi_failed(e));
+        let page_len = rows.len() as i64;
+        for row in &rows {
+            let pushed = verifier.push(&Row {
+                seq: row.seq,
+                prev_hash: &row.prev_hash,
+                hash: &row.hash,
+                recomputed: row.recomputed(),
+            });
+            if let Err(b) = pushed {
+                broken = Some(b);
+                break 'pages;
+            }
+            after = row.seq;
+        }
+        if verifier.checked() >= next_progress {
+            pgrx::notice!(
+                "custos.verify_chain: {} events checked, at seq {after}",
+                verifier.checked()
+            );
+            next_progress += PROGRESS_EVERY;
+        }
+        if page_len < PAGE {
+            break;
+        }
+    }
+    if broken.is_none() {
+        broken = verifier.finish().err();
+    }
+    if let Some(Break::LinkBroken { seq, prev_hash }) = &broken {
+        // Does the row link to some other row of the chain? Then rows were moved, not edited.
+        let links_to = Spi::get_one_with_args::<i64>(
+            "SELECT seq FROM custos.events WHERE tenant_id = $1 AND hash = $2 AND seq <> $3 - 1 LIMIT 1",
+            &[tenant.into(), prev_hash.clone().into(), (*seq).into()],
+        )
+        .unwrap_or_else(|e| spi_failed(e));
+        if let Some(links_to) = links_to {
+            broken = Some(Break::Reordered {
+                seq: *seq,
+                links_to,
+            });
+        }
+    }
+    Outcome {
+        checked: verifier.checked(),
+        last_seq: after,
+        broken,
+    }
+}
+
+/// Stored checkpoints that the chain no longer agrees with: one it fell short of (truncation), or
+/// one whose head hash is gone (the chain was rewritten and recomputed).
+fn check_recorded_checkpoints(tenant: pgrx::Uuid, outcome: &Outcome) -> Option<Break> {
+    let checkpoints: Vec<(i64, Vec<u8>)> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT seq, head FROM custos.checkpoints WHERE tenant_id = $1 ORDER BY seq DESC, signed_at DESC LIMIT 100",
+                None,
+                &[tenant.into()],
+            )?
+            .map(|r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<Vec<u8>>(2)?.unwrap_or_default())))
+            .collect::<pgrx::spi::Result<Vec<_>>>()
+    })
+    .unwrap_or_else(|e| spi_failed(e));
+    for (seq, head) in checkpoints {
+        if seq > outcome.last_seq {
+            return Some(Break::Truncated {
+                last: outcome.last_seq,
+                expected: seq,
+            });
+        }
+        let current = if seq == 0 {
+            Some(genesis_hash(tenant.as_bytes()))
+        } else {
+            stored_hash(tenant, seq)
+        };
+        if current.map(|h| h.to_vec()) != Some(head) {
+            return Some(Break::Rewritten { seq });
+        }
+    }
+    None
+}
+
+fn raise_alert(tenant: pgrx::Uuid, b: &Break) {
+    let details =
+        serde_json::json!({"kind": b.kind(), "first_broken_seq": b.seq(), "reason": b.describe()});
+    Spi::run_with_args(
+        "INSERT INTO custos.alerts (tenant_id, source, severity, title, details) \
+         VALUES ($1, 'ledger.verify', 'critical', $2, $3)",
+        &[
+            tenant.into(),
+            format!("audit ledger chain broken at seq {}", b.seq()).into(),
+            JsonB(details).into(),
+        ],
+    )
+    .unwrap_or_else(|e| spi_failed(e));
+}
+
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_chain(
+    tenant: pgrx::Uuid,
+    from_seq: default!(i64, 1),
+    to_seq: default!(Option<i64>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(ok, bool),
+        name!(checked, i64),
+        name!(first_broken_seq, Option<i64>),
+        name!(reason, Option<String>),
+    ),
+> {
+    authorize_tenant(to_uuid(tenant));
+    if from_seq < 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("from_seq must be 1 or more, not {from_seq}"),
+            None,
+        );
+    }
+    if let Some(to) = to_seq {
+        if to < from_seq {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("to_seq ({to}) is before from_seq ({from_seq})"),
+                None,
+            );
+        }
+    }
+    let outcome = walk_chain(tenant, from_seq, to_seq);
+    let broken = outcome.broken.clone().or_else(|| match to_seq {
+        Some(to) if outcome.last_seq < to => Some(Break::Truncated {
+            last: outcome.last_seq,
+            expected: to,
+        }),
+        Some(_) => None,
+        None => check_recorded_checkpoints(tenant, &outcome),
+    });
+    if let Some(b) = &broken {
+        raise_alert(tenant, b);
+    }
+    TableIterator::once((
+        broken.is_none(),
+        outcome.checked,
+        broken.as_ref().map(Break::seq),
+        broken.as_ref().map(Break::describe),
+    ))
+}
+
+fn signing_key() -> ed25519_dalek::SigningKey {
+    let text = match gucs::CHECKPOINT_SIGNING_KEY.get().filter(|k| !k.as_bytes().is_empty()) {
+        Some(k) => k.to_string_lossy().into_owned(),
+        None => match gucs::CHECKPOINT_KEY_FILE.get().filter(|k| !k.as_bytes().is_empty()) {
+            Some(path) => {
+                let path = path.to_string_lossy().into_owned();
+                std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+                        format!("could not read checkpoint key file \"{path}\": {e}"),
+                        Some("the file must be readable by the server's operating-system user"),
+                    )
+                })
+            }
+            None => raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "no checkpoint signing key is configured",
+                Some("a superuser sets custos.checkpoint_signing_key (32-byte seed, hex or base64) or custos.checkpoint_key_file"),
+            ),
+        },
+    };
+    checkpoint::parse_signing_key(&text).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("checkpoint signing key: {e}"),
+            None,
+        )
+    })
+}
+
+fn now_rfc3339() -> String {
+    Spi::get_one::<String>(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+    .unwrap_or_else(|e| spi_failed(e))
+    .unwrap_or_default()
+}
+
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn checkpoint(tenant: pgrx::Uuid) -> String {
+    authorize_tenant(to_uuid(tenant));
+    let key = signing_key();
+    let seq = last_seq(tenant);
+    let head = if seq == 0 {
+        genesis_hash(tenant.as_bytes())
+    } else {
+        stored_hash(tenant, seq).unwrap_or([0; HASH_LEN])
+    };
+    let cp = Checkpoint {
+        tenant: to_uuid(tenant),
+        seq,
+        head,
+        at: now_rfc3339(),
+    };
+    let text = checkpoint::sign(&cp, &key);
+    Spi::run_with_args(
+        "INSERT INTO custos.checkpoints (tenant_id, seq, head, signed_at, key_id, checkpoint) \
+         VALUES ($1, $2, $3, $4::timestamptz, $5, $6)",
+        &[
+            tenant.into(),
+            seq.into(),
+            head.to_vec().into(),
+            cp.at.clone().into(),
+            checkpoint::key_id(&key.verifying_key()).into(),
+            text.clone().into(),
+        ],
+    )
+    .unwrap_or_else(|e| spi_failed(e));
+    text
+}
+
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn checkpoint_public_key() -> String {
+    hex::encode(signing_key().verifying_key().as_bytes())
+}
+
+// pgrx needs the row type spelled out here (no alias), hence the allow.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_checkpoint(
+    checkpoint: &str,
+    public_key: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(ok, bool),
+        name!(tenant_id, Option<pgrx::Uuid>),
+        name!(seq, Option<i64>),
+        name!(checked, i64),
+        name!(reason, Option<String>),
+    ),
+> {
+    let key = match public_key {
+        Some(k) => checkpoint::parse_public_key(k).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("public_key: {e}"),
+                None,
+            )
+        }),
+        None => signing_key().verifying_key(),
+    };
+    let cp = match checkpoint::verify(checkpoint, &key) {
+        Ok(cp) => cp,
+        Err(CheckpointError::Malformed(why)) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            format!("malformed checkpoint: {why}"),
+            Some("pass the text exactly as custos.checkpoint() returned it"),
+        ),
+        Err(e) => return TableIterator::once((false, None, None, 0, Some(e.to_string()))),
+    };
+    authorize_tenant(cp.tenant);
+    let tenant = pgrx::Uuid::from_bytes(*cp.tenant.as_bytes());
+    let outcome = walk_chain(tenant, 1, None);
+    let broken = outcome.broken.clone().or_else(|| {
+        if outcome.last_seq < cp.seq {
+            return Some(Break::Truncated {
+                last: outcome.last_seq,
+                expected: cp.seq,
+            });
+        }
+        let current = if cp.seq == 0 {
+            Some(genesis_hash(tenant.as_bytes()))
+        } else {
+            stored_hash(tenant, cp.seq)
+        };
+        (current != Some(cp.head)).then_some(Break::Rewritten { seq: cp.seq })
+    });
+    if let Some(b) = &broken {
+        raise_alert(tenant, b);
+    }
+    TableIterator::once((
+        broken.is_none(),
+        Some(tenant),
+        Some(cp.seq),
+        outcome.checked,
+        broken.as_ref().map(Break::describe),
+    ))
+}

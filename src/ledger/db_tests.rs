@@ -1,0 +1,439 @@
+use crate::ledger::api::{read_row, StoredRow, ROW_COLUMNS};
+use crate::ledger::chain::genesis_hash;
+use crate::testing::{assert_error, count, error_of};
+use pgrx::prelude::*;
+
+/// Two tenants of this test alone. Tests run concurrently, each in its own backend; sharing a
+/// tenant would make them wait on (and, with the tamper tests' DDL, deadlock over) its chain lock.
+fn fresh_tenants() -> (&'static str, &'static str) {
+    let pick = || -> &'static str {
+        Spi::get_one::<String>("SELECT gen_random_uuid()::text").unwrap().unwrap().leak()
+    };
+    (pick(), pick())
+}
+const KEY: &str = "0707070707070707070707070707070707070707070707070707070707070707";
+
+fn as_tenant(t: &str) {
+    Spi::run(&format!("SELECT custos.set_tenant('{t}')")).unwrap();
+}
+
+fn record(n: usize) {
+    for i in 0..n {
+        Spi::run(&format!(
+            "SELECT custos.record_event('login', 'user', 'u{i}', '{{\"n\": {i}, \"b\": [1, 2], \"a\": \"x\"}}')"
+        ))
+        .unwrap();
+    }
+}
+
+/// (ok, checked, first_broken_seq, reason) of custos.verify_chain for `t`.
+fn verify(t: &str) -> (bool, i64, Option<i64>, Option<String>) {
+    Spi::connect(|c| {
+        let row = c
+            .select(&format!("SELECT * FROM custos.verify_chain('{t}')"), None, &[])?
+            .first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<bool>(1)?.unwrap(),
+            row.get::<i64>(2)?.unwrap(),
+            row.get::<i64>(3)?,
+            row.get::<String>(4)?,
+        ))
+    })
+    .unwrap()
+}
+
+fn rows(t: &str) -> Vec<StoredRow> {
+    Spi::connect(|c| {
+        c.select(&format!("SELECT {ROW_COLUMNS} FROM custos.events WHERE tenant_id = '{t}' ORDER BY seq"), None, &[])?
+            .map(|r| read_row(&r))
+            .collect::<pgrx::spi::Result<Vec<_>>>()
+    })
+    .unwrap()
+}
+
+/// Tamper tests alter the table (a stronger lock than their inserts took): one at a time, or two
+/// of them deadlock upgrading their locks.
+fn tamper_test_tenants() -> (&'static str, &'static str) {
+    Spi::run("SELECT pg_advisory_xact_lock(7357)").unwrap();
+    fresh_tenants()
+}
+
+/// What a superuser can do behind custos' back: switch off every guard for the rest of the test.
+fn tamper(sql: &str) {
+    Spi::run(&format!(
+        "ALTER EVENT TRIGGER custos_guard_ledger DISABLE;
+         ALTER TABLE custos.events DISABLE TRIGGER append_only;
+         ALTER TABLE custos.events DISABLE TRIGGER zz_chain;
+         {sql}"
+    ))
+    .unwrap();
+}
+
+#[pg_test]
+fn events_form_a_gap_free_linked_chain() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    record(3);
+    Spi::run(&format!(
+        "INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{A}', 'a', 'x'), ('{A}', 'b', 'x')"
+    ))
+    .unwrap();
+    let rows = rows(A);
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(rows[0].prev_hash, genesis_hash(&rows[0].tenant).to_vec());
+    for w in rows.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].hash);
+    }
+    for r in &rows {
+        assert_eq!(r.hash, r.recomputed().to_vec(), "seq {}", r.seq);
+    }
+    assert_eq!(verify(A), (true, 5, None, None));
+}
+
+#[pg_test]
+fn tenants_have_separate_chains() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    record(2);
+    as_tenant(B);
+    record(3);
+    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{B}'")), 3);
+    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'")), 2);
+    assert!(verify(B).0);
+    as_tenant(A);
+    assert!(verify(A).0);
+}
+
+#[pg_test]
+fn rolled_back_savepoints_leave_no_gap() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    record(2);
+    // A plpgsql exception block is a subtransaction: its events are rolled back, seq too.
+    Spi::run(
+        "DO $$ BEGIN
+           PERFORM custos.record_event('inner', 'x');
+           PERFORM custos.record_event('inner', 'x');
+           RAISE EXCEPTION 'roll back';
+         EXCEPTION WHEN OTHERS THEN NULL; END $$",
+    )
+    .unwrap();
+    // Nested: the outer block keeps its event, the inner one is rolled back.
+    Spi::run(
+        "DO $$ BEGIN
+           BEGIN
+             PERFORM custos.record_event('kept', 'x');
+             BEGIN
+               PERFORM custos.record_event('lost', 'x');
+               RAISE EXCEPTION 'inner';
+             EXCEPTION WHEN OTHERS THEN NULL; END;
+           END;
+         END $$",
+    )
+    .unwrap();
+    record(1);
+    let actions = Spi::get_one::<String>(&format!(
+        "SELECT string_agg(seq || ':' || action, ',' ORDER BY seq) FROM custos.events WHERE tenant_id = '{A}'"
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!(actions, "1:login,2:login,3:kept,4:login");
+    assert_eq!(verify(A), (true, 4, None, None));
+}
+
+#[pg_test]
+fn first_event_of_a_tenant_in_a_rolled_back_subtransaction() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    Spi::run(
+        "DO $$ BEGIN PERFORM custos.record_event('x', 'y'); RAISE EXCEPTION 'no';
+         EXCEPTION WHEN OTHERS THEN NULL; END $$",
+    )
+    .unwrap();
+    record(1);
+    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'")), 1);
+    assert!(verify(A).0);
+}
+
+#[pg_test]
+fn custos_assigns_its_own_columns() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    for (col, val) in [("seq", "7"), ("hash", "'\\x00'"), ("prev_hash", "'\\x00'"), ("txid", "1"), ("db_role", "'x'"), ("recorded_at", "now()")] {
+        assert_error(
+            &format!("INSERT INTO custos.events (action, entity_type, {col}) VALUES ('a', 'b', {val})"),
+            "428C9",
+            &format!("column \"{col}\" of custos.events is assigned by custos"),
+        );
+    }
+    assert_error("INSERT INTO custos.events (entity_type) VALUES ('b')", "23502", "\"action\"");
+    assert_error("INSERT INTO custos.events (action, entity_type, severity) VALUES ('a', 'b', 'meh')", "23514", "check constraint");
+    assert_error("INSERT INTO custos.events (action, entity_type, details) VALUES ('a', 'b', '[1]')", "23514", "check constraint");
+    assert_eq!(count("SELECT count(*) FROM custos.events"), 0);
+}
+
+#[pg_test]
+fn no_tenant_no_event() {
+    let (A, B) = fresh_tenants();
+    assert_error("SELECT custos.record_event('a', 'b')", "42501", "no tenant is set");
+    assert_error("INSERT INTO custos.events (action, entity_type) VALUES ('a', 'b')", "23502", "tenant_id");
+}
+
+#[pg_test]
+fn actor_comes_from_set_actor_then_jwt_sub_then_role() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    Spi::run("SELECT custos.record_event('a', 'x')").unwrap();
+    Spi::run(r#"SELECT set_config('request.jwt.claims', '{"sub":"ana@example.com"}', true)"#).unwrap();
+    Spi::run("SELECT custos.record_event('b', 'x')").unwrap();
+    Spi::run("SELECT custos.set_actor('bob')").unwrap();
+    Spi::run("SELECT custos.record_event('c', 'x')").unwrap();
+    Spi::run("SELECT custos.record_event('d', 'x', actor => 'carol')").unwrap();
+    let actors = Spi::get_one::<String>("SELECT string_agg(actor, ',' ORDER BY seq) FROM custos.events").unwrap().unwrap();
+    let role = Spi::get_one::<String>("SELECT current_user::text").unwrap().unwrap();
+    assert_eq!(actors, format!("{role},ana@example.com,bob,carol"));
+}
+
+#[pg_test]
+fn update_delete_truncate_are_refused_for_everyone() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    record(2);
+    assert_error("UPDATE custos.events SET action = 'x'", "42501", "append-only: UPDATE is not allowed");
+    assert_error("DELETE FROM custos.events", "42501", "append-only: DELETE is not allowed");
+    assert_error("TRUNCATE custos.events", "42501", "append-only: TRUNCATE is not allowed");
+    assert_error("TRUNCATE custos.checkpoints", "42501", "append-only");
+    Spi::run("SET LOCAL session_replication_role = replica").unwrap();
+    assert_error("DELETE FROM custos.events", "42501", "append-only");
+    Spi::run("SET LOCAL session_replication_role = origin").unwrap();
+    assert_eq!(count("SELECT count(*) FROM custos.events"), 2);
+}
+
+#[pg_test]
+fn switching_off_the_protection_is_refused() {
+    let (A, B) = fresh_tenants();
+    for sql in [
+        "ALTER TABLE custos.events DISABLE TRIGGER append_only",
+        "ALTER TABLE custos.events DISABLE TRIGGER ALL",
+        "ALTER TABLE custos.events ENABLE TRIGGER zz_chain",
+        "DROP TRIGGER append_only ON custos.events",
+        "ALTER TABLE custos.events NO FORCE ROW LEVEL SECURITY",
+        "ALTER TABLE custos.events DISABLE ROW LEVEL SECURITY",
+        "DROP TRIGGER append_only_truncate ON custos.checkpoints",
+    ] {
+        assert_error(sql, "42501", "custos ledger protection cannot be removed or disabled");
+    }
+}
+
+#[pg_test]
+fn tamper_changed_field() {
+    let (A, B) = tamper_test_tenants();
+    as_tenant(A);
+    record(5);
+    tamper(&format!("UPDATE custos.events SET details = details || '{{\"n\": 99}}' WHERE tenant_id = '{A}' AND seq = 3"));
+    let (ok, _, seq, reason) = verify(A);
+    assert!(!ok);
+    assert_eq!(seq, Some(3));
+    assert!(reason.unwrap().starts_with("content changed"));
+    assert_eq!(count("SELECT count(*) FROM custos.alerts WHERE source = 'ledger.verify' AND severity = 'critical'"), 1);
+}
+
+#[pg_test]
+fn tamper_changed_hash() {
+    let (A, B) = tamper_test_tenants();
+    as_tenant(A);
+    record(5);
+    tamper(&format!("UPDATE custos.events SET hash = sha256('x') WHERE tenant_id = '{A}' AND seq = 2"));
+    let (ok, _, seq, reason) = verify(A);
+    assert_eq!((ok, seq), (false, Some(2)));
+    assert!(reason.unwrap().starts_with("hash altered"));
+}
+
+#[pg_test]
+fn tamper_deleted_middle_row() {
+    let (A, B) = tamper_test_tenants();
+    as_tenant(A);
+    record(5);
+    tamper(&format!("DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq = 3"));
+    let (ok, checked, seq, reason) = verify(A);
+    assert_eq!((ok, checked, seq), (false, 2, Some(3)));
+    assert!(reason.unwrap().starts_with("gap"));
+}
+
+#[pg_test]
+fn tamper_swapped_rows() {
+    let (A, B) = tamper_test_tenants();
+    as_tenant(A);
+    record(5);
+    tamper(&format!(
+        "UPDATE custos.events SET seq = -3 WHERE tenant_id = '{A}' AND seq = 3;
+         UPDATE custos.events SET seq = 3 WHERE tenant_id = '{A}' AND seq = 4;
+         UPDATE custos.events SET seq = 4 WHERE tenant_id = '{A}' AND seq = -3;"
+    ));
+    let (ok, _, seq, reason) = verify(A);
+    assert_eq!((ok, seq), (false, Some(3)));
+    assert!(reason.as_deref().unwrap().starts_with("reordered: seq 3 links to seq 4"), "{reason:?}");
+}
+
+#[pg_test]
+fn tamper_cut_tail_is_caught_by_checkpoint() {
+    let (A, B) = tamper_test_tenants();
+    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
+    as_tenant(A);
+    record(5);
+    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
+    tamper(&format!("DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq >= 4"));
+    let (ok, _, seq, reason) = verify(A);
+    assert_eq!((ok, seq), (false, Some(4)));
+    assert!(reason.unwrap().starts_with("truncated"));
+    let (ok, reason) = verify_checkpoint(&text);
+    assert!(!ok);
+    assert!(reason.unwrap().starts_with("truncated"));
+    // Without a checkpoint, asking for the range shows it too.
+    let to = Spi::get_one::<String>(&format!("SELECT reason FROM custos.verify_chain('{A}', 1, 5)")).unwrap().unwrap();
+    assert!(to.starts_with("truncated"));
+}
+
+fn verify_checkpoint(text: &str) -> (bool, Option<String>) {
+    Spi::connect(|c| {
+        let row = c.select("SELECT ok, reason FROM custos.verify_checkpoint($1)", None, &[text.into()])?.first();
+        Ok::<_, pgrx::spi::Error>((row.get::<bool>(1)?.unwrap(), row.get::<String>(2)?))
+    })
+    .unwrap()
+}
+
+#[pg_test]
+fn tamper_recomputed_whole_chain_is_caught_by_checkpoint() {
+    let (A, B) = tamper_test_tenants();
+    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
+    as_tenant(A);
+    record(4);
+    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
+    assert_eq!(verify_checkpoint(&text), (true, None));
+    // The attacker knows the format: rewrites row 2 and recomputes every hash after it.
+    tamper(&format!("UPDATE custos.events SET actor = 'someone else' WHERE tenant_id = '{A}' AND seq = 2"));
+    let mut prev = genesis_hash(&rows(A)[0].tenant).to_vec();
+    for mut row in rows(A) {
+        row.prev_hash = prev.clone();
+        let h = row.recomputed().to_vec();
+        Spi::run_with_args(
+            "UPDATE custos.events SET prev_hash = $1, hash = $2 WHERE tenant_id = $3::uuid AND seq = $4",
+            &[row.prev_hash.clone().into(), h.clone().into(), A.into(), row.seq.into()],
+        )
+        .unwrap();
+        prev = h;
+    }
+    // The chain itself is consistent again...
+    assert!(rows(A).iter().all(|r| r.hash == r.recomputed().to_vec()));
+    // ...but it no longer has the head the checkpoint signed.
+    let (ok, _, seq, reason) = verify(A);
+    assert_eq!((ok, seq), (false, Some(4)));
+    assert!(reason.unwrap().starts_with("rewritten"));
+    let (ok, reason) = verify_checkpoint(&text);
+    assert!(!ok);
+    assert!(reason.unwrap().starts_with("rewritten"));
+}
+
+#[pg_test]
+fn checkpoints_are_signed_and_checked() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    record(2);
+    assert_error(&format!("SELECT custos.checkpoint('{A}')"), "55000", "no checkpoint signing key is configured");
+    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
+    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
+    assert!(text.starts_with(&format!("custos-checkpoint v1 tenant={A} seq=2 head=")), "{text}");
+    let public = Spi::get_one::<String>("SELECT custos.checkpoint_public_key()").unwrap().unwrap();
+    assert_eq!(verify_checkpoint(&text), (true, None));
+    // Verifiable with the public key alone.
+    Spi::run("SET LOCAL custos.checkpoint_signing_key = ''").unwrap();
+    let ok = Spi::get_one_with_args::<bool>("SELECT ok FROM custos.verify_checkpoint($1, $2)", &[text.clone().into(), public.clone().into()])
+        .unwrap();
+    assert_eq!(ok, Some(true));
+    let forged = text.replace("seq=2", "seq=1");
+    let reason = Spi::get_one_with_args::<String>(
+        "SELECT reason FROM custos.verify_checkpoint($1, $2)",
+        &[forged.into(), public.clone().into()],
+    )
+    .unwrap()
+    .unwrap();
+    assert!(reason.contains("signature does not verify"), "{reason}");
+    assert_error("SELECT custos.verify_checkpoint('hello', repeat('00', 32))", "22", "");
+    let e = error_of(&format!("SELECT custos.verify_checkpoint('custos-checkpoint v1 tenant=x sig=y', '{public}')")).unwrap();
+    assert!(e.starts_with("22P02: malformed checkpoint"), "{e}");
+    assert_error("SELECT custos.verify_checkpoint('x', 'not a key')", "22023", "public_key");
+    assert_eq!(count(&format!("SELECT count(*) FROM custos.checkpoints WHERE tenant_id = '{A}'")), 1);
+}
+
+#[pg_test]
+fn verify_chain_arguments_are_checked() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    record(3);
+    assert_error(&format!("SELECT * FROM custos.verify_chain('{A}', 0)"), "22023", "from_seq must be 1 or more");
+    assert_error(&format!("SELECT * FROM custos.verify_chain('{A}', 3, 2)"), "22023", "to_seq (2) is before from_seq (3)");
+    let checked = count(&format!("SELECT checked FROM custos.verify_chain('{A}', 2, 3)"));
+    assert_eq!(checked, 2);
+}
+
+#[pg_test]
+fn verification_is_for_the_current_tenant_only() {
+    let (A, B) = fresh_tenants();
+    as_tenant(B);
+    record(1);
+    as_tenant(A);
+    record(1);
+    Spi::run("CREATE ROLE custos_test_auditor NOLOGIN; GRANT custos_auditor TO custos_test_auditor; SET LOCAL ROLE custos_test_auditor").unwrap();
+    assert!(verify(A).0);
+    assert_error(&format!("SELECT * FROM custos.verify_chain('{B}')"), "42501", "permission denied for the ledger of tenant");
+    Spi::run("RESET ROLE; CREATE ROLE custos_test_writer NOLOGIN; GRANT custos_writer TO custos_test_writer; SET LOCAL ROLE custos_test_writer").unwrap();
+    assert_error(&format!("SELECT * FROM custos.verify_chain('{A}')"), "42501", "permission denied for function verify_chain");
+    // A writer writes but cannot read the ledger back.
+    Spi::run("SELECT custos.record_event('w', 'x')").unwrap();
+    assert_error("SELECT count(*) FROM custos.events", "42501", "permission denied for table events");
+}
+
+#[pg_test]
+fn batches_are_all_or_nothing() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    let n = Spi::get_one::<i64>(
+        r#"SELECT custos.record_events('[{"action":"a","entity_type":"x"},{"action":"b","entity_type":"x","details":{"k":1}},{"action":"c","entity_type":"x","severity":"high"}]')"#,
+    )
+    .unwrap();
+    assert_eq!(n, Some(3));
+    for (batch, needle) in [
+        (r#"{"action":"a"}"#, "must be a JSON array"),
+        (r#"[{"action":"a","entity_type":"x"}, 7]"#, "element 1 is number"),
+        (r#"[{"action":"a","entity_type":"x","colour":"red"}]"#, "unknown key \"colour\""),
+        (&format!(r#"[{{"action":"a","entity_type":"x","tenant_id":"{B}"}}]"#) as &str, "belongs to tenant"),
+    ] {
+        assert_error(&format!("SELECT custos.record_events('{batch}')"), "22023", needle);
+    }
+    assert_error(r#"SELECT custos.record_events('[{"action":"a","entity_type":"x"},{"action":"b"}]')"#, "23502", "entity_type");
+    assert_error(r#"SELECT custos.record_events('[{"action":"a","entity_type":"x","severity":"loud"}]')"#, "23514", "");
+    assert_eq!(count("SELECT count(*) FROM custos.events"), 3);
+    assert!(verify(A).0);
+}
+
+#[pg_test]
+fn oversized_details_are_refused() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    assert_error(
+        "SELECT custos.record_event('a', 'x', details => jsonb_build_object('blob', repeat('x', 2000000)))",
+        "54000",
+        "more than custos.max_details_bytes",
+    );
+    assert_error("SELECT custos.record_event('a', 'x', details => '{\"a\": \"\\u0000\"}')", "22P05", "");
+    assert_eq!(count("SELECT count(*) FROM custos.events"), 0);
+}
+
+#[pg_test]
+fn jsonb_key_order_and_spacing_do_not_matter() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    Spi::run(r#"SELECT custos.record_event('a', 'x', details => '{"b": 1, "a": {"d": 2.50, "c": [true, null]}}')"#).unwrap();
+    Spi::run(r#"SELECT custos.record_event('a', 'x', details => '{"a":{"c":[true,null],"d":2.50},"b":1}')"#).unwrap();
+    assert!(verify(A).0);
+}
