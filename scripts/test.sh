@@ -28,4 +28,5 @@ rm -rf "$PGRX_TEST_DATA"
 step "integration tests against a live server"
 install_extension
 cluster_start
-CUSTOS_TEST_HOST="$PGHOST" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=4
+CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" \
+  cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=4

@@ -2,8 +2,11 @@
 //!
 //! The first event of a tenant in a transaction takes a transaction-scoped lock on that tenant
 //! (an advisory lock tag that SQL-level advisory locks cannot collide with, see [`lock_tenant`]),
-//! then reads the tenant's last row through the primary-key index with a *fresh* snapshot, so that
-//! even a REPEATABLE READ or SERIALIZABLE transaction chains onto the commit it waited for. From then
+//! then reads the tenant's last row through the primary-key index with `SnapshotSelf` (every
+//! committed row, whatever the transaction's own snapshot), so that even a REPEATABLE READ or
+//! SERIALIZABLE transaction chains onto the commit it waited for. A non-MVCC snapshot also takes no
+//! SSI predicate lock: with an MVCC one, writers of a tenant abort each other at SERIALIZABLE. No
+//! other writer of the tenant can be in progress while we hold its lock. From then
 //! on the head lives in backend memory: every further event of that tenant in the transaction costs
 //! O(1), so one transaction of a million rows stays linear. Savepoint rollbacks restore the head as
 //! it was when the savepoint began; the end of the transaction forgets everything (the lock goes
@@ -182,8 +185,8 @@ pub struct HeadColumns {
     pub hash: i16,
 }
 
-/// Reads the tenant's last committed row (highest seq) through the primary key (tenant_id, seq),
-/// with a snapshot taken now. Call only while holding the tenant's lock.
+/// Reads the tenant's last committed row (highest seq) through the primary key (tenant_id, seq).
+/// Call only while holding the tenant's lock.
 ///
 /// # Safety
 /// `rel` must be the open ledger relation.
@@ -202,7 +205,7 @@ pub unsafe fn read_committed_head(
             );
         }
         let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let snapshot = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
         // The scan key's datum points at our copy of the UUID for the duration of the scan.
         let mut key_bytes: TenantKey = *tenant;
         let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
@@ -241,7 +244,6 @@ pub unsafe fn read_committed_head(
             }
         };
         pg_sys::systable_endscan_ordered(scan);
-        pg_sys::UnregisterSnapshot(snapshot);
         pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         head
     }

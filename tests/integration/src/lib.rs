@@ -45,6 +45,22 @@ pub fn ensure_role(client: &mut Client, role: &str, options: &str) {
         .unwrap();
 }
 
+/// Grants `role` to `member` unless it is granted already; tests running in parallel may race to
+/// grant the same membership, which PostgreSQL reports as a duplicate key.
+pub fn ensure_grant(client: &mut Client, role: &str, member: &str) {
+    let granted = |c: &mut Client| -> bool {
+        c.query_one("SELECT pg_has_role($1, $2, 'MEMBER')", &[&member, &role])
+            .map(|r| r.get(0))
+            .unwrap_or(false)
+    };
+    if granted(client) {
+        return;
+    }
+    if let Err(e) = client.batch_execute(&format!("GRANT {role} TO {member}")) {
+        assert!(granted(client), "GRANT {role} TO {member}: {e}");
+    }
+}
+
 /// One PostgREST request: a transaction that sets the role and the JWT claims with
 /// `set_config(..., true)`, then runs the request's query, as PostgREST does per HTTP request.
 pub fn postgrest_request(

@@ -1,6 +1,8 @@
 //! Tenant isolation through PostgREST's per-request protocol, on a real server.
 
-use custos_integration_tests::{connect, ensure_role, fresh_db, postgrest_request, sqlstate};
+use custos_integration_tests::{
+    connect, ensure_grant, ensure_role, fresh_db, postgrest_request, sqlstate,
+};
 use serde_json::json;
 
 const ACME: &str = "a1000000-0000-4000-8000-000000000001";
@@ -12,10 +14,15 @@ fn postgrest_setup(name: &str) -> String {
     ensure_role(&mut su, "it_authenticator", "LOGIN NOINHERIT");
     ensure_role(&mut su, "it_web_anon", "NOLOGIN");
     ensure_role(&mut su, "it_web_user", "NOLOGIN");
+    for (role, member) in [
+        ("it_web_anon", "it_authenticator"),
+        ("it_web_user", "it_authenticator"),
+        ("custos_reader", "it_web_user"),
+    ] {
+        ensure_grant(&mut su, role, member);
+    }
     su.batch_execute(&format!(
-        "GRANT it_web_anon, it_web_user TO it_authenticator;
-         GRANT custos_reader TO it_web_user;
-         CREATE TABLE public.projects (id int PRIMARY KEY, tenant_id uuid NOT NULL, name text);
+        "CREATE TABLE public.projects (id int PRIMARY KEY, tenant_id uuid NOT NULL, name text);
          INSERT INTO public.projects VALUES (1, '{ACME}', 'acme-1'), (2, '{ACME}', 'acme-2'), (3, '{GLOBEX}', 'globex-1');
          SELECT custos.enable_tenant_isolation('public.projects');
          GRANT SELECT ON public.projects TO it_web_user, it_web_anon;

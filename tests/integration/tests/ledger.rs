@@ -1,0 +1,392 @@
+//! The ledger on a live server: concurrent writers at every isolation level, PostgREST's protocol,
+//! and bad input from a real client.
+
+use custos_integration_tests::{
+    connect, ensure_grant, ensure_role, fresh_db, postgrest_request, sqlstate,
+};
+use postgres::IsolationLevel;
+use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+const T1: &str = "c1000000-0000-4000-8000-000000000001";
+const T2: &str = "c2000000-0000-4000-8000-000000000002";
+
+fn verify(c: &mut postgres::Client, tenant: &str) -> (bool, i64, Option<String>) {
+    let row = c
+        .query_one(
+            &format!("SELECT ok, checked, reason FROM custos.verify_chain('{tenant}')"),
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Eight writers hammer two tenants, each transaction recording 1-3 events, some rolled back
+/// whole, some losing a savepoint. Every committed event must be in a gap-free verified chain.
+fn hammer(isolation: IsolationLevel, name: &str) {
+    let (db, _) = fresh_db(name);
+    let committed = Arc::new([AtomicI64::new(0), AtomicI64::new(0)]);
+    let threads: Vec<_> = (0..8)
+        .map(|w| {
+            let db = db.clone();
+            let committed = committed.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(&db, "postgres");
+                let mut seed = 0x9E37_79B9u64.wrapping_mul(w + 1);
+                let mut next = move || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                for i in 0..60 {
+                    let t = (next() % 2) as usize;
+                    let tenant = [T1, T2][t];
+                    let mut tx = c
+                        .build_transaction()
+                        .isolation_level(isolation)
+                        .start()
+                        .unwrap();
+                    tx.execute(&format!("SELECT custos.set_tenant('{tenant}')"), &[])
+                        .unwrap();
+                    let n = 1 + next() % 3;
+                    for k in 0..n {
+                        tx.execute(
+                            "SELECT custos.record_event('write', 'doc', $1)",
+                            &[&format!("w{w}-{i}-{k}")],
+                        )
+                        .unwrap();
+                    }
+                    let mut kept = n as i64;
+                    if next() % 4 == 0 {
+                        let mut sp = tx.transaction().unwrap();
+                        sp.execute("SELECT custos.record_event('undone', 'doc')", &[])
+                            .unwrap();
+                        sp.rollback().unwrap();
+                    }
+                    if next() % 5 == 0 {
+                        tx.execute("SELECT custos.record_event('last', 'doc')", &[])
+                            .unwrap();
+                        kept += 1;
+                    }
+                    if next() % 6 == 0 {
+                        tx.rollback().unwrap();
+                    } else {
+                        match tx.commit() {
+                            Ok(()) => {
+                                committed[t].fetch_add(kept, Ordering::SeqCst);
+                            }
+                            Err(e) => assert_eq!(
+                                sqlstate(&e),
+                                "40001",
+                                "only serialization failures may abort: {e}"
+                            ),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut c = connect(&db, "postgres");
+    for (t, tenant) in [T1, T2].iter().enumerate() {
+        let row = c
+            .query_one(
+                &format!("SELECT count(*), coalesce(max(seq), 0), count(DISTINCT seq) FROM custos.events WHERE tenant_id = '{tenant}'"),
+                &[],
+            )
+            .unwrap();
+        let (n, max, distinct): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            n,
+            committed[t].load(Ordering::SeqCst),
+            "every committed event is there, nothing else"
+        );
+        assert_eq!(
+            (max, distinct),
+            (n, n),
+            "seq is 1..n with no gap or duplicate"
+        );
+        assert_eq!(verify(&mut c, tenant), (true, n, None));
+        let undone: i64 = c
+            .query_one(
+                "SELECT count(*) FROM custos.events WHERE action = 'undone'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(undone, 0);
+    }
+}
+
+#[test]
+fn concurrent_writers_read_committed() {
+    hammer(IsolationLevel::ReadCommitted, "ledger_rc");
+}
+
+#[test]
+fn concurrent_writers_repeatable_read() {
+    hammer(IsolationLevel::RepeatableRead, "ledger_rr");
+}
+
+#[test]
+fn concurrent_writers_serializable() {
+    hammer(IsolationLevel::Serializable, "ledger_ser");
+}
+
+#[test]
+fn one_transaction_across_tenants_and_statements() {
+    let (_db, mut c) = fresh_db("ledger_multi");
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "INSERT INTO custos.events (tenant_id, action, entity_type)
+         SELECT (ARRAY['{T1}', '{T2}']::uuid[])[1 + g % 2], 'bulk', 'row' FROM generate_series(1, 5000) g;
+         INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'after', 'row');"
+    ))
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(verify(&mut c, T1), (true, 2501, None));
+    assert_eq!(verify(&mut c, T2), (true, 2500, None));
+}
+
+#[test]
+fn copy_is_chained_too() {
+    let (_db, mut c) = fresh_db("ledger_copy");
+    let mut w = c
+        .copy_in(
+            "COPY custos.events (tenant_id, action, entity_type, entity_id, details) FROM STDIN",
+        )
+        .unwrap();
+    use std::io::Write;
+    for i in 0..1000 {
+        writeln!(w, "{T1}\tcopy\tdoc\td{i}\t{{\"i\": {i}}}").unwrap();
+    }
+    w.finish().unwrap();
+    assert_eq!(verify(&mut c, T1), (true, 1000, None));
+}
+
+#[test]
+fn postgrest_writers_and_auditors_stay_in_their_tenant() {
+    let (db, mut su) = fresh_db("ledger_postgrest");
+    ensure_role(&mut su, "it_authenticator", "LOGIN NOINHERIT");
+    ensure_role(&mut su, "it_web_anon", "NOLOGIN");
+    ensure_role(&mut su, "it_web_writer", "NOLOGIN");
+    ensure_role(&mut su, "it_web_auditor", "NOLOGIN");
+    for (role, member) in [
+        ("it_web_anon", "it_authenticator"),
+        ("it_web_writer", "it_authenticator"),
+        ("it_web_auditor", "it_authenticator"),
+        ("custos_writer", "it_web_writer"),
+        ("custos_auditor", "it_web_auditor"),
+    ] {
+        ensure_grant(&mut su, role, member);
+    }
+    let mut c = connect(&db, "it_authenticator");
+    let claims =
+        |t: &str, role: &str| json!({"role": role, "sub": format!("ana@{t}"), "tenant_id": t});
+    for t in [T1, T1, T2] {
+        postgrest_request(&mut c, "it_web_writer", &claims(t, "it_web_writer"), "POST", "/rpc/record_event",
+            "SELECT * FROM custos.record_event('invoice.paid', 'invoice', 'inv-1', '{\"amount\": 12}')").unwrap();
+    }
+    let read = "SELECT actor, db_role FROM custos.events ORDER BY seq";
+    let rows = postgrest_request(
+        &mut c,
+        "it_web_auditor",
+        &claims(T1, "it_web_auditor"),
+        "GET",
+        "/events",
+        read,
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<_, String>(0), format!("ana@{T1}"));
+    assert_eq!(rows[0].get::<_, String>(1), "it_web_writer");
+    let rows = postgrest_request(
+        &mut c,
+        "it_web_auditor",
+        &claims(T2, "it_web_auditor"),
+        "GET",
+        "/events",
+        read,
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    let v = postgrest_request(
+        &mut c,
+        "it_web_auditor",
+        &claims(T1, "it_web_auditor"),
+        "POST",
+        "/rpc/verify_chain",
+        &format!("SELECT ok, checked FROM custos.verify_chain('{T1}')"),
+    )
+    .unwrap();
+    assert!(v[0].get::<_, bool>(0));
+    assert_eq!(v[0].get::<_, i64>(1), 2);
+    // Across tenants: refused. Writers cannot read; anon can do nothing.
+    let e = postgrest_request(
+        &mut c,
+        "it_web_auditor",
+        &claims(T2, "it_web_auditor"),
+        "POST",
+        "/rpc/verify_chain",
+        &format!("SELECT * FROM custos.verify_chain('{T1}')"),
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let e = postgrest_request(
+        &mut c,
+        "it_web_writer",
+        &claims(T1, "it_web_writer"),
+        "GET",
+        "/events",
+        read,
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let e = postgrest_request(
+        &mut c,
+        "it_web_anon",
+        &json!({}),
+        "POST",
+        "/rpc/record_event",
+        "SELECT * FROM custos.record_event('x', 'y')",
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let e =
+        postgrest_request(&mut c, "it_web_anon", &json!({}), "GET", "/events", read).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+}
+
+#[test]
+fn bad_input_is_refused_with_nothing_written() {
+    let (_db, mut c) = fresh_db("ledger_bad_input");
+    let batch = |c: &mut postgres::Client, body: &str| {
+        c.batch_execute(&format!(
+            "SELECT custos.set_tenant('{T1}'); SELECT custos.record_events($j${body}$j$::jsonb)"
+        ))
+    };
+    for (body, code) in [
+        ("{not json", "22P02"),
+        (
+            "[{\"action\": \"a\", \"entity_type\": \"x\", \"details\": \"text\"}]",
+            "23514",
+        ),
+        (
+            "[{\"action\": \"a\", \"entity_type\": \"x\", \"ip_address\": \"999.1.1.1\"}]",
+            "22P02",
+        ),
+        (
+            "[{\"action\": \"a\", \"entity_type\": \"x\", \"occurred_at\": \"yesterday-ish\"}]",
+            "22007",
+        ),
+        ("[{\"action\": \"\", \"entity_type\": \"x\"}]", "23514"),
+        (
+            "[{\"action\": \"a\", \"entity_type\": \"x\", \"details\": {\"k\": \"\\u0000\"}}]",
+            "22P05",
+        ),
+    ] {
+        let e = batch(&mut c, body).unwrap_err();
+        assert_eq!(sqlstate(&e), code, "{body}: {e:?}");
+    }
+    // A NUL byte in a bound text parameter never reaches the table.
+    let e = c
+        .execute("SELECT custos.record_event($1, 'x')", &[&"a\0b"])
+        .unwrap_err();
+    assert!(
+        e.as_db_error().is_some() || e.to_string().contains("nul"),
+        "{e}"
+    );
+    // A valid batch of 10,000 goes in whole; one bad row at the end spoils all of them.
+    let ok: Vec<_> = (0..10_000)
+        .map(|i| json!({"action": "bulk", "entity_type": "row", "entity_id": i.to_string()}))
+        .collect();
+    let mut spoiled = ok.clone();
+    spoiled.push(json!({"action": "bulk"}));
+    let e = batch(&mut c, &serde_json::Value::Array(spoiled).to_string()).unwrap_err();
+    assert_eq!(sqlstate(&e), "23502");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM custos.events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    batch(&mut c, &serde_json::Value::Array(ok).to_string()).unwrap();
+    assert_eq!(verify(&mut c, T1), (true, 10_000, None));
+}
+
+#[test]
+fn fuzzed_batches_are_all_or_nothing() {
+    let (_db, mut c) = fresh_db("ledger_fuzz");
+    let mut seed = 42u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces = [
+        json!("login"),
+        json!(""),
+        json!(null),
+        json!(17),
+        json!([1, 2]),
+        json!({"k": "v"}),
+        json!("é\"\\\n"),
+        json!("10.0.0.1"),
+        json!("2026-01-01T00:00:00Z"),
+        json!("high"),
+        json!("x".repeat(300)),
+    ];
+    let keys = [
+        "action",
+        "entity_type",
+        "entity_id",
+        "details",
+        "severity",
+        "ip_address",
+        "occurred_at",
+        "actor",
+        "user_agent",
+        "bogus",
+    ];
+    let mut expected = 0i64;
+    for _ in 0..150 {
+        let events: Vec<serde_json::Value> = (0..1 + next() % 4)
+            .map(|_| {
+                let mut o = serde_json::Map::new();
+                o.insert("action".into(), json!("a"));
+                o.insert("entity_type".into(), json!("t"));
+                for _ in 0..next() % 3 {
+                    let k = keys[(next() % keys.len() as u64) as usize];
+                    o.insert(
+                        k.into(),
+                        pieces[(next() % pieces.len() as u64) as usize].clone(),
+                    );
+                }
+                serde_json::Value::Object(o)
+            })
+            .collect();
+        let n = events.len() as i64;
+        let body = serde_json::Value::Array(events).to_string();
+        let r = c.batch_execute(&format!(
+            "SELECT custos.set_tenant('{T1}'); SELECT custos.record_events($j${body}$j$::jsonb)"
+        ));
+        match r {
+            Ok(()) => expected += n,
+            Err(e) => assert!(
+                e.as_db_error().is_some(),
+                "a clean SQL error, not a crash: {e}"
+            ),
+        }
+        let have: i64 = c
+            .query_one("SELECT count(*) FROM custos.events", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(have, expected, "after {body}");
+    }
+    assert!(expected > 0);
+    assert_eq!(verify(&mut c, T1), (true, expected, None));
+}
