@@ -1,7 +1,7 @@
 # Helpers for benchmarks. Each bench/<name>.sh defines bench_<name>, which prints its own lines
 # through `report`.
 
-BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_SECONDS=${BENCH_SECONDS:-5}
 
 # bench_db NAME: a fresh database with custos installed.
 bench_db() {
@@ -21,6 +21,20 @@ time_sql() {
   cpsql -d "$1" -At -c "DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN EXECUTE \$q\$$2\$q\$;
     RAISE NOTICE '%', round(extract(epoch FROM clock_timestamp() - t0) * 1000, 2); END \$\$" 2>&1 \
     | sed -n 's/^NOTICE: *//p'
+}
+
+# time_pgbench_ms DB SCRIPT TRANSACTIONS: wall milliseconds of running SCRIPT that many times, 1 client.
+time_pgbench_ms() {
+  local start end
+  start=$(date +%s.%N)
+  pgbench -n -U postgres -c 1 -t "$3" -f "$2" "$1" >/dev/null 2>&1 || { echo "pgbench failed on $2" >&2; return 1; }
+  end=$(date +%s.%N)
+  awk -v s="$start" -v e="$end" 'BEGIN {printf "%.0f", (e - s) * 1000}'
+}
+
+# median: the median of the numbers on standard input, one a line.
+median() {
+  sort -n | awk 'NF {a[++n] = $1} END {if (n) print a[int((n + 1) / 2)]}'
 }
 
 # report LABEL VALUE UNIT [BASELINE_LABEL BASELINE_VALUE]: one line, with the ratio if a baseline is given.

@@ -32,13 +32,16 @@ CREATE TABLE @extschema@.events (
     actor       text NOT NULL,
     db_role     text NOT NULL,
     txid        bigint NOT NULL,
-    action      text NOT NULL CHECK (length(action) BETWEEN 1 AND 200),
-    entity_type text NOT NULL CHECK (length(entity_type) BETWEEN 1 AND 200),
-    entity_id   text CHECK (length(entity_id) <= 1000),
-    severity    text NOT NULL DEFAULT 'info' CHECK (severity IN ('info', 'low', 'medium', 'high', 'critical')),
-    details     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(details) = 'object'),
+    -- Checked by the chain trigger (cheaper than CHECK constraints, and it cannot be disabled):
+    -- action and entity_type 1-200 characters, entity_id up to 1000, user_agent up to 2000,
+    -- severity one of info/low/medium/high/critical, details a JSON object.
+    action      text NOT NULL,
+    entity_type text NOT NULL,
+    entity_id   text,
+    severity    text NOT NULL DEFAULT 'info',
+    details     jsonb NOT NULL DEFAULT '{}',
     ip_address  inet,
-    user_agent  text CHECK (length(user_agent) <= 2000),
+    user_agent  text,
     prev_hash   bytea NOT NULL,
     hash        bytea NOT NULL,
     PRIMARY KEY (tenant_id, seq)
@@ -260,3 +263,173 @@ REVOKE EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @exts
                             @extschema@.verify_checkpoint(text, text), @extschema@.checkpoint_public_key() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extschema@.checkpoint(uuid),
                            @extschema@.verify_checkpoint(text, text), @extschema@.checkpoint_public_key() TO custos_auditor;
+
+------------------------------------------------------------------------------------------------
+-- Capture of business tables: every INSERT, UPDATE, DELETE and TRUNCATE becomes ledger events.
+-- Statement-level triggers with transition tables: a 1,000-row statement costs one set-based
+-- INSERT into the ledger, not 1,000 trigger calls. Each tracked table gets its own generated
+-- function (static SQL, cached plans), owned by custos and run as SECURITY DEFINER so that the
+-- event lands in the tenant named by the row, whatever the writer's own tenant.
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.caller_role() RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    -- Inside SECURITY DEFINER, current_user is the owner; the caller is SET ROLE's, else the session's.
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role')::name END
+$fn$;
+COMMENT ON FUNCTION @extschema@.caller_role() IS
+'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
+
+CREATE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rel record;
+    pk_cols name[];
+    tenant_type regtype;
+    fn_name text := format('track_%s', tbl::oid);
+    etype text;
+    pk_expr_n text;
+    pk_expr_o text;
+    pk_join text;
+    body text;
+BEGIN
+    SELECT c.relname, n.nspname, c.relkind, c.relowner INTO rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s is not a table', tbl);
+    END IF;
+    IF rel.nspname = '@extschema@' THEN
+        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s belongs to custos and cannot be tracked', tbl);
+    END IF;
+    IF NOT pg_has_role(@extschema@.caller_role(), rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to track it', tbl);
+    END IF;
+    SELECT a.atttypid::regtype INTO tenant_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF tenant_type IS DISTINCT FROM 'uuid'::regtype THEN
+        RAISE EXCEPTION USING ERRCODE = '42703',
+            MESSAGE = format('table %s has no uuid column %I to take the tenant from', tbl, tenant_column),
+            HINT = 'pass the tenant column as tenant_column';
+    END IF;
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO pk_cols
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = tbl AND i.indisprimary;
+    IF pk_cols IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('table %s has no primary key', tbl),
+            HINT = 'events name the changed row by its primary key; add one first';
+    END IF;
+    etype := coalesce(entity_type, format('%s.%s', rel.nspname, rel.relname));
+    IF array_length(pk_cols, 1) = 1 THEN
+        pk_expr_n := format('n.%I::text', pk_cols[1]);
+        pk_expr_o := format('o.%I::text', pk_cols[1]);
+    ELSE
+        pk_expr_n := format('jsonb_build_array(%s)::text', (SELECT string_agg(format('n.%I', c), ', ') FROM unnest(pk_cols) c));
+        pk_expr_o := format('jsonb_build_array(%s)::text', (SELECT string_agg(format('o.%I', c), ', ') FROM unnest(pk_cols) c));
+    END IF;
+    pk_join := (SELECT string_agg(format('o.%1$I = n.%1$I', c), ' AND ') FROM unnest(pk_cols) c);
+
+    body := format($body$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+        SELECT n.%1$I, 'insert', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n))
+          FROM custos_new n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+        SELECT n.%1$I, 'update', %2$L, %3$s,
+               jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'new', to_jsonb(n), 'changed',
+                   (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]') FROM jsonb_each(to_jsonb(n)) e
+                     WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value))
+          FROM custos_new n JOIN custos_old o ON %6$s;
+        -- Rows whose primary key changed cannot be paired: record both sides.
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+        SELECT o.%1$I, 'update', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'key_changed', true)
+          FROM custos_old o WHERE NOT EXISTS (SELECT 1 FROM custos_new n WHERE %6$s);
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+        SELECT n.%1$I, 'update', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n), 'key_changed', true)
+          FROM custos_new n WHERE NOT EXISTS (SELECT 1 FROM custos_old o WHERE %6$s);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+        SELECT o.%1$I, 'delete', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o))
+          FROM custos_old o;
+    END IF;
+    RETURN NULL;
+END
+$body$, tenant_column, etype, pk_expr_n, pk_expr_o, tbl::text, pk_join);
+
+    EXECUTE format('CREATE OR REPLACE FUNCTION @extschema@.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                   'SET search_path = pg_catalog, pg_temp AS %L', fn_name, body);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION @extschema@.%I() FROM PUBLIC', fn_name);
+    EXECUTE format('COMMENT ON FUNCTION @extschema@.%I() IS %L', fn_name,
+                   format('custos capture of %s into the audit ledger (generated by custos.track_table)', tbl));
+    -- TRUNCATE has no transition table: record one event per tenant that had rows, before they go.
+    EXECUTE format('CREATE OR REPLACE FUNCTION @extschema@.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                   'SET search_path = pg_catalog, pg_temp AS %L', fn_name || '_truncate', format($t$
+BEGIN
+    INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
+    SELECT DISTINCT t.%1$I, 'truncate', %2$L, jsonb_build_object('table', %3$L) FROM %4$s t WHERE t.%1$I IS NOT NULL;
+    RETURN NULL;
+END $t$, tenant_column, etype, tbl::text, tbl));
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION @extschema@.%I() FROM PUBLIC', fn_name || '_truncate');
+
+    EXECUTE format('DROP TRIGGER IF EXISTS custos_track_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS custos_track_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS custos_track_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS custos_track_truncate ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER custos_track_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS custos_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name);
+    EXECUTE format('CREATE TRIGGER custos_track_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS custos_old NEW TABLE AS custos_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name);
+    EXECUTE format('CREATE TRIGGER custos_track_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS custos_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name);
+    EXECUTE format('CREATE TRIGGER custos_track_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name || '_truncate');
+    RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s', tbl, etype);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.track_table(regclass, name, text) IS
+'Records every INSERT, UPDATE, DELETE (old and new values, primary key, actor) and TRUNCATE of a table in the audit ledger, in the tenant named by each row''s tenant column. The caller must own the table; the table needs a primary key. Idempotent.';
+
+CREATE FUNCTION @extschema@.untrack_table(tbl regclass) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT pg_has_role(@extschema@.caller_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to untrack it', tbl);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'custos_track_insert') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('%s is not tracked', tbl);
+    END IF;
+    -- Stopping the audit trail is itself worth a record, in the current tenant if there is one.
+    IF @extschema@.current_tenant() IS NOT NULL THEN
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+        VALUES (@extschema@.current_tenant(), 'custos.untrack_table', 'table', tbl::text, 'medium',
+                jsonb_build_object('table', tbl::text));
+    END IF;
+    EXECUTE format('DROP TRIGGER custos_track_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_truncate ON %s', tbl);
+    EXECUTE format('DROP FUNCTION @extschema@.%I()', format('track_%s', tbl::oid));
+    EXECUTE format('DROP FUNCTION @extschema@.%I()', format('track_%s_truncate', tbl::oid));
+    RETURN format('%s is no longer tracked', tbl);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.untrack_table(regclass) IS
+'Stops recording a table''s changes; records that it did so in the current tenant''s ledger when a tenant is set.';
+
+CREATE VIEW @extschema@.tracked_tables AS
+SELECT t.tgrelid::regclass AS table_name, p.proname AS capture_function
+  FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+ WHERE t.tgname = 'custos_track_insert';
+COMMENT ON VIEW @extschema@.tracked_tables IS 'Tables whose changes custos records in the audit ledger.';
+GRANT SELECT ON @extschema@.tracked_tables TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text), @extschema@.untrack_table(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text), @extschema@.untrack_table(regclass) TO custos_admin;

@@ -2,15 +2,15 @@
 //! SECURITY DEFINER with a pinned search_path, so they read every row of the tenant whatever RLS
 //! shows the caller; each one first checks that the caller works in that tenant.
 
-use super::chain::{canonical_json_string, event_hash, genesis_hash, EventFields, Hash, HASH_LEN};
+use super::chain::{event_hash, genesis_hash, Hash, HASH_LEN};
 use super::checkpoint::{self, Checkpoint, CheckpointError};
+use super::row::scan_chain;
 use super::verify::{Break, Row, Verifier};
 use crate::error::raise;
 use crate::gucs;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-const PAGE: i64 = 10_000;
 const PROGRESS_EVERY: i64 = 250_000;
 
 fn to_uuid(u: pgrx::Uuid) -> uuid::Uuid {
@@ -40,87 +40,6 @@ fn to_hash(bytes: &[u8]) -> Hash {
         h.copy_from_slice(bytes);
     }
     h
-}
-
-pub(crate) const ROW_COLUMNS: &str =
-    "tenant_id, seq, id, occurred_at, recorded_at, actor, db_role, txid, action, \
-    entity_type, entity_id, severity, details, ip_address, user_agent, prev_hash, hash";
-
-/// A stored row, read back for verification.
-pub(crate) struct StoredRow {
-    pub tenant: [u8; 16],
-    pub seq: i64,
-    id: [u8; 16],
-    occurred_at: i64,
-    recorded_at: i64,
-    actor: String,
-    db_role: String,
-    txid: i64,
-    action: String,
-    entity_type: String,
-    entity_id: Option<String>,
-    severity: String,
-    details: String,
-    ip_address: Option<String>,
-    user_agent: Option<String>,
-    pub prev_hash: Vec<u8>,
-    pub hash: Vec<u8>,
-}
-
-impl StoredRow {
-    pub fn recomputed(&self) -> Hash {
-        let fields = EventFields {
-            tenant_id: self.tenant,
-            seq: self.seq,
-            id: self.id,
-            occurred_at: self.occurred_at,
-            recorded_at: self.recorded_at,
-            actor: &self.actor,
-            db_role: &self.db_role,
-            txid: self.txid,
-            action: &self.action,
-            entity_type: &self.entity_type,
-            entity_id: self.entity_id.as_deref(),
-            severity: &self.severity,
-            details: &self.details,
-            ip_address: self.ip_address.as_deref().map(str::as_bytes),
-            user_agent: self.user_agent.as_deref().map(str::as_bytes),
-        };
-        event_hash(&to_hash(&self.prev_hash), &fields)
-    }
-}
-
-pub(crate) fn read_row(r: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<StoredRow> {
-    let ts = |i: usize| -> pgrx::spi::Result<i64> {
-        Ok(r.get::<pgrx::datum::TimestampWithTimeZone>(i)?
-            .map(pg_sys::TimestampTz::from)
-            .unwrap_or_default())
-    };
-    Ok(StoredRow {
-        tenant: r
-            .get::<pgrx::Uuid>(1)?
-            .map(|u| *u.as_bytes())
-            .unwrap_or_default(),
-        seq: r.get::<i64>(2)?.unwrap_or_default(),
-        id: r
-            .get::<pgrx::Uuid>(3)?
-            .map(|u| *u.as_bytes())
-            .unwrap_or_default(),
-        occurred_at: ts(4)?,
-        recorded_at: ts(5)?,
-        actor: r.get::<String>(6)?.unwrap_or_default(),
-        db_role: r.get::<String>(7)?.unwrap_or_default(),
-        txid: r.get::<i64>(8)?.unwrap_or_default(),
-        action: r.get::<String>(9)?.unwrap_or_default(),
-        entity_type: r.get::<String>(10)?.unwrap_or_default(),
-        entity_id: r.get::<String>(11)?,
-        severity: r.get::<String>(12)?.unwrap_or_default(),
-        details: canonical_json_string(&r.get::<JsonB>(13)?.map(|j| j.0).unwrap_or_default()),
-        ip_address: r.get::<pgrx::Inet>(14)?.map(|i| i.0),
-        user_agent: r.get::<String>(15)?,
-        prev_hash: r.get::<Vec<u8>>(16)?.unwrap_or_default(),
-        hash: r.get::<Vec<u8>>(17)?.unwrap_or_default(),
-    })
 }
 
 fn spi_failed(e: pgrx::spi::Error) -> ! {
@@ -156,8 +75,8 @@ pub struct Outcome {
     pub broken: Option<Break>,
 }
 
-/// Walks the chain from `from_seq` to `to_seq` (or its end) in pages of [`PAGE`] rows, each read
-/// in its own SPI session so memory stays flat however long the chain is.
+/// Walks the chain from `from_seq` to `to_seq` (or its end) straight through the primary key, in
+/// constant memory however long the chain is.
 pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Outcome {
     let tenant_bytes = *tenant.as_bytes();
     let start_prev = if from_seq == 1 {
@@ -176,49 +95,30 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
         };
     };
     let mut verifier = Verifier::new(from_seq, start_prev);
-    let mut after = from_seq - 1;
+    let mut last_seq = from_seq - 1;
     let mut broken = None;
     let mut next_progress = PROGRESS_EVERY;
-    'pages: loop {
-        let rows: Vec<StoredRow> = Spi::connect(|client| {
-            let table = client.select(
-                &format!(
-                    "SELECT {ROW_COLUMNS} FROM custos.events WHERE tenant_id = $1 AND seq > $2 \
-                       AND ($3::bigint IS NULL OR seq <= $3) ORDER BY seq LIMIT {PAGE}"
-                ),
-                None,
-                &[tenant.into(), after.into(), to_seq.into()],
-            )?;
-            table
-                .map(|r| read_row(&r))
-                .collect::<pgrx::spi::Result<Vec<_>>>()
-        })
-        .unwrap_or_else(|e| spi_failed(e));
-        let page_len = rows.len() as i64;
-        for row in &rows {
-            let pushed = verifier.push(&Row {
-                seq: row.seq,
-                prev_hash: &row.prev_hash,
-                hash: &row.hash,
-                recomputed: row.recomputed(),
-            });
-            if let Err(b) = pushed {
-                broken = Some(b);
-                break 'pages;
-            }
-            after = row.seq;
+    scan_chain(&tenant_bytes, from_seq, to_seq, |row| {
+        let pushed = verifier.push(&Row {
+            seq: row.fields.seq,
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+            recomputed: event_hash(&to_hash(row.prev_hash), &row.fields),
+        });
+        if let Err(b) = pushed {
+            broken = Some(b);
+            return false;
         }
+        last_seq = row.fields.seq;
         if verifier.checked() >= next_progress {
             pgrx::notice!(
-                "custos.verify_chain: {} events checked, at seq {after}",
+                "custos.verify_chain: {} events checked, at seq {last_seq}",
                 verifier.checked()
             );
             next_progress += PROGRESS_EVERY;
         }
-        if page_len < PAGE {
-            break;
-        }
-    }
+        true
+    });
     if broken.is_none() {
         broken = verifier.finish().err();
     }
@@ -238,7 +138,7 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
     }
     Outcome {
         checked: verifier.checked(),
-        last_seq: after,
+        last_seq,
         broken,
     }
 }

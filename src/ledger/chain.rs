@@ -10,8 +10,9 @@ pub type Hash = [u8; HASH_LEN];
 const DOMAIN_EVENT: &[u8] = b"custos/ledger/event/v1\0";
 const DOMAIN_GENESIS: &[u8] = b"custos/ledger/genesis/v1\0";
 
-/// One event as hashed: every stored column except `prev_hash` and `hash`.
-/// Timestamps are microseconds since 2000-01-01 UTC (PostgreSQL's own representation).
+/// One event as hashed: every stored column except `prev_hash` and `hash`. Text is hashed as the
+/// bytes stored (UTF-8); timestamps are microseconds since 2000-01-01 UTC (PostgreSQL's own
+/// representation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventFields<'a> {
     pub tenant_id: [u8; 16],
@@ -19,15 +20,15 @@ pub struct EventFields<'a> {
     pub id: [u8; 16],
     pub occurred_at: i64,
     pub recorded_at: i64,
-    pub actor: &'a str,
-    pub db_role: &'a str,
+    pub actor: &'a [u8],
+    pub db_role: &'a [u8],
     pub txid: i64,
-    pub action: &'a str,
-    pub entity_type: &'a str,
-    pub entity_id: Option<&'a str>,
-    pub severity: &'a str,
-    /// Canonical JSON of `details` (see [`canonical_json`]).
-    pub details: &'a str,
+    pub action: &'a [u8],
+    pub entity_type: &'a [u8],
+    pub entity_id: Option<&'a [u8]>,
+    pub severity: &'a [u8],
+    /// Canonical JSON of `details`: PostgreSQL's jsonb text (see [`canonical_json`]).
+    pub details: &'a [u8],
     pub ip_address: Option<&'a [u8]>,
     pub user_agent: Option<&'a [u8]>,
 }
@@ -40,46 +41,61 @@ pub fn genesis_hash(tenant_id: &[u8; 16]) -> Hash {
     h.finalize().into()
 }
 
-fn field(h: &mut Sha256, tag: u8, value: Option<&[u8]>) {
-    h.update([tag]);
+fn field(buf: &mut Vec<u8>, tag: u8, value: Option<&[u8]>) {
+    buf.push(tag);
     match value {
         // Length-prefixed, so no two different field lists encode to the same bytes.
         Some(v) => {
-            h.update((v.len() as u32).to_be_bytes());
-            h.update(v);
+            buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            buf.extend_from_slice(v);
         }
-        None => h.update(u32::MAX.to_be_bytes()),
+        None => buf.extend_from_slice(&u32::MAX.to_be_bytes()),
     }
 }
 
 /// SHA-256 over the domain tag, the predecessor's hash and every field, each as
-/// `tag(u8) || length(u32 BE) || bytes`, NULL as `tag || 0xFFFFFFFF`.
+/// `tag(u8) || length(u32 BE) || bytes`, NULL as `tag || 0xFFFFFFFF`. The encoding is assembled
+/// in one buffer and hashed in one call: many small `update`s cost more than the copy.
 pub fn event_hash(prev_hash: &Hash, e: &EventFields<'_>) -> Hash {
-    let mut h = Sha256::new();
-    h.update(DOMAIN_EVENT);
-    h.update(prev_hash);
-    field(&mut h, 0x01, Some(&e.tenant_id));
-    field(&mut h, 0x02, Some(&e.seq.to_be_bytes()));
-    field(&mut h, 0x03, Some(&e.id));
-    field(&mut h, 0x04, Some(&e.occurred_at.to_be_bytes()));
-    field(&mut h, 0x05, Some(&e.recorded_at.to_be_bytes()));
-    field(&mut h, 0x06, Some(e.actor.as_bytes()));
-    field(&mut h, 0x07, Some(e.db_role.as_bytes()));
-    field(&mut h, 0x08, Some(&e.txid.to_be_bytes()));
-    field(&mut h, 0x09, Some(e.action.as_bytes()));
-    field(&mut h, 0x0A, Some(e.entity_type.as_bytes()));
-    field(&mut h, 0x0B, e.entity_id.map(str::as_bytes));
-    field(&mut h, 0x0C, Some(e.severity.as_bytes()));
-    field(&mut h, 0x0D, Some(e.details.as_bytes()));
-    field(&mut h, 0x0E, e.ip_address);
-    field(&mut h, 0x0F, e.user_agent);
-    h.finalize().into()
+    let variable = e.actor.len()
+        + e.db_role.len()
+        + e.action.len()
+        + e.entity_type.len()
+        + e.entity_id.map_or(0, <[u8]>::len)
+        + e.severity.len()
+        + e.details.len()
+        + e.ip_address.map_or(0, <[u8]>::len)
+        + e.user_agent.map_or(0, <[u8]>::len);
+    let mut buf =
+        Vec::with_capacity(DOMAIN_EVENT.len() + HASH_LEN + 15 * 5 + 2 * 16 + 4 * 8 + variable);
+    let h = &mut buf;
+    h.extend_from_slice(DOMAIN_EVENT);
+    h.extend_from_slice(prev_hash);
+    field(h, 0x01, Some(&e.tenant_id));
+    field(h, 0x02, Some(&e.seq.to_be_bytes()));
+    field(h, 0x03, Some(&e.id));
+    field(h, 0x04, Some(&e.occurred_at.to_be_bytes()));
+    field(h, 0x05, Some(&e.recorded_at.to_be_bytes()));
+    field(h, 0x06, Some(e.actor));
+    field(h, 0x07, Some(e.db_role));
+    field(h, 0x08, Some(&e.txid.to_be_bytes()));
+    field(h, 0x09, Some(e.action));
+    field(h, 0x0A, Some(e.entity_type));
+    field(h, 0x0B, e.entity_id);
+    field(h, 0x0C, Some(e.severity));
+    field(h, 0x0D, Some(e.details));
+    field(h, 0x0E, e.ip_address);
+    field(h, 0x0F, e.user_agent);
+    Sha256::digest(&buf).into()
 }
 
-/// Canonical JSON: object keys sorted by their UTF-8 bytes, no insignificant white space, strings
-/// escaped as serde_json does, numbers exactly as PostgreSQL printed them (serde_json's
-/// `arbitrary_precision` keeps their text). Equal jsonb values always give equal bytes, whatever
-/// the key order or spacing they were written with.
+/// Canonical JSON of a `details` document: exactly the text PostgreSQL's `jsonb` type prints, so
+/// the trigger hashes `jsonb_out` without parsing, and anyone holding an export can rebuild it:
+/// object keys ordered by UTF-8 length, then bytewise (jsonb's storage order); `", "` between
+/// members and elements, `": "` after keys; strings escaped as `escape_json` does (`\"`, `\\`,
+/// `\b \f \n \r \t`, other control characters as `\u00xx`, everything else as is); numbers as
+/// PostgreSQL prints the numeric (serde_json's `arbitrary_precision` keeps that text). A pg_test
+/// checks this function against `jsonb_out` on generated documents.
 pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
     use serde_json::Value;
     match value {
@@ -91,7 +107,7 @@ pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push_str(", ");
                 }
                 canonical_json(item, out);
             }
@@ -100,14 +116,16 @@ pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
         Value::Object(map) => {
             // Sorted explicitly: serde_json's map order depends on crate features.
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            entries.sort_unstable_by(|a, b| {
+                (a.0.len(), a.0.as_bytes()).cmp(&(b.0.len(), b.0.as_bytes()))
+            });
             out.push('{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push_str(", ");
                 }
                 push_json_string(k, out);
-                out.push(':');
+                out.push_str(": ");
                 canonical_json(v, out);
             }
             out.push('}');
@@ -155,14 +173,14 @@ mod tests {
             id: [2; 16],
             occurred_at: 1_000,
             recorded_at: 2_000,
-            actor: "alice",
-            db_role: "app",
+            actor: b"alice",
+            db_role: b"app",
             txid: 42,
-            action: "login",
-            entity_type: "user",
-            entity_id: Some("u1"),
-            severity: "info",
-            details: "{}",
+            action: b"login",
+            entity_type: b"user",
+            entity_id: Some(&b"u1"[..]),
+            severity: b"info",
+            details: b"{}",
             ip_address: None,
             user_agent: None,
         }
@@ -203,11 +221,11 @@ mod tests {
                 ..base.clone()
             },
             EventFields {
-                actor: "mallory",
+                actor: b"mallory",
                 ..base.clone()
             },
             EventFields {
-                db_role: "root",
+                db_role: b"root",
                 ..base.clone()
             },
             EventFields {
@@ -215,11 +233,11 @@ mod tests {
                 ..base.clone()
             },
             EventFields {
-                action: "logout",
+                action: b"logout",
                 ..base.clone()
             },
             EventFields {
-                entity_type: "group",
+                entity_type: b"group",
                 ..base.clone()
             },
             EventFields {
@@ -227,23 +245,23 @@ mod tests {
                 ..base.clone()
             },
             EventFields {
-                entity_id: Some(""),
+                entity_id: Some(&b""[..]),
                 ..base.clone()
             },
             EventFields {
-                severity: "high",
+                severity: b"high",
                 ..base.clone()
             },
             EventFields {
-                details: "{\"a\":1}",
+                details: b"{\"a\": 1}",
                 ..base.clone()
             },
             EventFields {
-                ip_address: Some(b"10.0.0.1"),
+                ip_address: Some(&b"10.0.0.1"[..]),
                 ..base.clone()
             },
             EventFields {
-                user_agent: Some(b""),
+                user_agent: Some(&b""[..]),
                 ..base.clone()
             },
         ];
@@ -258,13 +276,13 @@ mod tests {
         let base = sample();
         let prev = [0; 32];
         let a = EventFields {
-            action: "ab",
-            entity_type: "c",
+            action: b"ab",
+            entity_type: b"c",
             ..base.clone()
         };
         let b = EventFields {
-            action: "a",
-            entity_type: "bc",
+            action: b"a",
+            entity_type: b"bc",
             ..base
         };
         assert_ne!(event_hash(&prev, &a), event_hash(&prev, &b));
@@ -276,15 +294,18 @@ mod tests {
     }
 
     #[test]
-    fn canonical_json_sorts_keys_and_strips_space() {
+    fn canonical_json_is_jsonb_text() {
+        // What `SELECT '{ "b": [1, {"zz": null, "a": true}], "a": "x\ny", "aa": 1.50 }'::jsonb` prints.
         let v: serde_json::Value = serde_json::from_str(
-            r#"{ "b": [1, {"z": null, "a": true}], "a": "x\ny", "aa": 1.50 }"#,
+            r#"{ "b": [1, {"zz": null, "a": true}], "a": "x\ny", "aa": 1.50 }"#,
         )
         .unwrap();
         assert_eq!(
             canonical_json_string(&v),
-            r#"{"a":"x\ny","aa":1.50,"b":[1,{"a":true,"z":null}]}"#
+            r#"{"a": "x\ny", "b": [1, {"a": true, "zz": null}], "aa": 1.50}"#
         );
+        assert_eq!(canonical_json_string(&json!({})), "{}");
+        assert_eq!(canonical_json_string(&json!([])), "[]");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-use crate::ledger::api::{read_row, StoredRow, ROW_COLUMNS};
-use crate::ledger::chain::genesis_hash;
+use crate::ledger::chain::{event_hash, genesis_hash};
+use crate::ledger::row::scan_chain;
+use pgrx::pg_sys;
 use crate::testing::{assert_error, count, error_of};
 use pgrx::prelude::*;
 
@@ -42,13 +43,42 @@ fn verify(t: &str) -> (bool, i64, Option<i64>, Option<String>) {
     .unwrap()
 }
 
-fn rows(t: &str) -> Vec<StoredRow> {
-    Spi::connect(|c| {
-        c.select(&format!("SELECT {ROW_COLUMNS} FROM custos.events WHERE tenant_id = '{t}' ORDER BY seq"), None, &[])?
-            .map(|r| read_row(&r))
-            .collect::<pgrx::spi::Result<Vec<_>>>()
-    })
-    .unwrap()
+/// A stored row: seq, prev_hash, hash, and its hash recomputed from its content.
+struct Stored {
+    seq: i64,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+    recomputed: Vec<u8>,
+}
+
+fn tenant_bytes(t: &str) -> [u8; 16] {
+    *uuid::Uuid::parse_str(t).unwrap().as_bytes()
+}
+
+/// scan_chain reads with the statement's snapshot; a test function's own statement began before the
+/// rows it inserted, so scan under a snapshot taken now.
+fn scan_now(t: &str, f: impl FnMut(&crate::ledger::row::StoredRow<'_>) -> bool) {
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    scan_chain(&tenant_bytes(t), 1, None, f);
+    unsafe { pg_sys::PopActiveSnapshot() };
+}
+
+fn rows(t: &str) -> Vec<Stored> {
+    let mut out = Vec::new();
+    scan_now(t, |r| {
+        let prev: [u8; 32] = r.prev_hash.try_into().unwrap();
+        out.push(Stored {
+            seq: r.fields.seq,
+            prev_hash: r.prev_hash.to_vec(),
+            hash: r.hash.to_vec(),
+            recomputed: event_hash(&prev, &r.fields).to_vec(),
+        });
+        true
+    });
+    out
 }
 
 /// Tamper tests alter the table (a stronger lock than their inserts took): one at a time, or two
@@ -80,12 +110,12 @@ fn events_form_a_gap_free_linked_chain() {
     .unwrap();
     let rows = rows(A);
     assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-    assert_eq!(rows[0].prev_hash, genesis_hash(&rows[0].tenant).to_vec());
+    assert_eq!(rows[0].prev_hash, genesis_hash(&tenant_bytes(A)).to_vec());
     for w in rows.windows(2) {
         assert_eq!(w[1].prev_hash, w[0].hash);
     }
     for r in &rows {
-        assert_eq!(r.hash, r.recomputed().to_vec(), "seq {}", r.seq);
+        assert_eq!(r.hash, r.recomputed, "seq {}", r.seq);
     }
     assert_eq!(verify(A), (true, 5, None, None));
 }
@@ -167,9 +197,14 @@ fn custos_assigns_its_own_columns() {
         );
     }
     assert_error("INSERT INTO custos.events (entity_type) VALUES ('b')", "23502", "\"action\"");
-    assert_error("INSERT INTO custos.events (action, entity_type, severity) VALUES ('a', 'b', 'meh')", "23514", "check constraint");
-    assert_error("INSERT INTO custos.events (action, entity_type, details) VALUES ('a', 'b', '[1]')", "23514", "check constraint");
-    assert_eq!(count("SELECT count(*) FROM custos.events"), 0);
+    assert_error("INSERT INTO custos.events (action, entity_type, severity) VALUES ('a', 'b', 'meh')", "23514", "severity cannot be \"meh\"");
+    assert_error("INSERT INTO custos.events (action, entity_type, details) VALUES ('a', 'b', '[1]')", "23514", "details must be a JSON object");
+    assert_error("INSERT INTO custos.events (action, entity_type) VALUES ('', 'b')", "23514", "action must be 1 to 200 characters");
+    assert_error("INSERT INTO custos.events (action, entity_type) VALUES ('a', repeat('é', 201))", "23514", "entity_type must be 1 to 200");
+    Spi::run("INSERT INTO custos.events (action, entity_type) VALUES ('a', repeat('é', 200))").unwrap();
+    assert_error("INSERT INTO custos.events (action, entity_type, user_agent) VALUES ('a', 'b', repeat('x', 2001))", "23514", "user_agent");
+    // Only the valid row went in.
+    assert_eq!(count("SELECT count(*) FROM custos.events"), 1);
 }
 
 #[pg_test]
@@ -312,19 +347,23 @@ fn tamper_recomputed_whole_chain_is_caught_by_checkpoint() {
     assert_eq!(verify_checkpoint(&text), (true, None));
     // The attacker knows the format: rewrites row 2 and recomputes every hash after it.
     tamper(&format!("UPDATE custos.events SET actor = 'someone else' WHERE tenant_id = '{A}' AND seq = 2"));
-    let mut prev = genesis_hash(&rows(A)[0].tenant).to_vec();
-    for mut row in rows(A) {
-        row.prev_hash = prev.clone();
-        let h = row.recomputed().to_vec();
+    let mut rewritten = Vec::new();
+    let mut prev = genesis_hash(&tenant_bytes(A));
+    scan_now(A, |r| {
+        let h = event_hash(&prev, &r.fields);
+        rewritten.push((r.fields.seq, prev, h));
+        prev = h;
+        true
+    });
+    for (seq, prev, hash) in rewritten {
         Spi::run_with_args(
             "UPDATE custos.events SET prev_hash = $1, hash = $2 WHERE tenant_id = $3::uuid AND seq = $4",
-            &[row.prev_hash.clone().into(), h.clone().into(), A.into(), row.seq.into()],
+            &[prev.to_vec().into(), hash.to_vec().into(), A.into(), seq.into()],
         )
         .unwrap();
-        prev = h;
     }
     // The chain itself is consistent again...
-    assert!(rows(A).iter().all(|r| r.hash == r.recomputed().to_vec()));
+    assert!(rows(A).iter().all(|r| r.hash == r.recomputed));
     // ...but it no longer has the head the checkpoint signed.
     let (ok, _, seq, reason) = verify(A);
     assert_eq!((ok, seq), (false, Some(4)));
@@ -411,7 +450,7 @@ fn batches_are_all_or_nothing() {
         assert_error(&format!("SELECT custos.record_events('{batch}')"), "22023", needle);
     }
     assert_error(r#"SELECT custos.record_events('[{"action":"a","entity_type":"x"},{"action":"b"}]')"#, "23502", "entity_type");
-    assert_error(r#"SELECT custos.record_events('[{"action":"a","entity_type":"x","severity":"loud"}]')"#, "23514", "");
+    assert_error(r#"SELECT custos.record_events('[{"action":"a","entity_type":"x","severity":"loud"}]')"#, "23514", "severity");
     assert_eq!(count("SELECT count(*) FROM custos.events"), 3);
     assert!(verify(A).0);
 }
@@ -436,4 +475,44 @@ fn jsonb_key_order_and_spacing_do_not_matter() {
     Spi::run(r#"SELECT custos.record_event('a', 'x', details => '{"b": 1, "a": {"d": 2.50, "c": [true, null]}}')"#).unwrap();
     Spi::run(r#"SELECT custos.record_event('a', 'x', details => '{"a":{"c":[true,null],"d":2.50},"b":1}')"#).unwrap();
     assert!(verify(A).0);
+}
+
+#[pg_test]
+fn canonical_json_matches_jsonb_text_output() {
+    // An export carries jsonb's text; the pure encoder must rebuild exactly those bytes from it.
+    let mut docs: Vec<String> = vec![
+        r#"{"b": 1, "a": 2, "aa": {"z": [], "y": {}}, "": null}"#.into(),
+        r#"{"num": [1.50, -0, 1e3, 12345678901234567890.123, 0.000001, -2.5E-3]}"#.into(),
+        r#"{"s": "quote\" backslash\\ nl\n tab\t cr\r bs\b ff\f ctl\u0001 del\u007f é 日本 😀 \/"}"#.into(),
+        r#"{"nested": {"deeper": {"deepest": [true, false, null, "x", {"k": "v"}]}}}"#.into(),
+        r#"{"k\u00e9y": 1, "kéy2": 2, "KEY": 3, "key": 4}"#.into(),
+    ];
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let atoms = ["1", "-7.25", "true", "null", "\"a b\"", "\"\\u0002\\\"\"", "[]", "{}", "3.000", "\"ü\""];
+    for _ in 0..200 {
+        let n = next() % 6;
+        let members: Vec<String> = (0..n)
+            .map(|i| {
+                let key: String = (0..(next() % 4)).map(|k| (b'a' + ((next() + k) % 5) as u8) as char).collect();
+                let v = if next() % 4 == 0 {
+                    format!("[{}, {}]", atoms[(next() % 10) as usize], atoms[(next() % 10) as usize])
+                } else {
+                    atoms[(next() % 10) as usize].to_string()
+                };
+                format!("\"{key}{i}\": {v}")
+            })
+            .collect();
+        docs.push(format!("{{{}}}", members.join(", ")));
+    }
+    for doc in docs {
+        let text = Spi::get_one_with_args::<String>("SELECT $1::jsonb::text", &[doc.as_str().into()]).unwrap().unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(crate::ledger::chain::canonical_json_string(&parsed), text, "from {doc}");
+    }
 }

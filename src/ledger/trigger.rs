@@ -3,80 +3,14 @@
 //! the new row once and forms the result once; pgrx's per-field setters would copy the row for
 //! every field.
 
-use super::chain::{canonical_json_string, event_hash, genesis_hash, EventFields, HASH_LEN};
-use super::head::{self, Head, HeadColumns};
+use super::chain::{event_hash, genesis_hash, HASH_LEN};
+use super::head::{self, Head};
+use super::row::{event_fields, Columns};
 use crate::error::raise;
 use crate::gucs;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode, PgTupleDesc};
 use std::ffi::CStr;
-
-/// Column positions (0-based) in `custos.events`, found by name so that column order is free.
-pub struct Columns {
-    pub tenant_id: usize,
-    pub seq: usize,
-    pub id: usize,
-    pub occurred_at: usize,
-    pub recorded_at: usize,
-    pub actor: usize,
-    pub db_role: usize,
-    pub txid: usize,
-    pub action: usize,
-    pub entity_type: usize,
-    pub entity_id: usize,
-    pub severity: usize,
-    pub details: usize,
-    pub ip_address: usize,
-    pub user_agent: usize,
-    pub prev_hash: usize,
-    pub hash: usize,
-}
-
-impl Columns {
-    /// # Safety
-    /// `tupdesc` must be a valid tuple descriptor.
-    pub unsafe fn find(tupdesc: pg_sys::TupleDesc) -> Columns {
-        let desc = unsafe { PgTupleDesc::from_pg_unchecked(tupdesc) };
-        let pos = |name: &str| -> usize {
-            desc.iter()
-                .position(|a| !a.is_dropped() && a.name() == name)
-                .unwrap_or_else(|| {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                        format!("ledger table has no column \"{name}\""),
-                        Some("the custos ledger trigger belongs on custos.events only"),
-                    )
-                })
-        };
-        Columns {
-            tenant_id: pos("tenant_id"),
-            seq: pos("seq"),
-            id: pos("id"),
-            occurred_at: pos("occurred_at"),
-            recorded_at: pos("recorded_at"),
-            actor: pos("actor"),
-            db_role: pos("db_role"),
-            txid: pos("txid"),
-            action: pos("action"),
-            entity_type: pos("entity_type"),
-            entity_id: pos("entity_id"),
-            severity: pos("severity"),
-            details: pos("details"),
-            ip_address: pos("ip_address"),
-            user_agent: pos("user_agent"),
-            prev_hash: pos("prev_hash"),
-            hash: pos("hash"),
-        }
-    }
-
-    pub fn head_columns(&self) -> HeadColumns {
-        HeadColumns {
-            tenant_id: self.tenant_id as i16 + 1,
-            seq: self.seq as i16 + 1,
-            hash: self.hash as i16 + 1,
-        }
-    }
-}
 
 /// The actor of an event nobody named: `custos.set_actor`, else the JWT `sub`, else the role.
 pub fn default_actor() -> String {
@@ -112,16 +46,71 @@ fn random_uuid_v4() -> [u8; 16] {
     b
 }
 
-unsafe fn text_of<'a>(d: pg_sys::Datum) -> &'a str {
-    unsafe { <&str>::from_datum(d, false).unwrap_or_default() }
-}
-
 fn assigned_by_custos(column: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
         format!("column \"{column}\" of custos.events is assigned by custos"),
         Some("leave it out of the INSERT: custos fills seq, recorded_at, db_role, txid, prev_hash and hash"),
     )
+}
+
+const SEVERITIES: [&[u8]; 5] = [b"info", b"low", b"medium", b"high", b"critical"];
+
+fn check_failed(message: String, hint: &str) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_CHECK_VIOLATION, message, Some(hint))
+}
+
+/// Characters in stored UTF-8 text; counted only when the byte length could exceed the limit.
+fn within_chars(text: &[u8], min: usize, max: usize) -> bool {
+    if text.len() <= max {
+        return text.len() >= min;
+    }
+    let chars = std::str::from_utf8(text)
+        .map(|s| s.chars().count())
+        .unwrap_or(text.len());
+    (min..=max).contains(&chars)
+}
+
+/// The column rules of custos.events, checked here rather than as CHECK constraints.
+pub fn check_event(fields: &super::chain::EventFields<'_>) {
+    for (name, value, min, max) in [
+        ("action", fields.action, 1, 200),
+        ("entity_type", fields.entity_type, 1, 200),
+    ] {
+        if !within_chars(value, min, max) {
+            check_failed(
+                format!("custos.events.{name} must be {min} to {max} characters"),
+                "name what happened briefly; put the rest in details",
+            );
+        }
+    }
+    if fields.entity_id.is_some_and(|v| !within_chars(v, 0, 1000)) {
+        check_failed(
+            "custos.events.entity_id must be at most 1000 characters".into(),
+            "use a key, not the entity",
+        );
+    }
+    if fields.user_agent.is_some_and(|v| !within_chars(v, 0, 2000)) {
+        check_failed(
+            "custos.events.user_agent must be at most 2000 characters".into(),
+            "truncate it first",
+        );
+    }
+    if !SEVERITIES.contains(&fields.severity) {
+        check_failed(
+            format!(
+                "custos.events.severity cannot be \"{}\"",
+                String::from_utf8_lossy(fields.severity)
+            ),
+            "severity is one of info, low, medium, high, critical",
+        );
+    }
+    if fields.details.first() != Some(&b'{') {
+        check_failed(
+            "custos.events.details must be a JSON object".into(),
+            "wrap values in an object: {\"value\": ...}",
+        );
+    }
 }
 
 fn required(column: &str, hint: &str) -> ! {
@@ -160,7 +149,7 @@ unsafe fn chain_row<'a>(
 ) -> PgHeapTuple<'a, AllocatedByRust> {
     unsafe {
         let tupdesc = (*rel).rd_att;
-        let c = Columns::find(tupdesc);
+        let c = Columns::of(rel);
         let natts = (*tupdesc).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![true; natts];
@@ -196,124 +185,93 @@ unsafe fn chain_row<'a>(
                 "every event needs an entity_type, such as 'user' or 'invoice'",
             );
         }
-
-        let tenant: [u8; 16] = *values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
-        let set = |values: &mut Vec<pg_sys::Datum>,
-                   nulls: &mut Vec<bool>,
-                   i: usize,
-                   d: Option<pg_sys::Datum>| {
+        fn put(
+            values: &mut [pg_sys::Datum],
+            nulls: &mut [bool],
+            i: usize,
+            d: Option<pg_sys::Datum>,
+        ) {
             nulls[i] = d.is_none();
             values[i] = d.unwrap_or(pg_sys::Datum::from(0usize));
-        };
-
-        let id: [u8; 16] = if nulls[c.id] {
-            let id = random_uuid_v4();
-            set(
+        }
+        if nulls[c.id] {
+            put(
                 &mut values,
                 &mut nulls,
                 c.id,
-                pgrx::Uuid::from_bytes(id).into_datum(),
+                pgrx::Uuid::from_bytes(random_uuid_v4()).into_datum(),
             );
-            id
-        } else {
-            *values[c.id].cast_mut_ptr::<[u8; 16]>()
-        };
+        }
         let recorded_at = pg_sys::GetCurrentTimestamp();
-        set(
+        put(
             &mut values,
             &mut nulls,
             c.recorded_at,
             Some(pg_sys::Datum::from(recorded_at)),
         );
-        let occurred_at = if nulls[c.occurred_at] {
-            set(
+        if nulls[c.occurred_at] {
+            put(
                 &mut values,
                 &mut nulls,
                 c.occurred_at,
                 Some(pg_sys::Datum::from(recorded_at)),
             );
-            recorded_at
-        } else {
-            values[c.occurred_at].value() as i64
-        };
-        let actor_owned;
-        let actor: &str = if nulls[c.actor] {
-            actor_owned = default_actor();
-            set(
+        }
+        if nulls[c.actor] {
+            put(
                 &mut values,
                 &mut nulls,
                 c.actor,
-                actor_owned.as_str().into_datum(),
+                default_actor().as_str().into_datum(),
             );
-            &actor_owned
-        } else {
-            text_of(values[c.actor])
-        };
-        let db_role = current_role_name();
-        set(
+        }
+        put(
             &mut values,
             &mut nulls,
             c.db_role,
-            db_role.as_str().into_datum(),
+            current_role_name().as_str().into_datum(),
         );
-        let txid = pg_sys::GetTopFullTransactionId().value as i64;
-        set(
+        put(
             &mut values,
             &mut nulls,
             c.txid,
-            Some(pg_sys::Datum::from(txid)),
+            Some(pg_sys::Datum::from(
+                pg_sys::GetTopFullTransactionId().value as i64,
+            )),
         );
         if nulls[c.severity] {
-            set(&mut values, &mut nulls, c.severity, "info".into_datum());
+            put(&mut values, &mut nulls, c.severity, "info".into_datum());
         }
-        let details_value = if nulls[c.details] {
-            let empty = serde_json::Value::Object(Default::default());
-            set(
+        if nulls[c.details] {
+            put(
                 &mut values,
                 &mut nulls,
                 c.details,
-                JsonB(empty.clone()).into_datum(),
+                JsonB(serde_json::Value::Object(Default::default())).into_datum(),
             );
-            empty
-        } else {
-            JsonB::from_datum(values[c.details], false)
-                .map(|j| j.0)
-                .unwrap_or_default()
-        };
-        let details = canonical_json_string(&details_value);
+        }
+        put(
+            &mut values,
+            &mut nulls,
+            c.seq,
+            Some(pg_sys::Datum::from(0i64)),
+        );
+
+        let mut fields = event_fields(&c, &values, &nulls);
+        check_event(&fields);
         let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
-        if details.len() > limit {
+        if fields.details.len() > limit {
             raise(
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "event details are {} bytes, more than custos.max_details_bytes ({limit})",
-                    details.len()
+                    fields.details.len()
                 ),
                 Some("store large documents elsewhere and reference them from details"),
             );
         }
-        let ip_text = (!nulls[c.ip_address])
-            .then(|| pgrx::Inet::from_datum(values[c.ip_address], false).map(|i| i.0))
-            .flatten();
 
-        let mut fields = EventFields {
-            tenant_id: tenant,
-            seq: 0,
-            id,
-            occurred_at,
-            recorded_at,
-            actor,
-            db_role: &db_role,
-            txid,
-            action: text_of(values[c.action]),
-            entity_type: text_of(values[c.entity_type]),
-            entity_id: (!nulls[c.entity_id]).then(|| text_of(values[c.entity_id])),
-            severity: text_of(values[c.severity]),
-            details: &details,
-            ip_address: ip_text.as_deref().map(str::as_bytes),
-            user_agent: (!nulls[c.user_agent]).then(|| text_of(values[c.user_agent]).as_bytes()),
-        };
-
+        let tenant = fields.tenant_id;
         let prev = match head::cached(&tenant) {
             Some(h) => h,
             None => {
@@ -334,19 +292,19 @@ unsafe fn chain_row<'a>(
             },
         );
 
-        set(
+        put(
             &mut values,
             &mut nulls,
             c.seq,
             Some(pg_sys::Datum::from(fields.seq)),
         );
-        set(
+        put(
             &mut values,
             &mut nulls,
             c.prev_hash,
             (&prev.hash[..HASH_LEN]).into_datum(),
         );
-        set(&mut values, &mut nulls, c.hash, (&hash[..]).into_datum());
+        put(&mut values, &mut nulls, c.hash, (&hash[..]).into_datum());
 
         let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
         PgHeapTuple::from_datums(

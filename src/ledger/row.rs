@@ -1,0 +1,303 @@
+//! Reading ledger rows at the level of datums: the trigger and the verifier turn a row into
+//! [`EventFields`] with the same function, so what is hashed at insert is what is checked later,
+//! and the verifier scans the primary-key index directly (no SPI, no per-column allocation).
+
+use super::chain::EventFields;
+use super::head::HeadColumns;
+use crate::error::raise;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+/// Column positions (0-based) in `custos.events`, found by name so that column order is free.
+#[derive(Clone, Copy)]
+pub struct Columns {
+    pub tenant_id: usize,
+    pub seq: usize,
+    pub id: usize,
+    pub occurred_at: usize,
+    pub recorded_at: usize,
+    pub actor: usize,
+    pub db_role: usize,
+    pub txid: usize,
+    pub action: usize,
+    pub entity_type: usize,
+    pub entity_id: usize,
+    pub severity: usize,
+    pub details: usize,
+    pub ip_address: usize,
+    pub user_agent: usize,
+    pub prev_hash: usize,
+    pub hash: usize,
+}
+
+const NAMES: [&str; 17] = [
+    "tenant_id",
+    "seq",
+    "id",
+    "occurred_at",
+    "recorded_at",
+    "actor",
+    "db_role",
+    "txid",
+    "action",
+    "entity_type",
+    "entity_id",
+    "severity",
+    "details",
+    "ip_address",
+    "user_agent",
+    "prev_hash",
+    "hash",
+];
+
+thread_local! {
+    /// Keyed by relation and tuple descriptor: any ALTER of the table rebuilds the descriptor.
+    static COLUMNS: RefCell<Option<(pg_sys::Oid, usize, Columns)>> = const { RefCell::new(None) };
+}
+
+impl Columns {
+    /// # Safety
+    /// `rel` must be an open relation.
+    pub unsafe fn of(rel: pg_sys::Relation) -> Columns {
+        unsafe {
+            let relid = (*rel).rd_id;
+            let tupdesc = (*rel).rd_att;
+            let key = tupdesc as usize;
+            if let Some(c) = COLUMNS.with(|c| {
+                c.borrow()
+                    .filter(|(r, k, _)| *r == relid && *k == key)
+                    .map(|e| e.2)
+            }) {
+                return c;
+            }
+            let natts = (*tupdesc).natts as usize;
+            let attrs = (*tupdesc).attrs.as_slice(natts);
+            let mut pos = [usize::MAX; 17];
+            for (i, a) in attrs.iter().enumerate() {
+                if a.attisdropped {
+                    continue;
+                }
+                let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+                if let Some(k) = NAMES.iter().position(|n| n.as_bytes() == name) {
+                    pos[k] = i;
+                }
+            }
+            if let Some(missing) = pos.iter().position(|p| *p == usize::MAX) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("ledger table has no column \"{}\"", NAMES[missing]),
+                    Some("the custos ledger trigger belongs on custos.events only"),
+                );
+            }
+            let c = Columns {
+                tenant_id: pos[0],
+                seq: pos[1],
+                id: pos[2],
+                occurred_at: pos[3],
+                recorded_at: pos[4],
+                actor: pos[5],
+                db_role: pos[6],
+                txid: pos[7],
+                action: pos[8],
+                entity_type: pos[9],
+                entity_id: pos[10],
+                severity: pos[11],
+                details: pos[12],
+                ip_address: pos[13],
+                user_agent: pos[14],
+                prev_hash: pos[15],
+                hash: pos[16],
+            };
+            COLUMNS.with(|cell| *cell.borrow_mut() = Some((relid, key, c)));
+            c
+        }
+    }
+
+    pub fn head_columns(&self) -> HeadColumns {
+        HeadColumns {
+            tenant_id: self.tenant_id as i16 + 1,
+            seq: self.seq as i16 + 1,
+            hash: self.hash as i16 + 1,
+        }
+    }
+}
+
+/// The bytes of a varlena datum (text, bytea), detoasted if it must be; valid in the current
+/// memory context.
+///
+/// # Safety
+/// `d` must be a non-null varlena datum.
+pub unsafe fn bytes_of<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    use pgrx::varlena::{varatt_is_1b, varatt_is_1b_e, varatt_is_4b_u};
+    unsafe {
+        let p = d.cast_mut_ptr::<pg_sys::varlena>();
+        // Most values sit inline and uncompressed: skip the detoast call (and its FFI guard).
+        let plain = varatt_is_4b_u(p) || (varatt_is_1b(p) && !varatt_is_1b_e(p));
+        let p = if plain {
+            p
+        } else {
+            pg_sys::pg_detoast_datum_packed(p)
+        };
+        pgrx::varlena::varlena_to_byte_slice(p)
+    }
+}
+
+/// jsonb's text output, without going through the function manager.
+unsafe fn jsonb_text<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let jb = pg_sys::pg_detoast_datum(d.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        let len = pgrx::varlena::varsize_any(jb.cast()) as i32;
+        CStr::from_ptr(pg_sys::JsonbToCString(
+            std::ptr::null_mut(),
+            &mut (*jb).root,
+            len,
+        ))
+        .to_bytes()
+    }
+}
+
+unsafe fn inet_text<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let out = pgrx::direct_function_call::<&CStr>(pg_sys::inet_out, &[Some(d)]);
+        out.map(CStr::to_bytes).unwrap_or_default()
+    }
+}
+
+/// The hashed fields of a deformed `custos.events` row. `details` and `ip_address` are printed
+/// with their types' output functions (jsonb text, inet text), in the current memory context.
+///
+/// # Safety
+/// `values`/`nulls` must come from deforming a row of the relation `c` was taken from, with every
+/// NOT NULL column of the chain set.
+pub unsafe fn event_fields<'a>(
+    c: &Columns,
+    values: &[pg_sys::Datum],
+    nulls: &[bool],
+) -> EventFields<'a> {
+    unsafe {
+        let uuid = |i: usize| -> [u8; 16] { *values[i].cast_mut_ptr::<[u8; 16]>() };
+        let opt = |i: usize| -> Option<&'a [u8]> { (!nulls[i]).then(|| bytes_of(values[i])) };
+        EventFields {
+            tenant_id: uuid(c.tenant_id),
+            seq: values[c.seq].value() as i64,
+            id: uuid(c.id),
+            occurred_at: values[c.occurred_at].value() as i64,
+            recorded_at: values[c.recorded_at].value() as i64,
+            actor: bytes_of(values[c.actor]),
+            db_role: bytes_of(values[c.db_role]),
+            txid: values[c.txid].value() as i64,
+            action: bytes_of(values[c.action]),
+            entity_type: bytes_of(values[c.entity_type]),
+            entity_id: opt(c.entity_id),
+            severity: bytes_of(values[c.severity]),
+            details: jsonb_text(values[c.details]),
+            ip_address: (!nulls[c.ip_address]).then(|| inet_text(values[c.ip_address])),
+            user_agent: opt(c.user_agent),
+        }
+    }
+}
+
+/// Opens `custos.events`.
+pub fn open_events(lockmode: u32) -> pg_sys::Relation {
+    // SAFETY: backend thread inside a transaction; both lookups raise if the objects are missing.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), false);
+        let relid = pg_sys::get_relname_relid(c"events".as_ptr(), nsp);
+        if relid == pg_sys::InvalidOid {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "custos.events does not exist",
+                None,
+            );
+        }
+        pg_sys::table_open(relid, lockmode as pg_sys::LOCKMODE)
+    }
+}
+
+/// One stored row as the verifier sees it.
+pub struct StoredRow<'a> {
+    pub fields: EventFields<'a>,
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+}
+
+/// Calls `f` for each row of `tenant` with `seq >= from_seq` (and `<= to_seq`), in seq order,
+/// through the primary key with the statement's snapshot. Each row's memory is freed before the
+/// next, so the scan runs in constant memory. `f` returns false to stop.
+pub fn scan_chain(
+    tenant: &[u8; 16],
+    from_seq: i64,
+    to_seq: Option<i64>,
+    mut f: impl FnMut(&StoredRow<'_>) -> bool,
+) {
+    // SAFETY: backend thread; every resource opened here is closed before returning, and on ERROR
+    // the transaction's resource owner releases the scan, snapshot, locks and memory context.
+    unsafe {
+        let rel = open_events(pg_sys::AccessShareLock);
+        let c = Columns::of(rel);
+        let index = pg_sys::index_open(
+            pg_sys::RelationGetPrimaryKeyIndex(rel),
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetActiveSnapshot());
+        let mut tenant_key = *tenant;
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut keys[0],
+            (c.tenant_id + 1) as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+            pg_sys::Datum::from(tenant_key.as_mut_ptr()),
+        );
+        pg_sys::ScanKeyInit(
+            &mut keys[1],
+            (c.seq + 1) as pg_sys::AttrNumber,
+            pg_sys::BTGreaterEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_INT8GE),
+            pg_sys::Datum::from(from_seq),
+        );
+        let scan = pg_sys::systable_beginscan_ordered(rel, index, snapshot, 2, keys.as_mut_ptr());
+        let row_cx = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"custos verify row".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        let tupdesc = (*rel).rd_att;
+        let natts = (*tupdesc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![true; natts];
+        loop {
+            let tuple =
+                pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let old_cx = pg_sys::MemoryContextSwitchTo(row_cx);
+            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let seq = values[c.seq].value() as i64;
+            let go_on = if to_seq.is_some_and(|to| seq > to) {
+                false
+            } else {
+                let row = StoredRow {
+                    fields: event_fields(&c, &values, &nulls),
+                    prev_hash: bytes_of(values[c.prev_hash]),
+                    hash: bytes_of(values[c.hash]),
+                };
+                f(&row)
+            };
+            pg_sys::MemoryContextSwitchTo(old_cx);
+            pg_sys::MemoryContextReset(row_cx);
+            if !go_on {
+                break;
+            }
+        }
+        pg_sys::MemoryContextDelete(row_cx);
+        pg_sys::systable_endscan_ordered(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
+        pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    }
+}
