@@ -80,3 +80,70 @@ SELECT custos.set_tenant('a1000000-0000-4000-8000-000000000001') \gset
 \echo '   Acme keeps the default:'
 SELECT key, value, source FROM custos.settings();
 COMMIT;
+
+\echo
+\echo '== 5. Audit ledger: every tenant has its own SHA-256 hash chain'
+GRANT UPDATE, DELETE ON invoices TO demo_app;
+CREATE ROLE demo_auditor NOLOGIN;
+GRANT custos_auditor TO demo_auditor;
+SELECT custos.track_table('invoices') AS tracking;
+BEGIN;
+SET LOCAL ROLE demo_app;
+SELECT custos.set_tenant('a1000000-0000-4000-8000-000000000001'), custos.set_actor('alice@acme.example') \gset
+SELECT seq FROM custos.record_event('user.login', 'user', 'alice', '{"mfa": true}', ip_address => '198.51.100.23') \gset
+SELECT custos.record_events('[{"action": "report.export", "entity_type": "report", "entity_id": "q3-revenue", "severity": "medium"},
+                              {"action": "role.grant", "entity_type": "user", "entity_id": "bob", "severity": "high", "details": {"role": "admin"}}]') AS recorded \gset
+UPDATE invoices SET amount = amount * 1.10 WHERE customer = 'customer 2';
+DELETE FROM invoices WHERE customer = 'customer 4';
+COMMIT;
+BEGIN;
+SET LOCAL ROLE demo_app;
+SELECT custos.set_tenant('b2000000-0000-4000-8000-000000000002') \gset
+SELECT custos.record_event('user.login', 'user', 'ana') \gset
+COMMIT;
+\echo '   Acme''s chain, as its auditor sees it (the writer role cannot read it back):'
+BEGIN;
+SET LOCAL ROLE demo_auditor;
+SELECT custos.set_tenant('a1000000-0000-4000-8000-000000000001') \gset
+SELECT seq, actor, db_role, action, entity_type, entity_id, severity,
+       left(encode(prev_hash, 'hex'), 12) AS prev_hash, left(encode(hash, 'hex'), 12) AS hash
+  FROM custos.events ORDER BY seq;
+SELECT seq, details->'old'->>'amount' AS old_amount, details->'new'->>'amount' AS new_amount, details->'changed' AS changed
+  FROM custos.events WHERE action = 'update';
+SELECT * FROM custos.verify_chain('a1000000-0000-4000-8000-000000000001');
+COMMIT;
+
+\echo
+\echo '== 6. Append-only, for every role (this is the superuser):'
+\set ON_ERROR_STOP off
+UPDATE custos.events SET action = 'nothing happened' WHERE seq = 2;
+DELETE FROM custos.events;
+ALTER TABLE custos.events DISABLE TRIGGER append_only;
+\set ON_ERROR_STOP on
+
+\echo
+\echo '== 7. A signed checkpoint, to keep outside the database'
+SET custos.checkpoint_signing_key = '5f1c2b9e4a3d4f5e9b7a0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5';
+BEGIN;
+SET LOCAL ROLE demo_auditor;
+SELECT custos.set_tenant('a1000000-0000-4000-8000-000000000001') \gset
+SELECT custos.checkpoint('a1000000-0000-4000-8000-000000000001') AS checkpoint \gset
+COMMIT;
+\echo :checkpoint
+SELECT ok, seq, checked, reason FROM custos.verify_checkpoint(:'checkpoint');
+
+\echo
+\echo '== 8. A superuser edits history behind custos'' back'
+BEGIN;
+ALTER EVENT TRIGGER custos_guard_ledger DISABLE;
+ALTER TABLE custos.events DISABLE TRIGGER append_only;
+UPDATE custos.events SET details = '{"role": "viewer"}'
+ WHERE tenant_id = 'a1000000-0000-4000-8000-000000000001' AND action = 'role.grant';
+\echo '   verify_chain names the first broken link and raises a critical alert:'
+SELECT * FROM custos.verify_chain('a1000000-0000-4000-8000-000000000001');
+SELECT source, severity, title FROM custos.alerts;
+\echo '   so does the checkpoint, which would still fail if every hash had been recomputed (see the tamper tests):'
+SELECT ok, reason FROM custos.verify_checkpoint(:'checkpoint');
+ROLLBACK;
+\echo '   Globex''s chain was never touched:'
+SELECT ok, checked FROM custos.verify_chain('b2000000-0000-4000-8000-000000000002');

@@ -516,3 +516,138 @@ fn canonical_json_matches_jsonb_text_output() {
         assert_eq!(crate::ledger::chain::canonical_json_string(&parsed), text, "from {doc}");
     }
 }
+
+/// A tenant-isolated business table owned by an ordinary role, tracked by custos.
+fn tracked_orders() {
+    Spi::run(
+        "CREATE ROLE custos_test_owner NOLOGIN;
+         GRANT custos_admin TO custos_test_owner;
+         GRANT CREATE ON SCHEMA public TO custos_test_owner;
+         SET LOCAL ROLE custos_test_owner;
+         CREATE TABLE public.orders (id int PRIMARY KEY, tenant_id uuid NOT NULL, item text, qty int);
+         SELECT custos.track_table('public.orders');
+         RESET ROLE;",
+    )
+    .unwrap();
+}
+
+fn events_of(t: &str) -> Vec<(String, Option<String>, serde_json::Value)> {
+    Spi::connect(|c| {
+        c.select(
+            &format!("SELECT action, entity_id, details FROM custos.events WHERE tenant_id = '{t}' ORDER BY seq"),
+            None,
+            &[],
+        )?
+        .map(|r| Ok((r.get::<String>(1)?.unwrap(), r.get::<String>(2)?, r.get::<pgrx::JsonB>(3)?.unwrap().0)))
+        .collect::<pgrx::spi::Result<Vec<_>>>()
+    })
+    .unwrap()
+}
+
+#[pg_test]
+fn track_table_records_every_change_in_the_rows_tenant() {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    Spi::run(&format!(
+        "INSERT INTO public.orders VALUES (1, '{A}', 'apple', 3), (2, '{A}', 'pear', 1), (3, '{B}', 'plum', 9);
+         UPDATE public.orders SET qty = qty + 1 WHERE id IN (1, 3);
+         UPDATE public.orders SET id = 20 WHERE id = 2;
+         DELETE FROM public.orders WHERE id = 1;"
+    ))
+    .unwrap();
+    let a = events_of(A);
+    let summary: Vec<String> = a.iter().map(|(act, id, _)| format!("{act}:{}", id.clone().unwrap_or_default())).collect();
+    assert_eq!(summary, ["insert:1", "insert:2", "update:1", "update:2", "update:20", "delete:1"]);
+    let update = &a[2].2;
+    assert_eq!(update["table"], "public.orders");
+    assert_eq!(update["old"]["qty"], 3);
+    assert_eq!(update["new"]["qty"], 4);
+    assert_eq!(update["changed"], serde_json::json!(["qty"]));
+    assert_eq!(a[3].2["key_changed"], true);
+    assert_eq!(a[5].2["old"]["item"], "apple");
+    // Plum belongs to B, whoever wrote it.
+    let b: Vec<String> = events_of(B).iter().map(|e| e.0.clone()).collect();
+    assert_eq!(b, ["insert", "update"]);
+    assert!(verify(A).0);
+    assert!(verify(B).0);
+    let entity = Spi::get_one::<String>(&format!("SELECT DISTINCT entity_type FROM custos.events WHERE tenant_id = '{A}'")).unwrap();
+    assert_eq!(entity.as_deref(), Some("public.orders"));
+}
+
+#[pg_test]
+fn track_table_records_truncate_per_tenant() {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    Spi::run(&format!("INSERT INTO public.orders VALUES (1, '{A}', 'x', 1), (2, '{B}', 'y', 1); TRUNCATE public.orders;")).unwrap();
+    assert_eq!(events_of(A).last().unwrap().0, "truncate");
+    assert_eq!(events_of(B).last().unwrap().0, "truncate");
+}
+
+#[pg_test]
+fn tracked_writes_by_an_ordinary_role_record_its_role_and_actor() {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    Spi::run(&format!(
+        "CREATE ROLE custos_test_clerk NOLOGIN;
+         GRANT INSERT, UPDATE ON public.orders TO custos_test_clerk;
+         SET LOCAL ROLE custos_test_clerk;
+         SELECT custos.set_actor('clerk@shop');
+         INSERT INTO public.orders VALUES (7, '{A}', 'fig', 2);
+         RESET ROLE;"
+    ))
+    .unwrap();
+    let who = Spi::get_one::<String>(&format!("SELECT actor || '/' || db_role FROM custos.events WHERE tenant_id = '{A}'")).unwrap();
+    assert_eq!(who.as_deref(), Some("clerk@shop/custos_test_clerk"));
+}
+
+#[pg_test]
+fn composite_keys_and_custom_tenant_columns() {
+    let (A, B) = fresh_tenants();
+    Spi::run(&format!(
+        "CREATE TABLE public.lines (org uuid NOT NULL, order_id int, line int, sku text, PRIMARY KEY (order_id, line));
+         SELECT custos.track_table('public.lines', 'org', 'order_line');
+         INSERT INTO public.lines VALUES ('{A}', 10, 1, 'a'), ('{A}', 10, 2, 'b');"
+    ))
+    .unwrap();
+    let ids = Spi::get_one::<String>(&format!(
+        "SELECT string_agg(entity_type || ' ' || entity_id, '; ' ORDER BY seq) FROM custos.events WHERE tenant_id = '{A}'"
+    ))
+    .unwrap();
+    assert_eq!(ids.as_deref(), Some("order_line [10, 1]; order_line [10, 2]"));
+}
+
+#[pg_test]
+fn track_table_refuses_what_it_cannot_do() {
+    Spi::run(
+        "CREATE TABLE public.no_pk (tenant_id uuid, v int);
+         CREATE TABLE public.no_tenant (id int PRIMARY KEY, v int);
+         CREATE TABLE public.text_tenant (id int PRIMARY KEY, tenant_id text);",
+    )
+    .unwrap();
+    assert_error("SELECT custos.track_table('public.no_pk')", "55000", "has no primary key");
+    assert_error("SELECT custos.track_table('public.no_tenant')", "42703", "no uuid column tenant_id");
+    assert_error("SELECT custos.track_table('public.text_tenant')", "42703", "no uuid column tenant_id");
+    assert_error("SELECT custos.track_table('custos.alerts')", "42809", "belongs to custos");
+    assert_error("SELECT custos.untrack_table('public.no_pk')", "55000", "is not tracked");
+    // Tracking is for the table's owner (or a superuser).
+    Spi::run(
+        "CREATE TABLE public.theirs (id int PRIMARY KEY, tenant_id uuid);
+         CREATE ROLE custos_test_stranger NOLOGIN; GRANT custos_admin TO custos_test_stranger;
+         SET LOCAL ROLE custos_test_stranger;",
+    )
+    .unwrap();
+    assert_error("SELECT custos.track_table('public.theirs')", "42501", "must be owner of table");
+}
+
+#[pg_test]
+fn untrack_table_stops_recording_and_says_so() {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    as_tenant(A);
+    assert_eq!(count("SELECT count(*) FROM custos.tracked_tables WHERE table_name = 'public.orders'::regclass"), 1);
+    Spi::run("SELECT custos.untrack_table('public.orders')").unwrap();
+    Spi::run(&format!("INSERT INTO public.orders VALUES (1, '{A}', 'x', 1)")).unwrap();
+    let actions: Vec<String> = events_of(A).iter().map(|e| e.0.clone()).collect();
+    assert_eq!(actions, ["custos.untrack_table"]);
+    assert_eq!(count("SELECT count(*) FROM custos.tracked_tables"), 0);
+}

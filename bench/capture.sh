@@ -1,0 +1,56 @@
+# custos.track_table: a business table whose every change goes into the hash-chained ledger,
+# against the same table untracked, in the same run.
+
+capture_table_sql() {
+  cat <<SQL
+CREATE TABLE $1 (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, customer text NOT NULL,
+                 amount numeric(12, 2) NOT NULL, status text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+SQL
+}
+
+bench_capture() {
+  local db=bench_capture tmp t round
+  tmp=$(mktemp -d)
+  bench_db $db
+  { capture_table_sql orders_untracked; capture_table_sql orders_tracked; } | cpsql -d $db >/dev/null
+  cpsql -d $db -c "SELECT custos.track_table('orders_tracked')" >/dev/null
+  for t in orders_untracked orders_tracked; do
+    cat >"$tmp/batch-$t.sql" <<SQL
+INSERT INTO $t (tenant_id, customer, amount, status)
+SELECT format('00000000-0000-4000-8000-%s', lpad((g % 10)::text, 12, '0'))::uuid, 'customer ' || g, g % 997, 'open'
+  FROM generate_series(1, 1000) g;
+SQL
+    cat >"$tmp/one-$t.sql" <<SQL
+\\set t random(0, 9)
+INSERT INTO $t (tenant_id, customer, amount, status)
+VALUES (format('00000000-0000-4000-8000-%s', lpad(:t::text, 12, '0'))::uuid, 'customer', 42.50, 'open');
+SQL
+  done
+  echo "  1,000-row INSERT batches over 10 tenants, 1 client: median of 3 interleaved rounds of 50 batches"
+  for round in 1 2 3; do
+    for t in orders_untracked orders_tracked; do
+      ms=$(time_pgbench_ms $db "$tmp/batch-$t.sql" 50)
+      awk -v ms="$ms" 'BEGIN {printf "%.0f\n", 50000 / (ms / 1000)}' >>"$tmp/r-batch-$t"
+    done
+  done
+  local untracked tracked
+  untracked=$(median <"$tmp/r-batch-orders_untracked")
+  tracked=$(median <"$tmp/r-batch-orders_tracked")
+  report "untracked table" "$untracked" "rows/s"
+  report "tracked by custos (event + chain per row)" "$tracked" "rows/s" "of untracked" "$untracked"
+  echo "  single-row inserts, 8 clients, 10 tenants: median of 3 rounds of ${BENCH_SECONDS}s"
+  for round in 1 2 3; do
+    for t in orders_untracked orders_tracked; do
+      pgbench_tps $db postgres 8 "$tmp/one-$t.sql" >>"$tmp/r-one-$t"
+      echo >>"$tmp/r-one-$t"
+    done
+  done
+  untracked=$(median <"$tmp/r-one-orders_untracked")
+  tracked=$(median <"$tmp/r-one-orders_tracked")
+  report "untracked table" "$untracked" "tps"
+  report "tracked by custos" "$tracked" "tps" "of untracked" "$untracked"
+  cpsql -d $db -At -c "SELECT '  events recorded: ' || count(*) || ', chains verify: ' || bool_and(v.ok)
+    FROM (SELECT DISTINCT tenant_id FROM custos.events) t, custos.verify_chain(t.tenant_id) v" 2>/dev/null
+  cpsql -d $db -At -c "SELECT '  events recorded: ' || count(*) FROM custos.events"
+  rm -rf "$tmp"
+}
