@@ -19,8 +19,8 @@ pgbench_tps() {
 # time_sql DB SQL: wall milliseconds of one statement, measured by the server's clock.
 time_sql() {
   cpsql -d "$1" -At -c "DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN EXECUTE \$q\$$2\$q\$;
-    RAISE NOTICE '%', round(extract(epoch FROM clock_timestamp() - t0) * 1000, 2); END \$\$" 2>&1 \
-    | sed -n 's/^NOTICE: *//p'
+    RAISE NOTICE 'bench-ms %', round(extract(epoch FROM clock_timestamp() - t0) * 1000, 2); END \$\$" 2>&1 \
+    | sed -n 's/^NOTICE: *bench-ms //p'
 }
 
 # time_pgbench_ms DB SCRIPT TRANSACTIONS: wall milliseconds of running SCRIPT that many times, 1 client.

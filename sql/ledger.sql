@@ -146,6 +146,14 @@ CREATE EVENT TRIGGER custos_guard_ledger ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'DROP TRIGGER', 'ALTER TRIGGER', 'CREATE TRIGGER')
     EXECUTE FUNCTION @extschema@.guard_ledger_ddl();
 
+CREATE FUNCTION @extschema@.guard_ledger_drop() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'custos_guard_ledger_drop';
+COMMENT ON FUNCTION @extschema@.guard_ledger_drop() IS
+'Event trigger function: refuses DROP EXTENSION custos, DROP SCHEMA custos and ALTER EXTENSION custos DROP unless a superuser set custos.allow_ledger_drop.';
+CREATE EVENT TRIGGER custos_guard_ledger_drop ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'ALTER EXTENSION')
+    EXECUTE FUNCTION @extschema@.guard_ledger_drop();
+
 ------------------------------------------------------------------------------------------------
 -- Writing events
 ------------------------------------------------------------------------------------------------

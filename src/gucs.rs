@@ -26,6 +26,9 @@ pub static CHECKPOINT_SIGNING_KEY: GucSetting<Option<CString>> =
 pub static CHECKPOINT_KEY_FILE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 
+/// Lets a superuser drop the extension, and with it the ledger. Off by default.
+pub static ALLOW_LEDGER_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"custos.tenant_id",
@@ -78,6 +81,14 @@ request.jwt.claims is used, then the database role.",
         &CHECKPOINT_KEY_FILE,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_bool_guc(
+        c"custos.allow_ledger_drop",
+        c"Allows DROP EXTENSION custos (and with it the audit ledger).",
+        c"Default off: dropping the extension, its schema or detaching its tables is refused. Superuser-only.",
+        &ALLOW_LEDGER_DROP,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     // SAFETY: called from _PG_init on the backend thread; the prefix is a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"custos".as_ptr()) };

@@ -651,3 +651,18 @@ fn untrack_table_stops_recording_and_says_so() {
     assert_eq!(actions, ["custos.untrack_table"]);
     assert_eq!(count("SELECT count(*) FROM custos.tracked_tables"), 0);
 }
+
+#[pg_test]
+fn dropping_the_ledger_is_refused() {
+    for sql in [
+        "DROP EXTENSION custos",
+        "DROP EXTENSION IF EXISTS pg_trgm, custos CASCADE",
+        "DROP SCHEMA custos CASCADE",
+        "ALTER EXTENSION custos DROP TABLE custos.events",
+    ] {
+        assert_error(sql, "42501", "custos holds the audit ledger");
+    }
+    // Other extensions and schemas are none of custos' business. (Dropping custos after setting
+    // custos.allow_ledger_drop is tested from a client: here it would drop this test function.)
+    Spi::run("CREATE SCHEMA custos_test_other; DROP SCHEMA custos_test_other").unwrap();
+}

@@ -8,6 +8,7 @@ pub mod row;
 pub mod verify;
 
 pub(crate) mod api;
+pub mod guard;
 pub(crate) mod trigger;
 
 #[cfg(any(test, feature = "pg_test"))]

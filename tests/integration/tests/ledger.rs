@@ -390,3 +390,33 @@ fn fuzzed_batches_are_all_or_nothing() {
     assert!(expected > 0);
     assert_eq!(verify(&mut c, T1), (true, expected, None));
 }
+
+#[test]
+fn dropping_the_extension_needs_an_explicit_superuser_decision() {
+    let (_db, mut c) = fresh_db("ledger_drop");
+    c.batch_execute(&format!(
+        "SELECT custos.set_tenant('{T1}'); SELECT custos.record_event('a', 'b')"
+    ))
+    .unwrap();
+    let e = c
+        .batch_execute("DROP EXTENSION custos CASCADE")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let e = c.batch_execute("DROP SCHEMA custos CASCADE").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM custos.events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    c.batch_execute("SET custos.allow_ledger_drop = on; DROP EXTENSION custos CASCADE")
+        .unwrap();
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'custos'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
