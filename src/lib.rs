@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+pub mod dormant;
 pub mod error;
 pub mod gucs;
 pub mod ledger;
@@ -19,6 +20,18 @@ extension_sql_file!(
     "../sql/tenancy.sql",
     name = "tenancy",
     requires = [tenancy::current_tenant, tenancy::set_tenant]
+);
+extension_sql_file!(
+    "../sql/dormant.sql",
+    name = "dormant",
+    requires = [
+        "ledger",
+        dormant::identities_derive,
+        dormant::explain_risk,
+        dormant::risk_level_of,
+        dormant::peer_score,
+        dormant::forget_cached_policies
+    ]
 );
 extension_sql_file!(
     "../sql/ledger.sql",

@@ -1,0 +1,496 @@
+-- Dormant identities: accounts per tenant, their activity, and an explained risk score.
+
+INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
+    ('dormant.grace_days', 'integer', '30', 0, 3650,
+     'Accounts that never signed in count as dormant only once they are this many days old (before that they are new).'),
+    ('dormant.count_never_active', 'boolean', 'true', NULL, NULL,
+     'Whether accounts that never signed in are reported as dormant (after the grace period).'),
+    ('dormant.privileged_threshold_days', 'integer', '0', 0, 3650,
+     'Inactivity threshold for privileged accounts; 0 means dormant.threshold_days.'),
+    ('dormant.service_threshold_days', 'integer', '0', 0, 3650,
+     'Inactivity threshold for service accounts; 0 means dormant.threshold_days.');
+
+CREATE TABLE @extschema@.identities (
+    tenant_id             uuid NOT NULL DEFAULT @extschema@.current_tenant(),
+    user_id               text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 256),
+    email                 text,
+    display_name          text,
+    source                text NOT NULL DEFAULT 'local' CHECK (source ~ '^[a-z0-9_.-]{1,40}$'),
+    status                text NOT NULL DEFAULT 'active'
+                          CHECK (status IN ('active', 'suspended', 'provisioned', 'deprovisioned')),
+    is_privileged         boolean NOT NULL DEFAULT false,
+    roles                 text[] NOT NULL DEFAULT '{}',
+    is_service_account    boolean NOT NULL DEFAULT false,
+    mfa_enabled           boolean NOT NULL DEFAULT false,
+    has_valid_credentials boolean NOT NULL DEFAULT true,
+    department            text,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    last_active_at        timestamptz,
+    last_active_source    text,
+    attributes            jsonb NOT NULL DEFAULT '{}',
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    -- Kept current by custos (trigger custos.identities_derive); see src/dormant/risk.rs.
+    peer_score            real NOT NULL DEFAULT 0,
+    risk_static           real NOT NULL DEFAULT 0,
+    dormant_at            timestamptz,
+    risk_key              double precision,
+    threshold_days        integer NOT NULL DEFAULT 30,
+    review_decision       text CHECK (review_decision IN ('keep', 'disable', 'delete', 'false_positive')),
+    reviewed_at           timestamptz,
+    reviewed_by           text,
+    review_note           text,
+    PRIMARY KEY (tenant_id, user_id)
+);
+COMMENT ON TABLE @extschema@.identities IS
+'Accounts of each tenant (from Entra ID, Okta, Google, the application itself ...), their activity and review state. Tenant-isolated. peer_score, risk_static, dormant_at, risk_key and threshold_days are maintained by custos.';
+COMMENT ON COLUMN @extschema@.identities.status IS 'active, suspended, provisioned (provisioned but never activated), or deprovisioned.';
+COMMENT ON COLUMN @extschema@.identities.dormant_at IS 'When the account becomes (or became) dormant: last activity (or creation, for never-active accounts) plus its threshold. NULL: never reported.';
+COMMENT ON COLUMN @extschema@.identities.risk_key IS 'Clock-free ordering key: ordering by it is ordering by risk score at any moment.';
+-- First pages in risk order at any size: an index walk in key order, filtered on dormant_at.
+CREATE INDEX identities_risk ON @extschema@.identities (tenant_id, risk_key DESC, user_id DESC);
+CREATE INDEX identities_dormant_at ON @extschema@.identities (tenant_id, dormant_at, user_id);
+SELECT @extschema@.enable_tenant_isolation('@extschema@.identities');
+GRANT SELECT ON @extschema@.identities TO custos_reader;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.identities TO custos_admin;
+
+CREATE TRIGGER derive BEFORE INSERT OR UPDATE ON @extschema@.identities
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.identities_derive();
+COMMENT ON FUNCTION @extschema@.identities_derive() IS
+'BEFORE trigger of custos.identities: refuses future timestamps and computes threshold_days, dormant_at, risk_static and risk_key from the row and its tenant''s dormant.* settings.';
+
+-- Peers: per department, the share of other members who are active.
+CREATE FUNCTION @extschema@.refresh_peer_scores(tenant uuid DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t uuid := coalesce(tenant, @extschema@.require_tenant());
+    n bigint;
+BEGIN
+    WITH dept AS (
+        SELECT department, count(*) AS members,
+               count(*) FILTER (WHERE dormant_at IS NULL OR dormant_at > now()) AS active
+          FROM @extschema@.identities WHERE tenant_id = t AND department IS NOT NULL
+         GROUP BY department
+    ), scored AS (
+        SELECT i.user_id,
+               @extschema@.peer_score(
+                   (d.active - CASE WHEN i.dormant_at IS NULL OR i.dormant_at > now() THEN 1 ELSE 0 END)::float8
+                       / greatest(d.members - 1, 1),
+                   d.members - 1) AS peer
+          FROM @extschema@.identities i JOIN dept d USING (department)
+         WHERE i.tenant_id = t
+    )
+    UPDATE @extschema@.identities i SET peer_score = s.peer
+      FROM scored s
+     WHERE i.tenant_id = t AND i.user_id = s.user_id AND i.peer_score IS DISTINCT FROM s.peer::real;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.refresh_peer_scores(uuid) IS
+'Recomputes how unusual each account''s inactivity is among its department (peer_score, in 0.2 steps) and returns how many rows changed. Run after bulk changes and daily; custos.upsert_identities runs it.';
+
+CREATE FUNCTION @extschema@.upsert_identities(identities jsonb) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    bad text;
+    n bigint;
+BEGIN
+    IF identities IS NULL OR jsonb_typeof(identities) <> 'array' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'identities must be a JSON array of objects',
+            HINT = 'for example: [{"user_id": "u1", "email": "ana@example.com", "last_active_at": "2026-01-31T09:00:00Z"}]';
+    END IF;
+    SELECT format('element %s is %s', i - 1, jsonb_typeof(e)) INTO bad
+      FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i) WHERE jsonb_typeof(e) <> 'object' LIMIT 1;
+    IF bad IS NULL THEN
+        SELECT format('element %s has unknown key "%s"', i - 1, k) INTO bad
+          FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i), jsonb_object_keys(e) AS k
+         WHERE k NOT IN ('user_id', 'email', 'display_name', 'source', 'status', 'is_privileged', 'is_service_account',
+                         'mfa_enabled', 'has_valid_credentials', 'department', 'roles', 'created_at', 'last_active_at',
+                         'attributes')
+         LIMIT 1;
+    END IF;
+    IF bad IS NULL THEN
+        SELECT format('element %s has no user_id', i - 1) INTO bad
+          FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i)
+         WHERE coalesce(e->>'user_id', '') = '' LIMIT 1;
+    END IF;
+    IF bad IS NULL THEN
+        SELECT format('user_id "%s" appears more than once', e->>'user_id') INTO bad
+          FROM jsonb_array_elements(identities) AS a(e) GROUP BY e->>'user_id' HAVING count(*) > 1 LIMIT 1;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('invalid identities: %s', bad);
+    END IF;
+
+    INSERT INTO @extschema@.identities AS i
+           (tenant_id, user_id, email, display_name, source, status, is_privileged, is_service_account, mfa_enabled,
+            has_valid_credentials, department, roles, created_at, last_active_at, last_active_source, attributes)
+    SELECT tenant, r.user_id, r.email, r.display_name, coalesce(r.source, 'local'), coalesce(r.status, 'active'),
+           coalesce(r.is_privileged, false), coalesce(r.is_service_account, false), coalesce(r.mfa_enabled, false),
+           coalesce(r.has_valid_credentials, true), r.department, coalesce(r.roles, '{}'), coalesce(r.created_at, now()),
+           r.last_active_at, CASE WHEN r.last_active_at IS NOT NULL THEN coalesce(r.source, 'local') END,
+           coalesce(r.attributes, '{}')
+      FROM jsonb_to_recordset(identities) AS r(user_id text, email text, display_name text, source text, status text,
+           is_privileged boolean, is_service_account boolean, mfa_enabled boolean, has_valid_credentials boolean,
+           department text, roles text[], created_at timestamptz, last_active_at timestamptz, attributes jsonb)
+    ON CONFLICT ON CONSTRAINT identities_pkey DO UPDATE SET
+           email = excluded.email, display_name = excluded.display_name, source = excluded.source,
+           status = excluded.status, is_privileged = excluded.is_privileged,
+           is_service_account = excluded.is_service_account, mfa_enabled = excluded.mfa_enabled,
+           has_valid_credentials = excluded.has_valid_credentials, department = excluded.department,
+           roles = excluded.roles, created_at = excluded.created_at,
+           -- Activity only moves forward: an older sync must not make an account look idle.
+           last_active_at = greatest(i.last_active_at, excluded.last_active_at),
+           last_active_source = CASE WHEN excluded.last_active_at > i.last_active_at OR i.last_active_at IS NULL
+                                     THEN excluded.last_active_source ELSE i.last_active_source END,
+           attributes = excluded.attributes, updated_at = now();
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.refresh_peer_scores(tenant);
+    RETURN n;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.upsert_identities(jsonb) IS
+'Inserts or updates the current tenant''s accounts from a JSON array of objects (keys user_id, email, display_name, source, status, is_privileged, is_service_account, mfa_enabled, has_valid_credentials, department, roles, created_at, last_active_at, attributes), all or nothing; returns how many. last_active_at never moves backwards.';
+
+CREATE FUNCTION @extschema@.touch_activity(tenant uuid, user_id text, at timestamptz DEFAULT now(), source text DEFAULT 'api')
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result timestamptz;
+BEGIN
+    UPDATE @extschema@.identities i
+       SET last_active_at = greatest(i.last_active_at, touch_activity.at),
+           last_active_source = CASE WHEN i.last_active_at IS NULL OR touch_activity.at > i.last_active_at
+                                     THEN touch_activity.source ELSE i.last_active_source END,
+           updated_at = now()
+     WHERE i.tenant_id = touch_activity.tenant AND i.user_id = touch_activity.user_id
+    RETURNING i.last_active_at INTO result;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no identity "%s" in this tenant', user_id),
+            HINT = 'create it with custos.upsert_identities first';
+    END IF;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.touch_activity(uuid, text, timestamptz, text) IS
+'Records activity of an account at a time (default now); its last_active_at only moves forward. Future times are refused.';
+
+-- Activity from the ledger: events by an actor advance that identity's last_active_at. Folded in
+-- per tenant from a seq watermark when the report is read, so no event ever updates a hot row.
+CREATE TABLE @extschema@.activity_watermarks (
+    tenant_id  uuid PRIMARY KEY,
+    folded_seq bigint NOT NULL,
+    folded_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.activity_watermarks IS 'Up to which ledger seq each tenant''s events were folded into custos.identities.';
+SELECT @extschema@.enable_tenant_isolation('@extschema@.activity_watermarks');
+
+CREATE FUNCTION @extschema@.sync_activity_from_ledger(tenant uuid DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t uuid := coalesce(tenant, @extschema@.current_tenant());
+    from_seq bigint;
+    to_seq bigint;
+    n bigint;
+BEGIN
+    IF t IS NULL OR (t IS DISTINCT FROM @extschema@.current_tenant()
+                     AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role())) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'activity can be synced for the current tenant only';
+    END IF;
+    -- One fold at a time per tenant; a concurrent caller waits, then finds little left to do.
+    PERFORM pg_advisory_xact_lock(hashtextextended('custos.activity:' || t::text, 0));
+    SELECT folded_seq INTO from_seq FROM @extschema@.activity_watermarks w WHERE w.tenant_id = t;
+    from_seq := coalesce(from_seq, 0);
+    SELECT max(seq) INTO to_seq FROM @extschema@.events e WHERE e.tenant_id = t;
+    IF to_seq IS NULL OR to_seq <= from_seq THEN
+        RETURN 0;
+    END IF;
+    WITH latest AS (
+        SELECT e.actor, max(e.occurred_at) AS at
+          FROM @extschema@.events e
+         WHERE e.tenant_id = t AND e.seq > from_seq AND e.seq <= to_seq
+         GROUP BY e.actor
+    ), matched AS (
+        SELECT i.user_id, max(l.at) AS at
+          FROM latest l JOIN @extschema@.identities i
+            ON i.tenant_id = t AND (i.user_id = l.actor OR lower(i.email) = lower(l.actor))
+         GROUP BY i.user_id
+    )
+    UPDATE @extschema@.identities i
+       SET last_active_at = m.at, last_active_source = 'ledger', updated_at = now()
+      FROM matched m
+     WHERE i.tenant_id = t AND i.user_id = m.user_id
+       AND (i.last_active_at IS NULL OR i.last_active_at < m.at)
+       AND m.at <= clock_timestamp();
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO @extschema@.activity_watermarks AS w (tenant_id, folded_seq) VALUES (t, to_seq)
+    ON CONFLICT (tenant_id) DO UPDATE SET folded_seq = excluded.folded_seq, folded_at = now();
+    RETURN n;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.sync_activity_from_ledger(uuid) IS
+'Folds ledger events since the last fold into identities (actor matched to user_id or email): their last_active_at advances. Returns how many identities moved. custos.dormant_users() calls it first.';
+
+------------------------------------------------------------------------------------------------
+-- The report
+------------------------------------------------------------------------------------------------
+-- One report row: days and score computed now, from the stored identity.
+CREATE FUNCTION @extschema@.dormant_row(i @extschema@.identities, cursor text)
+RETURNS TABLE (
+    user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
+    never_active boolean, status text, risk_score real, risk_level text, reasons text[],
+    review_decision text, cursor text
+)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT (i).user_id, (i).email, (i).display_name, (i).last_active_at,
+           CASE WHEN (i).last_active_at IS NOT NULL
+                THEN floor(extract(epoch FROM now() - (i).last_active_at) / 86400)::int END,
+           (i).last_active_at IS NULL, (i).status, x.risk_score, x.risk_level, x.reasons, (i).review_decision, $2
+      FROM @extschema@.explain_risk((i).is_privileged, (i).last_active_at IS NULL, (i).is_service_account,
+           (i).mfa_enabled, (i).has_valid_credentials, (i).status, (i).peer_score,
+           extract(epoch FROM now() - coalesce((i).last_active_at, (i).created_at)) / 86400, (i).threshold_days) x
+$fn$;
+COMMENT ON FUNCTION @extschema@.dormant_row(@extschema@.identities, text) IS
+'One row of custos.dormant_users: days_inactive, risk score, level and reasons computed at the moment of the call.';
+
+CREATE FUNCTION @extschema@.dormant_users_page(
+    p_inactive_days integer, p_skip integer, p_lim integer, p_risk_level text, p_only_privileged boolean,
+    p_order_by text, p_after text
+) RETURNS TABLE (
+    user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
+    never_active boolean, status text, risk_score real, risk_level text, reasons text[],
+    review_decision text, cursor text
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.current_tenant();
+    after_key double precision;
+    after_ts timestamptz;
+    after_user text;
+BEGIN
+    IF p_inactive_days IS NOT NULL AND p_inactive_days < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('inactive_days must be 1 or more, not %s', p_inactive_days);
+    END IF;
+    IF p_skip IS NULL OR p_skip < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('skip must be 0 or more, not %s', p_skip);
+    END IF;
+    IF p_lim IS NULL OR p_lim < 1 OR p_lim > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('lim must be between 1 and 1000, not %s', p_lim),
+            HINT = 'page through larger results with skip or after';
+    END IF;
+    IF p_order_by IS NULL OR p_order_by NOT IN ('risk', 'days_inactive', 'user_id') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown order_by "%s"', p_order_by),
+            HINT = 'order_by is one of risk, days_inactive, user_id';
+    END IF;
+    IF p_risk_level IS NOT NULL AND p_risk_level NOT IN ('low', 'medium', 'high', 'critical') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown risk_level "%s"', p_risk_level),
+            HINT = 'risk_level is one of low, medium, high, critical';
+    END IF;
+    IF tenant IS NULL THEN
+        RETURN;  -- fail closed: no tenant, no rows
+    END IF;
+    IF p_after IS NOT NULL THEN
+        BEGIN
+            CASE p_order_by
+                WHEN 'risk' THEN after_key := split_part(p_after, '|', 1)::double precision;
+                WHEN 'days_inactive' THEN after_ts := split_part(p_after, '|', 1)::timestamptz;
+                ELSE NULL;
+            END CASE;
+            after_user := substr(p_after, strpos(p_after, '|') + 1);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after is not a cursor returned by custos.dormant_users',
+                HINT = 'pass the cursor column of the last row of the previous page, with the same order_by';
+        END;
+        IF strpos(p_after, '|') = 0 THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after is not a cursor returned by custos.dormant_users';
+        END IF;
+    END IF;
+    -- Never a stale days_inactive: fold in ledger activity since the last report first.
+    PERFORM @extschema@.sync_activity_from_ledger(tenant);
+
+    IF p_inactive_days IS NOT NULL THEN
+        -- Ad hoc threshold: scored and ordered for this call, without the stored order (and cursor).
+        IF p_after IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after cannot be combined with inactive_days',
+                HINT = 'page an ad hoc threshold with skip';
+        END IF;
+        RETURN QUERY
+        SELECT d.*, NULL::text AS cursor
+          FROM (
+            SELECT i.user_id, i.email, i.display_name, i.last_active_at,
+                   CASE WHEN i.last_active_at IS NOT NULL
+                        THEN floor(extract(epoch FROM now() - i.last_active_at) / 86400)::int END,
+                   i.last_active_at IS NULL, i.status, x.risk_score, x.risk_level, x.reasons, i.review_decision
+              FROM @extschema@.identities i
+             CROSS JOIN LATERAL @extschema@.explain_risk(i.is_privileged, i.last_active_at IS NULL, i.is_service_account,
+                   i.mfa_enabled, i.has_valid_credentials, i.status, i.peer_score,
+                   extract(epoch FROM now() - coalesce(i.last_active_at, i.created_at)) / 86400, p_inactive_days) x
+             WHERE i.tenant_id = tenant
+               AND coalesce(i.last_active_at, i.created_at) <= now() - make_interval(days => p_inactive_days)
+               AND (NOT p_only_privileged OR i.is_privileged)
+               AND (p_risk_level IS NULL OR x.risk_level = p_risk_level)
+             ORDER BY CASE WHEN p_order_by = 'risk' THEN -x.risk_score END,
+                      CASE WHEN p_order_by = 'days_inactive' THEN coalesce(i.last_active_at, i.created_at) END,
+                      i.user_id
+             OFFSET p_skip LIMIT p_lim) d;
+        RETURN;
+    END IF;
+
+    -- One static query per order, so that each walks its index (no sort of the whole tenant).
+    IF p_order_by = 'risk' THEN
+        RETURN QUERY
+        SELECT r.* FROM (
+            SELECT i.* FROM @extschema@.identities i
+             WHERE i.tenant_id = tenant AND i.dormant_at <= now()
+               AND (NOT p_only_privileged OR i.is_privileged)
+               AND (p_risk_level IS NULL
+                    OR @extschema@.risk_level_of(i.risk_key + extract(epoch FROM now()) / 8640000) = p_risk_level)
+               AND (after_key IS NULL OR (i.risk_key, i.user_id) < (after_key, after_user))
+             ORDER BY i.risk_key DESC, i.user_id DESC
+             OFFSET p_skip LIMIT p_lim) page,
+        LATERAL @extschema@.dormant_row(page, page.risk_key::text || '|' || page.user_id) r;
+    ELSIF p_order_by = 'days_inactive' THEN
+        RETURN QUERY
+        SELECT r.* FROM (
+            SELECT i.* FROM @extschema@.identities i
+             WHERE i.tenant_id = tenant AND i.dormant_at <= now()
+               AND (NOT p_only_privileged OR i.is_privileged)
+               AND (p_risk_level IS NULL
+                    OR @extschema@.risk_level_of(i.risk_key + extract(epoch FROM now()) / 8640000) = p_risk_level)
+               AND (after_ts IS NULL OR (i.dormant_at, i.user_id) > (after_ts, after_user))
+             ORDER BY i.dormant_at, i.user_id
+             OFFSET p_skip LIMIT p_lim) page,
+        LATERAL @extschema@.dormant_row(page, page.dormant_at::text || '|' || page.user_id) r;
+    ELSE
+        RETURN QUERY
+        SELECT r.* FROM (
+            SELECT i.* FROM @extschema@.identities i
+             WHERE i.tenant_id = tenant AND i.dormant_at <= now()
+               AND (NOT p_only_privileged OR i.is_privileged)
+               AND (p_risk_level IS NULL
+                    OR @extschema@.risk_level_of(i.risk_key + extract(epoch FROM now()) / 8640000) = p_risk_level)
+               AND (after_user IS NULL OR i.user_id > after_user)
+             ORDER BY i.user_id
+             OFFSET p_skip LIMIT p_lim) page,
+        LATERAL @extschema@.dormant_row(page, '|' || page.user_id) r;
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text) IS
+'The body of custos.dormant_users (PL/pgSQL cannot have an argument and a result column both named risk_level).';
+
+CREATE FUNCTION @extschema@.dormant_users(
+    inactive_days   integer DEFAULT NULL,
+    skip            integer DEFAULT 0,
+    lim             integer DEFAULT 50,
+    risk_level      text DEFAULT NULL,
+    only_privileged boolean DEFAULT false,
+    order_by        text DEFAULT 'risk',
+    after           text DEFAULT NULL
+) RETURNS TABLE (
+    user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
+    never_active boolean, status text, risk_score real, risk_level text, reasons text[],
+    review_decision text, cursor text
+)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM @extschema@.dormant_users_page($1, $2, $3, $4, $5, $6, $7) $fn$;
+COMMENT ON FUNCTION @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text) IS
+'Dormant accounts of the current tenant, riskiest first (order_by risk, days_inactive or user_id), lim rows (1 to 1000) after skip rows or after a cursor from the previous page (stable under concurrent writes). Each row: days_inactive (whole days, NULL when never active), risk_score 0..1, risk_level and the reasons behind it. inactive_days overrides the tenant''s thresholds for this call.';
+
+CREATE FUNCTION @extschema@.dormant_summary()
+RETURNS TABLE (dimension text, value text, identities bigint, dormant bigint, privileged_dormant bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH t AS (
+        SELECT i.source, coalesce(i.department, '(none)') AS department, i.is_privileged,
+               i.dormant_at <= now() AS is_dormant,
+               CASE WHEN i.dormant_at <= now()
+                    THEN @extschema@.risk_level_of(i.risk_key + extract(epoch FROM now()) / 8640000) END AS level
+          FROM @extschema@.identities i
+         WHERE i.tenant_id = @extschema@.current_tenant()
+    )
+    SELECT CASE WHEN grouping(level) = 0 THEN 'risk_level' WHEN grouping(source) = 0 THEN 'source'
+                WHEN grouping(department) = 0 THEN 'department' ELSE 'total' END,
+           coalesce(level, source, department, 'all'),
+           count(*), count(*) FILTER (WHERE is_dormant), count(*) FILTER (WHERE is_dormant AND is_privileged)
+      FROM t
+     GROUP BY GROUPING SETS ((level), (source), (department), ())
+    HAVING count(*) > 0 AND (grouping(level) = 1 OR level IS NOT NULL)
+     ORDER BY 1, 2
+$fn$;
+COMMENT ON FUNCTION @extschema@.dormant_summary() IS
+'Counts of the current tenant''s accounts: in total, by risk level of the dormant ones, by source and by department, each with how many are dormant and how many of those are privileged.';
+
+CREATE FUNCTION @extschema@.mark_reviewed(user_id text, decision text, note text DEFAULT NULL)
+RETURNS TABLE (reviewed_user_id text, review_decision text, reviewed_at timestamptz, reviewed_by text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    who text := coalesce(nullif(current_setting('custos.actor', true), ''), @extschema@.caller_role());
+BEGIN
+    IF decision IS NULL OR decision NOT IN ('keep', 'disable', 'delete', 'false_positive') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown decision "%s"', decision),
+            HINT = 'decision is one of keep, disable, delete, false_positive';
+    END IF;
+    UPDATE @extschema@.identities i
+       SET review_decision = decision, review_note = note, reviewed_at = now(), reviewed_by = who
+     WHERE i.tenant_id = tenant AND i.user_id = mark_reviewed.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no identity "%s" in this tenant', mark_reviewed.user_id);
+    END IF;
+    -- The decision is part of the audit trail.
+    INSERT INTO @extschema@.events (tenant_id, actor, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, who, 'identity.review', 'identity', mark_reviewed.user_id,
+            CASE decision WHEN 'keep' THEN 'info' WHEN 'false_positive' THEN 'info' ELSE 'medium' END,
+            jsonb_build_object('decision', decision, 'note', note));
+    RETURN QUERY SELECT i.user_id, i.review_decision, i.reviewed_at, i.reviewed_by
+                   FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = mark_reviewed.user_id;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.mark_reviewed(text, text, text) IS
+'Records an analyst''s decision on an account (keep, disable, delete, false_positive) with a note, on the identity and as an identity.review event in the audit ledger.';
+
+-- Changing a tenant's dormant.* settings recomputes its accounts' thresholds and order.
+CREATE FUNCTION @extschema@.dormant_settings_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t uuid := coalesce(NEW.tenant_id, OLD.tenant_id);
+BEGIN
+    IF coalesce(NEW.key, OLD.key) LIKE 'dormant.%' THEN
+        PERFORM @extschema@.forget_cached_policies();
+        UPDATE @extschema@.identities SET updated_at = updated_at WHERE tenant_id = t;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER dormant_settings_changed AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tenant_settings
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.dormant_settings_changed();
+
+COMMENT ON FUNCTION @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer) IS
+'The dormant risk score of an account, its level and the reasons (each with its contribution); see src/dormant/risk.rs for the formula.';
+COMMENT ON FUNCTION @extschema@.risk_level_of(double precision) IS 'Risk level (low, medium, high, critical) of a raw risk score.';
+COMMENT ON FUNCTION @extschema@.peer_score(double precision, bigint) IS 'Peer contribution (0 to 0.6 in 0.2 steps) from the share of department peers who are active.';
+COMMENT ON FUNCTION @extschema@.forget_cached_policies() IS 'Drops this session''s cached dormant.* settings (called when they change).';
+REVOKE EXECUTE ON FUNCTION @extschema@.upsert_identities(jsonb), @extschema@.touch_activity(uuid, text, timestamptz, text),
+                            @extschema@.mark_reviewed(text, text, text), @extschema@.refresh_peer_scores(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.upsert_identities(jsonb), @extschema@.touch_activity(uuid, text, timestamptz, text),
+                           @extschema@.mark_reviewed(text, text, text), @extschema@.refresh_peer_scores(uuid) TO custos_admin;

@@ -1,0 +1,366 @@
+//! Dormant identity detection: which accounts of a tenant have gone unused, and how risky each
+//! one is. The score is in `risk.rs` (pure); this module keeps each identity's derived columns
+//! current and exposes the scoring to SQL (`sql/dormant.sql` holds the tables and the report).
+
+pub mod risk;
+
+use crate::error::raise;
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, PgTupleDesc};
+use risk::Factors;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+
+const USECS_PER_DAY: i64 = 86_400_000_000;
+/// PostgreSQL timestamps count from 2000-01-01; Unix time from 1970-01-01.
+const PG_EPOCH_UNIX_SECONDS: f64 = 946_684_800.0;
+/// Clocks of identity providers drift; anything later than this ahead of ours is refused.
+const FUTURE_TOLERANCE_USECS: i64 = 5 * 60 * 1_000_000;
+
+/// A tenant's dormant.* settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub threshold_days: i64,
+    pub grace_days: i64,
+    pub count_never_active: bool,
+    pub privileged_threshold_days: i64,
+    pub service_threshold_days: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            threshold_days: 30,
+            grace_days: 30,
+            count_never_active: true,
+            privileged_threshold_days: 0,
+            service_threshold_days: 0,
+        }
+    }
+}
+
+impl Policy {
+    /// The threshold that applies to an account: the strictest of those its kind has.
+    pub fn threshold_for(&self, privileged: bool, service: bool) -> i64 {
+        let mut t = self.threshold_days;
+        if privileged && self.privileged_threshold_days > 0 {
+            t = self.privileged_threshold_days;
+        }
+        if service && self.service_threshold_days > 0 {
+            t = if privileged && self.privileged_threshold_days > 0 {
+                t.min(self.service_threshold_days)
+            } else {
+                self.service_threshold_days
+            };
+        }
+        t
+    }
+
+    /// (days that count, when the account turns dormant), from its activity anchor; None: never.
+    pub fn dormancy(
+        &self,
+        privileged: bool,
+        service: bool,
+        last_active: Option<i64>,
+        created: i64,
+    ) -> (i64, Option<i64>) {
+        match last_active {
+            Some(at) => {
+                let days = self.threshold_for(privileged, service);
+                (days, Some(at + days * USECS_PER_DAY))
+            }
+            None if self.count_never_active => (
+                self.grace_days,
+                Some(created + self.grace_days * USECS_PER_DAY),
+            ),
+            None => (self.grace_days, None),
+        }
+    }
+}
+
+thread_local! {
+    static POLICIES: RefCell<HashMap<[u8; 16], (i64, Policy)>> = RefCell::new(HashMap::new());
+}
+
+fn policy_for(tenant: &[u8; 16]) -> Policy {
+    // SAFETY: plain read of the transaction's start time, backend thread.
+    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    if let Some(p) = POLICIES.with(|c| {
+        c.borrow()
+            .get(tenant)
+            .filter(|(x, _)| *x == xact)
+            .map(|e| e.1)
+    }) {
+        return p;
+    }
+    let rows: Vec<(String, String)> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT d.key, coalesce(s.value, d.default_value)::text FROM custos.setting_definitions d \
+                 LEFT JOIN custos.tenant_settings s ON s.tenant_id = $1 AND s.key = d.key WHERE d.key LIKE 'dormant.%'",
+                None,
+                &[pgrx::Uuid::from_bytes(*tenant).into()],
+            )?
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
+            .collect::<pgrx::spi::Result<Vec<_>>>()
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading dormant settings: {e}"), None));
+    let mut p = Policy::default();
+    for (key, value) in rows {
+        let n = value.parse::<i64>().ok();
+        match key.as_str() {
+            "dormant.threshold_days" => p.threshold_days = n.unwrap_or(p.threshold_days),
+            "dormant.grace_days" => p.grace_days = n.unwrap_or(p.grace_days),
+            "dormant.privileged_threshold_days" => p.privileged_threshold_days = n.unwrap_or(0),
+            "dormant.service_threshold_days" => p.service_threshold_days = n.unwrap_or(0),
+            "dormant.count_never_active" => p.count_never_active = value != "false",
+            _ => {}
+        }
+    }
+    POLICIES.with(|c| c.borrow_mut().insert(*tenant, (xact, p)));
+    p
+}
+
+/// Forgets the cached dormant.* settings of this session (they changed).
+#[pg_extern(volatile, parallel_unsafe)]
+fn forget_cached_policies() {
+    POLICIES.with(|c| c.borrow_mut().clear());
+}
+
+unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> usize {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        (*tupdesc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .position(|a| {
+                !a.attisdropped
+                    && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+            })
+            .unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("custos.identities has no column \"{name}\""),
+                    None,
+                )
+            })
+    }
+}
+
+fn refuse_future(column: &str, at: i64, now: i64) {
+    if at > now + FUTURE_TOLERANCE_USECS {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{column} of an identity cannot be in the future"),
+            Some("send times as the identity provider recorded them, with their time zone"),
+        );
+    }
+}
+
+#[pg_trigger]
+fn identities_derive<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
+    let td = trigger.trigger_data();
+    // SAFETY: a BEFORE INSERT OR UPDATE row trigger: tg_relation and the new tuple are valid.
+    unsafe {
+        let new_tuple = if matches!(trigger.op(), Ok(PgTriggerOperation::Update)) {
+            td.tg_newtuple
+        } else {
+            td.tg_trigtuple
+        };
+        if new_tuple.is_null() {
+            raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "identities_derive is a row-level INSERT or UPDATE trigger",
+                None,
+            );
+        }
+        let tupdesc = (*td.tg_relation).rd_att;
+        let natts = (*tupdesc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![true; natts];
+        pg_sys::heap_deform_tuple(new_tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let col = |name: &str| column(tupdesc, name);
+        let flag = |name: &str| -> bool {
+            let i = col(name);
+            !nulls[i] && values[i].value() != 0
+        };
+        let time = |name: &str| -> Option<i64> {
+            let i = col(name);
+            (!nulls[i]).then(|| values[i].value() as i64)
+        };
+
+        let now = pg_sys::GetCurrentTimestamp();
+        let last_active = time("last_active_at");
+        let created = time("created_at").unwrap_or(now);
+        if let Some(at) = last_active {
+            refuse_future("last_active_at", at, now);
+        }
+        refuse_future("created_at", created, now);
+        let tenant: [u8; 16] = *values[col("tenant_id")].cast_mut_ptr::<[u8; 16]>();
+        let status_i = col("status");
+        let status = if nulls[status_i] {
+            "active".to_owned()
+        } else {
+            String::from_datum(values[status_i], false).unwrap_or_default()
+        };
+        let peer_i = col("peer_score");
+        let factors = Factors {
+            privileged: flag("is_privileged"),
+            never_active: last_active.is_none(),
+            service_account: flag("is_service_account"),
+            mfa_enabled: flag("mfa_enabled"),
+            valid_credentials: flag("has_valid_credentials"),
+            disabled: matches!(status.as_str(), "suspended" | "deprovisioned"),
+            peer_score: if nulls[peer_i] {
+                0.0
+            } else {
+                f32::from_datum(values[peer_i], false).unwrap_or(0.0) as f64
+            },
+        };
+        let policy = policy_for(&tenant);
+        let (threshold, dormant_at) = policy.dormancy(
+            factors.privileged,
+            factors.service_account,
+            last_active,
+            created,
+        );
+        let static_score = risk::static_score(&factors);
+
+        let mut put = |name: &str, d: Option<pg_sys::Datum>| {
+            let i = col(name);
+            nulls[i] = d.is_none();
+            values[i] = d.unwrap_or(pg_sys::Datum::from(0usize));
+        };
+        put("threshold_days", (threshold as i32).into_datum());
+        put("risk_static", (static_score as f32).into_datum());
+        put("dormant_at", dormant_at.map(pg_sys::Datum::from));
+        put(
+            "risk_key",
+            dormant_at.and_then(|at| {
+                risk::risk_key(static_score, at as f64 / 1e6 + PG_EPOCH_UNIX_SECONDS).into_datum()
+            }),
+        );
+        let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
+        Ok(Some(
+            PgHeapTuple::from_datums(
+                desc,
+                values
+                    .iter()
+                    .zip(nulls.iter())
+                    .map(|(v, n)| (!n).then_some(*v)),
+            )
+            .unwrap_or_else(|e| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("could not form the identity row: {e}"),
+                    None,
+                )
+            }),
+        ))
+    }
+}
+
+/// The score, level and reasons of one account at the moment of the call.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(immutable, parallel_safe)]
+fn explain_risk(
+    is_privileged: bool,
+    never_active: bool,
+    is_service_account: bool,
+    mfa_enabled: bool,
+    has_valid_credentials: bool,
+    status: &str,
+    peer_score: f32,
+    days_since_activity: f64,
+    threshold_days: i32,
+) -> TableIterator<
+    'static,
+    (
+        name!(risk_score, f32),
+        name!(risk_level, String),
+        name!(reasons, Vec<String>),
+    ),
+> {
+    let f = Factors {
+        privileged: is_privileged,
+        never_active,
+        service_account: is_service_account,
+        mfa_enabled,
+        valid_credentials: has_valid_credentials,
+        disabled: matches!(status, "suspended" | "deprovisioned"),
+        peer_score: peer_score as f64,
+    };
+    let days_past = days_since_activity - threshold_days as f64;
+    let score = risk::score(risk::raw_at(risk::static_score(&f), days_past));
+    let days_inactive = (!never_active).then_some(days_since_activity.floor() as i64);
+    TableIterator::once((
+        score as f32,
+        risk::level(score).to_owned(),
+        risk::reasons(&f, days_inactive, days_past, threshold_days as i64),
+    ))
+}
+
+#[pg_extern(immutable, parallel_safe)]
+fn risk_level_of(raw: f64) -> &'static str {
+    risk::level(risk::score(raw))
+}
+
+#[pg_extern(immutable, parallel_safe)]
+fn peer_score(active_share: f64, peers: i64) -> f32 {
+    risk::peer_score(active_share, peers) as f32
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn thresholds_per_kind() {
+        let p = Policy {
+            privileged_threshold_days: 14,
+            service_threshold_days: 90,
+            ..Policy::default()
+        };
+        assert_eq!(p.threshold_for(false, false), 30);
+        assert_eq!(p.threshold_for(true, false), 14);
+        assert_eq!(p.threshold_for(false, true), 90);
+        assert_eq!(p.threshold_for(true, true), 14, "the strictest applies");
+        assert_eq!(
+            Policy::default().threshold_for(true, true),
+            30,
+            "0 means the general threshold"
+        );
+    }
+
+    #[test]
+    fn never_active_accounts_use_the_grace_period() {
+        let p = Policy {
+            grace_days: 7,
+            ..Policy::default()
+        };
+        assert_eq!(
+            p.dormancy(false, false, None, 0),
+            (7, Some(7 * USECS_PER_DAY))
+        );
+        assert_eq!(
+            p.dormancy(false, false, Some(USECS_PER_DAY), 0),
+            (30, Some(31 * USECS_PER_DAY))
+        );
+        let not_counted = Policy {
+            count_never_active: false,
+            ..p
+        };
+        assert_eq!(not_counted.dormancy(false, false, None, 0).1, None);
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+#[allow(non_snake_case)]
+mod tests {
+    include!("db_tests.rs");
+}
