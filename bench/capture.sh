@@ -12,9 +12,9 @@ bench_capture() {
   local db=bench_capture tmp t round
   tmp=$(mktemp -d)
   bench_db $db
-  { capture_table_sql orders_untracked; capture_table_sql orders_tracked; } | cpsql -d $db >/dev/null
-  cpsql -d $db -c "SELECT custos.track_table('orders_tracked')" >/dev/null
-  for t in orders_untracked orders_tracked; do
+  { capture_table_sql orders_untracked; capture_table_sql orders_tracked; capture_table_sql orders_grouped; } | cpsql -d $db >/dev/null
+  cpsql -d $db -c "SELECT custos.track_table('orders_tracked')" -c "SELECT custos.track_table('orders_grouped', rows_per_event => 100)" >/dev/null
+  for t in orders_untracked orders_tracked orders_grouped; do
     cat >"$tmp/batch-$t.sql" <<SQL
 INSERT INTO $t (tenant_id, customer, amount, status)
 SELECT format('00000000-0000-4000-8000-%s', lpad((g % 10)::text, 12, '0'))::uuid, 'customer ' || g, g % 997, 'open'
@@ -28,7 +28,7 @@ SQL
   done
   echo "  1,000-row INSERT batches over 10 tenants, 1 client: median of 3 interleaved rounds of 50 batches"
   for round in 1 2 3; do
-    for t in orders_untracked orders_tracked; do
+    for t in orders_untracked orders_tracked orders_grouped; do
       ms=$(time_pgbench_ms $db "$tmp/batch-$t.sql" 50)
       awk -v ms="$ms" 'BEGIN {printf "%.0f\n", 50000 / (ms / 1000)}' >>"$tmp/r-batch-$t"
     done
@@ -38,6 +38,7 @@ SQL
   tracked=$(median <"$tmp/r-batch-orders_tracked")
   report "untracked table" "$untracked" "rows/s"
   report "tracked by custos (event + chain per row)" "$tracked" "rows/s" "of untracked" "$untracked"
+  report "tracked, rows_per_event => 100" "$(median <"$tmp/r-batch-orders_grouped")" "rows/s" "of untracked" "$untracked"
   echo "  single-row inserts, 8 clients, 10 tenants: median of 3 rounds of ${BENCH_SECONDS}s"
   for round in 1 2 3; do
     for t in orders_untracked orders_tracked; do

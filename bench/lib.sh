@@ -37,6 +37,12 @@ median() {
   sort -n | awk 'NF {a[++n] = $1} END {if (n) print a[int((n + 1) / 2)]}'
 }
 
+# report_faster LABEL MS BASELINE_LABEL BASELINE_MS: a latency, with how many times faster than the baseline.
+report_faster() {
+  awk -v l="$1" -v v="$2" -v bl="$3" -v bv="$4" \
+    'BEGIN {printf "  %-58s %12s %-8s  %.0fx faster than %s (%s ms)\n", l, v, "ms", (v > 0 ? bv / v : 0), bl, bv}'
+}
+
 # report LABEL VALUE UNIT [BASELINE_LABEL BASELINE_VALUE]: one line, with the ratio if a baseline is given.
 report() {
   if [ $# -ge 5 ]; then

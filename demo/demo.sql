@@ -147,3 +147,34 @@ SELECT ok, reason FROM custos.verify_checkpoint(:'checkpoint');
 ROLLBACK;
 \echo '   Globex''s chain was never touched:'
 SELECT ok, checked FROM custos.verify_chain('b2000000-0000-4000-8000-000000000002');
+
+\echo
+\echo '== 9. Dormant identities: who has gone unused, riskiest first, and why'
+BEGIN;
+SET LOCAL ROLE demo_app;
+SELECT custos.set_tenant('a1000000-0000-4000-8000-000000000001') \gset
+SELECT custos.upsert_identities(jsonb_build_array(
+  jsonb_build_object('user_id', 'alice', 'email', 'alice@acme.example', 'department', 'eng', 'mfa_enabled', true,
+                     'last_active_at', now() - interval '2 hours', 'source', 'okta'),
+  jsonb_build_object('user_id', 'root-admin', 'email', 'ops@acme.example', 'department', 'eng', 'is_privileged', true,
+                     'roles', ARRAY['admin'], 'last_active_at', now() - interval '140 days', 'source', 'okta'),
+  jsonb_build_object('user_id', 'ci-deployer', 'is_service_account', true, 'department', 'eng', 'mfa_enabled', false,
+                     'last_active_at', now() - interval '95 days', 'source', 'local'),
+  jsonb_build_object('user_id', 'bob', 'email', 'bob@acme.example', 'department', 'sales', 'status', 'deprovisioned',
+                     'mfa_enabled', true, 'last_active_at', now() - interval '61 days', 'source', 'entra'),
+  jsonb_build_object('user_id', 'carol', 'email', 'carol@acme.example', 'department', 'sales', 'mfa_enabled', true,
+                     'has_valid_credentials', false, 'last_active_at', now() - interval '31 days', 'source', 'entra'),
+  jsonb_build_object('user_id', 'dave', 'email', 'dave@acme.example', 'department', 'eng', 'status', 'provisioned',
+                     'created_at', now() - interval '50 days', 'source', 'okta'),
+  jsonb_build_object('user_id', 'erin', 'email', 'erin@acme.example', 'department', 'eng', 'mfa_enabled', true,
+                     'created_at', now() - interval '3 days', 'source', 'okta')
+)) AS upserted \gset
+SELECT user_id, days_inactive, never_active, status, risk_score, risk_level, reasons
+  FROM custos.dormant_users();
+\echo '   erin is new (in her grace period) and alice is active: neither is listed.'
+SELECT custos.set_actor('bob@acme.example'), custos.record_event('user.login', 'user', 'bob') \gset
+\echo '   bob (deprovisioned, yet his credentials still work) just logged in: the ledger makes him active.'
+SELECT user_id, days_inactive, risk_level FROM custos.dormant_users();
+SELECT reviewed_user_id, review_decision, reviewed_by FROM custos.mark_reviewed('ci-deployer', 'disable', 'pipeline moved to OIDC');
+SELECT dimension, value, identities, dormant, privileged_dormant FROM custos.dormant_summary();
+COMMIT;

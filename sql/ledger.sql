@@ -289,7 +289,8 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.caller_role() IS
 'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
 
-CREATE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL)
+CREATE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL,
+                                        rows_per_event integer DEFAULT 1)
 RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -309,6 +310,9 @@ BEGIN
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s is not a table', tbl);
+    END IF;
+    IF rows_per_event IS NULL OR rows_per_event NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('rows_per_event must be between 1 and 1000, not %s', rows_per_event);
     END IF;
     IF rel.nspname = '@extschema@' THEN
         RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s belongs to custos and cannot be tracked', tbl);
@@ -342,34 +346,66 @@ BEGIN
     END IF;
     pk_join := (SELECT string_agg(format('o.%1$I = n.%1$I', c), ' AND ') FROM unnest(pk_cols) c);
 
-    body := format($body$
+    IF rows_per_event = 1 THEN
+        body := format($body$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+            SELECT n.%1$I, 'insert', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n))
+              FROM custos_new n;
+        ELSIF TG_OP = 'UPDATE' THEN
+            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+            SELECT n.%1$I, 'update', %2$L, %3$s,
+                   jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'new', to_jsonb(n), 'changed',
+                       (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]') FROM jsonb_each(to_jsonb(n)) e
+                         WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value))
+              FROM custos_new n JOIN custos_old o ON %6$s;
+            -- Rows whose primary key changed cannot be paired: record both sides.
+            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+            SELECT o.%1$I, 'update', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'key_changed', true)
+              FROM custos_old o WHERE NOT EXISTS (SELECT 1 FROM custos_new n WHERE %6$s);
+            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+            SELECT n.%1$I, 'update', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n), 'key_changed', true)
+              FROM custos_new n WHERE NOT EXISTS (SELECT 1 FROM custos_old o WHERE %6$s);
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
+            SELECT o.%1$I, 'delete', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o))
+              FROM custos_old o;
+        END IF;
+        RETURN NULL;
+    END
+    $body$, tenant_column, etype, pk_expr_n, pk_expr_o, tbl::text, pk_join);
+    ELSE
+        -- Up to rows_per_event changed rows of one statement and tenant per event, each with its key.
+        body := format($body$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-        SELECT n.%1$I, 'insert', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n))
-          FROM custos_new n;
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
+        SELECT c.tenant, 'insert', %2$L, jsonb_build_object('table', %5$L, 'rows', jsonb_agg(c.change ORDER BY c.ord))
+          FROM (SELECT n.%1$I AS tenant, row_number() OVER () AS ord,
+                       jsonb_build_object('key', %3$s, 'new', to_jsonb(n)) AS change
+                  FROM custos_new n) c
+         GROUP BY c.tenant, (c.ord - 1) / %7$s;
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-        SELECT n.%1$I, 'update', %2$L, %3$s,
-               jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'new', to_jsonb(n), 'changed',
-                   (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]') FROM jsonb_each(to_jsonb(n)) e
-                     WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value))
-          FROM custos_new n JOIN custos_old o ON %6$s;
-        -- Rows whose primary key changed cannot be paired: record both sides.
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-        SELECT o.%1$I, 'update', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'key_changed', true)
-          FROM custos_old o WHERE NOT EXISTS (SELECT 1 FROM custos_new n WHERE %6$s);
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-        SELECT n.%1$I, 'update', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n), 'key_changed', true)
-          FROM custos_new n WHERE NOT EXISTS (SELECT 1 FROM custos_old o WHERE %6$s);
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
+        SELECT c.tenant, 'update', %2$L, jsonb_build_object('table', %5$L, 'rows', jsonb_agg(c.change ORDER BY c.ord))
+          FROM (SELECT coalesce(n.%1$I, o.%1$I) AS tenant, row_number() OVER () AS ord,
+                       jsonb_build_object('key', coalesce(%3$s, %4$s), 'old', to_jsonb(o), 'new', to_jsonb(n),
+                                          'key_changed', n IS NULL OR o IS NULL) AS change
+                  FROM custos_new n FULL JOIN custos_old o ON %6$s) c
+         GROUP BY c.tenant, (c.ord - 1) / %7$s;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-        SELECT o.%1$I, 'delete', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o))
-          FROM custos_old o;
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
+        SELECT c.tenant, 'delete', %2$L, jsonb_build_object('table', %5$L, 'rows', jsonb_agg(c.change ORDER BY c.ord))
+          FROM (SELECT o.%1$I AS tenant, row_number() OVER () AS ord,
+                       jsonb_build_object('key', %4$s, 'old', to_jsonb(o)) AS change
+                  FROM custos_old o) c
+         GROUP BY c.tenant, (c.ord - 1) / %7$s;
     END IF;
     RETURN NULL;
 END
-$body$, tenant_column, etype, pk_expr_n, pk_expr_o, tbl::text, pk_join);
+$body$, tenant_column, etype, pk_expr_n, pk_expr_o, tbl::text, pk_join, rows_per_event);
+    END IF;
 
     EXECUTE format('CREATE OR REPLACE FUNCTION @extschema@.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
                    'SET search_path = pg_catalog, pg_temp AS %L', fn_name, body);
@@ -398,11 +434,12 @@ END $t$, tenant_column, etype, tbl::text, tbl));
                    'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name);
     EXECUTE format('CREATE TRIGGER custos_track_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name || '_truncate');
-    RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s', tbl, etype);
+    RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s%s', tbl, etype,
+                  CASE WHEN rows_per_event > 1 THEN format(', up to %s rows per event', rows_per_event) ELSE '' END);
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.track_table(regclass, name, text) IS
-'Records every INSERT, UPDATE, DELETE (old and new values, primary key, actor) and TRUNCATE of a table in the audit ledger, in the tenant named by each row''s tenant column. The caller must own the table; the table needs a primary key. Idempotent.';
+COMMENT ON FUNCTION @extschema@.track_table(regclass, name, text, integer) IS
+'Records every INSERT, UPDATE, DELETE (old and new values, primary key, actor) and TRUNCATE of a table in the audit ledger, in the tenant named by each row''s tenant column. rows_per_event 1 (default) gives one event per row with the key as entity_id; more puts up to that many rows of a statement in one event (details.rows), for bulk-heavy tables. The caller must own the table; the table needs a primary key. Idempotent.';
 
 CREATE FUNCTION @extschema@.untrack_table(tbl regclass) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -439,5 +476,5 @@ SELECT t.tgrelid::regclass AS table_name, p.proname AS capture_function
  WHERE t.tgname = 'custos_track_insert';
 COMMENT ON VIEW @extschema@.tracked_tables IS 'Tables whose changes custos records in the audit ledger.';
 GRANT SELECT ON @extschema@.tracked_tables TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text), @extschema@.untrack_table(regclass) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text), @extschema@.untrack_table(regclass) TO custos_admin;
+REVOKE EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text, integer), @extschema@.untrack_table(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text, integer), @extschema@.untrack_table(regclass) TO custos_admin;

@@ -222,7 +222,7 @@ AS $fn$
            d.value_type, d.description
       FROM @extschema@.setting_definitions d
       LEFT JOIN @extschema@.tenant_settings s
-        ON s.key = d.key AND s.tenant_id = @extschema@.current_tenant()
+        ON s.key = d.key AND s.tenant_id = (SELECT @extschema@.current_tenant())
      ORDER BY d.key
 $fn$;
 COMMENT ON FUNCTION @extschema@.settings() IS

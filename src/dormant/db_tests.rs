@@ -229,3 +229,26 @@ fn summary_counts_by_level_source_and_department() {
     assert!(rows.contains(&"department:(none)=1/1/0".to_owned()), "{rows:?}");
     assert!(rows.iter().any(|r| r.starts_with("risk_level:")), "{rows:?}");
 }
+
+#[pg_test]
+fn summary_levels_agree_with_the_report() {
+    fresh_tenant();
+    Spi::run(
+        "SELECT custos.upsert_identities((SELECT jsonb_agg(jsonb_build_object('user_id', 'u' || g,
+            'is_privileged', g % 5 = 0, 'is_service_account', g % 7 = 0, 'mfa_enabled', g % 3 = 0,
+            'has_valid_credentials', g % 2 = 0, 'department', 'd' || g % 4,
+            'last_active_at', now() - (g * 3) * interval '1 day')) FROM generate_series(1, 300) g))",
+    )
+    .unwrap();
+    let from_report = Spi::get_one::<String>(
+        "SELECT string_agg(risk_level || '=' || n, ',' ORDER BY risk_level) FROM
+           (SELECT risk_level, count(*) n FROM custos.dormant_users(lim => 1000) GROUP BY 1) x",
+    )
+    .unwrap();
+    let from_summary = Spi::get_one::<String>(
+        "SELECT string_agg(value || '=' || dormant, ',' ORDER BY value) FROM custos.dormant_summary() WHERE dimension = 'risk_level'",
+    )
+    .unwrap();
+    assert_eq!(from_report, from_summary);
+    assert!(from_report.unwrap().contains("critical"));
+}

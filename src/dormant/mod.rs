@@ -310,6 +310,13 @@ fn risk_level_of(raw: f64) -> &'static str {
 }
 
 #[pg_extern(immutable, parallel_safe)]
+fn risk_level_bounds(
+) -> TableIterator<'static, (name!(medium, f64), name!(high, f64), name!(critical, f64))> {
+    let [m, h, c] = risk::level_bounds();
+    TableIterator::once((m, h, c))
+}
+
+#[pg_extern(immutable, parallel_safe)]
 fn peer_score(active_share: f64, peers: i64) -> f32 {
     risk::peer_score(active_share, peers) as f32
 }

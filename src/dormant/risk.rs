@@ -106,6 +106,12 @@ pub fn level(score: f64) -> &'static str {
 
 pub const LEVELS: [&str; 4] = ["low", "medium", "high", "critical"];
 
+/// The raw scores at which medium, high and critical begin: the inverse of [`score`] at the
+/// level edges, so SQL can compare raw values without calling back for every row.
+pub fn level_bounds() -> [f64; 3] {
+    [0.40f64, 0.65, 0.85].map(|s| -2.0 * (1.0 - s).ln())
+}
+
 /// Reasons, largest contribution first, each with its weight.
 pub fn reasons(
     f: &Factors,
@@ -175,6 +181,21 @@ mod unit {
         assert_eq!(level(0.85), "critical");
         assert_eq!(level(score(0.0)), "low");
         assert!(score(100.0) <= 1.0 && score(100.0) > 0.99);
+    }
+
+    #[test]
+    fn level_bounds_agree_with_level() {
+        let [medium, high, critical] = level_bounds();
+        for (raw, expected) in [
+            (medium - 1e-9, "low"),
+            (medium + 1e-9, "medium"),
+            (high - 1e-9, "medium"),
+            (high + 1e-9, "high"),
+            (critical - 1e-9, "high"),
+            (critical + 1e-9, "critical"),
+        ] {
+            assert_eq!(level(score(raw)), expected, "raw {raw}");
+        }
     }
 
     #[test]

@@ -666,3 +666,36 @@ fn dropping_the_ledger_is_refused() {
     // custos.allow_ledger_drop is tested from a client: here it would drop this test function.)
     Spi::run("CREATE SCHEMA custos_test_other; DROP SCHEMA custos_test_other").unwrap();
 }
+
+#[pg_test]
+fn track_table_can_group_rows_into_events() {
+    let (A, B) = fresh_tenants();
+    Spi::run(&format!(
+        "CREATE TABLE public.bulk (id int PRIMARY KEY, tenant_id uuid NOT NULL, v int);
+         SELECT custos.track_table('public.bulk', rows_per_event => 100);
+         INSERT INTO public.bulk SELECT g, CASE WHEN g % 4 = 0 THEN '{B}'::uuid ELSE '{A}'::uuid END, g FROM generate_series(1, 250) g;
+         UPDATE public.bulk SET v = v + 1 WHERE id <= 10;
+         DELETE FROM public.bulk WHERE id > 240;"
+    ))
+    .unwrap();
+    let rows_in = |t: &str, action: &str| {
+        count(&format!(
+            "SELECT coalesce(sum(jsonb_array_length(details->'rows')), 0) FROM custos.events WHERE tenant_id = '{t}' AND action = '{action}'"
+        ))
+    };
+    assert_eq!((rows_in(A, "insert"), rows_in(B, "insert")), (188, 62), "every row is recorded once, in its tenant");
+    assert_eq!(rows_in(A, "update") + rows_in(B, "update"), 10);
+    assert_eq!(rows_in(A, "delete") + rows_in(B, "delete"), 10);
+    assert!(count(&format!("SELECT max(jsonb_array_length(details->'rows')) FROM custos.events WHERE tenant_id = '{A}'")) <= 100);
+    let update = Spi::get_one::<pgrx::JsonB>(&format!(
+        "SELECT details->'rows'->0 FROM custos.events WHERE tenant_id = '{A}' AND action = 'update'"
+    ))
+    .unwrap()
+    .unwrap()
+    .0;
+    assert_eq!(update["key"], "1");
+    assert_eq!(update["new"]["v"], 2);
+    assert_eq!(update["old"]["v"], 1);
+    assert!(verify(A).0 && verify(B).0);
+    assert_error("SELECT custos.track_table('public.bulk', rows_per_event => 0)", "22023", "rows_per_event must be between 1 and 1000");
+}
