@@ -169,12 +169,15 @@ SELECT custos.upsert_identities(jsonb_build_array(
   jsonb_build_object('user_id', 'erin', 'email', 'erin@acme.example', 'department', 'eng', 'mfa_enabled', true,
                      'created_at', now() - interval '3 days', 'source', 'okta')
 )) AS upserted \gset
-SELECT user_id, days_inactive, never_active, status, risk_score, risk_level, reasons
+SELECT user_id, days_inactive, never_active, status, round(risk_score::numeric, 3) AS risk_score, risk_level, reasons
   FROM custos.dormant_users();
 \echo '   erin is new (in her grace period) and alice is active: neither is listed.'
 SELECT custos.set_actor('bob@acme.example'), custos.record_event('user.login', 'user', 'bob') \gset
 \echo '   bob (deprovisioned, yet his credentials still work) just logged in: the ledger makes him active.'
 SELECT user_id, days_inactive, risk_level FROM custos.dormant_users();
+\echo '   a security analyst reviews the service account (recorded in the ledger too):'
+SELECT custos.set_actor('security@acme.example') \gset
 SELECT reviewed_user_id, review_decision, reviewed_by FROM custos.mark_reviewed('ci-deployer', 'disable', 'pipeline moved to OIDC');
+SELECT seq, actor, action, entity_id, details FROM custos.events WHERE action = 'identity.review';
 SELECT dimension, value, identities, dormant, privileged_dormant FROM custos.dormant_summary();
 COMMIT;
