@@ -5,7 +5,8 @@ BENCH_SECONDS=${BENCH_SECONDS:-5}
 
 # bench_db NAME: a fresh database with custos installed.
 bench_db() {
-  cpsql -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+  cpsql -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" \
+    -c "CREATE DATABASE $1" >/dev/null
   cpsql -d "$1" -c "CREATE EXTENSION custos CASCADE" >/dev/null 2>&1
 }
 

@@ -71,23 +71,26 @@ DECLARE
     t uuid := coalesce(tenant, @extschema@.require_tenant());
     n bigint;
 BEGIN
-    WITH dept AS (
+    -- The accounts are joined only to the per-department counts (a few rows), never to themselves:
+    -- the plan stays linear whatever the statistics say right after a bulk load.
+    WITH counts AS (
         SELECT department, count(*) AS members,
                count(*) FILTER (WHERE dormant_at IS NULL OR dormant_at > now()) AS active
           FROM @extschema@.identities WHERE tenant_id = t AND department IS NOT NULL
          GROUP BY department
-    ), scored AS (
-        SELECT i.user_id,
-               @extschema@.peer_score(
-                   (d.active - CASE WHEN i.dormant_at IS NULL OR i.dormant_at > now() THEN 1 ELSE 0 END)::float8
-                       / greatest(d.members - 1, 1),
-                   d.members - 1) AS peer
-          FROM @extschema@.identities i JOIN dept d USING (department)
-         WHERE i.tenant_id = t
+    ), dept AS (
+        -- An account's peers are the other members: one fewer active peer if it is active itself.
+        SELECT department,
+               @extschema@.peer_score((active - 1)::float8 / greatest(members - 1, 1), members - 1) AS if_active,
+               @extschema@.peer_score(active::float8 / greatest(members - 1, 1), members - 1) AS if_idle
+          FROM counts
     )
-    UPDATE @extschema@.identities i SET peer_score = s.peer
-      FROM scored s
-     WHERE i.tenant_id = t AND i.user_id = s.user_id AND i.peer_score IS DISTINCT FROM s.peer::real;
+    UPDATE @extschema@.identities i
+       SET peer_score = CASE WHEN i.dormant_at IS NULL OR i.dormant_at > now() THEN d.if_active ELSE d.if_idle END
+      FROM dept d
+     WHERE i.tenant_id = t AND i.department = d.department
+       AND i.peer_score IS DISTINCT FROM
+           CASE WHEN i.dormant_at IS NULL OR i.dormant_at > now() THEN d.if_active ELSE d.if_idle END;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -104,25 +107,13 @@ DECLARE
     bad text;
     n bigint;
 BEGIN
-    IF identities IS NULL OR jsonb_typeof(identities) <> 'array' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'identities must be a JSON array of objects',
-            HINT = 'for example: [{"user_id": "u1", "email": "ana@example.com", "last_active_at": "2026-01-31T09:00:00Z"}]';
-    END IF;
-    SELECT format('element %s is %s', i - 1, jsonb_typeof(e)) INTO bad
-      FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i) WHERE jsonb_typeof(e) <> 'object' LIMIT 1;
-    IF bad IS NULL THEN
-        SELECT format('element %s has unknown key "%s"', i - 1, k) INTO bad
-          FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i), jsonb_object_keys(e) AS k
-         WHERE k NOT IN ('user_id', 'email', 'display_name', 'source', 'status', 'is_privileged', 'is_service_account',
-                         'mfa_enabled', 'has_valid_credentials', 'department', 'roles', 'created_at', 'last_active_at',
-                         'attributes')
-         LIMIT 1;
-    END IF;
-    IF bad IS NULL THEN
-        SELECT format('element %s has no user_id', i - 1) INTO bad
-          FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i)
-         WHERE coalesce(e->>'user_id', '') = '' LIMIT 1;
-    END IF;
+    PERFORM @extschema@.check_json_batch(identities, 'identities',
+        ARRAY['user_id', 'email', 'display_name', 'source', 'status', 'is_privileged', 'is_service_account',
+              'mfa_enabled', 'has_valid_credentials', 'department', 'roles', 'created_at', 'last_active_at', 'attributes'],
+        '[{"user_id": "u1", "email": "ana@example.com", "last_active_at": "2026-01-31T09:00:00Z"}]');
+    SELECT format('element %s has no user_id', i - 1) INTO bad
+      FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i)
+     WHERE coalesce(e->>'user_id', '') = '' LIMIT 1;
     IF bad IS NULL THEN
         SELECT format('user_id "%s" appears more than once', e->>'user_id') INTO bad
           FROM jsonb_array_elements(identities) AS a(e) GROUP BY e->>'user_id' HAVING count(*) > 1 LIMIT 1;

@@ -91,6 +91,53 @@ COMMENT ON FUNCTION @extschema@.rls_coverage() IS
 'Tables with a tenant_id column that are not isolated by custos (RLS disabled, not forced, or without the isolation policy), with what is missing. Empty when every such table is covered.';
 
 ------------------------------------------------------------------------------------------------
+-- Helpers for the SQL interface of every capability
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.require_tenant() RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.current_tenant();
+BEGIN
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'no tenant is set',
+            HINT = 'call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim';
+    END IF;
+    RETURN tenant;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.require_tenant() IS 'The current tenant, or an error (42501) when none is set.';
+
+CREATE FUNCTION @extschema@.check_json_batch(batch jsonb, what text, allowed_keys text[], example text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    bad text;
+BEGIN
+    IF batch IS NULL OR jsonb_typeof(batch) <> 'array' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('%s must be a JSON array of objects', what),
+            HINT = format('for example: %s', example);
+    END IF;
+    SELECT format('element %s is %s', i - 1, jsonb_typeof(e)) INTO bad
+      FROM jsonb_array_elements(batch) WITH ORDINALITY AS a(e, i) WHERE jsonb_typeof(e) <> 'object' LIMIT 1;
+    IF bad IS NULL THEN
+        SELECT format('element %s has unknown key "%s"', i - 1, k) INTO bad
+          FROM jsonb_array_elements(batch) WITH ORDINALITY AS a(e, i), jsonb_object_keys(e) AS k
+         WHERE k <> ALL (allowed_keys) LIMIT 1;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('invalid %s: %s', what, bad),
+            HINT = format('allowed keys: %s', array_to_string(allowed_keys, ', '));
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.check_json_batch(jsonb, text, text[], text) IS
+'Raises a clear error (22023) unless batch is a JSON array of objects using only allowed_keys; used by the batch functions (record_events, upsert_identities).';
+
+------------------------------------------------------------------------------------------------
 -- Settings: extension-wide definitions with defaults, per-tenant overrides
 ------------------------------------------------------------------------------------------------
 CREATE TABLE @extschema@.setting_definitions (
@@ -234,12 +281,8 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    tenant uuid := @extschema@.current_tenant();
+    tenant uuid := @extschema@.require_tenant();
 BEGIN
-    IF tenant IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'no tenant is set',
-            HINT = 'call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim';
-    END IF;
     INSERT INTO @extschema@.tenant_settings AS s (tenant_id, key, value)
     VALUES (tenant, set_setting.key, set_setting.value)
     ON CONFLICT ON CONSTRAINT tenant_settings_pkey DO UPDATE SET value = excluded.value;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod gucs;
 pub mod ledger;
 pub mod tenancy;
+pub mod tuple;
 
 ::pgrx::pg_module_magic!();
 

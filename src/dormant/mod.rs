@@ -5,8 +5,9 @@
 pub mod risk;
 
 use crate::error::raise;
+use crate::tuple::Row;
 use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, PgTupleDesc};
+use pgrx::PgSqlErrorCode;
 use risk::Factors;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -179,11 +180,9 @@ fn identities_derive<'a>(
             );
         }
         let tupdesc = (*td.tg_relation).rd_att;
-        let natts = (*tupdesc).natts as usize;
-        let mut values = vec![pg_sys::Datum::from(0usize); natts];
-        let mut nulls = vec![true; natts];
-        pg_sys::heap_deform_tuple(new_tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let mut row = Row::deform(new_tuple, tupdesc);
         let col = |name: &str| column(tupdesc, name);
+        let (values, nulls) = (&row.values, &row.nulls);
         let flag = |name: &str| -> bool {
             let i = col(name);
             !nulls[i] && values[i].value() != 0
@@ -230,37 +229,16 @@ fn identities_derive<'a>(
         );
         let static_score = risk::static_score(&factors);
 
-        let mut put = |name: &str, d: Option<pg_sys::Datum>| {
-            let i = col(name);
-            nulls[i] = d.is_none();
-            values[i] = d.unwrap_or(pg_sys::Datum::from(0usize));
-        };
-        put("threshold_days", (threshold as i32).into_datum());
-        put("risk_static", (static_score as f32).into_datum());
-        put("dormant_at", dormant_at.map(pg_sys::Datum::from));
-        put(
-            "risk_key",
+        row.set(col("threshold_days"), (threshold as i32).into_datum());
+        row.set(col("risk_static"), (static_score as f32).into_datum());
+        row.set(col("dormant_at"), dormant_at.map(pg_sys::Datum::from));
+        row.set(
+            col("risk_key"),
             dormant_at.and_then(|at| {
                 risk::risk_key(static_score, at as f64 / 1e6 + PG_EPOCH_UNIX_SECONDS).into_datum()
             }),
         );
-        let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
-        Ok(Some(
-            PgHeapTuple::from_datums(
-                desc,
-                values
-                    .iter()
-                    .zip(nulls.iter())
-                    .map(|(v, n)| (!n).then_some(*v)),
-            )
-            .unwrap_or_else(|e| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                    format!("could not form the identity row: {e}"),
-                    None,
-                )
-            }),
-        ))
+        Ok(Some(row.form(tupdesc, "identity")))
     }
 }
 

@@ -8,8 +8,9 @@ use super::head::{self, Head};
 use super::row::{event_fields, Columns};
 use crate::error::raise;
 use crate::gucs;
+use crate::tuple::Row;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode, PgTupleDesc};
+use pgrx::{JsonB, PgSqlErrorCode};
 use std::ffi::CStr;
 
 /// The actor of an event nobody named: `custos.set_actor`, else the JWT `sub`, else the role.
@@ -150,10 +151,7 @@ unsafe fn chain_row<'a>(
     unsafe {
         let tupdesc = (*rel).rd_att;
         let c = Columns::of(rel);
-        let natts = (*tupdesc).natts as usize;
-        let mut values = vec![pg_sys::Datum::from(0usize); natts];
-        let mut nulls = vec![true; natts];
-        pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let mut row = Row::deform(tuple, tupdesc);
 
         for (i, name) in [
             (c.seq, "seq"),
@@ -163,101 +161,58 @@ unsafe fn chain_row<'a>(
             (c.prev_hash, "prev_hash"),
             (c.hash, "hash"),
         ] {
-            if !nulls[i] {
+            if !row.nulls[i] {
                 assigned_by_custos(name);
             }
         }
-        if nulls[c.tenant_id] {
+        if row.nulls[c.tenant_id] {
             required(
                 "tenant_id",
                 "call custos.set_tenant(uuid) first, or give tenant_id",
             );
         }
-        if nulls[c.action] {
+        if row.nulls[c.action] {
             required(
                 "action",
                 "every event needs an action, such as 'login' or 'invoice.update'",
             );
         }
-        if nulls[c.entity_type] {
+        if row.nulls[c.entity_type] {
             required(
                 "entity_type",
                 "every event needs an entity_type, such as 'user' or 'invoice'",
             );
         }
-        fn put(
-            values: &mut [pg_sys::Datum],
-            nulls: &mut [bool],
-            i: usize,
-            d: Option<pg_sys::Datum>,
-        ) {
-            nulls[i] = d.is_none();
-            values[i] = d.unwrap_or(pg_sys::Datum::from(0usize));
-        }
-        if nulls[c.id] {
-            put(
-                &mut values,
-                &mut nulls,
-                c.id,
-                pgrx::Uuid::from_bytes(random_uuid_v4()).into_datum(),
-            );
+        if row.nulls[c.id] {
+            row.set(c.id, pgrx::Uuid::from_bytes(random_uuid_v4()).into_datum());
         }
         let recorded_at = pg_sys::GetCurrentTimestamp();
-        put(
-            &mut values,
-            &mut nulls,
-            c.recorded_at,
-            Some(pg_sys::Datum::from(recorded_at)),
-        );
-        if nulls[c.occurred_at] {
-            put(
-                &mut values,
-                &mut nulls,
-                c.occurred_at,
-                Some(pg_sys::Datum::from(recorded_at)),
-            );
+        row.set(c.recorded_at, Some(pg_sys::Datum::from(recorded_at)));
+        if row.nulls[c.occurred_at] {
+            row.set(c.occurred_at, Some(pg_sys::Datum::from(recorded_at)));
         }
-        if nulls[c.actor] {
-            put(
-                &mut values,
-                &mut nulls,
-                c.actor,
-                default_actor().as_str().into_datum(),
-            );
+        if row.nulls[c.actor] {
+            row.set(c.actor, default_actor().as_str().into_datum());
         }
-        put(
-            &mut values,
-            &mut nulls,
-            c.db_role,
-            current_role_name().as_str().into_datum(),
-        );
-        put(
-            &mut values,
-            &mut nulls,
+        row.set(c.db_role, current_role_name().as_str().into_datum());
+        row.set(
             c.txid,
             Some(pg_sys::Datum::from(
                 pg_sys::GetTopFullTransactionId().value as i64,
             )),
         );
-        if nulls[c.severity] {
-            put(&mut values, &mut nulls, c.severity, "info".into_datum());
+        if row.nulls[c.severity] {
+            row.set(c.severity, "info".into_datum());
         }
-        if nulls[c.details] {
-            put(
-                &mut values,
-                &mut nulls,
+        if row.nulls[c.details] {
+            row.set(
                 c.details,
                 JsonB(serde_json::Value::Object(Default::default())).into_datum(),
             );
         }
-        put(
-            &mut values,
-            &mut nulls,
-            c.seq,
-            Some(pg_sys::Datum::from(0i64)),
-        );
+        row.set(c.seq, Some(pg_sys::Datum::from(0i64)));
 
-        let mut fields = event_fields(&c, &values, &nulls);
+        let mut fields = event_fields(&c, &row.values, &row.nulls);
         check_event(&fields);
         let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
         if fields.details.len() > limit {
@@ -292,34 +247,9 @@ unsafe fn chain_row<'a>(
             },
         );
 
-        put(
-            &mut values,
-            &mut nulls,
-            c.seq,
-            Some(pg_sys::Datum::from(fields.seq)),
-        );
-        put(
-            &mut values,
-            &mut nulls,
-            c.prev_hash,
-            (&prev.hash[..HASH_LEN]).into_datum(),
-        );
-        put(&mut values, &mut nulls, c.hash, (&hash[..]).into_datum());
-
-        let desc = PgTupleDesc::from_pg_unchecked(tupdesc);
-        PgHeapTuple::from_datums(
-            desc,
-            values
-                .iter()
-                .zip(nulls.iter())
-                .map(|(v, n)| (!n).then_some(*v)),
-        )
-        .unwrap_or_else(|e| {
-            raise(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("could not form the event row: {e}"),
-                None,
-            )
-        })
+        row.set(c.seq, Some(pg_sys::Datum::from(fields.seq)));
+        row.set(c.prev_hash, (&prev.hash[..HASH_LEN]).into_datum());
+        row.set(c.hash, (&hash[..]).into_datum());
+        row.form(tupdesc, "event")
     }
 }
