@@ -5,7 +5,7 @@ bench_tenancy() {
   tmp=$(mktemp -d)
   bench_db $db
   cpsql -d $db >/dev/null <<'SQL'
-CREATE ROLE bench_app LOGIN;
+DO $$ BEGIN CREATE ROLE bench_app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 GRANT custos_reader TO bench_app;
 CREATE TABLE items (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, amount int);
 INSERT INTO items (tenant_id, amount)

@@ -11,29 +11,32 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
      'Inactivity threshold for service accounts; 0 means dormant.threshold_days.');
 
 CREATE TABLE @extschema@.identities (
+    -- What the report and summary read comes first: rows are decoded only up to the last column a
+    -- query needs, and fixed-width columns before the texts keep that short.
     tenant_id             uuid NOT NULL DEFAULT @extschema@.current_tenant(),
+    dormant_at            timestamptz,
+    risk_key              double precision,
+    is_privileged         boolean NOT NULL DEFAULT false,
+    source                text NOT NULL DEFAULT 'local' CHECK (source ~ '^[a-z0-9_.-]{1,40}$'),
+    department            text,
     user_id               text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 256),
     email                 text,
     display_name          text,
-    source                text NOT NULL DEFAULT 'local' CHECK (source ~ '^[a-z0-9_.-]{1,40}$'),
     status                text NOT NULL DEFAULT 'active'
                           CHECK (status IN ('active', 'suspended', 'provisioned', 'deprovisioned')),
-    is_privileged         boolean NOT NULL DEFAULT false,
     roles                 text[] NOT NULL DEFAULT '{}',
     is_service_account    boolean NOT NULL DEFAULT false,
     mfa_enabled           boolean NOT NULL DEFAULT false,
     has_valid_credentials boolean NOT NULL DEFAULT true,
-    department            text,
     created_at            timestamptz NOT NULL DEFAULT now(),
     last_active_at        timestamptz,
     last_active_source    text,
     attributes            jsonb NOT NULL DEFAULT '{}',
     updated_at            timestamptz NOT NULL DEFAULT now(),
-    -- Kept current by custos (trigger custos.identities_derive); see src/dormant/risk.rs.
+    -- Kept current by custos (trigger custos.identities_derive, custos.refresh_peer_scores); see
+    -- src/dormant/risk.rs. dormant_at and risk_key above are derived too.
     peer_score            real NOT NULL DEFAULT 0,
     risk_static           real NOT NULL DEFAULT 0,
-    dormant_at            timestamptz,
-    risk_key              double precision,
     threshold_days        integer NOT NULL DEFAULT 30,
     review_decision       text CHECK (review_decision IN ('keep', 'disable', 'delete', 'false_positive')),
     reviewed_at           timestamptz,
