@@ -51,11 +51,16 @@ bench_dormant() {
     report_faster "deep page, skip 9,000 (median)" "$deep" "baseline" "$naive"
   done
   ms=$(time_sql $db "SELECT custos.set_tenant('$t_big'); SELECT count(*) FROM custos.dormant_summary()")
-  ms=$(time_sql $db "SELECT custos.set_tenant('$t_big'); SELECT count(*) FROM custos.dormant_summary()")
-  report "dormant_summary() of the 1,000,000-account tenant" "$ms" "ms"
+  report "dormant_summary() of the 1,000,000-account tenant, first call" "$ms" "ms"
+  for i in 1 2 3; do
+    time_sql $db "SELECT custos.set_tenant('$t_big'); SELECT count(*) FROM custos.dormant_summary()" >>"$tmp/summary"
+    echo >>"$tmp/summary"
+  done
+  report "dormant_summary() of the 1,000,000-account tenant (median of 3)" "$(median <"$tmp/summary")" "ms"
   cpsql -d $db -At -c "SELECT '  table ' || pg_size_pretty(pg_relation_size('custos.identities')) || ', risk index ' ||
       pg_size_pretty(pg_relation_size('custos.identities_risk')) || ', dormant_at index ' ||
-      pg_size_pretty(pg_relation_size('custos.identities_dormant_at')) || ', primary key ' ||
+      pg_size_pretty(pg_relation_size('custos.identities_dormant_at')) || ', summary index ' ||
+      pg_size_pretty(pg_relation_size('custos.identities_summary')) || ', primary key ' ||
       pg_size_pretty(pg_relation_size('custos.identities_pkey'))"
   echo "  plan of the first page (1,000,000-account tenant):"
   cpsql -d $db -At -c "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT i.* FROM custos.identities i

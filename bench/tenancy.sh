@@ -6,6 +6,7 @@ bench_tenancy() {
   bench_db $db
   cpsql -d $db >/dev/null <<'SQL'
 DO $$ BEGIN CREATE ROLE bench_app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+SET client_min_messages = warning;
 GRANT custos_reader TO bench_app;
 CREATE TABLE items (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, amount int);
 INSERT INTO items (tenant_id, amount)
@@ -38,7 +39,7 @@ SQL
   report "10,000 of 1,000,000 rows, explicit WHERE, no RLS, 1 client" "$plain" "tps"
   report "the same through custos tenant isolation (RLS), 1 client" "$rls" "tps" "of no RLS" "$plain"
   echo "  plan with RLS:"
-  cpsql -d $db -At -c "SET ROLE bench_app; SELECT custos.set_tenant('00000000-0000-4000-8000-000000000007');
-    EXPLAIN (COSTS OFF) SELECT count(*) FROM items" | sed 's/^/    /'
+  cpsql -d $db -At -c "SET ROLE bench_app; SELECT custos.set_tenant('00000000-0000-4000-8000-000000000007') IS NULL;
+    EXPLAIN (COSTS OFF) SELECT count(*) FROM items" | grep -v '^f$' | sed 's/^/    /'
   rm -rf "$tmp"
 }

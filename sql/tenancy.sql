@@ -18,6 +18,7 @@ AS $fn$
 DECLARE
     col_type regtype;
     kind "char";
+    pol name;
 BEGIN
     SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
     IF kind NOT IN ('r', 'p') THEN
@@ -41,8 +42,11 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
     -- FORCE: the table owner is filtered too (superusers and BYPASSRLS roles never are).
     EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
-    EXECUTE format('DROP POLICY IF EXISTS custos_tenant_access ON %s', tbl);
-    EXECUTE format('DROP POLICY IF EXISTS custos_tenant_isolation ON %s', tbl);
+    -- Re-running replaces the policies (quietly: IF EXISTS would print a notice per policy).
+    FOR pol IN SELECT p.polname FROM pg_policy p
+                WHERE p.polrelid = tbl AND p.polname IN ('custos_tenant_access', 'custos_tenant_isolation') LOOP
+        EXECUTE format('DROP POLICY %I ON %s', pol, tbl);
+    END LOOP;
     -- The permissive policy grants a tenant its rows; the restrictive one makes sure no other
     -- permissive policy a user adds later can widen access beyond the tenant.
     -- (select ...) runs once per query as an InitPlan, so an index on the column is usable.
