@@ -10,6 +10,8 @@ source "$ROOT/scripts/lib/cluster.sh"
 cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*"; }
+# Every cargo test run's output also goes to a log, for the totals printed at the end.
+RESULTS=$(mktemp)
 
 step "rustfmt"
 cargo fmt --check
@@ -22,11 +24,16 @@ step "unit, property and in-database tests (cargo pgrx test)"
 PGRX_TEST_DATA=$(mktemp -d /tmp/custos-pgtest-XXXXXX)
 chown postgres: "$PGRX_TEST_DATA"
 trap 'rm -rf "$PGRX_TEST_DATA"' EXIT
-cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA/data"
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA/data" 2>&1 | tee -a "$RESULTS"
 rm -rf "$PGRX_TEST_DATA"
 
 step "integration tests against a live server"
 install_extension
 cluster_start
 CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" \
-  cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=4
+  cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=4 2>&1 | tee -a "$RESULTS"
+
+step "totals"
+awk '/^test result:/ {for (i = 1; i <= NF; i++) {if ($i ~ /^passed;?$/) p += $(i - 1); if ($i ~ /^failed;?$/) f += $(i - 1)}}
+     END {printf "%d passed, %d failed\n", p, f}' "$RESULTS"
+rm -f "$RESULTS"
