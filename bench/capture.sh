@@ -9,7 +9,7 @@ SQL
 }
 
 bench_capture() {
-  local db=bench_capture tmp t round
+  local db=bench_capture tmp t
   tmp=$(mktemp -d)
   bench_db $db
   { capture_table_sql orders_untracked; capture_table_sql orders_tracked; capture_table_sql orders_grouped; } | cpsql -d $db >/dev/null
@@ -27,27 +27,17 @@ VALUES (format('00000000-0000-4000-8000-%s', lpad(:t::text, 12, '0'))::uuid, 'cu
 SQL
   done
   echo "  1,000-row INSERT batches over 10 tenants, 1 client: median of 3 interleaved rounds of 50 batches"
-  for round in 1 2 3; do
-    for t in orders_untracked orders_tracked orders_grouped; do
-      ms=$(time_pgbench_ms $db "$tmp/batch-$t.sql" 50)
-      awk -v ms="$ms" 'BEGIN {printf "%.0f\n", 50000 / (ms / 1000)}' >>"$tmp/r-batch-$t"
-    done
-  done
   local untracked tracked
-  untracked=$(median <"$tmp/r-batch-orders_untracked")
-  tracked=$(median <"$tmp/r-batch-orders_tracked")
+  capture_batch_rate() { awk -v ms="$(time_pgbench_ms $db "$tmp/batch-$1.sql" 50)" 'BEGIN {printf "%.0f", 50000 / (ms / 1000)}'; }
+  interleaved capture_batch_rate orders_untracked orders_tracked orders_grouped
+  untracked=${MEDIAN[orders_untracked]} tracked=${MEDIAN[orders_tracked]}
   report "untracked table" "$untracked" "rows/s"
   report "tracked by custos (event + chain per row)" "$tracked" "rows/s" "of untracked" "$untracked"
-  report "tracked, rows_per_event => 100" "$(median <"$tmp/r-batch-orders_grouped")" "rows/s" "of untracked" "$untracked"
+  report "tracked, rows_per_event => 100" "${MEDIAN[orders_grouped]}" "rows/s" "of untracked" "$untracked"
   echo "  single-row inserts, 8 clients, 10 tenants: median of 3 rounds of ${BENCH_SECONDS}s"
-  for round in 1 2 3; do
-    for t in orders_untracked orders_tracked; do
-      pgbench_tps $db postgres 8 "$tmp/one-$t.sql" >>"$tmp/r-one-$t"
-      echo >>"$tmp/r-one-$t"
-    done
-  done
-  untracked=$(median <"$tmp/r-one-orders_untracked")
-  tracked=$(median <"$tmp/r-one-orders_tracked")
+  capture_single_tps() { pgbench_tps $db postgres 8 "$tmp/one-$1.sql"; }
+  interleaved capture_single_tps orders_untracked orders_tracked
+  untracked=${MEDIAN[orders_untracked]} tracked=${MEDIAN[orders_tracked]}
   report "untracked table" "$untracked" "tps"
   report "tracked by custos" "$tracked" "tps" "of untracked" "$untracked"
   cpsql -d $db -At -c "SELECT '  events recorded: ' || sum(v.checked) || ', every chain verifies: ' || bool_and(v.ok)

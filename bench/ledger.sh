@@ -58,22 +58,14 @@ bench_ledger() {
   bench_db $db
   ledger_bench_schema $db
 
-  # This machine's timings drift between runs: the three contenders take turns for three rounds
-  # and each reports its median, so none is favoured by running first or last.
   echo "  batches of 1,000 rows over 10 tenants, 1 client: median of 3 interleaved rounds of 100 batches"
   for t in plain_events plpgsql_events custos.events; do
     ledger_batch_script $t 1000 0 >"$tmp/$t.sql"
   done
-  local round plain plpgsql custos
-  for round in 1 2 3; do
-    for t in plain_events plpgsql_events custos.events; do
-      ledger_rows_per_second $db "$tmp/$t.sql" 100 1000 >>"$tmp/batch-$t"
-      echo >>"$tmp/batch-$t"
-    done
-  done
-  plain=$(median <"$tmp/batch-plain_events")
-  plpgsql=$(median <"$tmp/batch-plpgsql_events")
-  custos=$(median <"$tmp/batch-custos.events")
+  local plain plpgsql custos
+  ledger_batch_rate() { ledger_rows_per_second $db "$tmp/$1.sql" 100 1000; }
+  interleaved ledger_batch_rate plain_events plpgsql_events custos.events
+  plain=${MEDIAN[plain_events]} plpgsql=${MEDIAN[plpgsql_events]} custos=${MEDIAN[custos.events]}
   report "plain table, no chain" "$plain" "rows/s"
   report "PL/pgSQL + pgcrypto chain trigger" "$plpgsql" "rows/s" "of plain" "$plain"
   report "custos.events (Rust chain)" "$custos" "rows/s" "of plain" "$plain"
@@ -88,15 +80,9 @@ SELECT format('00000000-0000-4000-8000-%s', lpad((100 + :t)::text, 12, '0'))::uu
   FROM (SELECT :t AS g) s;
 SQL
   done
-  for round in 1 2 3; do
-    for t in plain_events plpgsql_events custos.events; do
-      pgbench_tps $db postgres 8 "$tmp/one-$t.sql" >>"$tmp/single-$t"
-      echo >>"$tmp/single-$t"
-    done
-  done
-  plain=$(median <"$tmp/single-plain_events")
-  plpgsql=$(median <"$tmp/single-plpgsql_events")
-  custos=$(median <"$tmp/single-custos.events")
+  ledger_single_tps() { pgbench_tps $db postgres 8 "$tmp/one-$1.sql"; }
+  interleaved ledger_single_tps plain_events plpgsql_events custos.events
+  plain=${MEDIAN[plain_events]} plpgsql=${MEDIAN[plpgsql_events]} custos=${MEDIAN[custos.events]}
   report "plain table" "$plain" "tps"
   report "PL/pgSQL + pgcrypto chain trigger" "$plpgsql" "tps" "of plain" "$plain"
   report "custos.events" "$custos" "tps" "of plain" "$plain"

@@ -33,6 +33,24 @@ time_pgbench_ms() {
   awk -v s="$start" -v e="$end" 'BEGIN {printf "%.0f", (e - s) * 1000}'
 }
 
+# interleaved FN CONTENDER...: this machine's timings drift between runs, so the contenders take
+# turns, three rounds of `FN contender` each (FN prints one number); MEDIAN[contender] holds each
+# one's median.
+declare -A MEDIAN
+interleaved() {
+  local fn=$1 dir round c
+  shift
+  dir=$(mktemp -d)
+  for round in 1 2 3; do
+    for c in "$@"; do
+      "$fn" "$c" >>"$dir/$c"
+      echo >>"$dir/$c"
+    done
+  done
+  for c in "$@"; do MEDIAN[$c]=$(median <"$dir/$c"); done
+  rm -rf "$dir"
+}
+
 # median: the median of the numbers on standard input, one a line.
 median() {
   sort -n | awk 'NF {a[++n] = $1} END {if (n) print a[int((n + 1) / 2)]}'

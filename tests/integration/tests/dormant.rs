@@ -1,9 +1,7 @@
 //! Dormant identities on a live server: tenant isolation through PostgREST's protocol, paging
 //! stability while another connection keeps inserting, and bad input.
 
-use custos_integration_tests::{
-    connect, ensure_grant, ensure_role, fresh_db, postgrest_request, sqlstate,
-};
+use custos_integration_tests::{connect, fresh_db, postgrest_request, postgrest_roles, sqlstate};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,16 +32,7 @@ fn each_tenant_sees_only_its_accounts_through_postgrest() {
     let (db, mut su) = fresh_db("dormant_postgrest");
     load(&mut su, ACME, "acme", 30);
     load(&mut su, GLOBEX, "globex", 20);
-    ensure_role(&mut su, "it_authenticator", "LOGIN NOINHERIT");
-    ensure_role(&mut su, "it_web_anon", "NOLOGIN");
-    ensure_role(&mut su, "it_web_user", "NOLOGIN");
-    for (role, member) in [
-        ("it_web_anon", "it_authenticator"),
-        ("it_web_user", "it_authenticator"),
-        ("custos_reader", "it_web_user"),
-    ] {
-        ensure_grant(&mut su, role, member);
-    }
+    postgrest_roles(&mut su, &[("it_web_user", "custos_reader")]);
     let mut c = connect(&db, "it_authenticator");
     let rpc = "SELECT user_id, risk_level FROM custos.dormant_users(lim => 1000)";
     for (tenant, prefix, n) in [(ACME, "acme", 30), (GLOBEX, "globex", 20)] {

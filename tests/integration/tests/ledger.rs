@@ -1,9 +1,7 @@
 //! The ledger on a live server: concurrent writers at every isolation level, PostgREST's protocol,
 //! and bad input from a real client.
 
-use custos_integration_tests::{
-    connect, ensure_grant, ensure_role, fresh_db, postgrest_request, sqlstate,
-};
+use custos_integration_tests::{connect, fresh_db, postgrest_request, postgrest_roles, sqlstate};
 use postgres::IsolationLevel;
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -171,19 +169,13 @@ fn copy_is_chained_too() {
 #[test]
 fn postgrest_writers_and_auditors_stay_in_their_tenant() {
     let (db, mut su) = fresh_db("ledger_postgrest");
-    ensure_role(&mut su, "it_authenticator", "LOGIN NOINHERIT");
-    ensure_role(&mut su, "it_web_anon", "NOLOGIN");
-    ensure_role(&mut su, "it_web_writer", "NOLOGIN");
-    ensure_role(&mut su, "it_web_auditor", "NOLOGIN");
-    for (role, member) in [
-        ("it_web_anon", "it_authenticator"),
-        ("it_web_writer", "it_authenticator"),
-        ("it_web_auditor", "it_authenticator"),
-        ("custos_writer", "it_web_writer"),
-        ("custos_auditor", "it_web_auditor"),
-    ] {
-        ensure_grant(&mut su, role, member);
-    }
+    postgrest_roles(
+        &mut su,
+        &[
+            ("it_web_writer", "custos_writer"),
+            ("it_web_auditor", "custos_auditor"),
+        ],
+    );
     let mut c = connect(&db, "it_authenticator");
     let claims =
         |t: &str, role: &str| json!({"role": role, "sub": format!("ana@{t}"), "tenant_id": t});

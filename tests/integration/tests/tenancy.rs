@@ -1,7 +1,7 @@
 //! Tenant isolation through PostgREST's per-request protocol, on a real server.
 
 use custos_integration_tests::{
-    connect, ensure_grant, ensure_role, fresh_db, postgrest_request, sqlstate,
+    connect, ensure_role, fresh_db, postgrest_request, postgrest_roles, sqlstate,
 };
 use serde_json::json;
 
@@ -11,16 +11,7 @@ const GLOBEX: &str = "b2000000-0000-4000-8000-000000000002";
 /// authenticator (LOGIN, NOINHERIT) switches to web_user or web_anon per request, as PostgREST does.
 fn postgrest_setup(name: &str) -> String {
     let (db, mut su) = fresh_db(name);
-    ensure_role(&mut su, "it_authenticator", "LOGIN NOINHERIT");
-    ensure_role(&mut su, "it_web_anon", "NOLOGIN");
-    ensure_role(&mut su, "it_web_user", "NOLOGIN");
-    for (role, member) in [
-        ("it_web_anon", "it_authenticator"),
-        ("it_web_user", "it_authenticator"),
-        ("custos_reader", "it_web_user"),
-    ] {
-        ensure_grant(&mut su, role, member);
-    }
+    postgrest_roles(&mut su, &[("it_web_user", "custos_reader")]);
     su.batch_execute(&format!(
         "CREATE TABLE public.projects (id int PRIMARY KEY, tenant_id uuid NOT NULL, name text);
          INSERT INTO public.projects VALUES (1, '{ACME}', 'acme-1'), (2, '{ACME}', 'acme-2'), (3, '{GLOBEX}', 'globex-1');
