@@ -256,6 +256,8 @@ GRANT EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extsc
 ------------------------------------------------------------------------------------------------
 -- Capture of business tables: every INSERT, UPDATE, DELETE and TRUNCATE becomes ledger events.
 -- Statement-level triggers with transition tables: a 1,000-row statement costs one set-based
+-- (Details are built as json text and converted to jsonb once: nesting jsonb values re-walks them.)
+--
 -- INSERT into the ledger, not 1,000 trigger calls. Each tracked table gets its own generated
 -- function (static SQL, cached plans), owned by custos and run as SECURITY DEFINER so that the
 -- event lands in the tenant named by the row, whatever the writer's own tenant.
@@ -333,7 +335,7 @@ BEGIN
     BEGIN
         IF TG_OP = 'INSERT' THEN
             INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT n.%1$I, 'insert', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n))
+            SELECT n.%1$I, 'insert', %2$L, %3$s, json_build_object('table', %5$L, 'new', row_to_json(n))::jsonb
               FROM custos_new n;
         ELSIF TG_OP = 'UPDATE' THEN
             INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
@@ -344,14 +346,14 @@ BEGIN
               FROM custos_new n JOIN custos_old o ON %6$s;
             -- Rows whose primary key changed cannot be paired: record both sides.
             INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT o.%1$I, 'update', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'key_changed', true)
+            SELECT o.%1$I, 'update', %2$L, %4$s, json_build_object('table', %5$L, 'old', row_to_json(o), 'key_changed', true)::jsonb
               FROM custos_old o WHERE NOT EXISTS (SELECT 1 FROM custos_new n WHERE %6$s);
             INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT n.%1$I, 'update', %2$L, %3$s, jsonb_build_object('table', %5$L, 'new', to_jsonb(n), 'key_changed', true)
+            SELECT n.%1$I, 'update', %2$L, %3$s, json_build_object('table', %5$L, 'new', row_to_json(n), 'key_changed', true)::jsonb
               FROM custos_new n WHERE NOT EXISTS (SELECT 1 FROM custos_old o WHERE %6$s);
         ELSIF TG_OP = 'DELETE' THEN
             INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT o.%1$I, 'delete', %2$L, %4$s, jsonb_build_object('table', %5$L, 'old', to_jsonb(o))
+            SELECT o.%1$I, 'delete', %2$L, %4$s, json_build_object('table', %5$L, 'old', row_to_json(o))::jsonb
               FROM custos_old o;
         END IF;
         RETURN NULL;
@@ -363,24 +365,24 @@ BEGIN
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-        SELECT c.tenant, 'insert', %2$L, jsonb_build_object('table', %5$L, 'rows', jsonb_agg(c.change ORDER BY c.ord))
+        SELECT c.tenant, 'insert', %2$L, json_build_object('table', %5$L, 'rows', json_agg(c.change ORDER BY c.ord))::jsonb
           FROM (SELECT n.%1$I AS tenant, row_number() OVER () AS ord,
-                       jsonb_build_object('key', %3$s, 'new', to_jsonb(n)) AS change
+                       json_build_object('key', %3$s, 'new', row_to_json(n)) AS change
                   FROM custos_new n) c
          GROUP BY c.tenant, (c.ord - 1) / %7$s;
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-        SELECT c.tenant, 'update', %2$L, jsonb_build_object('table', %5$L, 'rows', jsonb_agg(c.change ORDER BY c.ord))
+        SELECT c.tenant, 'update', %2$L, json_build_object('table', %5$L, 'rows', json_agg(c.change ORDER BY c.ord))::jsonb
           FROM (SELECT coalesce(n.%1$I, o.%1$I) AS tenant, row_number() OVER () AS ord,
-                       jsonb_build_object('key', coalesce(%3$s, %4$s), 'old', to_jsonb(o), 'new', to_jsonb(n),
+                       json_build_object('key', coalesce(%3$s, %4$s), 'old', row_to_json(o), 'new', row_to_json(n),
                                           'key_changed', n IS NULL OR o IS NULL) AS change
                   FROM custos_new n FULL JOIN custos_old o ON %6$s) c
          GROUP BY c.tenant, (c.ord - 1) / %7$s;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-        SELECT c.tenant, 'delete', %2$L, jsonb_build_object('table', %5$L, 'rows', jsonb_agg(c.change ORDER BY c.ord))
+        SELECT c.tenant, 'delete', %2$L, json_build_object('table', %5$L, 'rows', json_agg(c.change ORDER BY c.ord))::jsonb
           FROM (SELECT o.%1$I AS tenant, row_number() OVER () AS ord,
-                       jsonb_build_object('key', %4$s, 'old', to_jsonb(o)) AS change
+                       json_build_object('key', %4$s, 'old', row_to_json(o)) AS change
                   FROM custos_old o) c
          GROUP BY c.tenant, (c.ord - 1) / %7$s;
     END IF;
