@@ -13,9 +13,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '[setup] %s\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "setup.sh must run as root (it installs packages)" >&2; exit 1; }
 
-# 1. Debian packages: PostgreSQL 15 with server headers, build tools, libclang for bindgen.
+# 1. Debian packages: PostgreSQL 15 with server headers, build tools, libclang for bindgen,
+#    python3 for the export-verification test.
 pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib sudo build-essential
-      libclang-dev clang pkg-config dpkg-dev libssl-dev)
+      libclang-dev clang pkg-config dpkg-dev libssl-dev python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
