@@ -28,7 +28,7 @@ SQL
   done
   echo "  1,000-row INSERT batches over 10 tenants, 1 client: median of 3 interleaved rounds of 50 batches"
   local untracked tracked
-  capture_batch_rate() { awk -v ms="$(time_pgbench_ms $db "$tmp/batch-$1.sql" 50)" 'BEGIN {printf "%.0f", 50000 / (ms / 1000)}'; }
+  capture_batch_rate() { rows_per_second $db "$tmp/batch-$1.sql" 50 1000; }
   interleaved capture_batch_rate orders_untracked orders_tracked orders_grouped
   untracked=${MEDIAN[orders_untracked]} tracked=${MEDIAN[orders_tracked]}
   report "untracked table" "$untracked" "rows/s"

@@ -45,13 +45,6 @@ SELECT format('00000000-0000-4000-8000-%s', lpad(($3 + g % 10)::text, 12, '0')):
 SQL
 }
 
-# ledger_rows_per_second DB SCRIPT TRANSACTIONS ROWS_PER_TRANSACTION
-ledger_rows_per_second() {
-  local ms
-  ms=$(time_pgbench_ms "$1" "$2" "$3") || return 1
-  awk -v ms="$ms" -v n="$3" -v r="$4" 'BEGIN {printf "%.0f", n * r / (ms / 1000)}'
-}
-
 bench_ledger() {
   local db=bench_ledger tmp t
   tmp=$(mktemp -d)
@@ -63,7 +56,7 @@ bench_ledger() {
     ledger_batch_script $t 1000 0 >"$tmp/$t.sql"
   done
   local plain plpgsql custos
-  ledger_batch_rate() { ledger_rows_per_second $db "$tmp/$1.sql" 100 1000; }
+  ledger_batch_rate() { rows_per_second $db "$tmp/$1.sql" 100 1000; }
   interleaved ledger_batch_rate plain_events plpgsql_events custos.events
   plain=${MEDIAN[plain_events]} plpgsql=${MEDIAN[plpgsql_events]} custos=${MEDIAN[custos.events]}
   report "plain table, no chain" "$plain" "rows/s"

@@ -51,6 +51,13 @@ interleaved() {
   rm -rf "$dir"
 }
 
+# rows_per_second DB SCRIPT TRANSACTIONS ROWS_PER_TRANSACTION: rows/s of running SCRIPT, 1 client.
+rows_per_second() {
+  local ms
+  ms=$(time_pgbench_ms "$1" "$2" "$3") || return 1
+  awk -v ms="$ms" -v n="$3" -v r="$4" 'BEGIN {printf "%.0f", n * r / (ms / 1000)}'
+}
+
 # median: the median of the numbers on standard input, one a line.
 median() {
   sort -n | awk 'NF {a[++n] = $1} END {if (n) print a[int((n + 1) / 2)]}'

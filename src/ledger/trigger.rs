@@ -14,13 +14,14 @@ use pgrx::{JsonB, PgSqlErrorCode};
 use std::ffi::CStr;
 
 /// The actor of an event nobody named: `custos.set_actor`, else the JWT `sub`, else the role.
-pub fn default_actor() -> String {
+/// `role` is the caller's role name, already looked up for `db_role`.
+pub fn default_actor(role: &str) -> String {
     if let Some(a) = gucs::ACTOR.get() {
         if !a.as_bytes().is_empty() {
             return a.to_string_lossy().into_owned();
         }
     }
-    crate::tenancy::current_subject().unwrap_or_else(current_role_name)
+    crate::tenancy::current_subject().unwrap_or_else(|| role.to_owned())
 }
 
 /// The role that called in: after SET ROLE, but not the owner of a SECURITY DEFINER function.
@@ -191,10 +192,11 @@ unsafe fn chain_row<'a>(
         if row.nulls[c.occurred_at] {
             row.set(c.occurred_at, Some(pg_sys::Datum::from(recorded_at)));
         }
+        let role = current_role_name();
         if row.nulls[c.actor] {
-            row.set(c.actor, default_actor().as_str().into_datum());
+            row.set(c.actor, default_actor(&role).as_str().into_datum());
         }
-        row.set(c.db_role, current_role_name().as_str().into_datum());
+        row.set(c.db_role, role.as_str().into_datum());
         row.set(
             c.txid,
             Some(pg_sys::Datum::from(

@@ -114,10 +114,6 @@ impl Verifier {
         self.checked
     }
 
-    pub fn next_seq(&self) -> i64 {
-        self.expected_seq
-    }
-
     /// Feeds the next row in `seq` order; the first break ends verification.
     pub fn push(&mut self, row: &Row<'_>) -> Result<(), Break> {
         if let Some((seq, true_hash)) = self.suspect.take() {
