@@ -33,6 +33,41 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER chain BEFORE INSERT ON plpgsql_events FOR EACH ROW EXECUTE FUNCTION plpgsql_chain();
+
+-- The same chain written by hand to custos' documented format v1 (docs/ledger-format.md):
+-- domain-separated, length-prefixed fields, so that no two rows encode alike; concat_ws above
+-- is ambiguous ('a|b' + 'c' = 'a' + 'b|c'). Its hashes equal custos' own (checked below).
+CREATE TABLE plpgsql_v1_events (LIKE plpgsql_events INCLUDING ALL);
+CREATE TABLE plpgsql_v1_heads (tenant_id uuid PRIMARY KEY, seq bigint NOT NULL, hash bytea NOT NULL);
+CREATE FUNCTION v1_field(tag int, value bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+    SELECT set_byte('\x00'::bytea, 0, tag) || CASE WHEN value IS NULL THEN '\xffffffff'::bytea
+                                                   ELSE int4send(length(value)) || value END
+$$;
+CREATE FUNCTION v1_hash(prev bytea, e plpgsql_v1_events) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+    SELECT sha256('custos/ledger/event/v1'::bytea || '\x00'::bytea || prev
+        || v1_field(1, decode(replace(e.tenant_id::text, '-', ''), 'hex')) || v1_field(2, int8send(e.seq))
+        || v1_field(3, decode(replace(e.id::text, '-', ''), 'hex'))
+        || v1_field(4, timestamptz_send(e.occurred_at)) || v1_field(5, timestamptz_send(e.recorded_at))
+        || v1_field(6, textsend(e.actor)) || v1_field(7, textsend(e.db_role)) || v1_field(8, int8send(e.txid))
+        || v1_field(9, textsend(e.action)) || v1_field(10, textsend(e.entity_type))
+        || v1_field(11, textsend(e.entity_id)) || v1_field(12, textsend(e.severity))
+        || v1_field(13, textsend(e.details::text)) || v1_field(14, textsend(nullif(format('%s', e.ip_address), '')))
+        || v1_field(15, textsend(e.user_agent)))
+$$;
+CREATE FUNCTION plpgsql_chain_v1() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE h record;
+BEGIN
+    INSERT INTO plpgsql_v1_heads
+    VALUES (NEW.tenant_id, 0, sha256('custos/ledger/genesis/v1'::bytea || '\x00'::bytea || decode(replace(NEW.tenant_id::text, '-', ''), 'hex')))
+        ON CONFLICT DO NOTHING;
+    SELECT seq, hash INTO h FROM plpgsql_v1_heads WHERE tenant_id = NEW.tenant_id FOR UPDATE;
+    NEW.seq := h.seq + 1;
+    NEW.prev_hash := h.hash;
+    NEW.hash := v1_hash(h.hash, NEW);
+    UPDATE plpgsql_v1_heads SET seq = NEW.seq, hash = NEW.hash WHERE tenant_id = NEW.tenant_id;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER chain BEFORE INSERT ON plpgsql_v1_events FOR EACH ROW EXECUTE FUNCTION plpgsql_chain_v1();
 SQL
 }
 
@@ -57,12 +92,19 @@ bench_ledger() {
   done
   local plain plpgsql custos
   ledger_batch_rate() { rows_per_second $db "$tmp/$1.sql" 100 1000; }
-  interleaved ledger_batch_rate plain_events plpgsql_events custos.events
+  ledger_batch_script plpgsql_v1_events 1000 0 >"$tmp/plpgsql_v1_events.sql"
+  interleaved ledger_batch_rate plain_events plpgsql_events plpgsql_v1_events custos.events
   plain=${MEDIAN[plain_events]} plpgsql=${MEDIAN[plpgsql_events]} custos=${MEDIAN[custos.events]}
+  local plpgsql_v1=${MEDIAN[plpgsql_v1_events]}
   report "plain table, no chain" "$plain" "rows/s"
-  report "PL/pgSQL + pgcrypto chain trigger" "$plpgsql" "rows/s" "of plain" "$plain"
-  report "custos.events (Rust chain)" "$custos" "rows/s" "of plain" "$plain"
-  report "custos.events against the PL/pgSQL chain" "$custos" "rows/s" "of PL/pgSQL" "$plpgsql"
+  report "PL/pgSQL + pgcrypto chain, concat_ws encoding" "$plpgsql" "rows/s" "of plain" "$plain"
+  report "PL/pgSQL chain, custos' format v1 encoding" "$plpgsql_v1" "rows/s" "of plain" "$plain"
+  report "custos.events (Rust chain, format v1)" "$custos" "rows/s" "of plain" "$plain"
+  report "custos.events against the concat_ws PL/pgSQL chain" "$custos" "rows/s" "of PL/pgSQL" "$plpgsql"
+  report "custos.events against the same encoding in PL/pgSQL" "$custos" "rows/s" "of PL/pgSQL v1" "$plpgsql_v1"
+  # The hand-written v1 chain is a fair baseline only if it computes custos' hashes.
+  cpsql -d $db -At -c "SELECT '  check: the PL/pgSQL v1 encoding reproduces custos hashes of ' || count(*) || ' events: ' || bool_and(v1_hash(e.prev_hash, row(e.*)::plpgsql_v1_events) = e.hash)
+                         FROM (SELECT * FROM custos.events LIMIT 1000) e"
 
   echo "  single-row inserts, 8 clients, 10 tenants (synchronous_commit on): median of 3 rounds of ${BENCH_SECONDS}s"
   for t in plain_events plpgsql_events custos.events; do

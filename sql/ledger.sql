@@ -272,6 +272,28 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.caller_role() IS
 'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
 
+-- TRUNCATE has no transition table: one event per tenant that had rows, recorded before they go.
+CREATE FUNCTION @extschema@.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE format('INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
+                    SELECT DISTINCT t.%1$I, ''truncate'', $1, jsonb_build_object(''table'', $2)
+                      FROM %2$s t WHERE t.%1$I IS NOT NULL', TG_ARGV[0], TG_RELID::regclass)
+        USING TG_ARGV[1], format('%s.%s', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.capture_truncate() IS
+'BEFORE TRUNCATE trigger of tables tracked by custos.track_table: records one truncate event per tenant that had rows.';
+
+-- capture_changes (src/ledger/capture.rs) writes events of any tenant: only track_table may use it.
+ALTER FUNCTION @extschema@.capture_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.capture_changes() IS
+'AFTER ... FOR EACH STATEMENT trigger of tables tracked by custos.track_table: reads the statement''s transition tables and records each changed row (or group of rows) as an event in the row''s tenant.';
+REVOKE EXECUTE ON FUNCTION @extschema@.capture_changes(), @extschema@.capture_truncate() FROM PUBLIC;
+
 CREATE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL,
                                         rows_per_event integer DEFAULT 1)
 RETURNS text
@@ -282,12 +304,8 @@ DECLARE
     rel record;
     pk_cols name[];
     tenant_type regtype;
-    fn_name text := format('track_%s', tbl::oid);
     etype text;
-    pk_expr_n text;
-    pk_expr_o text;
-    pk_join text;
-    body text;
+    args text;
     trig name;
 BEGIN
     SELECT c.relname, n.nspname, c.relkind, c.relowner INTO rel
@@ -321,103 +339,25 @@ BEGIN
             HINT = 'events name the changed row by its primary key; add one first';
     END IF;
     etype := coalesce(entity_type, format('%s.%s', rel.nspname, rel.relname));
-    IF array_length(pk_cols, 1) = 1 THEN
-        pk_expr_n := format('n.%I::text', pk_cols[1]);
-        pk_expr_o := format('o.%I::text', pk_cols[1]);
-    ELSE
-        pk_expr_n := format('jsonb_build_array(%s)::text', (SELECT string_agg(format('n.%I', c), ', ') FROM unnest(pk_cols) c));
-        pk_expr_o := format('jsonb_build_array(%s)::text', (SELECT string_agg(format('o.%I', c), ', ') FROM unnest(pk_cols) c));
+    IF length(etype) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'entity_type must be 1 to 200 characters';
     END IF;
-    pk_join := (SELECT string_agg(format('o.%1$I = n.%1$I', c), ' AND ') FROM unnest(pk_cols) c);
-
-    IF rows_per_event = 1 THEN
-        body := format($body$
-    BEGIN
-        IF TG_OP = 'INSERT' THEN
-            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT n.%1$I, 'insert', %2$L, %3$s, json_build_object('table', %5$L, 'new', row_to_json(n))::jsonb
-              FROM custos_new n;
-        ELSIF TG_OP = 'UPDATE' THEN
-            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT n.%1$I, 'update', %2$L, %3$s,
-                   jsonb_build_object('table', %5$L, 'old', to_jsonb(o), 'new', to_jsonb(n), 'changed',
-                       (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]') FROM jsonb_each(to_jsonb(n)) e
-                         WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value))
-              FROM custos_new n JOIN custos_old o ON %6$s;
-            -- Rows whose primary key changed cannot be paired: record both sides.
-            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT o.%1$I, 'update', %2$L, %4$s, json_build_object('table', %5$L, 'old', row_to_json(o), 'key_changed', true)::jsonb
-              FROM custos_old o WHERE NOT EXISTS (SELECT 1 FROM custos_new n WHERE %6$s);
-            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT n.%1$I, 'update', %2$L, %3$s, json_build_object('table', %5$L, 'new', row_to_json(n), 'key_changed', true)::jsonb
-              FROM custos_new n WHERE NOT EXISTS (SELECT 1 FROM custos_old o WHERE %6$s);
-        ELSIF TG_OP = 'DELETE' THEN
-            INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, details)
-            SELECT o.%1$I, 'delete', %2$L, %4$s, json_build_object('table', %5$L, 'old', row_to_json(o))::jsonb
-              FROM custos_old o;
-        END IF;
-        RETURN NULL;
-    END
-    $body$, tenant_column, etype, pk_expr_n, pk_expr_o, tbl::text, pk_join);
-    ELSE
-        -- Up to rows_per_event changed rows of one statement and tenant per event, each with its key.
-        body := format($body$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-        SELECT c.tenant, 'insert', %2$L, json_build_object('table', %5$L, 'rows', json_agg(c.change ORDER BY c.ord))::jsonb
-          FROM (SELECT n.%1$I AS tenant, row_number() OVER () AS ord,
-                       json_build_object('key', %3$s, 'new', row_to_json(n)) AS change
-                  FROM custos_new n) c
-         GROUP BY c.tenant, (c.ord - 1) / %7$s;
-    ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-        SELECT c.tenant, 'update', %2$L, json_build_object('table', %5$L, 'rows', json_agg(c.change ORDER BY c.ord))::jsonb
-          FROM (SELECT coalesce(n.%1$I, o.%1$I) AS tenant, row_number() OVER () AS ord,
-                       json_build_object('key', coalesce(%3$s, %4$s), 'old', row_to_json(o), 'new', row_to_json(n),
-                                          'key_changed', n IS NULL OR o IS NULL) AS change
-                  FROM custos_new n FULL JOIN custos_old o ON %6$s) c
-         GROUP BY c.tenant, (c.ord - 1) / %7$s;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-        SELECT c.tenant, 'delete', %2$L, json_build_object('table', %5$L, 'rows', json_agg(c.change ORDER BY c.ord))::jsonb
-          FROM (SELECT o.%1$I AS tenant, row_number() OVER () AS ord,
-                       json_build_object('key', %4$s, 'old', row_to_json(o)) AS change
-                  FROM custos_old o) c
-         GROUP BY c.tenant, (c.ord - 1) / %7$s;
-    END IF;
-    RETURN NULL;
-END
-$body$, tenant_column, etype, pk_expr_n, pk_expr_o, tbl::text, pk_join, rows_per_event);
-    END IF;
-
-    EXECUTE format('CREATE OR REPLACE FUNCTION @extschema@.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
-                   'SET search_path = pg_catalog, pg_temp AS %L', fn_name, body);
-    EXECUTE format('REVOKE EXECUTE ON FUNCTION @extschema@.%I() FROM PUBLIC', fn_name);
-    EXECUTE format('COMMENT ON FUNCTION @extschema@.%I() IS %L', fn_name,
-                   format('custos capture of %s into the audit ledger (generated by custos.track_table)', tbl));
-    -- TRUNCATE has no transition table: record one event per tenant that had rows, before they go.
-    EXECUTE format('CREATE OR REPLACE FUNCTION @extschema@.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
-                   'SET search_path = pg_catalog, pg_temp AS %L', fn_name || '_truncate', format($t$
-BEGIN
-    INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-    SELECT DISTINCT t.%1$I, 'truncate', %2$L, jsonb_build_object('table', %3$L) FROM %4$s t WHERE t.%1$I IS NOT NULL;
-    RETURN NULL;
-END $t$, tenant_column, etype, tbl::text, tbl));
-    EXECUTE format('REVOKE EXECUTE ON FUNCTION @extschema@.%I() FROM PUBLIC', fn_name || '_truncate');
+    -- Trigger arguments of custos.capture_changes: tenant column, entity_type, rows per event, key.
+    args := format('%L, %L, %L', tenant_column, etype, rows_per_event)
+            || (SELECT string_agg(format(', %L', c), '') FROM unnest(pk_cols) c);
 
     -- Tracking again replaces the triggers (quietly: IF EXISTS would print a notice per trigger).
     FOR trig IN SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname LIKE 'custos\_track\_%' LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trig, tbl);
     END LOOP;
     EXECUTE format('CREATE TRIGGER custos_track_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS custos_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER custos_track_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS custos_old NEW TABLE AS custos_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER custos_track_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS custos_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER custos_track_truncate BEFORE TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.%I()', tbl, fn_name || '_truncate');
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_truncate(%s)', tbl, args);
     RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s%s', tbl, etype,
                   CASE WHEN rows_per_event > 1 THEN format(', up to %s rows per event', rows_per_event) ELSE '' END);
 END
@@ -446,8 +386,6 @@ BEGIN
     EXECUTE format('DROP TRIGGER custos_track_update ON %s', tbl);
     EXECUTE format('DROP TRIGGER custos_track_delete ON %s', tbl);
     EXECUTE format('DROP TRIGGER custos_track_truncate ON %s', tbl);
-    EXECUTE format('DROP FUNCTION @extschema@.%I()', format('track_%s', tbl::oid));
-    EXECUTE format('DROP FUNCTION @extschema@.%I()', format('track_%s_truncate', tbl::oid));
     RETURN format('%s is no longer tracked', tbl);
 END
 $fn$;
@@ -455,8 +393,10 @@ COMMENT ON FUNCTION @extschema@.untrack_table(regclass) IS
 'Stops recording a table''s changes; records that it did so in the current tenant''s ledger when a tenant is set.';
 
 CREATE VIEW @extschema@.tracked_tables AS
-SELECT t.tgrelid::regclass AS table_name, p.proname AS capture_function
-  FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+SELECT t.tgrelid::regclass AS table_name, a.args[1]::name AS tenant_column, a.args[2] AS entity_type,
+       a.args[3]::integer AS rows_per_event, a.args[4:] AS key_columns
+  FROM pg_trigger t
+ CROSS JOIN LATERAL (SELECT string_to_array(replace(regexp_replace(encode(t.tgargs, 'escape'), '\\000$', ''), '\\', '\'), '\000') AS args) a
  WHERE t.tgname = 'custos_track_insert';
 COMMENT ON VIEW @extschema@.tracked_tables IS 'Tables whose changes custos records in the audit ledger.';
 GRANT SELECT ON @extschema@.tracked_tables TO PUBLIC;

@@ -40,6 +40,7 @@ extension_sql_file!(
     requires = [
         "tenancy",
         ledger::trigger::events_chain,
+        ledger::capture::capture_changes,
         ledger::api::verify_chain,
         ledger::api::checkpoint,
         ledger::api::verify_checkpoint,

@@ -133,7 +133,7 @@ pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
     }
 }
 
-fn push_json_string(s: &str, out: &mut String) {
+pub(crate) fn push_json_string(s: &str, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         match c {

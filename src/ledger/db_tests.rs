@@ -699,3 +699,49 @@ fn track_table_can_group_rows_into_events() {
     assert!(verify(A).0 && verify(B).0);
     assert_error("SELECT custos.track_table('public.bulk', rows_per_event => 0)", "22023", "rows_per_event must be between 1 and 1000");
 }
+
+#[pg_test]
+fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
+    let (A, B) = fresh_tenants();
+    Spi::run(&format!(
+        "CREATE TABLE public.docs (id int PRIMARY KEY, tenant_id uuid, price numeric, ok bool, meta jsonb, at date);
+         SELECT custos.track_table('public.docs');
+         INSERT INTO public.docs VALUES (1, '{A}', 'NaN', true, '{{\"k\": [1, 2]}}', '2026-01-02');
+         UPDATE public.docs SET tenant_id = '{B}', price = 5 WHERE id = 1;"
+    ))
+    .unwrap();
+    let a = events_of(A);
+    let b = events_of(B);
+    assert_eq!(a.len(), 2, "insert, then the row leaving A");
+    assert_eq!(a[0].2["new"]["price"], "NaN", "NaN is not a JSON number");
+    assert_eq!(a[0].2["new"]["ok"], true);
+    assert_eq!(a[0].2["new"]["meta"]["k"][1], 2);
+    assert_eq!(a[0].2["new"]["at"], "2026-01-02");
+    assert_eq!(a[1].2["tenant_changed"], true);
+    assert!(a[1].2.get("new").is_none(), "A never sees B's version of the row");
+    assert_eq!(b.len(), 1);
+    assert!(b[0].2.get("old").is_none(), "B never sees A's version of the row");
+    assert_eq!(b[0].2["new"]["price"], 5);
+    // A row without a tenant is refused, and the statement with it.
+    assert_error("INSERT INTO public.docs (id) VALUES (2)", "23502", "has no tenant in column tenant_id");
+    assert_eq!(count("SELECT count(*) FROM public.docs"), 1);
+
+    // Transition tables larger than work_mem are read back from disk.
+    Spi::run(&format!(
+        "SET LOCAL work_mem = '64kB';
+         SELECT custos.track_table('public.docs', rows_per_event => 50);
+         INSERT INTO public.docs SELECT g, '{A}', g, g % 2 = 0, NULL, NULL FROM generate_series(10, 20009) g;
+         UPDATE public.docs SET price = price + 1 WHERE id >= 10;"
+    ))
+    .unwrap();
+    let rows = count(&format!(
+        "SELECT sum(jsonb_array_length(details->'rows')) FROM custos.events WHERE tenant_id = '{A}' AND details ? 'rows'"
+    ));
+    assert_eq!(rows, 40_000);
+    let tracked = Spi::get_one::<String>(
+        "SELECT format('%s %s %s %s', tenant_column, entity_type, rows_per_event, key_columns) FROM custos.tracked_tables WHERE table_name = 'public.docs'::regclass",
+    )
+    .unwrap();
+    assert_eq!(tracked.as_deref(), Some("tenant_id public.docs 50 {id}"));
+    assert!(verify(A).0 && verify(B).0);
+}

@@ -1,7 +1,9 @@
 //! The tamper-evident, append-only audit ledger: per-tenant SHA-256 hash chains computed at insert
 //! time, verification that names the first broken link, and signed checkpoints.
 
+pub mod capture;
 pub mod chain;
+pub mod changes;
 pub mod checkpoint;
 pub mod head;
 pub mod row;

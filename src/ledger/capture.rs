@@ -1,0 +1,570 @@
+//! `custos.capture_changes()`: the AFTER … FOR EACH STATEMENT trigger that `custos.track_table`
+//! puts on a business table. It reads the statement's transition tables directly, turns each row
+//! into JSON text in Rust (no row_to_json/json_agg, no JSON re-parsing per row) and writes the
+//! events with one INSERT per batch, through a plan kept for the session.
+//!
+//! Trigger arguments, as `track_table` writes them: tenant column, entity_type, rows per event,
+//! then the primary-key columns.
+
+use super::changes::{self, GroupDetails, JsonValue, RowJson};
+use crate::error::raise;
+use crate::gucs;
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+
+/// Events are written when this many are pending, or this many bytes of details.
+const EVENTS_PER_INSERT: usize = 1000;
+const BYTES_PER_INSERT: usize = 8 * 1024 * 1024;
+
+const INSERT_EVENTS: &str =
+    "INSERT INTO custos.events (tenant_id, action, entity_type, entity_id, details)
+     SELECT t, $4, $5, e, d::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(t, e, d)";
+
+thread_local! {
+    static INSERT_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Bool,
+    Number,
+    Json,
+    DateTime,
+    Text,
+}
+
+struct Column {
+    name: String,
+    /// Position in the tuple descriptor.
+    attr: usize,
+    typid: pg_sys::Oid,
+    encoding: Encoding,
+    output: pg_sys::FmgrInfo,
+}
+
+fn encoding_of(typid: pg_sys::Oid) -> Encoding {
+    // SAFETY: a catalog lookup of a type that exists (it is a column's type).
+    let base = unsafe { pg_sys::getBaseType(typid) };
+    match base {
+        pg_sys::BOOLOID => Encoding::Bool,
+        pg_sys::INT2OID
+        | pg_sys::INT4OID
+        | pg_sys::INT8OID
+        | pg_sys::FLOAT4OID
+        | pg_sys::FLOAT8OID
+        | pg_sys::NUMERICOID => Encoding::Number,
+        pg_sys::JSONOID | pg_sys::JSONBOID => Encoding::Json,
+        pg_sys::DATEOID
+        | pg_sys::TIMEOID
+        | pg_sys::TIMETZOID
+        | pg_sys::TIMESTAMPOID
+        | pg_sys::TIMESTAMPTZOID => Encoding::DateTime,
+        _ => Encoding::Text,
+    }
+}
+
+/// What the trigger needs to know about the table, worked out once per statement.
+struct Table {
+    label: String,
+    columns: Vec<Column>,
+    names: Vec<String>,
+    /// Index into `columns`.
+    tenant: usize,
+    key: Vec<usize>,
+}
+
+impl Table {
+    unsafe fn of(rel: pg_sys::Relation, tenant_column: &str, key_columns: &[String]) -> Table {
+        unsafe {
+            let tupdesc = (*rel).rd_att;
+            let namespace = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+            let label = format!(
+                "{}.{}",
+                cstr_text(namespace),
+                cstr_text((*(*rel).rd_rel).relname.data.as_ptr())
+            );
+            let mut columns = Vec::new();
+            for i in 0..(*tupdesc).natts as usize {
+                let attr = (*tupdesc).attrs.as_ptr().add(i);
+                if (*attr).attisdropped {
+                    continue;
+                }
+                let mut output_fn = pg_sys::InvalidOid;
+                let mut varlena = false;
+                pg_sys::getTypeOutputInfo((*attr).atttypid, &mut output_fn, &mut varlena);
+                let mut output = pg_sys::FmgrInfo::default();
+                pg_sys::fmgr_info(output_fn, &mut output);
+                columns.push(Column {
+                    name: cstr_text((*attr).attname.data.as_ptr()),
+                    attr: i,
+                    typid: (*attr).atttypid,
+                    encoding: encoding_of((*attr).atttypid),
+                    output,
+                });
+            }
+            let find =
+                |name: &str| {
+                    columns
+                        .iter()
+                        .position(|c| c.name == name)
+                        .unwrap_or_else(|| {
+                            raise(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                        format!("{label} has no column {name} any more"),
+                        Some("call custos.track_table again after renaming or dropping columns"),
+                    )
+                        })
+                };
+            let tenant = find(tenant_column);
+            if columns[tenant].typid != pg_sys::UUIDOID {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    format!("tenant column {tenant_column} of {label} is no longer a uuid"),
+                    None,
+                );
+            }
+            let key = key_columns.iter().map(|k| find(k)).collect();
+            let names = columns.iter().map(|c| c.name.clone()).collect();
+            Table {
+                label,
+                columns,
+                names,
+                tenant,
+                key,
+            }
+        }
+    }
+}
+
+unsafe fn cstr_text(ptr: *const std::ffi::c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: a NUL-terminated string from PostgreSQL.
+    String::from_utf8_lossy(unsafe { CStr::from_ptr(ptr) }.to_bytes()).into_owned()
+}
+
+/// One row read from a transition table, encoded.
+#[derive(Default)]
+struct CapturedRow {
+    json: RowJson,
+    tenant: [u8; 16],
+    key: String,
+    key_parts: Vec<(bool, String)>,
+}
+
+impl CapturedRow {
+    /// Reads the slot's row. Output functions allocate in the current memory context, which the
+    /// caller resets per row.
+    unsafe fn encode(&mut self, table: &Table, slot: *mut pg_sys::TupleTableSlot) {
+        unsafe {
+            pg_sys::slot_getallattrs(slot);
+            let values = (*slot).tts_values;
+            let nulls = (*slot).tts_isnull;
+            self.json.begin();
+            self.key_parts.clear();
+            let mut tenant = None;
+            for (index, column) in table.columns.iter().enumerate() {
+                let datum = *values.add(column.attr);
+                let is_null = *nulls.add(column.attr);
+                if index == table.tenant && !is_null {
+                    tenant = Some(*datum.cast_mut_ptr::<[u8; 16]>());
+                }
+                let text;
+                let value = if is_null {
+                    JsonValue::Null
+                } else {
+                    match column.encoding {
+                        Encoding::Bool => {
+                            JsonValue::Raw(if datum.value() != 0 { "true" } else { "false" })
+                        }
+                        Encoding::DateTime => {
+                            let iso = pg_sys::JsonEncodeDateTime(
+                                std::ptr::null_mut(),
+                                datum,
+                                column.typid,
+                                std::ptr::null(),
+                            );
+                            text = cstr_text(iso);
+                            JsonValue::Text(&text)
+                        }
+                        encoding => {
+                            let out = pg_sys::OutputFunctionCall(
+                                std::ptr::from_ref(&column.output).cast_mut(),
+                                datum,
+                            );
+                            text = cstr_text(out);
+                            match encoding {
+                                Encoding::Number => changes::number(&text),
+                                Encoding::Json => JsonValue::Raw(&text),
+                                _ => JsonValue::Text(&text),
+                            }
+                        }
+                    }
+                };
+                if table.key.contains(&index) {
+                    let (raw, part) = match value {
+                        JsonValue::Null => (true, "null".to_string()),
+                        JsonValue::Raw(t) => (true, t.to_string()),
+                        JsonValue::Text(t) => (false, t.to_string()),
+                    };
+                    self.key_parts.push((raw, part));
+                }
+                self.json.push(&column.name, value);
+            }
+            self.json.finish();
+            let parts: Vec<JsonValue<'_>> = self
+                .key_parts
+                .iter()
+                .map(|(raw, t)| {
+                    if *raw {
+                        JsonValue::Raw(t)
+                    } else {
+                        JsonValue::Text(t)
+                    }
+                })
+                .collect();
+            self.key = changes::key_text(&parts);
+            self.tenant = tenant.unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                    format!(
+                        "a row of {} has no tenant in column {}",
+                        table.label, table.columns[table.tenant].name
+                    ),
+                    Some("custos records each change in the tenant named by the row; give every row a tenant"),
+                )
+            });
+        }
+    }
+}
+
+/// Events waiting to be inserted, written in the order they were added.
+struct EventSink {
+    action: &'static str,
+    entity_type: String,
+    tenants: Vec<pgrx::Uuid>,
+    entity_ids: Vec<Option<String>>,
+    details: Vec<String>,
+    bytes: usize,
+}
+
+impl EventSink {
+    fn add(&mut self, tenant: [u8; 16], entity_id: Option<String>, details: String) {
+        self.bytes += details.len();
+        self.tenants.push(pgrx::Uuid::from_bytes(tenant));
+        self.entity_ids.push(entity_id);
+        self.details.push(details);
+        if self.details.len() >= EVENTS_PER_INSERT || self.bytes >= BYTES_PER_INSERT {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.details.is_empty() {
+            return;
+        }
+        let tenants = std::mem::take(&mut self.tenants);
+        let entity_ids = std::mem::take(&mut self.entity_ids);
+        let details = std::mem::take(&mut self.details);
+        self.bytes = 0;
+        let written = Spi::connect_mut(|client| {
+            INSERT_PLAN.with(|cell| {
+                if cell.get().is_none() {
+                    use pg_sys::{BuiltinOid, PgOid};
+                    let types = [
+                        PgOid::BuiltIn(BuiltinOid::UUIDARRAYOID),
+                        PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
+                        PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
+                        PgOid::BuiltIn(BuiltinOid::TEXTOID),
+                        PgOid::BuiltIn(BuiltinOid::TEXTOID),
+                    ];
+                    let plan = client.prepare_mut(INSERT_EVENTS, &types)?.keep();
+                    let _ = cell.set(plan);
+                }
+                let Some(plan) = cell.get() else {
+                    unreachable!("set above")
+                };
+                client
+                    .update(
+                        plan,
+                        None,
+                        &[
+                            tenants.into(),
+                            entity_ids.into(),
+                            details.into(),
+                            self.action.into(),
+                            self.entity_type.as_str().into(),
+                        ],
+                    )
+                    .map(|_| ())
+            })
+        });
+        if let Err(e) = written {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("could not record captured changes: {e}"),
+                None,
+            );
+        }
+    }
+}
+
+/// Rows of one statement and tenant put together into events of up to `rows_per_event` rows.
+struct Groups<'t> {
+    table: &'t str,
+    rows_per_event: usize,
+    max_bytes: usize,
+    index: HashMap<[u8; 16], usize>,
+    open: Vec<([u8; 16], GroupDetails)>,
+}
+
+impl Groups<'_> {
+    fn push(
+        &mut self,
+        sink: &mut EventSink,
+        tenant: [u8; 16],
+        key: &str,
+        old: Option<&RowJson>,
+        new: Option<&RowJson>,
+        flag: Option<(&str, bool)>,
+    ) {
+        let i = *self.index.entry(tenant).or_insert_with(|| {
+            self.open.push((tenant, GroupDetails::new(self.table)));
+            self.open.len() - 1
+        });
+        let group = &mut self.open[i].1;
+        group.push(key, old, new, flag);
+        if group.rows() >= self.rows_per_event || group.len() >= self.max_bytes {
+            let full = std::mem::replace(group, GroupDetails::new(self.table));
+            sink.add(tenant, None, full.finish());
+        }
+    }
+
+    fn finish(self, sink: &mut EventSink) {
+        for (tenant, group) in self.open {
+            if !group.is_empty() {
+                sink.add(tenant, None, group.finish());
+            }
+        }
+    }
+}
+
+/// Walks a transition table with a read pointer of its own (other AFTER triggers of the same
+/// statement read the same tuplestore).
+struct TransitionScan {
+    store: *mut pg_sys::Tuplestorestate,
+    pointer: i32,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl TransitionScan {
+    unsafe fn new(store: *mut pg_sys::Tuplestorestate, tupdesc: pg_sys::TupleDesc) -> Self {
+        unsafe {
+            let pointer = pg_sys::tuplestore_alloc_read_pointer(store, 0);
+            pg_sys::tuplestore_select_read_pointer(store, pointer);
+            pg_sys::tuplestore_rescan(store);
+            let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsMinimalTuple);
+            TransitionScan {
+                store,
+                pointer,
+                slot,
+            }
+        }
+    }
+
+    /// The next row, valid until the next call.
+    unsafe fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
+        unsafe {
+            pg_sys::tuplestore_select_read_pointer(self.store, self.pointer);
+            pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot).then_some(self.slot)
+        }
+    }
+}
+
+impl Drop for TransitionScan {
+    fn drop(&mut self) {
+        // SAFETY: the slot was made by MakeSingleTupleTableSlot and is dropped once.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Change {
+    Insert,
+    Update,
+    Delete,
+}
+
+fn protocol_violation() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        "custos.capture_changes must be an AFTER INSERT, UPDATE or DELETE ... FOR EACH STATEMENT trigger with transition tables",
+        Some("let custos.track_table create it"),
+    )
+}
+
+#[pg_trigger]
+fn capture_changes<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, PgTriggerError> {
+    let change = match trigger.op()? {
+        PgTriggerOperation::Insert => Change::Insert,
+        PgTriggerOperation::Update => Change::Update,
+        PgTriggerOperation::Delete => Change::Delete,
+        _ => protocol_violation(),
+    };
+    if !matches!(trigger.level(), PgTriggerLevel::Statement)
+        || !matches!(trigger.when()?, PgTriggerWhen::After)
+    {
+        protocol_violation();
+    }
+    let args = trigger.extra_args()?;
+    let [tenant_column, entity_type, rows_per_event, key_columns @ ..] = args.as_slice() else {
+        protocol_violation()
+    };
+    let rows_per_event: usize = rows_per_event
+        .parse()
+        .unwrap_or_else(|_| protocol_violation());
+    let td = trigger.trigger_data();
+    // SAFETY: fired as an AFTER statement trigger (checked above): the relation and the transition
+    // tables the trigger declared are valid for the duration of the call.
+    unsafe {
+        let table = Table::of(td.tg_relation, tenant_column, key_columns);
+        let tupdesc = (*td.tg_relation).rd_att;
+        let store_of = |store: *mut pg_sys::Tuplestorestate| {
+            if store.is_null() {
+                protocol_violation()
+            }
+            TransitionScan::new(store, tupdesc)
+        };
+        let mut news = (change != Change::Delete).then(|| store_of(td.tg_newtable));
+        let mut olds = (change != Change::Insert).then(|| store_of(td.tg_oldtable));
+        let mut sink = EventSink {
+            action: match change {
+                Change::Insert => "insert",
+                Change::Update => "update",
+                Change::Delete => "delete",
+            },
+            entity_type: entity_type.clone(),
+            tenants: Vec::new(),
+            entity_ids: Vec::new(),
+            details: Vec::new(),
+            bytes: 0,
+        };
+        let mut groups = (rows_per_event > 1).then(|| Groups {
+            table: &table.label,
+            rows_per_event,
+            max_bytes: (gucs::MAX_DETAILS_BYTES.get().max(0) as usize) / 4 * 3,
+            index: HashMap::new(),
+            open: Vec::new(),
+        });
+
+        let row_memory = pg_sys::AllocSetContextCreateExtended(
+            pg_sys::CurrentMemoryContext,
+            c"custos capture row".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        let mut old = CapturedRow::default();
+        let mut new = CapturedRow::default();
+        loop {
+            // Fetched in the caller's context: a tuple read back from disk belongs to the slot,
+            // which frees it on the next fetch. Only the encoding happens in row_memory.
+            let old_slot = olds.as_mut().map(|s| s.next());
+            let new_slot = news.as_mut().map(|s| s.next());
+            if matches!(old_slot, Some(None))
+                || matches!(new_slot, Some(None))
+                || (old_slot.is_none() && new_slot.is_none())
+            {
+                break;
+            }
+            let caller_memory = pg_sys::MemoryContextSwitchTo(row_memory);
+            if let Some(Some(slot)) = old_slot {
+                old.encode(&table, slot);
+            }
+            if let Some(Some(slot)) = new_slot {
+                new.encode(&table, slot);
+            }
+            pg_sys::MemoryContextSwitchTo(caller_memory);
+            pg_sys::MemoryContextReset(row_memory);
+            let old_row = old_slot.is_some().then_some(&old);
+            let new_row = new_slot.is_some().then_some(&new);
+            record(&table, &mut sink, groups.as_mut(), old_row, new_row);
+        }
+        if let Some(groups) = groups {
+            groups.finish(&mut sink);
+        }
+        sink.flush();
+        pg_sys::MemoryContextDelete(row_memory);
+    }
+    Ok(None)
+}
+
+/// The events of one changed row: the old version (update, delete), the new one (insert, update).
+fn record(
+    table: &Table,
+    sink: &mut EventSink,
+    groups: Option<&mut Groups<'_>>,
+    old: Option<&CapturedRow>,
+    new: Option<&CapturedRow>,
+) {
+    // A row that changed key or tenant is recorded as leaving one place and arriving in another.
+    let moved = match (old, new) {
+        (Some(o), Some(n)) if o.tenant != n.tenant => Some(("tenant_changed", true)),
+        (Some(o), Some(n)) if o.key != n.key => Some(("key_changed", true)),
+        _ => None,
+    };
+    match groups {
+        Some(groups) => match (old, new) {
+            (Some(o), Some(n)) if moved.is_some() => {
+                groups.push(sink, o.tenant, &o.key, Some(&o.json), None, moved);
+                groups.push(sink, n.tenant, &n.key, None, Some(&n.json), moved);
+            }
+            (Some(o), Some(n)) => groups.push(
+                sink,
+                n.tenant,
+                &n.key,
+                Some(&o.json),
+                Some(&n.json),
+                Some(("key_changed", false)),
+            ),
+            (Some(o), None) => groups.push(sink, o.tenant, &o.key, Some(&o.json), None, None),
+            (None, Some(n)) => groups.push(sink, n.tenant, &n.key, None, Some(&n.json), None),
+            (None, None) => {}
+        },
+        None => match (old, new) {
+            (Some(o), Some(n)) if moved.is_some() => {
+                let details = changes::row_details(&table.label, Some(&o.json), None, None, moved);
+                sink.add(o.tenant, Some(o.key.clone()), details);
+                let details = changes::row_details(&table.label, None, Some(&n.json), None, moved);
+                sink.add(n.tenant, Some(n.key.clone()), details);
+            }
+            (Some(o), Some(n)) => {
+                let changed = changes::changed_columns(&table.names, &o.json, &n.json);
+                let details = changes::row_details(
+                    &table.label,
+                    Some(&o.json),
+                    Some(&n.json),
+                    Some(&changed),
+                    None,
+                );
+                sink.add(n.tenant, Some(n.key.clone()), details);
+            }
+            (Some(o), None) => {
+                let details = changes::row_details(&table.label, Some(&o.json), None, None, None);
+                sink.add(o.tenant, Some(o.key.clone()), details);
+            }
+            (None, Some(n)) => {
+                let details = changes::row_details(&table.label, None, Some(&n.json), None, None);
+                sink.add(n.tenant, Some(n.key.clone()), details);
+            }
+            (None, None) => {}
+        },
+    }
+}

@@ -1,0 +1,351 @@
+//! Change documents of captured rows (`custos.track_table`): a row as a JSON object, the key that
+//! names it, and the `details` of the events that record its change. Pure string building, tested
+//! without a database; `capture.rs` feeds it the columns' values.
+//!
+//! Formats (documented in the README):
+//! - one row per event: `{"table": T, "new": {...}}` (insert), `{"table": T, "old": {...},
+//!   "new": {...}, "changed": [columns]}` (update), `{"table": T, "old": {...}}` (delete); an update
+//!   that changes the row's key or tenant is recorded as two events, the old row under its old key
+//!   and tenant and the new row under the new ones, each with `"key_changed": true` (or
+//!   `"tenant_changed": true`), so no tenant sees another's values.
+//! - grouped: `{"table": T, "rows": [{"key": K, "old": {...}, "new": {...}, "key_changed": b}, ...]}`,
+//!   a moved row again as two items.
+
+use super::chain::push_json_string;
+use std::ops::Range;
+
+/// A column's value as it goes into JSON.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JsonValue<'a> {
+    Null,
+    /// Already JSON text: a finite number, `true`/`false`, a json or jsonb document.
+    Raw(&'a str),
+    /// Anything else, as a JSON string.
+    Text(&'a str),
+}
+
+/// Numbers go into JSON as they print, except NaN and the infinities, which JSON cannot hold.
+pub fn number(text: &str) -> JsonValue<'_> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.starts_with(|c: char| c.is_ascii_digit()) {
+        JsonValue::Raw(text)
+    } else {
+        JsonValue::Text(text)
+    }
+}
+
+pub fn push_value(value: JsonValue<'_>, out: &mut String) {
+    match value {
+        JsonValue::Null => out.push_str("null"),
+        JsonValue::Raw(text) => out.push_str(text),
+        JsonValue::Text(text) => push_json_string(text, out),
+    }
+}
+
+/// One captured row as a JSON object, with where each column's value sits in the text so two
+/// versions of a row can be compared column by column without parsing.
+#[derive(Debug, Default, Clone)]
+pub struct RowJson {
+    pub text: String,
+    values: Vec<Range<usize>>,
+}
+
+impl RowJson {
+    /// Starts a row; `push` each column in order, then `finish`.
+    pub fn begin(&mut self) {
+        self.text.clear();
+        self.values.clear();
+        self.text.push('{');
+    }
+
+    pub fn push(&mut self, column: &str, value: JsonValue<'_>) {
+        if !self.values.is_empty() {
+            self.text.push_str(", ");
+        }
+        push_json_string(column, &mut self.text);
+        self.text.push_str(": ");
+        let start = self.text.len();
+        push_value(value, &mut self.text);
+        self.values.push(start..self.text.len());
+    }
+
+    pub fn finish(&mut self) {
+        self.text.push('}');
+    }
+
+    pub fn value(&self, column: usize) -> &str {
+        self.values
+            .get(column)
+            .map_or("null", |r| &self.text[r.clone()])
+    }
+}
+
+/// The columns whose values differ between two versions of a row, in column order.
+pub fn changed_columns<'a>(columns: &'a [String], old: &RowJson, new: &RowJson) -> Vec<&'a str> {
+    columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| old.value(*i) != new.value(*i))
+        .map(|(_, name)| name.as_str())
+        .collect()
+}
+
+/// The `entity_id` of a row: its single key column's text, or a JSON array of a composite key.
+pub fn key_text(parts: &[JsonValue<'_>]) -> String {
+    match parts {
+        [JsonValue::Raw(text)] | [JsonValue::Text(text)] => (*text).to_string(),
+        [JsonValue::Null] => String::new(),
+        _ => {
+            let mut out = String::from("[");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                push_value(*part, &mut out);
+            }
+            out.push(']');
+            out
+        }
+    }
+}
+
+fn open_details(table: &str, out: &mut String) {
+    out.push_str("{\"table\": ");
+    push_json_string(table, out);
+}
+
+fn push_member(out: &mut String, name: &str, json: &str) {
+    out.push_str(", \"");
+    out.push_str(name);
+    out.push_str("\": ");
+    out.push_str(json);
+}
+
+/// `details` of a one-row event. `changed` only for an update of a row that kept its key.
+pub fn row_details(
+    table: &str,
+    old: Option<&RowJson>,
+    new: Option<&RowJson>,
+    changed: Option<&[&str]>,
+    flag: Option<(&str, bool)>,
+) -> String {
+    let mut out = String::with_capacity(
+        32 + table.len()
+            + old.map_or(0, |r| r.text.len() + 9)
+            + new.map_or(0, |r| r.text.len() + 9),
+    );
+    open_details(table, &mut out);
+    if let Some(old) = old {
+        push_member(&mut out, "old", &old.text);
+    }
+    if let Some(new) = new {
+        push_member(&mut out, "new", &new.text);
+    }
+    if let Some(changed) = changed {
+        out.push_str(", \"changed\": [");
+        for (i, column) in changed.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            push_json_string(column, &mut out);
+        }
+        out.push(']');
+    }
+    if let Some((name, value)) = flag {
+        push_member(&mut out, name, if value { "true" } else { "false" });
+    }
+    out.push('}');
+    out
+}
+
+/// `details` of an event holding several rows of one statement and tenant, built a row at a time.
+#[derive(Debug)]
+pub struct GroupDetails {
+    text: String,
+    rows: usize,
+}
+
+impl GroupDetails {
+    pub fn new(table: &str) -> Self {
+        let mut text = String::with_capacity(4096);
+        open_details(table, &mut text);
+        text.push_str(", \"rows\": [");
+        GroupDetails { text, rows: 0 }
+    }
+
+    /// Adds one changed row; updates carry a flag (`key_changed` or `tenant_changed`).
+    pub fn push(
+        &mut self,
+        key: &str,
+        old: Option<&RowJson>,
+        new: Option<&RowJson>,
+        flag: Option<(&str, bool)>,
+    ) {
+        if self.rows > 0 {
+            self.text.push_str(", ");
+        }
+        self.text.push_str("{\"key\": ");
+        push_json_string(key, &mut self.text);
+        if let Some(old) = old {
+            push_member(&mut self.text, "old", &old.text);
+        }
+        if let Some(new) = new {
+            push_member(&mut self.text, "new", &new.text);
+        }
+        if let Some((name, value)) = flag {
+            push_member(&mut self.text, name, if value { "true" } else { "false" });
+        }
+        self.text.push('}');
+        self.rows += 1;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    pub fn finish(mut self) -> String {
+        self.text.push_str("]}");
+        self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn row(columns: &[(&str, JsonValue<'_>)]) -> RowJson {
+        let mut r = RowJson::default();
+        r.begin();
+        for (name, value) in columns {
+            r.push(name, *value);
+        }
+        r.finish();
+        r
+    }
+
+    #[test]
+    fn a_row_is_a_json_object_in_column_order() {
+        let r = row(&[
+            ("id", JsonValue::Raw("7")),
+            ("name", JsonValue::Text("O\"Brien\n")),
+            ("gone", JsonValue::Null),
+            ("ok", JsonValue::Raw("true")),
+        ]);
+        assert_eq!(
+            r.text,
+            r#"{"id": 7, "name": "O\"Brien\n", "gone": null, "ok": true}"#
+        );
+        assert_eq!(r.value(1), r#""O\"Brien\n""#);
+        assert_eq!(r.value(9), "null");
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_become_strings() {
+        assert_eq!(number("-12.50"), JsonValue::Raw("-12.50"));
+        assert_eq!(number("1e+30"), JsonValue::Raw("1e+30"));
+        assert_eq!(number("NaN"), JsonValue::Text("NaN"));
+        assert_eq!(number("-Infinity"), JsonValue::Text("-Infinity"));
+        assert_eq!(number("Infinity"), JsonValue::Text("Infinity"));
+    }
+
+    #[test]
+    fn changed_columns_compare_values_not_text_around_them() {
+        let columns = vec!["id".to_string(), "qty".to_string(), "note".to_string()];
+        let old = row(&[
+            ("id", JsonValue::Raw("1")),
+            ("qty", JsonValue::Raw("3")),
+            ("note", JsonValue::Null),
+        ]);
+        let new = row(&[
+            ("id", JsonValue::Raw("1")),
+            ("qty", JsonValue::Raw("4")),
+            ("note", JsonValue::Text("null")),
+        ]);
+        assert_eq!(changed_columns(&columns, &old, &new), ["qty", "note"]);
+        assert!(changed_columns(&columns, &old, &old).is_empty());
+    }
+
+    #[test]
+    fn keys_single_and_composite() {
+        assert_eq!(key_text(&[JsonValue::Raw("42")]), "42");
+        assert_eq!(key_text(&[JsonValue::Text("a\"b")]), "a\"b");
+        assert_eq!(
+            key_text(&[JsonValue::Raw("10"), JsonValue::Text("x")]),
+            r#"[10, "x"]"#
+        );
+    }
+
+    #[test]
+    fn event_details_shapes() {
+        let old = row(&[("qty", JsonValue::Raw("3"))]);
+        let new = row(&[("qty", JsonValue::Raw("4"))]);
+        let update: Value = serde_json::from_str(&row_details(
+            "public.orders",
+            Some(&old),
+            Some(&new),
+            Some(&["qty"]),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(
+            update,
+            json!({"table": "public.orders", "old": {"qty": 3}, "new": {"qty": 4}, "changed": ["qty"]})
+        );
+        let moved: Value = serde_json::from_str(&row_details(
+            "t",
+            Some(&old),
+            None,
+            None,
+            Some(("key_changed", true)),
+        ))
+        .unwrap();
+        assert_eq!(
+            moved,
+            json!({"table": "t", "old": {"qty": 3}, "key_changed": true})
+        );
+
+        let mut group = GroupDetails::new("t");
+        assert!(group.is_empty());
+        group.push("1", None, Some(&new), None);
+        group.push("2", Some(&old), Some(&new), Some(("key_changed", false)));
+        assert_eq!(group.rows(), 2);
+        let grouped: Value = serde_json::from_str(&group.finish()).unwrap();
+        assert_eq!(
+            grouped,
+            json!({"table": "t", "rows": [
+                {"key": "1", "new": {"qty": 4}},
+                {"key": "2", "old": {"qty": 3}, "new": {"qty": 4}, "key_changed": false}
+            ]})
+        );
+    }
+
+    proptest! {
+        /// Whatever the column names and text values, a row is valid JSON holding exactly them.
+        #[test]
+        fn rows_are_always_valid_json(columns in proptest::collection::vec(("\\PC{0,12}", proptest::option::of("\\PC{0,40}")), 0..8)) {
+            let mut r = RowJson::default();
+            r.begin();
+            for (name, value) in &columns {
+                r.push(name, value.as_deref().map_or(JsonValue::Null, JsonValue::Text));
+            }
+            r.finish();
+            let parsed: Value = serde_json::from_str(&r.text).unwrap();
+            let object = parsed.as_object().unwrap();
+            for (name, _) in &columns {
+                // Later columns of the same name win, as in jsonb.
+                let last = columns.iter().rev().find(|(n, _)| n == name).unwrap();
+                prop_assert_eq!(object.get(name).unwrap(), &last.1.as_deref().map_or(Value::Null, |v| Value::String(v.to_string())));
+            }
+        }
+    }
+}
