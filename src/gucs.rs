@@ -26,6 +26,17 @@ pub static CHECKPOINT_SIGNING_KEY: GucSetting<Option<CString>> =
 pub static CHECKPOINT_KEY_FILE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 
+/// AES-256-GCM master key that wraps every tenant's data keys (32 bytes, hex or base64).
+pub static MASTER_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// File holding the master key, for deployments that keep secrets out of postgresql.conf.
+pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Set (transaction-locally) only by custos.apply_retention: `tenant:seq` through which the
+/// ledger's DELETE guard lets rows go. Superuser-only, so no other role can open that door.
+pub static RETENTION_THROUGH: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
 /// Lets a superuser drop the extension, and with it the ledger. Off by default.
 pub static ALLOW_LEDGER_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -81,6 +92,30 @@ request.jwt.claims is used, then the database role.",
         &CHECKPOINT_KEY_FILE,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.master_key",
+        c"AES-256-GCM master key wrapping the tenants' data keys (32 bytes, hex or base64).",
+        c"Superuser-only and hidden from SHOW ALL and pg_settings. Alternatively custos.master_key_file.",
+        &MASTER_KEY,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.master_key_file",
+        c"File holding the AES-256-GCM master key (32 bytes, hex or base64).",
+        c"Read by the server process when a tenant's data key is first needed in a transaction; used when custos.master_key is empty.",
+        &MASTER_KEY_FILE,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.retention_through",
+        c"Internal: set by custos.apply_retention while it removes a tenant's oldest events.",
+        c"Superuser-only; never set it by hand.",
+        &RETENTION_THROUGH,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_bool_guc(
         c"custos.allow_ledger_drop",

@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+pub mod crypto;
 pub mod dormant;
 pub mod error;
 pub mod gucs;
@@ -21,6 +22,25 @@ extension_sql_file!(
     "../sql/tenancy.sql",
     name = "tenancy",
     requires = [tenancy::current_tenant, tenancy::set_tenant]
+);
+extension_sql_file!(
+    "../sql/crypto.sql",
+    name = "crypto",
+    requires = ["tenancy", crypto::rotate_data_key]
+);
+extension_sql_file!(
+    "../sql/ledger_protection.sql",
+    name = "ledger_protection",
+    requires = [
+        "ledger",
+        "crypto",
+        ledger::protect::forget_cached_protection,
+        ledger::protect::reveal,
+        ledger::protect::reveal_details,
+        ledger::protect::is_erased,
+        ledger::access::log_access,
+        ledger::access::verify_access_log
+    ]
 );
 extension_sql_file!(
     "../sql/dormant.sql",

@@ -95,18 +95,7 @@ fn policy_for(tenant: &[u8; 16]) -> Policy {
     }) {
         return p;
     }
-    let rows: Vec<(String, String)> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT d.key, coalesce(s.value, d.default_value)::text FROM custos.setting_definitions d \
-                 LEFT JOIN custos.tenant_settings s ON s.tenant_id = $1 AND s.key = d.key WHERE d.key LIKE 'dormant.%'",
-                None,
-                &[pgrx::Uuid::from_bytes(*tenant).into()],
-            )?
-            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
-            .collect::<pgrx::spi::Result<Vec<_>>>()
-    })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading dormant settings: {e}"), None));
+    let rows = crate::tenancy::settings_for(tenant, "dormant.");
     let mut p = Policy::default();
     for (key, value) in rows {
         let n = value.parse::<i64>().ok();

@@ -69,6 +69,41 @@ fn last_seq(tenant: pgrx::Uuid) -> i64 {
     .unwrap_or(0)
 }
 
+/// Where retention last cut a tenant's chain: events through `through_seq` were removed, the
+/// last of them had `hash`, and the retention event at `event_seq` recorded both.
+pub struct Anchor {
+    pub through_seq: i64,
+    pub hash: Hash,
+    pub event_seq: i64,
+    pub matches_its_event: bool,
+}
+
+pub fn retention_anchor(tenant: pgrx::Uuid) -> Option<Anchor> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT a.through_seq, a.anchor_hash, a.event_seq,
+                    coalesce(e.details->>'through_seq' = a.through_seq::text
+                             AND e.details->>'anchor_hash' = encode(a.anchor_hash, 'hex'), false)
+               FROM custos.chain_anchors a
+               LEFT JOIN custos.events e ON e.tenant_id = a.tenant_id AND e.seq = a.event_seq
+              WHERE a.tenant_id = $1 ORDER BY a.through_seq DESC LIMIT 1",
+            None,
+            &[tenant.into()],
+        )?;
+        let mut found = None;
+        for r in rows {
+            found = Some(Anchor {
+                through_seq: r.get::<i64>(1)?.unwrap_or_default(),
+                hash: to_hash(&r.get::<Vec<u8>>(2)?.unwrap_or_default()),
+                event_seq: r.get::<i64>(3)?.unwrap_or_default(),
+                matches_its_event: r.get::<bool>(4)?.unwrap_or(false),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(found)
+    })
+    .unwrap_or_else(|e| spi_failed(e))
+}
+
 pub struct Outcome {
     pub checked: i64,
     pub last_seq: i64,
@@ -79,10 +114,25 @@ pub struct Outcome {
 /// constant memory however long the chain is.
 pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Outcome {
     let tenant_bytes = *tenant.as_bytes();
-    let start_prev = if from_seq == 1 {
-        Some(genesis_hash(&tenant_bytes))
-    } else {
-        stored_hash(tenant, from_seq - 1)
+    // Events through the retention anchor are gone: the chain now starts after it.
+    let anchor = retention_anchor(tenant);
+    if let Some(a) = &anchor {
+        if !a.matches_its_event {
+            return Outcome {
+                checked: 0,
+                last_seq: a.through_seq,
+                broken: Some(Break::AnchorAltered { seq: a.event_seq }),
+            };
+        }
+    }
+    let from_seq = match &anchor {
+        Some(a) if from_seq <= a.through_seq => a.through_seq + 1,
+        _ => from_seq,
+    };
+    let start_prev = match &anchor {
+        Some(a) if from_seq == a.through_seq + 1 => Some(a.hash),
+        _ if from_seq == 1 => Some(genesis_hash(&tenant_bytes)),
+        _ => stored_hash(tenant, from_seq - 1),
     };
     let Some(start_prev) = start_prev else {
         return Outcome {
@@ -157,7 +207,15 @@ fn check_recorded_checkpoints(tenant: pgrx::Uuid, outcome: &Outcome) -> Option<B
             .collect::<pgrx::spi::Result<Vec<_>>>()
     })
     .unwrap_or_else(|e| spi_failed(e));
+    let anchor = retention_anchor(tenant);
     for (seq, head) in checkpoints {
+        // A checkpoint inside the removed part can only be checked at the anchor itself.
+        if let Some(a) = anchor.as_ref().filter(|a| seq <= a.through_seq) {
+            if seq == a.through_seq && a.hash.to_vec() != head {
+                return Some(Break::Rewritten { seq });
+            }
+            continue;
+        }
         if seq > outcome.last_seq {
             return Some(Break::Truncated {
                 last: outcome.last_seq,
@@ -360,6 +418,22 @@ fn verify_checkpoint(
     authorize_tenant(cp.tenant);
     let tenant = pgrx::Uuid::from_bytes(*cp.tenant.as_bytes());
     let outcome = walk_chain(tenant, 1, None);
+    let anchor = retention_anchor(tenant);
+    if let Some(a) = anchor
+        .as_ref()
+        .filter(|a| cp.seq < a.through_seq && outcome.broken.is_none())
+    {
+        return TableIterator::once((
+            false,
+            Some(tenant),
+            Some(cp.seq),
+            outcome.checked,
+            Some(format!(
+                "not checkable: retention removed events through seq {}, past this checkpoint; check a checkpoint taken since",
+                a.through_seq
+            )),
+        ));
+    }
     let broken = outcome.broken.clone().or_else(|| {
         if outcome.last_seq < cp.seq {
             return Some(Break::Truncated {
@@ -367,10 +441,10 @@ fn verify_checkpoint(
                 expected: cp.seq,
             });
         }
-        let current = if cp.seq == 0 {
-            Some(genesis_hash(tenant.as_bytes()))
-        } else {
-            stored_hash(tenant, cp.seq)
+        let current = match &anchor {
+            Some(a) if a.through_seq == cp.seq => Some(a.hash),
+            _ if cp.seq == 0 => Some(genesis_hash(tenant.as_bytes())),
+            _ => stored_hash(tenant, cp.seq),
         };
         (current != Some(cp.head)).then_some(Break::Rewritten { seq: cp.seq })
     });

@@ -41,7 +41,7 @@ pub fn genesis_hash(tenant_id: &[u8; 16]) -> Hash {
     h.finalize().into()
 }
 
-fn field(buf: &mut Vec<u8>, tag: u8, value: Option<&[u8]>) {
+pub(crate) fn field(buf: &mut Vec<u8>, tag: u8, value: Option<&[u8]>) {
     buf.push(tag);
     match value {
         // Length-prefixed, so no two different field lists encode to the same bytes.

@@ -93,6 +93,7 @@ fn tamper(sql: &str) {
     Spi::run(&format!(
         "ALTER EVENT TRIGGER custos_guard_ledger DISABLE;
          ALTER TABLE custos.events DISABLE TRIGGER append_only;
+         ALTER TABLE custos.events DISABLE TRIGGER retention_delete_check;
          ALTER TABLE custos.events DISABLE TRIGGER zz_chain;
          {sql}"
     ))
@@ -744,4 +745,179 @@ fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
     .unwrap();
     assert_eq!(tracked.as_deref(), Some("tenant_id public.docs 50 {id}"));
     assert!(verify(A).0 && verify(B).0);
+}
+
+const MASTER: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+/// Tenant `t` with sealing on, the master key set for this transaction.
+fn encrypted_tenant(t: &str) {
+    Spi::run(&format!(
+        "SET LOCAL custos.master_key = '{MASTER}';
+         SELECT custos.set_tenant('{t}');
+         SELECT custos.set_setting('ledger.encrypt', 'true');
+         SELECT custos.set_setting('ledger.encrypted_detail_keys', '\"email\"');"
+    ))
+    .unwrap();
+}
+
+fn sealed_event(actor: &str, email: &str) -> String {
+    Spi::get_one::<String>(&format!(
+        "INSERT INTO custos.events (action, entity_type, entity_id, actor, details, ip_address, user_agent)
+         VALUES ('login', 'user', '{actor}', '{actor}', '{{\"email\": \"{email}\", \"n\": 1}}', '10.1.2.3/32', 'Firefox')
+         RETURNING id::text"
+    ))
+    .unwrap()
+    .unwrap()
+}
+
+#[pg_test]
+fn sealed_fields_are_ciphertext_at_rest_and_plaintext_through_timeline() {
+    let (A, B) = fresh_tenants();
+    encrypted_tenant(A);
+    let id = sealed_event("alice", "alice@example.com");
+    let stored = Spi::get_one::<String>(&format!(
+        "SELECT ip_address || ' ' || user_agent || ' ' || (details->>'email') FROM custos.events WHERE id = '{id}'"
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!(stored.matches("enc1.").count(), 3, "{stored}");
+    assert!(!stored.contains("alice@") && !stored.contains("10.1.2.3"));
+    let seen = Spi::get_one::<String>(&format!(
+        "SELECT ip_address || ' ' || user_agent || ' ' || (details->>'email') || ' ' || (details->>'n') FROM custos.event('{id}')"
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen, "10.1.2.3 Firefox alice@example.com 1");
+    assert!(verify(A).0, "the chain covers the ciphertext and needs no key");
+    // Every read left a chained access-log row.
+    Spi::run("SELECT count(*) FROM custos.timeline(by_actor => 'alice')").unwrap();
+    assert_eq!(count(&format!("SELECT count(*) FROM custos.access_log WHERE tenant_id = '{A}'")), 2);
+    let functions = Spi::get_one::<String>(&format!(
+        "SELECT string_agg(function || ':' || rows_returned, ' ' ORDER BY seq) FROM custos.access_log WHERE tenant_id = '{A}'"
+    ))
+    .unwrap();
+    assert_eq!(functions.as_deref(), Some("custos.event:1 custos.timeline:1"));
+    assert_eq!(Spi::get_one::<bool>(&format!("SELECT ok FROM custos.verify_access_log('{A}')")).unwrap(), Some(true));
+    // Another tenant cannot open it, even through the internal function.
+    let sealed_ip = Spi::get_one::<String>(&format!("SELECT ip_address FROM custos.events WHERE id = '{id}'")).unwrap().unwrap();
+    Spi::run("CREATE ROLE custos_test_peer NOLOGIN; GRANT custos_reader TO custos_test_peer").unwrap();
+    Spi::run(&format!("SELECT custos.set_tenant('{B}'); SET LOCAL ROLE custos_test_peer")).unwrap();
+    assert_eq!(count("SELECT count(*) FROM custos.timeline()"), 0);
+    assert_error(
+        &format!("SELECT custos.reveal('{A}', '{id}', 'ip_address', '{sealed_ip}')"),
+        "42501",
+        "permission denied for function reveal",
+    );
+    Spi::run("RESET ROLE").unwrap();
+}
+
+#[pg_test]
+fn ciphertext_moved_to_another_row_or_tenant_does_not_open() {
+    let (A, B) = tamper_test_tenants();
+    encrypted_tenant(A);
+    let first = sealed_event("alice", "a@x");
+    let second = sealed_event("bob", "b@x");
+    tamper(&format!(
+        "UPDATE custos.events SET ip_address = (SELECT ip_address FROM custos.events WHERE id = '{first}') WHERE id = '{second}'"
+    ));
+    assert_error(&format!("SELECT * FROM custos.event('{second}')"), "XX001", "cannot be opened");
+    // The same ciphertext presented as another tenant's does not open either.
+    assert_error(
+        &format!("SELECT custos.reveal('{B}', '{first}', 'ip_address', (SELECT ip_address FROM custos.events WHERE id = '{first}'))"),
+        "XX001",
+        "cannot be opened",
+    );
+    // Flipped ciphertext: refused by name, and the chain says where.
+    tamper(&format!("UPDATE custos.events SET user_agent = overlay(user_agent placing 'A' from 60 for 1) WHERE id = '{first}'"));
+    assert_error(&format!("SELECT * FROM custos.event('{first}')"), "XX001", "user_agent");
+    assert!(verify(A).3.unwrap().starts_with("content changed"));
+}
+
+#[pg_test]
+fn rotation_keeps_old_values_readable_and_forgetting_shreds_them() {
+    let (A, B) = fresh_tenants();
+    encrypted_tenant(A);
+    let before = sealed_event("carol", "c@x");
+    let version = Spi::get_one::<i32>(&format!("SELECT custos.rotate_data_key('{A}')")).unwrap();
+    assert_eq!(version, Some(2));
+    let after = sealed_event("carol", "c2@x");
+    let kid = |id: &str| {
+        Spi::get_one::<String>(&format!("SELECT split_part(ip_address, '.', 2) FROM custos.events WHERE id = '{id}'"))
+            .unwrap()
+            .unwrap()
+    };
+    assert_ne!(kid(&before), kid(&after), "rotation gives the subject a fresh key");
+    let emails = Spi::get_one::<String>("SELECT string_agg(details->>'email', ' ' ORDER BY seq) FROM custos.timeline(by_actor => 'carol')")
+        .unwrap();
+    assert_eq!(emails.as_deref(), Some("c@x c2@x"));
+    let export = Spi::get_one::<pgrx::JsonB>(&format!("SELECT custos.export_subject('{A}', 'carol')")).unwrap().unwrap().0;
+    assert_eq!(export["events"].as_array().unwrap().len(), 2);
+    assert_eq!(export["events"][0]["details"]["email"], "c@x");
+
+    let forgotten = Spi::get_one::<pgrx::JsonB>(&format!("SELECT custos.forget_subject('{A}', 'carol')")).unwrap().unwrap().0;
+    assert_eq!(forgotten["keys_destroyed"], 2);
+    let after_forget = Spi::get_one::<String>(
+        "SELECT string_agg(coalesce(details->>'email', 'gone') || '/' || coalesce(ip_address, 'gone') || '/' || erased, ' ') FROM custos.timeline(by_actor => 'carol')",
+    )
+    .unwrap();
+    assert_eq!(after_forget.as_deref(), Some("gone/gone/true gone/gone/true"));
+    assert!(verify(A).0, "erasure leaves the chain verifiable");
+    assert_eq!(
+        Spi::get_one::<String>(&format!("SELECT action FROM custos.events WHERE tenant_id = '{A}' ORDER BY seq DESC LIMIT 1")).unwrap().as_deref(),
+        Some("custos.forget_subject")
+    );
+    assert_error(&format!("SELECT custos.forget_subject('{A}', 'nobody')"), "P0002", "no keys or records");
+    assert_error(&format!("SELECT custos.export_subject('{A}', 'nobody')"), "P0002", "holds nothing about");
+}
+
+#[pg_test]
+fn encryption_without_a_master_key_or_with_the_wrong_one_is_refused() {
+    let (A, B) = fresh_tenants();
+    encrypted_tenant(A);
+    let id = sealed_event("dan", "d@x");
+    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = ''").unwrap();
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type, actor, user_agent) VALUES ('x', 'y', 'erin', 'ua')",
+        "55000",
+        "no master key is configured",
+    );
+    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = '2222222222222222222222222222222222222222222222222222222222222222'").unwrap();
+    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "does not open data key version 1");
+    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = 'not a key'").unwrap();
+    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "master key must be 32 bytes");
+    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = ''; SET LOCAL custos.master_key_file = '/nonexistent/custos.key'").unwrap();
+    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "F0000", "could not read master key file");
+}
+
+#[pg_test]
+fn retention_removes_a_prefix_and_the_rest_verifies_from_the_anchor() {
+    let (A, B) = tamper_test_tenants();
+    as_tenant(A);
+    record(5);
+    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
+    let cp = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
+    // Age the first three events past the 7-year horizon (behind the guards, as a test may).
+    tamper(&format!("UPDATE custos.events SET recorded_at = recorded_at - interval '8 years' WHERE tenant_id = '{A}' AND seq <= 3"));
+    Spi::run("ALTER TABLE custos.events ENABLE ALWAYS TRIGGER append_only; ALTER TABLE custos.events ENABLE ALWAYS TRIGGER zz_chain; ALTER TABLE custos.events ENABLE ALWAYS TRIGGER retention_delete_check").unwrap();
+    // The hashes no longer match the aged rows, which is fine: they are about to go.
+    Spi::run("SELECT custos.set_setting('ledger.legal_hold', 'true')").unwrap();
+    assert_error(&format!("SELECT * FROM custos.apply_retention('{A}')"), "55000", "legal hold");
+    Spi::run("SELECT custos.set_setting('ledger.legal_hold', 'false')").unwrap();
+    let removed = Spi::get_one::<String>(&format!("SELECT removed || ':' || through_seq FROM custos.apply_retention('{A}')")).unwrap();
+    assert_eq!(removed.as_deref(), Some("3:3"));
+    let seqs = Spi::get_one::<String>(&format!("SELECT string_agg(seq::text, ',' ORDER BY seq) FROM custos.events WHERE tenant_id = '{A}'")).unwrap();
+    assert_eq!(seqs.as_deref(), Some("4,5,6"), "events 4 and 5 remain, with the retention event");
+    let (ok, checked, _, reason) = verify(A);
+    assert!(ok, "{reason:?}");
+    assert_eq!(checked, 3);
+    let cp_ok = Spi::get_one::<bool>(&format!("SELECT ok FROM custos.verify_checkpoint('{cp}')")).unwrap();
+    assert_eq!(cp_ok, Some(true), "a checkpoint past the anchor still verifies");
+    // Nothing more to remove; and no other DELETE gets through.
+    assert_eq!(count(&format!("SELECT removed FROM custos.apply_retention('{A}')")), 0);
+    assert_error(&format!("DELETE FROM custos.events WHERE tenant_id = '{A}'"), "42501", "append-only");
+    assert_error(
+        &format!("SELECT set_config('custos.retention_through', '{A}:4', true); DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq = 5"),
+        "42501",
+        "append-only",
+    );
 }

@@ -147,7 +147,10 @@ pub fn init() {
     }
 }
 
-fn tenant_lock_tag(database: u32, tenant: &TenantKey) -> pg_sys::LOCKTAG {
+/// `objsubid` of the access log's chain lock.
+pub const ACCESS_LOCK_FIELD4: u16 = 0xC6;
+
+fn chain_lock_tag(database: u32, tenant: &TenantKey, field4: u16) -> pg_sys::LOCKTAG {
     let hi = u64::from_be_bytes(tenant[..8].try_into().unwrap_or_default());
     let lo = u64::from_be_bytes(tenant[8..].try_into().unwrap_or_default());
     let folded = hi ^ lo.rotate_left(29);
@@ -155,7 +158,7 @@ fn tenant_lock_tag(database: u32, tenant: &TenantKey) -> pg_sys::LOCKTAG {
         locktag_field1: database,
         locktag_field2: (folded >> 32) as u32,
         locktag_field3: folded as u32,
-        locktag_field4: LEDGER_LOCK_FIELD4,
+        locktag_field4: field4,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     }
@@ -164,8 +167,13 @@ fn tenant_lock_tag(database: u32, tenant: &TenantKey) -> pg_sys::LOCKTAG {
 /// Waits for and takes the tenant's chain lock until the end of the (sub)transaction. Two tenants
 /// may share a lock (64-bit fold of the UUID); that only costs concurrency, never correctness.
 pub fn lock_tenant(tenant: &TenantKey) {
+    lock_chain(tenant, LEDGER_LOCK_FIELD4)
+}
+
+/// Like [`lock_tenant`], for the chain whose locks carry `field4`.
+pub fn lock_chain(tenant: &TenantKey, field4: u16) {
     // SAFETY: reading a backend global.
-    let tag = tenant_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant);
+    let tag = chain_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant, field4);
     // SAFETY: backend thread inside a transaction; LockAcquire raises ERROR on deadlock.
     unsafe {
         pg_sys::LockAcquire(
@@ -255,8 +263,8 @@ mod unit {
 
     #[test]
     fn lock_tags_differ_per_tenant_and_use_custos_field4() {
-        let a = tenant_lock_tag(5, &[1; 16]);
-        let b = tenant_lock_tag(5, &[2; 16]);
+        let a = chain_lock_tag(5, &[1; 16], LEDGER_LOCK_FIELD4);
+        let b = chain_lock_tag(5, &[2; 16], LEDGER_LOCK_FIELD4);
         assert_eq!(a.locktag_field1, 5);
         assert_ne!(
             (a.locktag_field2, a.locktag_field3),

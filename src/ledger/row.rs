@@ -157,15 +157,8 @@ unsafe fn jsonb_text<'a>(d: pg_sys::Datum) -> &'a [u8] {
     }
 }
 
-unsafe fn inet_text<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    unsafe {
-        let out = pgrx::direct_function_call::<&CStr>(pg_sys::inet_out, &[Some(d)]);
-        out.map(CStr::to_bytes).unwrap_or_default()
-    }
-}
-
-/// The hashed fields of a deformed `custos.events` row. `details` and `ip_address` are printed
-/// with their types' output functions (jsonb text, inet text), in the current memory context.
+/// The hashed fields of a deformed `custos.events` row. `details` is printed with jsonb's
+/// output function, in the current memory context; `ip_address` is stored as inet's text.
 ///
 /// # Safety
 /// `values`/`nulls` must come from deforming a row of the relation `c` was taken from, with every
@@ -192,7 +185,7 @@ pub unsafe fn event_fields<'a>(
             entity_id: opt(c.entity_id),
             severity: bytes_of(values[c.severity]),
             details: jsonb_text(values[c.details]),
-            ip_address: (!nulls[c.ip_address]).then(|| inet_text(values[c.ip_address])),
+            ip_address: opt(c.ip_address),
             user_agent: opt(c.user_agent),
         }
     }
@@ -200,14 +193,19 @@ pub unsafe fn event_fields<'a>(
 
 /// Opens `custos.events`.
 pub fn open_events(lockmode: u32) -> pg_sys::Relation {
+    open_custos_table(c"events", lockmode)
+}
+
+/// Opens a table of the custos schema.
+pub fn open_custos_table(name: &std::ffi::CStr, lockmode: u32) -> pg_sys::Relation {
     // SAFETY: backend thread inside a transaction; both lookups raise if the objects are missing.
     unsafe {
         let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), false);
-        let relid = pg_sys::get_relname_relid(c"events".as_ptr(), nsp);
+        let relid = pg_sys::get_relname_relid(name.as_ptr(), nsp);
         if relid == pg_sys::InvalidOid {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                "custos.events does not exist",
+                format!("custos.{} does not exist", name.to_string_lossy()),
                 None,
             );
         }

@@ -5,7 +5,8 @@
 
 use super::chain::{event_hash, genesis_hash, HASH_LEN};
 use super::head::{self, Head};
-use super::row::{event_fields, Columns};
+use super::protect;
+use super::row::{bytes_of, event_fields, Columns};
 use crate::error::raise;
 use crate::gucs;
 use crate::tuple::Row;
@@ -213,6 +214,7 @@ unsafe fn chain_row<'a>(
             );
         }
         row.set(c.seq, Some(pg_sys::Datum::from(0i64)));
+        protect_row(&c, &mut row);
 
         let mut fields = event_fields(&c, &row.values, &row.nulls);
         check_event(&fields);
@@ -253,5 +255,69 @@ unsafe fn chain_row<'a>(
         row.set(c.prev_hash, (&prev.hash[..HASH_LEN]).into_datum());
         row.set(c.hash, (&hash[..]).into_datum());
         row.form(tupdesc, "event")
+    }
+}
+
+/// The canonical text of an IP address (as `inet` prints it), refusing what is not one.
+unsafe fn canonical_inet(text: &[u8]) -> String {
+    let Ok(input) = std::ffi::CString::new(text) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "ip_address contains a NUL byte",
+            None,
+        )
+    };
+    unsafe {
+        let inet = pgrx::direct_function_call::<pg_sys::Datum>(
+            pg_sys::inet_in,
+            &[input.as_c_str().into_datum()],
+        );
+        pgrx::direct_function_call::<&CStr>(pg_sys::inet_out, &[inet])
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Normalises ip_address and, when the tenant's policy says so, seals ip_address, user_agent and
+/// the configured details keys, before the row is hashed.
+unsafe fn protect_row(c: &Columns, row: &mut Row) {
+    unsafe {
+        let ip =
+            (!row.nulls[c.ip_address]).then(|| canonical_inet(bytes_of(row.values[c.ip_address])));
+        let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
+        let policy = protect::policy(&tenant);
+        if !policy.encrypt {
+            if let Some(ip) = ip {
+                row.set(c.ip_address, ip.as_str().into_datum());
+            }
+            return;
+        }
+        let id = *row.values[c.id].cast_mut_ptr::<[u8; 16]>();
+        let actor = String::from_utf8_lossy(bytes_of(row.values[c.actor])).into_owned();
+        let user_agent = (!row.nulls[c.user_agent])
+            .then(|| String::from_utf8_lossy(bytes_of(row.values[c.user_agent])).into_owned());
+        let details = row.values[c.details];
+        let sealed = protect::seal_event(
+            &policy,
+            &tenant,
+            &id,
+            &actor,
+            ip.as_deref(),
+            user_agent.as_deref(),
+            || {
+                JsonB::from_datum(details, false)
+                    .map(|j| j.0)
+                    .unwrap_or_default()
+            },
+        );
+        if let Some(ip) = sealed.ip_address {
+            row.set(c.ip_address, ip.as_str().into_datum());
+        }
+        if let Some(ua) = sealed.user_agent {
+            row.set(c.user_agent, ua.as_str().into_datum());
+        }
+        if let Some(details) = sealed.details {
+            row.set(c.details, JsonB(details).into_datum());
+        }
     }
 }

@@ -23,6 +23,9 @@ pub enum Break {
     /// The row at a signed checkpoint no longer has the hash the checkpoint recorded: the chain was
     /// rewritten and its hashes recomputed.
     Rewritten { seq: i64 },
+    /// The retention anchor the chain now starts from disagrees with the retention event that
+    /// recorded it (at `seq`).
+    AnchorAltered { seq: i64 },
 }
 
 impl Break {
@@ -33,7 +36,8 @@ impl Break {
             | Break::ContentChanged { seq }
             | Break::HashAltered { seq }
             | Break::Reordered { seq, .. }
-            | Break::Rewritten { seq } => *seq,
+            | Break::Rewritten { seq }
+            | Break::AnchorAltered { seq } => *seq,
             Break::Truncated { last, .. } => last + 1,
         }
     }
@@ -49,6 +53,7 @@ impl Break {
             Break::Reordered { .. } => "reordered",
             Break::Truncated { .. } => "truncated",
             Break::Rewritten { .. } => "rewritten",
+            Break::AnchorAltered { .. } => "anchor altered",
         }
     }
 
@@ -71,6 +76,9 @@ impl Break {
             }
             Break::Reordered { seq, links_to } => {
                 format!("reordered: seq {seq} links to seq {links_to}, rows were moved or swapped")
+            }
+            Break::AnchorAltered { seq } => {
+                format!("anchor altered: the retention anchor no longer matches the retention event at seq {seq}")
             }
             Break::Truncated { last, expected } => {
                 format!("truncated: seq {} onwards is missing; the chain ends at seq {last} but had reached seq {expected}", last + 1)

@@ -105,3 +105,25 @@ fn set_tenant(tenant: Option<pgrx::Uuid>) -> Option<pgrx::Uuid> {
 mod tests {
     include!("db_tests.rs");
 }
+
+/// A tenant's effective settings under `prefix` (its override, else the default), as JSON text.
+pub(crate) fn settings_for(tenant: &[u8; 16], prefix: &str) -> Vec<(String, String)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT d.key, coalesce(s.value, d.default_value)::text FROM custos.setting_definitions d \
+                 LEFT JOIN custos.tenant_settings s ON s.tenant_id = $1 AND s.key = d.key WHERE starts_with(d.key, $2)",
+                None,
+                &[pgrx::Uuid::from_bytes(*tenant).into(), prefix.into()],
+            )?
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
+            .collect::<pgrx::spi::Result<Vec<_>>>()
+    })
+    .unwrap_or_else(|e| {
+        crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("reading {prefix}* settings: {e}"),
+            None,
+        )
+    })
+}

@@ -1,0 +1,38 @@
+-- Keys of the envelope encryption (src/crypto/): each tenant's data keys, wrapped by the master
+-- key, and each subject's keys, wrapped by a data key. Only custos' own functions touch them.
+
+CREATE TABLE @extschema@.data_keys (
+    tenant_id  uuid NOT NULL,
+    version    integer NOT NULL CHECK (version > 0),
+    wrapped    bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, version)
+);
+COMMENT ON TABLE @extschema@.data_keys IS
+'Per-tenant AES-256 data keys, each version wrapped (AES-256-GCM) by the master key with the tenant and version as associated data. The newest version wraps new subject keys; older ones stay for reading.';
+
+CREATE TABLE @extschema@.subject_keys (
+    tenant_id        uuid NOT NULL,
+    id               uuid PRIMARY KEY,
+    subject          text,
+    data_key_version integer NOT NULL,
+    wrapped          bytea,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    retired_at       timestamptz,
+    destroyed_at     timestamptz,
+    CHECK ((destroyed_at IS NULL) = (wrapped IS NOT NULL))
+);
+CREATE UNIQUE INDEX subject_keys_live ON @extschema@.subject_keys (tenant_id, subject)
+    WHERE destroyed_at IS NULL AND retired_at IS NULL;
+CREATE INDEX subject_keys_subject ON @extschema@.subject_keys (tenant_id, subject);
+COMMENT ON TABLE @extschema@.subject_keys IS
+'Per-subject AES-256 keys that seal a person''s fields in the ledger, wrapped by a tenant data key. custos.forget_subject destroys them (wrapped and subject become NULL): what they sealed can no longer be read, while the chain still verifies.';
+
+SELECT @extschema@.enable_tenant_isolation('@extschema@.data_keys');
+SELECT @extschema@.enable_tenant_isolation('@extschema@.subject_keys');
+REVOKE ALL ON @extschema@.data_keys, @extschema@.subject_keys FROM PUBLIC;
+
+COMMENT ON FUNCTION @extschema@.rotate_data_key(uuid) IS
+'Makes a new data key version for the tenant and retires its subjects'' current keys, so new values are sealed under fresh keys; values sealed before stay readable. Returns the new version.';
+REVOKE EXECUTE ON FUNCTION @extschema@.rotate_data_key(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.rotate_data_key(uuid) TO custos_admin;

@@ -1,0 +1,442 @@
+-- Ledger data protection (src/ledger/protect.rs, src/ledger/access.rs): field encryption policy,
+-- retention with chained anchors, logged reads, streaming exports, GDPR export and erasure.
+
+INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
+    ('ledger.encrypt', 'boolean', 'false', NULL, NULL,
+     'Seal ip_address, user_agent and the ledger.encrypted_detail_keys of new events with the actor''s key (AES-256-GCM). Needs custos.master_key.'),
+    ('ledger.encrypted_detail_keys', 'text', '"email,phone,name,address"', NULL, NULL,
+     'Comma-separated top-level details keys sealed when ledger.encrypt is on.'),
+    ('ledger.hot_retention_days', 'integer', '365', 1, 36500,
+     'Events younger than this are what custos.timeline and custos.export_events return unless asked for an older time range.'),
+    ('ledger.archive_years', 'integer', '7', 1, 100,
+     'custos.apply_retention removes events recorded longer ago than this.'),
+    ('ledger.legal_hold', 'boolean', 'false', NULL, NULL,
+     'While on, custos.apply_retention removes nothing.');
+
+-- Protection settings are cached per transaction; changes take effect in the next one.
+CREATE FUNCTION @extschema@.ledger_settings_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF coalesce(NEW.key, OLD.key) LIKE 'ledger.%' THEN
+        PERFORM @extschema@.forget_cached_protection();
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER ledger_settings_changed AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tenant_settings
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.ledger_settings_changed();
+
+COMMENT ON FUNCTION @extschema@.forget_cached_protection() IS 'Drops this session''s cached ledger.* settings and unwrapped keys.';
+COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
+'Internal: a stored event field as the tenant''s reader sees it (opened if sealed; NULL once its subject was forgotten). Used by custos'' logged read functions.';
+COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
+'Internal: details with sealed values opened (null where the subject was forgotten).';
+COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
+REVOKE EXECUTE ON FUNCTION @extschema@.reveal(uuid, uuid, text, text), @extschema@.reveal_details(uuid, uuid, jsonb),
+                            @extschema@.is_erased(uuid, text), @extschema@.forget_cached_protection() FROM PUBLIC;
+
+------------------------------------------------------------------------------------------------
+-- Access log
+------------------------------------------------------------------------------------------------
+CREATE TABLE @extschema@.access_log (
+    tenant_id     uuid NOT NULL,
+    seq           bigint NOT NULL,
+    id            uuid NOT NULL,
+    accessed_at   timestamptz NOT NULL,
+    reader        text NOT NULL,
+    actor         text NOT NULL,
+    function      text NOT NULL,
+    filters       jsonb NOT NULL,
+    rows_returned bigint NOT NULL,
+    prev_hash     bytea NOT NULL,
+    hash          bytea NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+COMMENT ON TABLE @extschema@.access_log IS
+'Who read the audit ledger through custos'' functions: when, which function, with which filters, how many rows. Append-only, its own per-tenant SHA-256 chain (custos.verify_access_log).';
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON @extschema@.access_log
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON @extschema@.access_log
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
+ALTER TABLE @extschema@.access_log ENABLE ALWAYS TRIGGER append_only;
+ALTER TABLE @extschema@.access_log ENABLE ALWAYS TRIGGER append_only_truncate;
+SELECT @extschema@.enable_tenant_isolation('@extschema@.access_log');
+REVOKE ALL ON @extschema@.access_log FROM PUBLIC;
+GRANT SELECT ON @extschema@.access_log TO custos_auditor;
+
+COMMENT ON FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) IS
+'Internal: appends one read to the tenant''s access log (chained); called by custos'' read functions.';
+COMMENT ON FUNCTION @extschema@.verify_access_log(uuid) IS
+'Recomputes the tenant''s access-log chain: ok, rows checked, the first broken seq and why.';
+REVOKE EXECUTE ON FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.verify_access_log(uuid) TO custos_auditor, custos_admin;
+
+------------------------------------------------------------------------------------------------
+-- Logged reads
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.severity_rank(severity text) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT array_position(ARRAY['info', 'low', 'medium', 'high', 'critical'], severity) $$;
+COMMENT ON FUNCTION @extschema@.severity_rank(text) IS 'Order of a severity: info 1, low 2, medium 3, high 4, critical 5; NULL if unknown.';
+
+-- The events a reader of the current tenant may see, opened, with the filters every read function
+-- shares. since defaults to the hot-retention window; older events need an explicit since.
+CREATE FUNCTION @extschema@.readable_events(tenant uuid, since timestamptz, until timestamptz, of_type text,
+                                            of_entity text, by_actor text, min_severity text, with_action text,
+                                            before_seq bigint, page_size integer, newest_first boolean)
+RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
+               action text, entity_type text, entity_id text, severity text, details jsonb, ip_address text,
+               user_agent text, erased boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    hot_days integer := (SELECT coalesce(s.value, d.default_value)::integer FROM @extschema@.setting_definitions d
+                           LEFT JOIN @extschema@.tenant_settings s ON s.tenant_id = tenant AND s.key = d.key
+                          WHERE d.key = 'ledger.hot_retention_days');
+    floor_rank integer := coalesce(@extschema@.severity_rank(min_severity), 1);
+BEGIN
+    IF min_severity IS NOT NULL AND @extschema@.severity_rank(min_severity) IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown severity "%s"', min_severity),
+            HINT = 'one of info, low, medium, high, critical';
+    END IF;
+    IF page_size IS NOT NULL AND page_size NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('page_size must be between 1 and 10000, not %s', page_size);
+    END IF;
+    IF since IS NOT NULL AND until IS NOT NULL AND until < since THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'until is before since';
+    END IF;
+    since := coalesce(since, now() - make_interval(days => hot_days));
+    -- Two static queries, so that each walks the primary key in its own direction.
+    IF newest_first THEN
+        RETURN QUERY
+        SELECT e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type, e.entity_id,
+               e.severity, @extschema@.reveal_details(e.tenant_id, e.id, e.details),
+               @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address),
+               @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent),
+               @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
+          FROM @extschema@.events e
+         WHERE e.tenant_id = tenant
+           AND e.occurred_at >= since AND (until IS NULL OR e.occurred_at < until)
+           AND (of_type IS NULL OR e.entity_type = of_type) AND (of_entity IS NULL OR e.entity_id = of_entity)
+           AND (by_actor IS NULL OR e.actor = by_actor) AND (with_action IS NULL OR e.action = with_action)
+           AND (floor_rank = 1 OR @extschema@.severity_rank(e.severity) >= floor_rank)
+           AND (before_seq IS NULL OR e.seq < before_seq)
+         ORDER BY e.seq DESC
+         LIMIT page_size;
+    ELSE
+        RETURN QUERY
+        SELECT e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type, e.entity_id,
+               e.severity, @extschema@.reveal_details(e.tenant_id, e.id, e.details),
+               @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address),
+               @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent),
+               @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
+          FROM @extschema@.events e
+         WHERE e.tenant_id = tenant
+           AND e.occurred_at >= since AND (until IS NULL OR e.occurred_at < until)
+           AND (of_type IS NULL OR e.entity_type = of_type) AND (of_entity IS NULL OR e.entity_id = of_entity)
+           AND (by_actor IS NULL OR e.actor = by_actor) AND (with_action IS NULL OR e.action = with_action)
+           AND (floor_rank = 1 OR @extschema@.severity_rank(e.severity) >= floor_rank)
+           AND (before_seq IS NULL OR e.seq < before_seq)
+         ORDER BY e.seq
+         LIMIT page_size;
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
+'Internal: the filtered, opened events behind custos.timeline and custos.export_events.';
+REVOKE EXECUTE ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.timeline(since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
+                                     of_type text DEFAULT NULL, of_entity text DEFAULT NULL, by_actor text DEFAULT NULL,
+                                     min_severity text DEFAULT NULL, with_action text DEFAULT NULL,
+                                     before_seq bigint DEFAULT NULL, page_size integer DEFAULT 100)
+RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
+               action text, entity_type text, entity_id text, severity text, details jsonb, ip_address text,
+               user_agent text, erased boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    n bigint;
+BEGIN
+    RETURN QUERY SELECT * FROM @extschema@.readable_events(tenant, since, until, of_type, of_entity, by_actor,
+                                                          min_severity, with_action, before_seq, coalesce(page_size, 100), true);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.log_access(tenant, 'custos.timeline',
+        jsonb_strip_nulls(jsonb_build_object('since', since, 'until', until, 'of_type', of_type, 'of_entity', of_entity,
+            'by_actor', by_actor, 'min_severity', min_severity, 'with_action', with_action, 'before_seq', before_seq,
+            'page_size', page_size)), n);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer) IS
+'The current tenant''s events, newest first, with sealed fields opened: filter by time (since defaults to the hot-retention window), entity type and id, actor, minimum severity and action; page with before_seq (the last seq of the previous page). Every call is recorded in custos.access_log.';
+
+CREATE FUNCTION @extschema@.event(event_id uuid)
+RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
+               action text, entity_type text, entity_id text, severity text, details jsonb, ip_address text,
+               user_agent text, erased boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    n bigint;
+BEGIN
+    RETURN QUERY
+    SELECT e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type, e.entity_id,
+           e.severity, @extschema@.reveal_details(e.tenant_id, e.id, e.details),
+           @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address),
+           @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent),
+           @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
+      FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.id = event_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
+    IF n = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no event %s in the current tenant', event_id);
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.event(uuid) IS
+'One event of the current tenant by id, sealed fields opened; recorded in custos.access_log (also when it is not found).';
+
+CREATE FUNCTION @extschema@.export_events(format text DEFAULT 'jsonl', since timestamptz DEFAULT NULL,
+                                          until timestamptz DEFAULT NULL, of_type text DEFAULT NULL,
+                                          by_actor text DEFAULT NULL, min_severity text DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    n bigint;
+BEGIN
+    IF NOT pg_has_role(@extschema@.caller_role(), 'custos_exporter', 'MEMBER') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'exporting the ledger needs the custos_exporter role';
+    END IF;
+    IF format NOT IN ('csv', 'jsonl') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown export format "%s"', format),
+            HINT = 'csv or jsonl';
+    END IF;
+    -- Rows go through a tuplestore that spills to disk past work_mem: memory stays flat.
+    IF format = 'csv' THEN
+        RETURN NEXT 'seq,id,occurred_at,recorded_at,actor,db_role,action,entity_type,entity_id,severity,details,ip_address,user_agent';
+        RETURN QUERY
+        SELECT concat_ws(',', r.seq, r.id, @extschema@.csv_field(r.occurred_at::text), @extschema@.csv_field(r.recorded_at::text),
+                         @extschema@.csv_field(r.actor), @extschema@.csv_field(r.db_role), @extschema@.csv_field(r.action),
+                         @extschema@.csv_field(r.entity_type), @extschema@.csv_field(r.entity_id), r.severity,
+                         @extschema@.csv_field(r.details::text), @extschema@.csv_field(r.ip_address), @extschema@.csv_field(r.user_agent))
+          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+    ELSE
+        RETURN QUERY
+        SELECT jsonb_build_object('seq', r.seq, 'id', r.id, 'occurred_at', r.occurred_at, 'recorded_at', r.recorded_at,
+                                  'actor', r.actor, 'db_role', r.db_role, 'action', r.action, 'entity_type', r.entity_type,
+                                  'entity_id', r.entity_id, 'severity', r.severity, 'details', r.details,
+                                  'ip_address', r.ip_address, 'user_agent', r.user_agent, 'erased', r.erased)::text
+          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.log_access(tenant, 'custos.export_events',
+        jsonb_strip_nulls(jsonb_build_object('format', format, 'since', since, 'until', until, 'of_type', of_type,
+                                             'by_actor', by_actor, 'min_severity', min_severity)), n);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) IS
+'The current tenant''s events in seq order as CSV lines (with a header) or JSON Lines, sealed fields opened. For custos_exporter; recorded in custos.access_log. Stream it with COPY (SELECT * FROM custos.export_events(''csv'')) TO STDOUT.';
+
+CREATE FUNCTION @extschema@.csv_field(value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN value IS NULL THEN '' ELSE '"' || replace(value, '"', '""') || '"' END $$;
+COMMENT ON FUNCTION @extschema@.csv_field(text) IS 'A value as one RFC 4180 CSV field (quoted; NULL as empty).';
+
+REVOKE EXECUTE ON FUNCTION @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer),
+                            @extschema@.event(uuid),
+                            @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer),
+                           @extschema@.event(uuid) TO custos_reader, custos_auditor, custos_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) TO custos_exporter;
+
+------------------------------------------------------------------------------------------------
+-- GDPR
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.export_subject(tenant uuid, subject text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    doc jsonb;
+    n bigint;
+BEGIN
+    IF tenant IS DISTINCT FROM @extschema@.current_tenant()
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role()) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied for the ledger of tenant %s', tenant);
+    END IF;
+    IF subject IS NULL OR subject = '' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'subject must not be empty';
+    END IF;
+    SELECT jsonb_build_object(
+        'tenant', tenant, 'subject', subject, 'exported_at', now(),
+        'events', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.seq)
+                              FROM @extschema@.readable_events(tenant, '-infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false) r
+                             WHERE r.actor = subject OR r.entity_id = subject), '[]'),
+        'identities', coalesce((SELECT jsonb_agg(to_jsonb(i) - 'risk_key') FROM @extschema@.identities i
+                                 WHERE i.tenant_id = tenant AND i.user_id = subject), '[]'),
+        'keys', coalesce((SELECT jsonb_agg(jsonb_build_object('id', k.id, 'created_at', k.created_at, 'retired_at', k.retired_at))
+                            FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = export_subject.subject), '[]'))
+      INTO doc;
+    n := jsonb_array_length(doc->'events') + jsonb_array_length(doc->'identities');
+    IF n = 0 AND jsonb_array_length(doc->'keys') = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s holds nothing about subject "%s"', tenant, subject),
+            HINT = 'subjects are matched on events.actor, events.entity_id and identities.user_id';
+    END IF;
+    PERFORM @extschema@.log_access(tenant, 'custos.export_subject', jsonb_build_object('subject', subject), n);
+    RETURN doc;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.export_subject(uuid, text) IS
+'Everything the tenant holds about a person (events they acted in or that name them, with sealed fields opened; their identity record; their keys) as one JSON document, for a GDPR access request. For custos_exporter; recorded in custos.access_log.';
+
+CREATE FUNCTION @extschema@.forget_subject(tenant uuid, subject text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    destroyed integer;
+    first_key uuid;
+    identities_removed integer;
+BEGIN
+    IF tenant IS DISTINCT FROM @extschema@.current_tenant()
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role()) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied for the ledger of tenant %s', tenant);
+    END IF;
+    SELECT count(*), min(k.id::text)::uuid INTO destroyed, first_key
+      FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
+    DELETE FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = forget_subject.subject;
+    GET DIAGNOSTICS identities_removed = ROW_COUNT;
+    IF destroyed = 0 AND identities_removed = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s has no keys or records of subject "%s"', tenant, subject),
+            HINT = 'nothing was sealed for this subject: is ledger.encrypt on, and is the subject spelled as in events.actor?';
+    END IF;
+    -- Crypto-shredding: without the wrapped key nothing it sealed can be opened again. The
+    -- ledger rows stay as they were, so every chain still verifies.
+    UPDATE @extschema@.subject_keys k SET wrapped = NULL, subject = NULL, destroyed_at = now()
+     WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
+    PERFORM @extschema@.forget_cached_protection();
+    INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, 'custos.forget_subject', 'subject', coalesce(first_key::text, 'identity-only'), 'medium',
+            jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed));
+    RETURN jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.forget_subject(uuid, text) IS
+'Erases a person (GDPR): destroys their keys so every field sealed for them becomes unreadable (crypto-shredding), removes their identity record, and records the erasure as a ledger event (naming the key, not the person). The chain still verifies.';
+REVOKE EXECUTE ON FUNCTION @extschema@.export_subject(uuid, text), @extschema@.forget_subject(uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.export_subject(uuid, text) TO custos_exporter;
+GRANT EXECUTE ON FUNCTION @extschema@.forget_subject(uuid, text) TO custos_admin;
+
+------------------------------------------------------------------------------------------------
+-- Retention
+------------------------------------------------------------------------------------------------
+CREATE TABLE @extschema@.chain_anchors (
+    tenant_id   uuid NOT NULL,
+    through_seq bigint NOT NULL,
+    anchor_hash bytea NOT NULL,
+    event_seq   bigint NOT NULL,
+    removed     bigint NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, through_seq)
+);
+COMMENT ON TABLE @extschema@.chain_anchors IS
+'Where retention cut each tenant''s chain: events through through_seq were removed; anchor_hash is the hash of the last one, which the first remaining event links to. The retention event at event_seq records the same, inside the chain. Append-only.';
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON @extschema@.chain_anchors
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON @extschema@.chain_anchors
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
+ALTER TABLE @extschema@.chain_anchors ENABLE ALWAYS TRIGGER append_only;
+ALTER TABLE @extschema@.chain_anchors ENABLE ALWAYS TRIGGER append_only_truncate;
+SELECT @extschema@.enable_tenant_isolation('@extschema@.chain_anchors');
+REVOKE ALL ON @extschema@.chain_anchors FROM PUBLIC;
+GRANT SELECT ON @extschema@.chain_anchors TO custos_auditor;
+
+-- Holds a retention DELETE to the tenant and seq custos.apply_retention named.
+CREATE FUNCTION @extschema@.retention_delete_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    allowed text := current_setting('custos.retention_through', true);
+BEGIN
+    IF coalesce(allowed, '') !~ '^[0-9a-f-]{36}:[0-9]+$'
+       OR EXISTS (SELECT 1 FROM custos_removed r
+                   WHERE r.tenant_id::text <> split_part(allowed, ':', 1) OR r.seq > split_part(allowed, ':', 2)::bigint) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'custos.events is append-only: DELETE is not allowed',
+            HINT = 'old events leave only through custos.apply_retention';
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER retention_delete_check AFTER DELETE ON @extschema@.events
+    REFERENCING OLD TABLE AS custos_removed FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.retention_delete_check();
+ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER retention_delete_check;
+
+CREATE FUNCTION @extschema@.apply_retention(tenant uuid)
+RETURNS TABLE (removed bigint, through_seq bigint, anchor_hash text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    years integer;
+    hold boolean;
+    cutoff timestamptz;
+    cut bigint;
+    previous bigint;
+    anchor bytea;
+    retention_seq bigint;
+    n bigint;
+BEGIN
+    IF tenant IS DISTINCT FROM @extschema@.current_tenant()
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role()) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied for the ledger of tenant %s', tenant);
+    END IF;
+    SELECT max(coalesce(s.value, d.default_value)::text) FILTER (WHERE d.key = 'ledger.archive_years'),
+           max(coalesce(s.value, d.default_value)::text) FILTER (WHERE d.key = 'ledger.legal_hold')
+      INTO years, hold
+      FROM @extschema@.setting_definitions d
+      LEFT JOIN @extschema@.tenant_settings s ON s.tenant_id = tenant AND s.key = d.key
+     WHERE d.key IN ('ledger.archive_years', 'ledger.legal_hold');
+    IF hold THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('tenant %s is under legal hold: retention removes nothing', tenant),
+            HINT = 'lift it with custos.set_setting(''ledger.legal_hold'', ''false'') once the hold ends';
+    END IF;
+    cutoff := now() - make_interval(years => years);
+    previous := coalesce((SELECT max(a.through_seq) FROM @extschema@.chain_anchors a WHERE a.tenant_id = tenant), 0);
+    -- Retention removes a prefix of the chain: everything before the first event recorded since the cutoff.
+    cut := coalesce((SELECT min(e.seq) - 1 FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.recorded_at >= cutoff),
+                    (SELECT max(e.seq) FROM @extschema@.events e WHERE e.tenant_id = tenant), 0);
+    IF cut <= previous THEN
+        RETURN QUERY SELECT 0::bigint, previous, NULL::text;
+        RETURN;
+    END IF;
+    SELECT e.hash INTO anchor FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.seq = cut;
+    -- The retention event goes first, so the chain never empties and its head never moves back.
+    INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, 'custos.retention', 'ledger', 'events', 'medium',
+            jsonb_build_object('through_seq', cut, 'anchor_hash', encode(anchor, 'hex'), 'cutoff', cutoff,
+                               'archive_years', years, 'removed', cut - previous))
+    RETURNING seq INTO retention_seq;
+    PERFORM set_config('custos.retention_through', tenant::text || ':' || cut, true);
+    DELETE FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.seq <= cut;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('custos.retention_through', '', true);
+    INSERT INTO @extschema@.chain_anchors (tenant_id, through_seq, anchor_hash, event_seq, removed)
+    VALUES (tenant, cut, anchor, retention_seq, n);
+    RETURN QUERY SELECT n, cut, encode(anchor, 'hex');
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.apply_retention(uuid) IS
+'Removes the tenant''s events recorded before its archive horizon (ledger.archive_years, default 7), refused under ledger.legal_hold. Leaves a chained anchor (custos.chain_anchors and a custos.retention event) so the remaining chain still verifies. The only way rows leave the ledger.';
+REVOKE EXECUTE ON FUNCTION @extschema@.apply_retention(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.apply_retention(uuid) TO custos_admin;

@@ -1,0 +1,266 @@
+//! AES-256-GCM envelope encryption, pure: key wrapping (master key → tenant data key → subject
+//! key) and sealed field values. Every ciphertext is bound by its associated data to where it
+//! belongs (tenant, key version, event, field), so a value copied elsewhere fails to open.
+//! Nonces come from the caller (the server's strong random source), which keeps this testable.
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, Key, KeyInit, Nonce};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+
+pub const KEY_LEN: usize = 32;
+pub const NONCE_LEN: usize = 12;
+pub type SecretKey = [u8; KEY_LEN];
+
+/// Stored field values that are sealed start with this; the format is
+/// `enc1.<subject key id, 32 hex digits>.<base64url(nonce || ciphertext || tag)>`.
+pub const SEALED_PREFIX: &str = "enc1.";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CryptoError {
+    #[error("not a sealed value")]
+    NotSealed,
+    #[error("malformed sealed value")]
+    Malformed,
+    #[error("ciphertext does not open with this key here (tampered, moved to another row or tenant, or another key)")]
+    Rejected,
+}
+
+fn seal(key: &SecretKey, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    let mut out = nonce.to_vec();
+    // AES-GCM encryption cannot fail for inputs below 64 GiB.
+    let sealed = cipher
+        .encrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .unwrap_or_default();
+    out.extend_from_slice(&sealed);
+    out
+}
+
+fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE_LEN + 16 {
+        return Err(CryptoError::Malformed);
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .map_err(|_| CryptoError::Rejected)
+}
+
+fn to_key(bytes: Vec<u8>) -> Result<SecretKey, CryptoError> {
+    SecretKey::try_from(bytes).map_err(|_| CryptoError::Malformed)
+}
+
+fn data_key_aad(tenant: &[u8; 16], version: i32) -> Vec<u8> {
+    let mut aad = b"custos/key/tenant/v1\0".to_vec();
+    aad.extend_from_slice(tenant);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+fn subject_key_aad(tenant: &[u8; 16], key_id: &[u8; 16]) -> Vec<u8> {
+    let mut aad = b"custos/key/subject/v1\0".to_vec();
+    aad.extend_from_slice(tenant);
+    aad.extend_from_slice(key_id);
+    aad
+}
+
+fn field_aad(tenant: &[u8; 16], event_id: &[u8; 16], field: &str) -> Vec<u8> {
+    let mut aad = b"custos/field/v1\0".to_vec();
+    aad.extend_from_slice(tenant);
+    aad.extend_from_slice(event_id);
+    aad.extend_from_slice(field.as_bytes());
+    aad
+}
+
+/// A tenant's data key (version `version`), wrapped by the master key.
+pub fn wrap_data_key(
+    master: &SecretKey,
+    tenant: &[u8; 16],
+    version: i32,
+    key: &SecretKey,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    seal(master, nonce, &data_key_aad(tenant, version), key)
+}
+
+pub fn unwrap_data_key(
+    master: &SecretKey,
+    tenant: &[u8; 16],
+    version: i32,
+    wrapped: &[u8],
+) -> Result<SecretKey, CryptoError> {
+    to_key(open(master, &data_key_aad(tenant, version), wrapped)?)
+}
+
+/// A subject's key, wrapped by its tenant's data key.
+pub fn wrap_subject_key(
+    data_key: &SecretKey,
+    tenant: &[u8; 16],
+    key_id: &[u8; 16],
+    key: &SecretKey,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    seal(data_key, nonce, &subject_key_aad(tenant, key_id), key)
+}
+
+pub fn unwrap_subject_key(
+    data_key: &SecretKey,
+    tenant: &[u8; 16],
+    key_id: &[u8; 16],
+    wrapped: &[u8],
+) -> Result<SecretKey, CryptoError> {
+    to_key(open(data_key, &subject_key_aad(tenant, key_id), wrapped)?)
+}
+
+/// Seals one field of one event as stored text.
+pub fn seal_field(
+    key: &SecretKey,
+    key_id: &[u8; 16],
+    tenant: &[u8; 16],
+    event_id: &[u8; 16],
+    field: &str,
+    plaintext: &str,
+    nonce: &[u8; NONCE_LEN],
+) -> String {
+    let sealed = seal(
+        key,
+        nonce,
+        &field_aad(tenant, event_id, field),
+        plaintext.as_bytes(),
+    );
+    format!(
+        "{SEALED_PREFIX}{}.{}",
+        hex::encode(key_id),
+        B64.encode(sealed)
+    )
+}
+
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(SEALED_PREFIX)
+}
+
+/// The subject key a sealed value needs, and the sealed bytes.
+pub fn parse_sealed(stored: &str) -> Result<([u8; 16], Vec<u8>), CryptoError> {
+    let rest = stored
+        .strip_prefix(SEALED_PREFIX)
+        .ok_or(CryptoError::NotSealed)?;
+    let (key_hex, body) = rest.split_once('.').ok_or(CryptoError::Malformed)?;
+    let key_id = hex::decode(key_hex)
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or(CryptoError::Malformed)?;
+    let sealed = B64.decode(body).map_err(|_| CryptoError::Malformed)?;
+    Ok((key_id, sealed))
+}
+
+pub fn open_field(
+    key: &SecretKey,
+    tenant: &[u8; 16],
+    event_id: &[u8; 16],
+    field: &str,
+    sealed: &[u8],
+) -> Result<String, CryptoError> {
+    let plain = open(key, &field_aad(tenant, event_id, field), sealed)?;
+    String::from_utf8(plain).map_err(|_| CryptoError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T1: [u8; 16] = [1; 16];
+    const T2: [u8; 16] = [2; 16];
+    const E1: [u8; 16] = [0xE1; 16];
+    const E2: [u8; 16] = [0xE2; 16];
+    const KID: [u8; 16] = [0x4B; 16];
+    const KEY: SecretKey = [7; 32];
+
+    fn sealed(plain: &str) -> String {
+        seal_field(&KEY, &KID, &T1, &E1, "ip_address", plain, &[3; 12])
+    }
+
+    #[test]
+    fn a_field_opens_only_where_it_was_sealed() {
+        let stored = sealed("10.1.2.3");
+        assert!(is_sealed(&stored));
+        let (kid, body) = parse_sealed(&stored).unwrap();
+        assert_eq!(kid, KID);
+        assert_eq!(
+            open_field(&KEY, &T1, &E1, "ip_address", &body).unwrap(),
+            "10.1.2.3"
+        );
+        // Another event, tenant, field or key: refused.
+        assert_eq!(
+            open_field(&KEY, &T1, &E2, "ip_address", &body),
+            Err(CryptoError::Rejected)
+        );
+        assert_eq!(
+            open_field(&KEY, &T2, &E1, "ip_address", &body),
+            Err(CryptoError::Rejected)
+        );
+        assert_eq!(
+            open_field(&KEY, &T1, &E1, "user_agent", &body),
+            Err(CryptoError::Rejected)
+        );
+        assert_eq!(
+            open_field(&[8; 32], &T1, &E1, "ip_address", &body),
+            Err(CryptoError::Rejected)
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_named() {
+        assert_eq!(parse_sealed("10.1.2.3"), Err(CryptoError::NotSealed));
+        assert_eq!(parse_sealed("enc1.zz.abc"), Err(CryptoError::Malformed));
+        assert_eq!(
+            parse_sealed(&format!("enc1.{}", hex::encode(KID))),
+            Err(CryptoError::Malformed)
+        );
+        let (_, body) = parse_sealed(&format!("enc1.{}.AAAA", hex::encode(KID))).unwrap();
+        assert_eq!(
+            open_field(&KEY, &T1, &E1, "f", &body),
+            Err(CryptoError::Malformed)
+        );
+    }
+
+    #[test]
+    fn keys_wrap_and_unwrap_bound_to_tenant_and_version() {
+        let wrapped = wrap_data_key(&KEY, &T1, 2, &[9; 32], &[1; 12]);
+        assert_eq!(unwrap_data_key(&KEY, &T1, 2, &wrapped).unwrap(), [9; 32]);
+        assert!(unwrap_data_key(&KEY, &T1, 1, &wrapped).is_err());
+        assert!(unwrap_data_key(&KEY, &T2, 2, &wrapped).is_err());
+        assert!(unwrap_data_key(&[0; 32], &T1, 2, &wrapped).is_err());
+        let wrapped = wrap_subject_key(&[9; 32], &T1, &KID, &[5; 32], &[2; 12]);
+        assert_eq!(
+            unwrap_subject_key(&[9; 32], &T1, &KID, &wrapped).unwrap(),
+            [5; 32]
+        );
+        assert!(unwrap_subject_key(&[9; 32], &T1, &E1, &wrapped).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_and_any_flipped_bit_is_caught(plain in "\\PC{0,200}", nonce in any::<[u8; 12]>(), flip in any::<prop::sample::Index>()) {
+            let stored = seal_field(&KEY, &KID, &T1, &E1, "details.email", &plain, &nonce);
+            let (_, mut body) = parse_sealed(&stored).unwrap();
+            prop_assert_eq!(open_field(&KEY, &T1, &E1, "details.email", &body).unwrap(), plain);
+            let bit = flip.index(body.len() * 8);
+            body[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(open_field(&KEY, &T1, &E1, "details.email", &body).is_err());
+        }
+    }
+}

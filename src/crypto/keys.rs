@@ -1,0 +1,345 @@
+//! Key management: the master key (superuser-only setting or key file), each tenant's versioned
+//! data keys wrapped by it (`custos.data_keys`), and each subject's keys wrapped by a data key
+//! (`custos.subject_keys`). Destroying a subject's key is how a person is forgotten.
+//!
+//! Unwrapped keys live in backend memory for one transaction at most, so a key destroyed by
+//! `custos.forget_subject` is gone from every session by its next transaction.
+
+use super::envelope::{self, CryptoError, SecretKey, KEY_LEN, NONCE_LEN};
+use crate::error::raise;
+use crate::gucs;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+type Tenant = [u8; 16];
+type KeyId = [u8; 16];
+
+#[derive(Default)]
+struct Cache {
+    xact: i64,
+    master: Option<SecretKey>,
+    data_keys: HashMap<(Tenant, i32), SecretKey>,
+    subject_keys: HashMap<(Tenant, KeyId), Option<SecretKey>>,
+    writing_keys: HashMap<(Tenant, String), (KeyId, SecretKey)>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+/// The cache, emptied when a new transaction began since it was filled.
+fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    // SAFETY: plain read of the transaction's start time, backend thread.
+    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.xact != xact {
+            *c = Cache {
+                xact,
+                ..Cache::default()
+            };
+        }
+        f(&mut c)
+    })
+}
+
+/// Drops every unwrapped key this session holds.
+pub fn forget_all() {
+    CACHE.with(|c| *c.borrow_mut() = Cache::default());
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // SAFETY: fills a buffer of the given length from the server's strong random source.
+    if !unsafe { pg_sys::pg_strong_random(b.as_mut_ptr().cast(), N) } {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "could not generate random bytes",
+            None,
+        );
+    }
+    b
+}
+
+fn master_key() -> SecretKey {
+    if let Some(k) = with_cache(|c| c.master) {
+        return k;
+    }
+    let text = match gucs::MASTER_KEY.get().filter(|k| !k.as_bytes().is_empty()) {
+        Some(k) => k.to_string_lossy().into_owned(),
+        None => match gucs::MASTER_KEY_FILE.get().filter(|k| !k.as_bytes().is_empty()) {
+            Some(path) => {
+                let path = path.to_string_lossy().into_owned();
+                std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+                        format!("could not read master key file \"{path}\": {e}"),
+                        Some("the file must be readable by the server's operating-system user"),
+                    )
+                })
+            }
+            None => raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "no master key is configured for ledger encryption",
+                Some("a superuser sets custos.master_key (32 bytes, hex or base64) or custos.master_key_file"),
+            ),
+        },
+    };
+    let key = crate::ledger::checkpoint::decode_32(&text, "the master key").unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("custos master key: {e}"),
+            None,
+        )
+    });
+    with_cache(|c| c.master = Some(key));
+    key
+}
+
+/// Runs SPI work as the bootstrap superuser: key tables are closed to every other role, and the
+/// code that needs them (the ledger trigger) runs as whoever inserts. Restored on error by the
+/// transaction abort, like SECURITY DEFINER.
+pub(crate) fn as_key_owner<R>(f: impl FnOnce() -> R) -> R {
+    let mut user = pg_sys::InvalidOid;
+    let mut context = 0;
+    // SAFETY: backend thread; the previous user and context are restored below.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let out = f();
+    // SAFETY: as above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    out
+}
+
+fn uuid_arg(b: &[u8; 16]) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(*b)
+}
+
+fn key_failed(e: impl std::fmt::Display) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("key lookup failed: {e}"),
+        None,
+    )
+}
+
+fn wrong_master(tenant: &Tenant, version: i32) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!(
+            "the configured master key does not open data key version {version} of tenant {}",
+            uuid::Uuid::from_bytes(*tenant)
+        ),
+        Some("custos.master_key (or the key file) must hold the key the tenant's data keys were made with"),
+    )
+}
+
+/// Data key `version` of a tenant, unwrapped.
+pub fn data_key(tenant: &Tenant, version: i32) -> SecretKey {
+    if let Some(k) = with_cache(|c| c.data_keys.get(&(*tenant, version)).copied()) {
+        return k;
+    }
+    let wrapped = as_key_owner(|| {
+        Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT wrapped FROM custos.data_keys WHERE tenant_id = $1 AND version = $2",
+            &[uuid_arg(tenant).into(), version.into()],
+        )
+    })
+    .unwrap_or_else(|e| key_failed(e))
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("tenant has no data key version {version}"),
+            None,
+        )
+    });
+    let key = envelope::unwrap_data_key(&master_key(), tenant, version, &wrapped)
+        .unwrap_or_else(|_| wrong_master(tenant, version));
+    with_cache(|c| c.data_keys.insert((*tenant, version), key));
+    key
+}
+
+/// The tenant's newest data key version, made (version 1) on first use.
+pub fn current_data_key_version(tenant: &Tenant) -> i32 {
+    let latest = || {
+        as_key_owner(|| {
+            Spi::get_one_with_args::<i32>(
+                "SELECT max(version) FROM custos.data_keys WHERE tenant_id = $1",
+                &[uuid_arg(tenant).into()],
+            )
+        })
+        .unwrap_or_else(|e| key_failed(e))
+    };
+    if let Some(v) = latest() {
+        return v;
+    }
+    new_data_key_version(tenant, 1);
+    latest().unwrap_or(1)
+}
+
+/// Makes data key `version` of a tenant (no-op if a concurrent session made it first).
+pub fn new_data_key_version(tenant: &Tenant, version: i32) {
+    let key: SecretKey = random_bytes::<KEY_LEN>();
+    let wrapped = envelope::wrap_data_key(
+        &master_key(),
+        tenant,
+        version,
+        &key,
+        &random_bytes::<NONCE_LEN>(),
+    );
+    as_key_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO custos.data_keys (tenant_id, version, wrapped) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[uuid_arg(tenant).into(), version.into(), wrapped.into()],
+        )
+    })
+    .unwrap_or_else(|e| key_failed(e));
+}
+
+/// The key new sealed values of `subject` are written with, made on first use.
+pub fn writing_key(tenant: &Tenant, subject: &str) -> (KeyId, SecretKey) {
+    if let Some(k) = with_cache(|c| c.writing_keys.get(&(*tenant, subject.to_string())).copied()) {
+        return k;
+    }
+    let live = || -> Option<(KeyId, i32, Vec<u8>)> {
+        as_key_owner(|| {
+            Spi::connect(|client| {
+                let rows = client.select(
+                    "SELECT id, data_key_version, wrapped FROM custos.subject_keys
+                      WHERE tenant_id = $1 AND subject = $2 AND destroyed_at IS NULL AND retired_at IS NULL",
+                    None,
+                    &[uuid_arg(tenant).into(), subject.into()],
+                )?;
+                let mut found = None;
+                for r in rows {
+                    if let (Some(id), Some(v), Some(w)) = (
+                        r.get::<pgrx::Uuid>(1)?,
+                        r.get::<i32>(2)?,
+                        r.get::<Vec<u8>>(3)?,
+                    ) {
+                        found = Some((*id.as_bytes(), v, w));
+                    }
+                }
+                Ok::<_, pgrx::spi::Error>(found)
+            })
+        })
+        .unwrap_or_else(|e| key_failed(e))
+    };
+    let (id, version, wrapped) = match live() {
+        Some(found) => found,
+        None => {
+            let version = current_data_key_version(tenant);
+            let id: KeyId = random_bytes::<16>();
+            let key: SecretKey = random_bytes::<KEY_LEN>();
+            let wrapped = envelope::wrap_subject_key(
+                &data_key(tenant, version),
+                tenant,
+                &id,
+                &key,
+                &random_bytes::<NONCE_LEN>(),
+            );
+            as_key_owner(|| {
+                Spi::run_with_args(
+                    "INSERT INTO custos.subject_keys (tenant_id, id, subject, data_key_version, wrapped)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        uuid_arg(tenant).into(),
+                        uuid_arg(&id).into(),
+                        subject.into(),
+                        version.into(),
+                        wrapped.into(),
+                    ],
+                )
+            })
+            .unwrap_or_else(|e| key_failed(e));
+            // A concurrent session may have made the subject's key first: use whichever stands.
+            live().unwrap_or_else(|| key_failed("subject key vanished"))
+        }
+    };
+    let key = envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
+        .unwrap_or_else(|_| corrupt_key(&id));
+    with_cache(|c| {
+        c.writing_keys
+            .insert((*tenant, subject.to_string()), (id, key));
+        c.subject_keys.insert((*tenant, id), Some(key));
+    });
+    (id, key)
+}
+
+fn corrupt_key(id: &KeyId) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+        format!(
+            "subject key {} does not unwrap with its data key",
+            uuid::Uuid::from_bytes(*id)
+        ),
+        None,
+    )
+}
+
+/// A subject key by id, as this tenant knows it.
+#[derive(Clone, Copy)]
+pub enum SubjectKey {
+    Live(SecretKey),
+    /// Destroyed by custos.forget_subject: what it sealed is gone.
+    Destroyed,
+    /// Not a key of this tenant: the value was copied from elsewhere or made up.
+    Unknown,
+}
+
+pub fn subject_key(tenant: &Tenant, id: &KeyId) -> SubjectKey {
+    if let Some(k) = with_cache(|c| c.subject_keys.get(&(*tenant, *id)).copied()) {
+        return k.map_or(SubjectKey::Destroyed, SubjectKey::Live);
+    }
+    let row = as_key_owner(|| {
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT data_key_version, wrapped FROM custos.subject_keys WHERE tenant_id = $1 AND id = $2",
+                None,
+                &[uuid_arg(tenant).into(), uuid_arg(id).into()],
+            )?;
+            let mut found = None;
+            for r in rows {
+                found = Some((r.get::<i32>(1)?, r.get::<Vec<u8>>(2)?));
+            }
+            Ok::<_, pgrx::spi::Error>(found)
+        })
+    })
+    .unwrap_or_else(|e| key_failed(e));
+    let key = match row {
+        None => return SubjectKey::Unknown,
+        Some((Some(version), Some(wrapped))) => Some(
+            envelope::unwrap_subject_key(&data_key(tenant, version), tenant, id, &wrapped)
+                .unwrap_or_else(|_| corrupt_key(id)),
+        ),
+        Some(_) => None,
+    };
+    with_cache(|c| c.subject_keys.insert((*tenant, *id), key));
+    key.map_or(SubjectKey::Destroyed, SubjectKey::Live)
+}
+
+/// Opens a stored value: Ok(None) when its key was destroyed.
+pub fn open_stored(
+    tenant: &Tenant,
+    event_id: &[u8; 16],
+    field: &str,
+    stored: &str,
+) -> Result<Option<String>, CryptoError> {
+    let (kid, sealed) = envelope::parse_sealed(stored)?;
+    match subject_key(tenant, &kid) {
+        SubjectKey::Destroyed => Ok(None),
+        SubjectKey::Unknown => Err(CryptoError::Rejected),
+        SubjectKey::Live(key) => {
+            envelope::open_field(&key, tenant, event_id, field, &sealed).map(Some)
+        }
+    }
+}
