@@ -87,14 +87,26 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.refuse_ledger_change() IS
 'Trigger function that refuses UPDATE, DELETE and TRUNCATE on custos'' append-only tables.';
 
--- ENABLE ALWAYS: these fire even with session_replication_role = replica.
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON @extschema@.events
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON @extschema@.events
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
+-- Refuses UPDATE, DELETE and TRUNCATE on a custos table. ENABLE ALWAYS: the triggers fire even
+-- with session_replication_role = replica.
+CREATE FUNCTION @extschema@.make_append_only(tbl regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+    EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only', tbl);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only_truncate', tbl);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.make_append_only(regclass) IS 'Internal: puts custos'' append-only triggers on one of its tables.';
+REVOKE EXECUTE ON FUNCTION @extschema@.make_append_only(regclass) FROM PUBLIC;
+
+SELECT @extschema@.make_append_only('@extschema@.events');
 ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER zz_chain;
-ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER append_only;
-ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER append_only_truncate;
 
 SELECT @extschema@.enable_tenant_isolation('@extschema@.events');
 GRANT INSERT ON @extschema@.events TO custos_writer;
@@ -114,12 +126,7 @@ CREATE TABLE @extschema@.checkpoints (
 );
 COMMENT ON TABLE @extschema@.checkpoints IS
 'Every checkpoint custos.checkpoint() signed. custos.verify_chain() checks the chain still reaches and agrees with them; keep the texts outside the database too, where a superuser cannot rewrite them.';
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON @extschema@.checkpoints
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON @extschema@.checkpoints
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
-ALTER TABLE @extschema@.checkpoints ENABLE ALWAYS TRIGGER append_only;
-ALTER TABLE @extschema@.checkpoints ENABLE ALWAYS TRIGGER append_only_truncate;
+SELECT @extschema@.make_append_only('@extschema@.checkpoints');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.checkpoints');
 GRANT SELECT ON @extschema@.checkpoints TO custos_auditor;
 

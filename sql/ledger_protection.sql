@@ -56,12 +56,7 @@ CREATE TABLE @extschema@.access_log (
 );
 COMMENT ON TABLE @extschema@.access_log IS
 'Who read the audit ledger through custos'' functions: when, which function, with which filters, how many rows. Append-only, its own per-tenant SHA-256 chain (custos.verify_access_log).';
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON @extschema@.access_log
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON @extschema@.access_log
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
-ALTER TABLE @extschema@.access_log ENABLE ALWAYS TRIGGER append_only;
-ALTER TABLE @extschema@.access_log ENABLE ALWAYS TRIGGER append_only_truncate;
+SELECT @extschema@.make_append_only('@extschema@.access_log');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.access_log');
 REVOKE ALL ON @extschema@.access_log FROM PUBLIC;
 GRANT SELECT ON @extschema@.access_log TO custos_auditor;
@@ -351,12 +346,7 @@ CREATE TABLE @extschema@.chain_anchors (
 );
 COMMENT ON TABLE @extschema@.chain_anchors IS
 'Where retention cut each tenant''s chain: events through through_seq were removed; anchor_hash is the hash of the last one, which the first remaining event links to. The retention event at event_seq records the same, inside the chain. Append-only.';
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON @extschema@.chain_anchors
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON @extschema@.chain_anchors
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change();
-ALTER TABLE @extschema@.chain_anchors ENABLE ALWAYS TRIGGER append_only;
-ALTER TABLE @extschema@.chain_anchors ENABLE ALWAYS TRIGGER append_only_truncate;
+SELECT @extschema@.make_append_only('@extschema@.chain_anchors');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.chain_anchors');
 REVOKE ALL ON @extschema@.chain_anchors FROM PUBLIC;
 GRANT SELECT ON @extschema@.chain_anchors TO custos_auditor;
