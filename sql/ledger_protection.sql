@@ -28,6 +28,8 @@ $fn$;
 CREATE TRIGGER ledger_settings_changed AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tenant_settings
     FOR EACH ROW EXECUTE FUNCTION @extschema@.ledger_settings_changed();
 
+COMMENT ON FUNCTION @extschema@.require_tenant_access(uuid) IS
+'Raises 42501 unless the caller works in the given tenant (its current tenant); superusers work in any.';
 COMMENT ON FUNCTION @extschema@.forget_cached_protection() IS 'Drops this session''s cached ledger.* settings and unwrapped keys.';
 COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
 'Internal: a stored event field as the tenant''s reader sees it (opened if sealed; NULL once its subject was forgotten). Used by custos'' logged read functions.';
@@ -71,6 +73,19 @@ GRANT EXECUTE ON FUNCTION @extschema@.verify_access_log(uuid) TO custos_auditor,
 ------------------------------------------------------------------------------------------------
 -- Logged reads
 ------------------------------------------------------------------------------------------------
+-- Events with their sealed values opened (for the current tenant only: reveal checks). Read only
+-- by custos' logged functions, which filter on tenant_id; nobody else may select from it.
+CREATE VIEW @extschema@.opened_events AS
+SELECT e.tenant_id, e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type,
+       e.entity_id, e.severity,
+       @extschema@.reveal_details(e.tenant_id, e.id, e.details) AS details,
+       @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address) AS ip_address,
+       @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent) AS user_agent,
+       @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent) AS erased
+  FROM @extschema@.events e;
+COMMENT ON VIEW @extschema@.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
+REVOKE ALL ON @extschema@.opened_events FROM PUBLIC;
+
 CREATE FUNCTION @extschema@.severity_rank(severity text) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT array_position(ARRAY['info', 'low', 'medium', 'high', 'critical'], severity) $$;
@@ -88,9 +103,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    hot_days integer := (SELECT coalesce(s.value, d.default_value)::integer FROM @extschema@.setting_definitions d
-                           LEFT JOIN @extschema@.tenant_settings s ON s.tenant_id = tenant AND s.key = d.key
-                          WHERE d.key = 'ledger.hot_retention_days');
+    hot_days integer := @extschema@.tenant_setting(tenant, 'ledger.hot_retention_days');
     floor_rank integer := coalesce(@extschema@.severity_rank(min_severity), 1);
 BEGIN
     IF min_severity IS NOT NULL AND @extschema@.severity_rank(min_severity) IS NULL THEN
@@ -104,40 +117,20 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'until is before since';
     END IF;
     since := coalesce(since, now() - make_interval(days => hot_days));
-    -- Two static queries, so that each walks the primary key in its own direction.
-    IF newest_first THEN
-        RETURN QUERY
-        SELECT e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type, e.entity_id,
-               e.severity, @extschema@.reveal_details(e.tenant_id, e.id, e.details),
-               @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address),
-               @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent),
-               @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
-          FROM @extschema@.events e
-         WHERE e.tenant_id = tenant
-           AND e.occurred_at >= since AND (until IS NULL OR e.occurred_at < until)
-           AND (of_type IS NULL OR e.entity_type = of_type) AND (of_entity IS NULL OR e.entity_id = of_entity)
-           AND (by_actor IS NULL OR e.actor = by_actor) AND (with_action IS NULL OR e.action = with_action)
-           AND (floor_rank = 1 OR @extschema@.severity_rank(e.severity) >= floor_rank)
-           AND (before_seq IS NULL OR e.seq < before_seq)
-         ORDER BY e.seq DESC
-         LIMIT page_size;
-    ELSE
-        RETURN QUERY
-        SELECT e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type, e.entity_id,
-               e.severity, @extschema@.reveal_details(e.tenant_id, e.id, e.details),
-               @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address),
-               @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent),
-               @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
-          FROM @extschema@.events e
-         WHERE e.tenant_id = tenant
-           AND e.occurred_at >= since AND (until IS NULL OR e.occurred_at < until)
-           AND (of_type IS NULL OR e.entity_type = of_type) AND (of_entity IS NULL OR e.entity_id = of_entity)
-           AND (by_actor IS NULL OR e.actor = by_actor) AND (with_action IS NULL OR e.action = with_action)
-           AND (floor_rank = 1 OR @extschema@.severity_rank(e.severity) >= floor_rank)
-           AND (before_seq IS NULL OR e.seq < before_seq)
-         ORDER BY e.seq
-         LIMIT page_size;
-    END IF;
+    -- Built per call so that the plan walks the primary key in the direction asked for.
+    RETURN QUERY EXECUTE format($q$
+        SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
+               o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
+          FROM @extschema@.opened_events o
+         WHERE o.tenant_id = $1
+           AND o.occurred_at >= $2 AND ($3::timestamptz IS NULL OR o.occurred_at < $3)
+           AND ($4::text IS NULL OR o.entity_type = $4) AND ($5::text IS NULL OR o.entity_id = $5)
+           AND ($6::text IS NULL OR o.actor = $6) AND ($7::text IS NULL OR o.action = $7)
+           AND ($8 = 1 OR @extschema@.severity_rank(o.severity) >= $8)
+           AND ($9::bigint IS NULL OR o.seq < $9)
+         ORDER BY o.seq %s
+         LIMIT $10$q$, CASE WHEN newest_first THEN 'DESC' ELSE 'ASC' END)
+    USING tenant, since, until, of_type, of_entity, by_actor, with_action, floor_rank, before_seq, page_size;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
@@ -182,12 +175,9 @@ DECLARE
     n bigint;
 BEGIN
     RETURN QUERY
-    SELECT e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type, e.entity_id,
-           e.severity, @extschema@.reveal_details(e.tenant_id, e.id, e.details),
-           @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address),
-           @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent),
-           @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
-      FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.id = event_id;
+    SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
+           o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
+      FROM @extschema@.opened_events o WHERE o.tenant_id = tenant AND o.id = event_id;
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM @extschema@.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
     IF n = 0 THEN
@@ -265,10 +255,7 @@ DECLARE
     doc jsonb;
     n bigint;
 BEGIN
-    IF tenant IS DISTINCT FROM @extschema@.current_tenant()
-       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role()) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied for the ledger of tenant %s', tenant);
-    END IF;
+    PERFORM @extschema@.require_tenant_access(tenant);
     IF subject IS NULL OR subject = '' THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'subject must not be empty';
     END IF;
@@ -303,10 +290,7 @@ DECLARE
     first_key uuid;
     identities_removed integer;
 BEGIN
-    IF tenant IS DISTINCT FROM @extschema@.current_tenant()
-       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role()) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied for the ledger of tenant %s', tenant);
-    END IF;
+    PERFORM @extschema@.require_tenant_access(tenant);
     SELECT count(*), min(k.id::text)::uuid INTO destroyed, first_key
       FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
     DELETE FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = forget_subject.subject;
@@ -387,16 +371,9 @@ DECLARE
     retention_seq bigint;
     n bigint;
 BEGIN
-    IF tenant IS DISTINCT FROM @extschema@.current_tenant()
-       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role()) THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied for the ledger of tenant %s', tenant);
-    END IF;
-    SELECT max(coalesce(s.value, d.default_value)::text) FILTER (WHERE d.key = 'ledger.archive_years'),
-           max(coalesce(s.value, d.default_value)::text) FILTER (WHERE d.key = 'ledger.legal_hold')
-      INTO years, hold
-      FROM @extschema@.setting_definitions d
-      LEFT JOIN @extschema@.tenant_settings s ON s.tenant_id = tenant AND s.key = d.key
-     WHERE d.key IN ('ledger.archive_years', 'ledger.legal_hold');
+    PERFORM @extschema@.require_tenant_access(tenant);
+    years := @extschema@.tenant_setting(tenant, 'ledger.archive_years');
+    hold := @extschema@.tenant_setting(tenant, 'ledger.legal_hold');
     IF hold THEN
         RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('tenant %s is under legal hold: retention removes nothing', tenant),
             HINT = 'lift it with custos.set_setting(''ledger.legal_hold'', ''false'') once the hold ends';

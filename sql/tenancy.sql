@@ -239,7 +239,7 @@ $fn$;
 CREATE TRIGGER validate BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
     FOR EACH ROW EXECUTE FUNCTION @extschema@.tenant_settings_validate();
 
-CREATE FUNCTION @extschema@.setting(key text)
+CREATE FUNCTION @extschema@.tenant_setting(tenant uuid, key text)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -249,17 +249,25 @@ DECLARE
 BEGIN
     SELECT coalesce(
              (SELECT s.value FROM @extschema@.tenant_settings s
-               WHERE s.tenant_id = @extschema@.current_tenant() AND s.key = setting.key),
+               WHERE s.tenant_id = tenant_setting.tenant AND s.key = tenant_setting.key),
              d.default_value)
       INTO result
       FROM @extschema@.setting_definitions d
-     WHERE d.key = setting.key;
+     WHERE d.key = tenant_setting.key;
     IF NOT FOUND THEN
         PERFORM @extschema@.validate_setting(key, 'null');  -- raises "unknown setting" with the list
     END IF;
     RETURN result;
 END
 $fn$;
+COMMENT ON FUNCTION @extschema@.tenant_setting(uuid, text) IS
+'Effective value of a setting for a tenant, as far as the caller may see that tenant''s overrides (row-level security): its override, else the default. Unknown keys raise an error listing the known ones.';
+
+CREATE FUNCTION @extschema@.setting(key text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT @extschema@.tenant_setting(@extschema@.current_tenant(), key) $fn$;
 COMMENT ON FUNCTION @extschema@.setting(text) IS
 'Effective value of a setting for the current tenant: its override if it has one, else the default. Unknown keys raise an error listing the known ones.';
 

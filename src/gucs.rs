@@ -1,7 +1,28 @@
 //! Every `custos.*` setting, defined in one place.
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PgSqlErrorCode};
 use std::ffi::CString;
+
+/// A secret set inline or, failing that, in a file named by a second setting; None if neither is
+/// set. `what` names the secret in the error for an unreadable file.
+pub fn secret(
+    inline: &GucSetting<Option<CString>>,
+    file: &GucSetting<Option<CString>>,
+    what: &str,
+) -> Option<String> {
+    let non_empty = |v: Option<CString>| v.filter(|s| !s.as_bytes().is_empty());
+    if let Some(value) = non_empty(inline.get()) {
+        return Some(value.to_string_lossy().into_owned());
+    }
+    let path = non_empty(file.get())?.to_string_lossy().into_owned();
+    Some(std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            format!("could not read {what} file \"{path}\": {e}"),
+            Some("the file must be readable by the server's operating-system user"),
+        )
+    }))
+}
 
 /// The tenant of the current transaction. Set only through `custos.set_tenant(uuid)`: the setting is
 /// superuser-only so that a role cannot `SET` its way into another tenant; `set_tenant` is the gate,

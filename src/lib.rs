@@ -39,7 +39,8 @@ extension_sql_file!(
         ledger::protect::reveal_details,
         ledger::protect::is_erased,
         ledger::access::log_access,
-        ledger::access::verify_access_log
+        ledger::access::verify_access_log,
+        ledger::api::require_tenant_access
     ]
 );
 extension_sql_file!(

@@ -63,30 +63,26 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// A random (version 4) UUID.
+pub fn random_uuid_v4() -> [u8; 16] {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
 fn master_key() -> SecretKey {
     if let Some(k) = with_cache(|c| c.master) {
         return k;
     }
-    let text = match gucs::MASTER_KEY.get().filter(|k| !k.as_bytes().is_empty()) {
-        Some(k) => k.to_string_lossy().into_owned(),
-        None => match gucs::MASTER_KEY_FILE.get().filter(|k| !k.as_bytes().is_empty()) {
-            Some(path) => {
-                let path = path.to_string_lossy().into_owned();
-                std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
-                        format!("could not read master key file \"{path}\": {e}"),
-                        Some("the file must be readable by the server's operating-system user"),
-                    )
-                })
-            }
-            None => raise(
+    let text = gucs::secret(&gucs::MASTER_KEY, &gucs::MASTER_KEY_FILE, "master key")
+        .unwrap_or_else(|| {
+            raise(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "no master key is configured for ledger encryption",
                 Some("a superuser sets custos.master_key (32 bytes, hex or base64) or custos.master_key_file"),
-            ),
-        },
-    };
+            )
+        });
     let key = crate::ledger::checkpoint::decode_32(&text, "the master key").unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -238,7 +234,7 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> (KeyId, SecretKey) {
         Some(found) => found,
         None => {
             let version = current_data_key_version(tenant);
-            let id: KeyId = random_bytes::<16>();
+            let id: KeyId = random_uuid_v4();
             let key: SecretKey = random_bytes::<KEY_LEN>();
             let wrapped = envelope::wrap_subject_key(
                 &data_key(tenant, version),

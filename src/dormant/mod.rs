@@ -5,12 +5,11 @@
 pub mod risk;
 
 use crate::error::raise;
+use crate::tenancy::TenantXactCache;
 use crate::tuple::Row;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use risk::Factors;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CStr;
 
 const USECS_PER_DAY: i64 = 86_400_000_000;
@@ -81,20 +80,14 @@ impl Policy {
 }
 
 thread_local! {
-    static POLICIES: RefCell<HashMap<[u8; 16], (i64, Policy)>> = RefCell::new(HashMap::new());
+    static POLICIES: TenantXactCache<Policy> = TenantXactCache::new();
 }
 
 fn policy_for(tenant: &[u8; 16]) -> Policy {
-    // SAFETY: plain read of the transaction's start time, backend thread.
-    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    if let Some(p) = POLICIES.with(|c| {
-        c.borrow()
-            .get(tenant)
-            .filter(|(x, _)| *x == xact)
-            .map(|e| e.1)
-    }) {
-        return p;
-    }
+    POLICIES.with(|c| c.get_or_load(tenant, || load_policy(tenant)))
+}
+
+fn load_policy(tenant: &[u8; 16]) -> Policy {
     let rows = crate::tenancy::settings_for(tenant, "dormant.");
     let mut p = Policy::default();
     for (key, value) in rows {
@@ -108,14 +101,13 @@ fn policy_for(tenant: &[u8; 16]) -> Policy {
             _ => {}
         }
     }
-    POLICIES.with(|c| c.borrow_mut().insert(*tenant, (xact, p)));
     p
 }
 
 /// Forgets the cached dormant.* settings of this session (they changed).
 #[pg_extern(volatile, parallel_unsafe)]
 fn forget_cached_policies() {
-    POLICIES.with(|c| c.borrow_mut().clear());
+    POLICIES.with(TenantXactCache::clear);
 }
 
 unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> usize {

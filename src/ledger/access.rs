@@ -5,7 +5,7 @@
 use super::chain::{field, Hash, HASH_LEN};
 use super::head::{self, HeadColumns, ACCESS_LOCK_FIELD4};
 use super::row::open_custos_table;
-use super::verify::{Break, Row, Verifier};
+use super::verify::{Row, Verifier};
 use crate::error::raise;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -59,12 +59,17 @@ fn spi_failed(e: impl std::fmt::Display) -> ! {
     )
 }
 
-/// Columns (1-based) of custos.access_log the head lookup needs.
-const HEAD_COLUMNS: HeadColumns = HeadColumns {
-    tenant_id: 1,
-    seq: 2,
-    hash: 11,
-};
+/// Columns of custos.access_log the head lookup needs, found by name.
+unsafe fn head_columns(rel: pg_sys::Relation) -> HeadColumns {
+    unsafe {
+        let attnum = |name: &std::ffi::CStr| pg_sys::get_attnum((*rel).rd_id, name.as_ptr());
+        HeadColumns {
+            tenant_id: attnum(c"tenant_id"),
+            seq: attnum(c"seq"),
+            hash: attnum(c"hash"),
+        }
+    }
+}
 
 /// Appends one read to the tenant's access log and returns its seq. For custos' read functions.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -76,7 +81,7 @@ fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned:
     // SAFETY: the relation is opened and closed here; the tenant's access-log lock is held.
     let prev = unsafe {
         let rel = open_custos_table(c"access_log", pg_sys::RowExclusiveLock);
-        let h = head::read_committed_head(rel, HEAD_COLUMNS, &t);
+        let h = head::read_committed_head(rel, head_columns(rel), &t);
         pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         h
     }
@@ -88,7 +93,7 @@ fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned:
     let actor = super::trigger::default_actor(&reader);
     let mut filters_text = String::new();
     super::chain::canonical_json(&filters.0, &mut filters_text);
-    let id = crate::crypto::keys::random_bytes::<16>();
+    let id = crate::crypto::keys::random_uuid_v4();
     // SAFETY: plain read of the clock, backend thread.
     let accessed_at = unsafe { pg_sys::GetCurrentTimestamp() };
     let fields = AccessFields {
@@ -208,12 +213,7 @@ fn verify_access_log(
     if broken.is_none() {
         broken = verifier.finish().err();
     }
-    TableIterator::once((
-        broken.is_none(),
-        verifier.checked(),
-        broken.as_ref().map(Break::seq),
-        broken.as_ref().map(Break::describe),
-    ))
+    super::api::verdict(verifier.checked(), broken)
 }
 
 #[cfg(test)]

@@ -34,6 +34,12 @@ pub(crate) fn authorize_tenant(tenant: uuid::Uuid) {
     }
 }
 
+/// Raises 42501 unless the caller works in `tenant` (superusers work in any).
+#[pg_extern(stable, parallel_safe)]
+fn require_tenant_access(tenant: pgrx::Uuid) {
+    authorize_tenant(to_uuid(tenant));
+}
+
 fn to_hash(bytes: &[u8]) -> Hash {
     let mut h = [0u8; HASH_LEN];
     if bytes.len() == HASH_LEN {
@@ -104,10 +110,34 @@ pub fn retention_anchor(tenant: pgrx::Uuid) -> Option<Anchor> {
     .unwrap_or_else(|e| spi_failed(e))
 }
 
+/// What a chain verification answers: `(ok, checked, first_broken_seq, reason)`. (Spelled out in
+/// each `#[pg_extern]` signature: pgrx derives the SQL result columns from the written type.)
+pub fn verdict(
+    checked: i64,
+    broken: Option<Break>,
+) -> TableIterator<
+    'static,
+    (
+        name!(ok, bool),
+        name!(checked, i64),
+        name!(first_broken_seq, Option<i64>),
+        name!(reason, Option<String>),
+    ),
+> {
+    TableIterator::once((
+        broken.is_none(),
+        checked,
+        broken.as_ref().map(Break::seq),
+        broken.as_ref().map(Break::describe),
+    ))
+}
+
 pub struct Outcome {
     pub checked: i64,
     pub last_seq: i64,
     pub broken: Option<Break>,
+    /// Where retention last cut the chain, if it did.
+    pub anchor: Option<Anchor>,
 }
 
 /// Walks the chain from `from_seq` to `to_seq` (or its end) straight through the primary key, in
@@ -122,6 +152,7 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
                 checked: 0,
                 last_seq: a.through_seq,
                 broken: Some(Break::AnchorAltered { seq: a.event_seq }),
+                anchor,
             };
         }
     }
@@ -142,6 +173,7 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
                 seq: from_seq - 1,
                 found: from_seq,
             }),
+            anchor,
         };
     };
     let mut verifier = Verifier::new(from_seq, start_prev);
@@ -190,6 +222,7 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
         checked: verifier.checked(),
         last_seq,
         broken,
+        anchor,
     }
 }
 
@@ -207,10 +240,9 @@ fn check_recorded_checkpoints(tenant: pgrx::Uuid, outcome: &Outcome) -> Option<B
             .collect::<pgrx::spi::Result<Vec<_>>>()
     })
     .unwrap_or_else(|e| spi_failed(e));
-    let anchor = retention_anchor(tenant);
     for (seq, head) in checkpoints {
         // A checkpoint inside the removed part can only be checked at the anchor itself.
-        if let Some(a) = anchor.as_ref().filter(|a| seq <= a.through_seq) {
+        if let Some(a) = outcome.anchor.as_ref().filter(|a| seq <= a.through_seq) {
             if seq == a.through_seq && a.hash.to_vec() != head {
                 return Some(Break::Rewritten { seq });
             }
@@ -293,35 +325,22 @@ fn verify_chain(
     if let Some(b) = &broken {
         raise_alert(tenant, b);
     }
-    TableIterator::once((
-        broken.is_none(),
-        outcome.checked,
-        broken.as_ref().map(Break::seq),
-        broken.as_ref().map(Break::describe),
-    ))
+    verdict(outcome.checked, broken)
 }
 
 fn signing_key() -> ed25519_dalek::SigningKey {
-    let text = match gucs::CHECKPOINT_SIGNING_KEY.get().filter(|k| !k.as_bytes().is_empty()) {
-        Some(k) => k.to_string_lossy().into_owned(),
-        None => match gucs::CHECKPOINT_KEY_FILE.get().filter(|k| !k.as_bytes().is_empty()) {
-            Some(path) => {
-                let path = path.to_string_lossy().into_owned();
-                std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
-                        format!("could not read checkpoint key file \"{path}\": {e}"),
-                        Some("the file must be readable by the server's operating-system user"),
-                    )
-                })
-            }
-            None => raise(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "no checkpoint signing key is configured",
-                Some("a superuser sets custos.checkpoint_signing_key (32-byte seed, hex or base64) or custos.checkpoint_key_file"),
-            ),
-        },
-    };
+    let text = gucs::secret(
+        &gucs::CHECKPOINT_SIGNING_KEY,
+        &gucs::CHECKPOINT_KEY_FILE,
+        "checkpoint key",
+    )
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "no checkpoint signing key is configured",
+            Some("a superuser sets custos.checkpoint_signing_key (32-byte seed, hex or base64) or custos.checkpoint_key_file"),
+        )
+    });
     checkpoint::parse_signing_key(&text).unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -418,11 +437,8 @@ fn verify_checkpoint(
     authorize_tenant(cp.tenant);
     let tenant = pgrx::Uuid::from_bytes(*cp.tenant.as_bytes());
     let outcome = walk_chain(tenant, 1, None);
-    let anchor = retention_anchor(tenant);
-    if let Some(a) = anchor
-        .as_ref()
-        .filter(|a| cp.seq < a.through_seq && outcome.broken.is_none())
-    {
+    let anchor = outcome.anchor.as_ref();
+    if let Some(a) = anchor.filter(|a| cp.seq < a.through_seq && outcome.broken.is_none()) {
         return TableIterator::once((
             false,
             Some(tenant),
@@ -441,7 +457,7 @@ fn verify_checkpoint(
                 expected: cp.seq,
             });
         }
-        let current = match &anchor {
+        let current = match anchor {
             Some(a) if a.through_seq == cp.seq => Some(a.hash),
             _ if cp.seq == 0 => Some(genesis_hash(tenant.as_bytes())),
             _ => stored_hash(tenant, cp.seq),

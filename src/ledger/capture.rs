@@ -71,7 +71,6 @@ fn encoding_of(typid: pg_sys::Oid) -> Encoding {
 struct Table {
     label: String,
     columns: Vec<Column>,
-    names: Vec<String>,
     /// Index into `columns`.
     tenant: usize,
     key: Vec<usize>,
@@ -128,11 +127,9 @@ impl Table {
                 );
             }
             let key = key_columns.iter().map(|k| find(k)).collect();
-            let names = columns.iter().map(|c| c.name.clone()).collect();
             Table {
                 label,
                 columns,
-                names,
                 tenant,
                 key,
             }
@@ -154,7 +151,6 @@ struct CapturedRow {
     json: RowJson,
     tenant: [u8; 16],
     key: String,
-    key_parts: Vec<(bool, String)>,
 }
 
 impl CapturedRow {
@@ -166,7 +162,8 @@ impl CapturedRow {
             let values = (*slot).tts_values;
             let nulls = (*slot).tts_isnull;
             self.json.begin();
-            self.key_parts.clear();
+            self.key.clear();
+            let single_key = (table.key.len() == 1).then(|| table.key[0]);
             let mut tenant = None;
             for (index, column) in table.columns.iter().enumerate() {
                 let datum = *values.add(column.attr);
@@ -206,29 +203,17 @@ impl CapturedRow {
                         }
                     }
                 };
-                if table.key.contains(&index) {
-                    let (raw, part) = match value {
-                        JsonValue::Null => (true, "null".to_string()),
-                        JsonValue::Raw(t) => (true, t.to_string()),
-                        JsonValue::Text(t) => (false, t.to_string()),
-                    };
-                    self.key_parts.push((raw, part));
+                if single_key == Some(index) {
+                    if let JsonValue::Raw(text) | JsonValue::Text(text) = value {
+                        self.key.push_str(text);
+                    }
                 }
                 self.json.push(&column.name, value);
             }
             self.json.finish();
-            let parts: Vec<JsonValue<'_>> = self
-                .key_parts
-                .iter()
-                .map(|(raw, t)| {
-                    if *raw {
-                        JsonValue::Raw(t)
-                    } else {
-                        JsonValue::Text(t)
-                    }
-                })
-                .collect();
-            self.key = changes::key_text(&parts);
+            if single_key.is_none() {
+                self.key = changes::composite_key(&self.json, &table.key);
+            }
             self.tenant = tenant.unwrap_or_else(|| {
                 raise(
                     PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
@@ -546,7 +531,11 @@ fn record(
                 sink.add(n.tenant, Some(n.key.clone()), details);
             }
             (Some(o), Some(n)) => {
-                let changed = changes::changed_columns(&table.names, &o.json, &n.json);
+                let changed = changes::changed_columns(
+                    table.columns.iter().map(|c| c.name.as_str()),
+                    &o.json,
+                    &n.json,
+                );
                 let details = changes::row_details(
                     &table.label,
                     Some(&o.json),

@@ -81,32 +81,30 @@ impl RowJson {
 }
 
 /// The columns whose values differ between two versions of a row, in column order.
-pub fn changed_columns<'a>(columns: &'a [String], old: &RowJson, new: &RowJson) -> Vec<&'a str> {
+pub fn changed_columns<'a>(
+    columns: impl Iterator<Item = &'a str>,
+    old: &RowJson,
+    new: &RowJson,
+) -> Vec<&'a str> {
     columns
-        .iter()
         .enumerate()
         .filter(|(i, _)| old.value(*i) != new.value(*i))
-        .map(|(_, name)| name.as_str())
+        .map(|(_, name)| name)
         .collect()
 }
 
-/// The `entity_id` of a row: its single key column's text, or a JSON array of a composite key.
-pub fn key_text(parts: &[JsonValue<'_>]) -> String {
-    match parts {
-        [JsonValue::Raw(text)] | [JsonValue::Text(text)] => (*text).to_string(),
-        [JsonValue::Null] => String::new(),
-        _ => {
-            let mut out = String::from("[");
-            for (i, part) in parts.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                push_value(*part, &mut out);
-            }
-            out.push(']');
-            out
+/// The `entity_id` of a row with a composite key: a JSON array of the key columns' values, in
+/// key order (`key` indexes the row's columns). A single-column key is that column's text.
+pub fn composite_key(row: &RowJson, key: &[usize]) -> String {
+    let mut out = String::from("[");
+    for (i, column) in key.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
         }
+        out.push_str(row.value(*column));
     }
+    out.push(']');
+    out
 }
 
 fn open_details(table: &str, out: &mut String) {
@@ -260,7 +258,7 @@ mod tests {
 
     #[test]
     fn changed_columns_compare_values_not_text_around_them() {
-        let columns = vec!["id".to_string(), "qty".to_string(), "note".to_string()];
+        let columns = ["id", "qty", "note"];
         let old = row(&[
             ("id", JsonValue::Raw("1")),
             ("qty", JsonValue::Raw("3")),
@@ -271,18 +269,22 @@ mod tests {
             ("qty", JsonValue::Raw("4")),
             ("note", JsonValue::Text("null")),
         ]);
-        assert_eq!(changed_columns(&columns, &old, &new), ["qty", "note"]);
-        assert!(changed_columns(&columns, &old, &old).is_empty());
+        assert_eq!(
+            changed_columns(columns.into_iter(), &old, &new),
+            ["qty", "note"]
+        );
+        assert!(changed_columns(columns.into_iter(), &old, &old).is_empty());
     }
 
     #[test]
-    fn keys_single_and_composite() {
-        assert_eq!(key_text(&[JsonValue::Raw("42")]), "42");
-        assert_eq!(key_text(&[JsonValue::Text("a\"b")]), "a\"b");
-        assert_eq!(
-            key_text(&[JsonValue::Raw("10"), JsonValue::Text("x")]),
-            r#"[10, "x"]"#
-        );
+    fn composite_keys_follow_key_order() {
+        let r = row(&[
+            ("line", JsonValue::Raw("2")),
+            ("sku", JsonValue::Text("a\"b")),
+            ("order_id", JsonValue::Raw("10")),
+        ]);
+        assert_eq!(composite_key(&r, &[2, 0]), "[10, 2]");
+        assert_eq!(composite_key(&r, &[1, 2]), r#"["a\"b", 10]"#);
     }
 
     #[test]

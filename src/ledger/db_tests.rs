@@ -615,6 +615,15 @@ fn composite_keys_and_custom_tenant_columns() {
     ))
     .unwrap();
     assert_eq!(ids.as_deref(), Some("order_line [10, 1]; order_line [10, 2]"));
+    // A composite key is written in key order, whatever the column order.
+    Spi::run(&format!(
+        "CREATE TABLE public.lines_by_line (org uuid NOT NULL, order_id int, line int, PRIMARY KEY (line, order_id));
+         SELECT custos.track_table('public.lines_by_line', 'org', 'line_first');
+         INSERT INTO public.lines_by_line VALUES ('{B}', 10, 3);"
+    ))
+    .unwrap();
+    let id = Spi::get_one::<String>(&format!("SELECT entity_id FROM custos.events WHERE tenant_id = '{B}'")).unwrap();
+    assert_eq!(id.as_deref(), Some("[3, 10]"));
 }
 
 #[pg_test]

@@ -4,10 +4,9 @@
 
 use crate::crypto::{envelope, keys};
 use crate::error::raise;
+use crate::tenancy::TenantXactCache;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
-use std::cell::RefCell;
-use std::collections::HashMap;
 
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
@@ -16,7 +15,7 @@ pub struct Policy {
 }
 
 thread_local! {
-    static POLICIES: RefCell<HashMap<[u8; 16], (i64, Policy)>> = RefCell::new(HashMap::new());
+    static POLICIES: TenantXactCache<Policy> = TenantXactCache::new();
 }
 
 /// Parses the `ledger.encrypted_detail_keys` setting: a JSON string of comma-separated keys.
@@ -32,31 +31,25 @@ pub fn parse_detail_keys(json_text: &str) -> Vec<String> {
 /// The tenant's protection settings, read once per transaction (as the key owner, so that what a
 /// writer's role may see of the settings never decides whether its events are sealed).
 pub fn policy(tenant: &[u8; 16]) -> Policy {
-    // SAFETY: plain read of the transaction's start time, backend thread.
-    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    if let Some(p) = POLICIES.with(|c| {
-        c.borrow()
-            .get(tenant)
-            .filter(|(x, _)| *x == xact)
-            .map(|e| e.1.clone())
-    }) {
-        return p;
-    }
-    let mut p = Policy::default();
-    for (key, value) in keys::as_key_owner(|| crate::tenancy::settings_for(tenant, "ledger.")) {
-        match key.as_str() {
-            "ledger.encrypt" => p.encrypt = value == "true",
-            "ledger.encrypted_detail_keys" => p.detail_keys = parse_detail_keys(&value),
-            _ => {}
-        }
-    }
-    POLICIES.with(|c| c.borrow_mut().insert(*tenant, (xact, p.clone())));
-    p
+    POLICIES.with(|c| {
+        c.get_or_load(tenant, || {
+            let mut p = Policy::default();
+            let settings = keys::as_key_owner(|| crate::tenancy::settings_for(tenant, "ledger."));
+            for (key, value) in settings {
+                match key.as_str() {
+                    "ledger.encrypt" => p.encrypt = value == "true",
+                    "ledger.encrypted_detail_keys" => p.detail_keys = parse_detail_keys(&value),
+                    _ => {}
+                }
+            }
+            p
+        })
+    })
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn forget_cached_protection() {
-    POLICIES.with(|c| c.borrow_mut().clear());
+    POLICIES.with(TenantXactCache::clear);
     keys::forget_all();
 }
 

@@ -34,21 +34,6 @@ pub fn current_role_name() -> String {
     }
 }
 
-fn random_uuid_v4() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    // SAFETY: fills a 16-byte buffer from the server's strong random source.
-    if !unsafe { pg_sys::pg_strong_random(b.as_mut_ptr().cast(), b.len()) } {
-        raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "could not generate a random event id",
-            None,
-        );
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    b
-}
-
 fn assigned_by_custos(column: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
@@ -186,7 +171,10 @@ unsafe fn chain_row<'a>(
             );
         }
         if row.nulls[c.id] {
-            row.set(c.id, pgrx::Uuid::from_bytes(random_uuid_v4()).into_datum());
+            row.set(
+                c.id,
+                pgrx::Uuid::from_bytes(crate::crypto::keys::random_uuid_v4()).into_datum(),
+            );
         }
         let recorded_at = pg_sys::GetCurrentTimestamp();
         row.set(c.recorded_at, Some(pg_sys::Datum::from(recorded_at)));

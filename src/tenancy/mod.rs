@@ -127,3 +127,30 @@ pub(crate) fn settings_for(tenant: &[u8; 16], prefix: &str) -> Vec<(String, Stri
         )
     })
 }
+
+/// Per-tenant values that hold for one transaction (settings read once per transaction): an entry
+/// filled in an earlier transaction is read again.
+pub(crate) struct TenantXactCache<P>(
+    std::cell::RefCell<std::collections::HashMap<[u8; 16], (i64, P)>>,
+);
+
+impl<P: Clone> TenantXactCache<P> {
+    pub(crate) fn new() -> Self {
+        TenantXactCache(Default::default())
+    }
+
+    pub(crate) fn get_or_load(&self, tenant: &[u8; 16], load: impl FnOnce() -> P) -> P {
+        // SAFETY: plain read of the transaction's start time, backend thread.
+        let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        if let Some((_, p)) = self.0.borrow().get(tenant).filter(|(x, _)| *x == xact) {
+            return p.clone();
+        }
+        let p = load();
+        self.0.borrow_mut().insert(*tenant, (xact, p.clone()));
+        p
+    }
+
+    pub(crate) fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
+}
