@@ -199,9 +199,22 @@ SELECT seq, left(ip_address, 40) || '...' AS ip_address, left(details->>'email',
   FROM custos.events WHERE tenant_id = 'd4000000-0000-4000-8000-000000000004';
 \echo '   through custos.timeline (opened for this tenant, and logged):'
 SELECT seq, actor, ip_address, user_agent, details FROM custos.timeline();
+\echo '   an exporter streams the ledger as CSV or JSON Lines (also logged):'
+SELECT line FROM custos.export_events('csv') AS line;
 SELECT seq, reader, function, filters, rows_returned FROM custos.access_log;
+SELECT ok, checked FROM custos.verify_access_log('d4000000-0000-4000-8000-000000000004');
+\echo '   rotating the tenant''s data key: new values get fresh keys, old ones stay readable'
+SELECT custos.rotate_data_key('d4000000-0000-4000-8000-000000000004') AS data_key_version;
 \echo '   frank asks to be forgotten: his key is destroyed, the chain still verifies:'
 SELECT custos.forget_subject('d4000000-0000-4000-8000-000000000004', 'frank@acme.example') AS erased;
 SELECT seq, actor, action, ip_address, details, erased FROM custos.timeline();
 SELECT ok, checked FROM custos.verify_chain('d4000000-0000-4000-8000-000000000004');
+\echo '   retention removes what is past the 7-year horizon (nothing yet) and is refused under legal hold:'
+SELECT * FROM custos.apply_retention('d4000000-0000-4000-8000-000000000004');
+SELECT custos.set_setting('ledger.legal_hold', 'true') \gset
+SAVEPOINT hold;
+\set ON_ERROR_STOP off
+SELECT * FROM custos.apply_retention('d4000000-0000-4000-8000-000000000004');
+\set ON_ERROR_STOP on
+ROLLBACK TO SAVEPOINT hold;
 COMMIT;
