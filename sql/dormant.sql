@@ -502,7 +502,6 @@ DECLARE
     t uuid := coalesce(NEW.tenant_id, OLD.tenant_id);
 BEGIN
     IF coalesce(NEW.key, OLD.key) LIKE 'dormant.%' THEN
-        PERFORM @extschema@.forget_cached_policies();
         UPDATE @extschema@.identities SET updated_at = updated_at WHERE tenant_id = t;
     END IF;
     RETURN NULL;
@@ -516,7 +515,6 @@ COMMENT ON FUNCTION @extschema@.explain_risk(boolean, boolean, boolean, boolean,
 COMMENT ON FUNCTION @extschema@.risk_level_of(double precision) IS 'Risk level (low, medium, high, critical) of a raw risk score.';
 COMMENT ON FUNCTION @extschema@.risk_level_bounds() IS 'Raw scores at which medium, high and critical begin (the level bounds of the risk score, as raw values).';
 COMMENT ON FUNCTION @extschema@.peer_score(double precision, bigint) IS 'Peer contribution (0 to 0.6 in 0.2 steps) from the share of department peers who are active.';
-COMMENT ON FUNCTION @extschema@.forget_cached_policies() IS 'Drops this session''s cached dormant.* settings (called when they change).';
 REVOKE EXECUTE ON FUNCTION @extschema@.upsert_identities(jsonb), @extschema@.touch_activity(uuid, text, timestamptz, text),
                             @extschema@.mark_reviewed(text, text, text), @extschema@.refresh_peer_scores(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.upsert_identities(jsonb), @extschema@.touch_activity(uuid, text, timestamptz, text),

@@ -13,31 +13,15 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
     ('ledger.legal_hold', 'boolean', 'false', NULL, NULL,
      'While on, custos.apply_retention removes nothing.');
 
--- Protection settings are cached per transaction; changes take effect in the next one.
-CREATE FUNCTION @extschema@.ledger_settings_changed() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    IF coalesce(NEW.key, OLD.key) LIKE 'ledger.%' THEN
-        PERFORM @extschema@.forget_cached_protection();
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-CREATE TRIGGER ledger_settings_changed AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tenant_settings
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.ledger_settings_changed();
-
 COMMENT ON FUNCTION @extschema@.require_tenant_access(uuid) IS
 'Raises 42501 unless the caller works in the given tenant (its current tenant); superusers work in any.';
-COMMENT ON FUNCTION @extschema@.forget_cached_protection() IS 'Drops this session''s cached ledger.* settings and unwrapped keys.';
 COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
 'Internal: a stored event field as the tenant''s reader sees it (opened if sealed; NULL once its subject was forgotten). Used by custos'' logged read functions.';
 COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
 'Internal: details with sealed values opened (null where the subject was forgotten).';
 COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
 REVOKE EXECUTE ON FUNCTION @extschema@.reveal(uuid, uuid, text, text), @extschema@.reveal_details(uuid, uuid, jsonb),
-                            @extschema@.is_erased(uuid, text), @extschema@.forget_cached_protection() FROM PUBLIC;
+                            @extschema@.is_erased(uuid, text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
 -- Access log
@@ -303,7 +287,7 @@ BEGIN
     -- ledger rows stay as they were, so every chain still verifies.
     UPDATE @extschema@.subject_keys k SET wrapped = NULL, subject = NULL, destroyed_at = now()
      WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
-    PERFORM @extschema@.forget_cached_protection();
+    PERFORM @extschema@.invalidate_caches();
     INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
     VALUES (tenant, 'custos.forget_subject', 'subject', coalesce(first_key::text, 'identity-only'), 'medium',
             jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed));

@@ -239,6 +239,24 @@ $fn$;
 CREATE TRIGGER validate BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
     FOR EACH ROW EXECUTE FUNCTION @extschema@.tenant_settings_validate();
 
+-- Settings are cached per session (src/tenancy/mod.rs): any change ages every session's cache.
+-- A row trigger named to fire before the other AFTER triggers on tenant_settings, which may read
+-- the new values at once.
+CREATE FUNCTION @extschema@.tenant_settings_invalidate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.invalidate_caches();
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER cache_invalidation AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tenant_settings
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.tenant_settings_invalidate();
+COMMENT ON FUNCTION @extschema@.invalidate_caches() IS
+'Ages the cached settings and keys of every session (they are read again on next use); custos calls it when settings change, keys rotate or a subject is forgotten.';
+REVOKE EXECUTE ON FUNCTION @extschema@.invalidate_caches() FROM PUBLIC;
+
 CREATE FUNCTION @extschema@.tenant_setting(tenant uuid, key text)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE

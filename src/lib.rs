@@ -21,7 +21,11 @@ extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(
     "../sql/tenancy.sql",
     name = "tenancy",
-    requires = [tenancy::current_tenant, tenancy::set_tenant]
+    requires = [
+        tenancy::current_tenant,
+        tenancy::set_tenant,
+        tenancy::invalidate_caches
+    ]
 );
 extension_sql_file!(
     "../sql/crypto.sql",
@@ -34,7 +38,6 @@ extension_sql_file!(
     requires = [
         "ledger",
         "crypto",
-        ledger::protect::forget_cached_protection,
         ledger::protect::reveal,
         ledger::protect::reveal_details,
         ledger::protect::is_erased,
@@ -51,8 +54,7 @@ extension_sql_file!(
         dormant::identities_derive,
         dormant::explain_risk,
         dormant::risk_level_of,
-        dormant::peer_score,
-        dormant::forget_cached_policies
+        dormant::peer_score
     ]
 );
 extension_sql_file!(
@@ -73,6 +75,7 @@ extension_sql_file!(
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     ledger::head::init();
+    tenancy::init();
 }
 
 #[cfg(test)]

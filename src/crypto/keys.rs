@@ -2,8 +2,10 @@
 //! data keys wrapped by it (`custos.data_keys`), and each subject's keys wrapped by a data key
 //! (`custos.subject_keys`). Destroying a subject's key is how a person is forgotten.
 //!
-//! Unwrapped keys live in backend memory for one transaction at most, so a key destroyed by
-//! `custos.forget_subject` is gone from every session by its next transaction.
+//! Unwrapped data and subject keys stay in backend memory until custos' caches are invalidated
+//! (`custos.invalidate_caches`, which `forget_subject` and `rotate_data_key` call): a destroyed
+//! key is gone from every other session before its next statement touches a table. The master key
+//! is not kept; it is read from its setting whenever a data key must be unwrapped.
 
 use super::envelope::{self, CryptoError, SecretKey, KEY_LEN, NONCE_LEN};
 use crate::error::raise;
@@ -18,8 +20,7 @@ type KeyId = [u8; 16];
 
 #[derive(Default)]
 struct Cache {
-    xact: i64,
-    master: Option<SecretKey>,
+    generation: u64,
     data_keys: HashMap<(Tenant, i32), SecretKey>,
     subject_keys: HashMap<(Tenant, KeyId), Option<SecretKey>>,
     writing_keys: HashMap<(Tenant, String), (KeyId, SecretKey)>,
@@ -29,25 +30,19 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
-/// The cache, emptied when a new transaction began since it was filled.
+/// The cache, emptied when custos' caches were invalidated since it was filled.
 fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
-    // SAFETY: plain read of the transaction's start time, backend thread.
-    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let generation = crate::tenancy::cache_generation();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if c.xact != xact {
+        if c.generation != generation {
             *c = Cache {
-                xact,
+                generation,
                 ..Cache::default()
             };
         }
         f(&mut c)
     })
-}
-
-/// Drops every unwrapped key this session holds.
-pub fn forget_all() {
-    CACHE.with(|c| *c.borrow_mut() = Cache::default());
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
@@ -72,9 +67,6 @@ pub fn random_uuid_v4() -> [u8; 16] {
 }
 
 fn master_key() -> SecretKey {
-    if let Some(k) = with_cache(|c| c.master) {
-        return k;
-    }
     let text = gucs::secret(&gucs::MASTER_KEY, &gucs::MASTER_KEY_FILE, "master key")
         .unwrap_or_else(|| {
             raise(
@@ -83,15 +75,13 @@ fn master_key() -> SecretKey {
                 Some("a superuser sets custos.master_key (32 bytes, hex or base64) or custos.master_key_file"),
             )
         });
-    let key = crate::ledger::checkpoint::decode_32(&text, "the master key").unwrap_or_else(|e| {
+    crate::ledger::checkpoint::decode_32(&text, "the master key").unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("custos master key: {e}"),
             None,
         )
-    });
-    with_cache(|c| c.master = Some(key));
-    key
+    })
 }
 
 /// Runs SPI work as the bootstrap superuser: key tables are closed to every other role, and the

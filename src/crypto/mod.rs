@@ -31,6 +31,6 @@ fn rotate_data_key(tenant: pgrx::Uuid) -> i32 {
             None,
         )
     });
-    keys::forget_all();
+    crate::tenancy::invalidate_caches();
     version
 }

@@ -5,7 +5,7 @@
 pub mod risk;
 
 use crate::error::raise;
-use crate::tenancy::TenantXactCache;
+use crate::tenancy::TenantCache;
 use crate::tuple::Row;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -80,7 +80,7 @@ impl Policy {
 }
 
 thread_local! {
-    static POLICIES: TenantXactCache<Policy> = TenantXactCache::new();
+    static POLICIES: TenantCache<Policy> = TenantCache::new();
 }
 
 fn policy_for(tenant: &[u8; 16]) -> Policy {
@@ -102,12 +102,6 @@ fn load_policy(tenant: &[u8; 16]) -> Policy {
         }
     }
     p
-}
-
-/// Forgets the cached dormant.* settings of this session (they changed).
-#[pg_extern(volatile, parallel_unsafe)]
-fn forget_cached_policies() {
-    POLICIES.with(TenantXactCache::clear);
 }
 
 unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> usize {

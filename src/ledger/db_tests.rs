@@ -884,17 +884,17 @@ fn encryption_without_a_master_key_or_with_the_wrong_one_is_refused() {
     let (A, B) = fresh_tenants();
     encrypted_tenant(A);
     let id = sealed_event("dan", "d@x");
-    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = ''").unwrap();
+    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = ''").unwrap();
     assert_error(
         "INSERT INTO custos.events (action, entity_type, actor, user_agent) VALUES ('x', 'y', 'erin', 'ua')",
         "55000",
         "no master key is configured",
     );
-    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = '2222222222222222222222222222222222222222222222222222222222222222'").unwrap();
+    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '2222222222222222222222222222222222222222222222222222222222222222'").unwrap();
     assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "does not open data key version 1");
-    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = 'not a key'").unwrap();
+    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = 'not a key'").unwrap();
     assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "master key must be 32 bytes");
-    Spi::run("SELECT custos.forget_cached_protection(); SET LOCAL custos.master_key = ''; SET LOCAL custos.master_key_file = '/nonexistent/custos.key'").unwrap();
+    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = ''; SET LOCAL custos.master_key_file = '/nonexistent/custos.key'").unwrap();
     assert_error(&format!("SELECT * FROM custos.event('{id}')"), "F0000", "could not read master key file");
 }
 
@@ -929,4 +929,20 @@ fn retention_removes_a_prefix_and_the_rest_verifies_from_the_anchor() {
         "42501",
         "append-only",
     );
+}
+
+#[pg_test]
+fn a_key_made_in_a_rolled_back_subtransaction_is_not_reused() {
+    let (A, B) = fresh_tenants();
+    encrypted_tenant(A);
+    // The first event of this subject makes its key, then the subtransaction rolls back.
+    assert_error(
+        "WITH e AS (INSERT INTO custos.events (action, entity_type, actor, user_agent) VALUES ('x', 'y', 'gina', 'ua') RETURNING 1)
+         SELECT 1 / 0 FROM e",
+        "22012",
+        "division by zero",
+    );
+    let id = sealed_event("gina", "g@x");
+    let seen = Spi::get_one::<String>(&format!("SELECT user_agent || ' ' || (details->>'email') FROM custos.event('{id}')")).unwrap();
+    assert_eq!(seen.as_deref(), Some("Firefox g@x"));
 }

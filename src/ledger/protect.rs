@@ -4,7 +4,7 @@
 
 use crate::crypto::{envelope, keys};
 use crate::error::raise;
-use crate::tenancy::TenantXactCache;
+use crate::tenancy::TenantCache;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
@@ -15,7 +15,7 @@ pub struct Policy {
 }
 
 thread_local! {
-    static POLICIES: TenantXactCache<Policy> = TenantXactCache::new();
+    static POLICIES: TenantCache<Policy> = TenantCache::new();
 }
 
 /// Parses the `ledger.encrypted_detail_keys` setting: a JSON string of comma-separated keys.
@@ -28,7 +28,7 @@ pub fn parse_detail_keys(json_text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The tenant's protection settings, read once per transaction (as the key owner, so that what a
+/// The tenant's protection settings, cached until settings change (read as the key owner, so that what a
 /// writer's role may see of the settings never decides whether its events are sealed).
 pub fn policy(tenant: &[u8; 16]) -> Policy {
     POLICIES.with(|c| {
@@ -45,12 +45,6 @@ pub fn policy(tenant: &[u8; 16]) -> Policy {
             p
         })
     })
-}
-
-#[pg_extern(volatile, parallel_unsafe)]
-fn forget_cached_protection() {
-    POLICIES.with(TenantXactCache::clear);
-    keys::forget_all();
 }
 
 /// The AAD name of a sealed `details` key.

@@ -128,29 +128,93 @@ pub(crate) fn settings_for(tenant: &[u8; 16], prefix: &str) -> Vec<(String, Stri
     })
 }
 
-/// Per-tenant values that hold for one transaction (settings read once per transaction): an entry
-/// filled in an earlier transaction is read again.
-pub(crate) struct TenantXactCache<P>(
-    std::cell::RefCell<std::collections::HashMap<[u8; 16], (i64, P)>>,
-);
+thread_local! {
+    /// Bumped whenever this backend processes a relcache invalidation: every cache of settings
+    /// and keys filled under an older generation is stale.
+    static CACHE_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
-impl<P: Clone> TenantXactCache<P> {
+pub(crate) fn cache_generation() -> u64 {
+    CACHE_GENERATION.with(std::cell::Cell::get)
+}
+
+fn age_caches() {
+    CACHE_GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    age_caches();
+}
+
+/// A rolled-back (sub)transaction may have made keys that no longer exist: forget them.
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
+        age_caches();
+    }
+}
+
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        age_caches();
+    }
+}
+
+/// Registers the callbacks that age custos' caches; from `_PG_init`.
+pub fn init() {
+    // SAFETY: backend thread, at load time; the callbacks only bump a counter.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(on_relcache_invalidation),
+            pg_sys::Datum::from(0),
+        );
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+/// Ages the cached settings and keys of every session: a relcache invalidation of
+/// custos.tenant_settings, sent to the other backends when this transaction commits (and
+/// processed before they next touch a table), applied here at once. Called when settings change,
+/// a key is rotated or a subject forgotten.
+#[pg_extern(volatile, parallel_unsafe)]
+pub(crate) fn invalidate_caches() {
+    age_caches();
+    // SAFETY: backend thread inside a transaction; catalog lookups of custos' own table.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), false);
+        let relid = pg_sys::get_relname_relid(c"tenant_settings".as_ptr(), nsp);
+        if relid != pg_sys::InvalidOid {
+            pg_sys::CacheInvalidateRelcacheByRelid(relid);
+        }
+    }
+}
+
+/// Per-tenant values (settings) kept across transactions until custos' caches are invalidated.
+pub(crate) struct TenantCache<P>(std::cell::RefCell<std::collections::HashMap<[u8; 16], (u64, P)>>);
+
+impl<P: Clone> TenantCache<P> {
     pub(crate) fn new() -> Self {
-        TenantXactCache(Default::default())
+        TenantCache(Default::default())
     }
 
     pub(crate) fn get_or_load(&self, tenant: &[u8; 16], load: impl FnOnce() -> P) -> P {
-        // SAFETY: plain read of the transaction's start time, backend thread.
-        let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-        if let Some((_, p)) = self.0.borrow().get(tenant).filter(|(x, _)| *x == xact) {
+        let generation = cache_generation();
+        if let Some((_, p)) = self
+            .0
+            .borrow()
+            .get(tenant)
+            .filter(|(g, _)| *g == generation)
+        {
             return p.clone();
         }
         let p = load();
-        self.0.borrow_mut().insert(*tenant, (xact, p.clone()));
+        self.0.borrow_mut().insert(*tenant, (generation, p.clone()));
         p
-    }
-
-    pub(crate) fn clear(&self) {
-        self.0.borrow_mut().clear();
     }
 }
