@@ -26,20 +26,17 @@ INSERT INTO $t (tenant_id, customer, amount, status)
 VALUES (format('00000000-0000-4000-8000-%s', lpad(:t::text, 12, '0'))::uuid, 'customer', 42.50, 'open');
 SQL
   done
-  echo "  1,000-row INSERT batches over 10 tenants, 1 client: median of 3 interleaved rounds of 50 batches"
-  local untracked tracked
+  echo "  1,000-row INSERT batches over 10 tenants, 1 client: medians of 5 interleaved rounds of 50 batches"
   capture_batch_rate() { rows_per_second $db "$tmp/batch-$1.sql" 50 1000; }
-  interleaved capture_batch_rate orders_untracked orders_tracked orders_grouped
-  untracked=${MEDIAN[orders_untracked]} tracked=${MEDIAN[orders_tracked]}
-  report "untracked table" "$untracked" "rows/s"
-  report "tracked by custos (event + chain per row)" "$tracked" "rows/s" "of untracked" "$untracked"
-  report "tracked, rows_per_event => 100" "${MEDIAN[orders_grouped]}" "rows/s" "of untracked" "$untracked"
-  echo "  single-row inserts, 8 clients, 10 tenants: median of 3 rounds of ${BENCH_SECONDS}s"
+  ROUNDS=5 interleaved capture_batch_rate orders_untracked orders_tracked orders_grouped
+  report "untracked table" "${MEDIAN[orders_untracked]}" "rows/s"
+  report_paired "tracked by custos (event + chain per row)" orders_tracked "rows/s" "of untracked" orders_untracked
+  report_paired "tracked, rows_per_event => 100" orders_grouped "rows/s" "of untracked" orders_untracked
+  echo "  single-row inserts, 8 clients, 10 tenants: medians of 5 interleaved rounds of ${BENCH_SECONDS}s"
   capture_single_tps() { pgbench_tps $db postgres 8 "$tmp/one-$1.sql"; }
-  interleaved capture_single_tps orders_untracked orders_tracked
-  untracked=${MEDIAN[orders_untracked]} tracked=${MEDIAN[orders_tracked]}
-  report "untracked table" "$untracked" "tps"
-  report "tracked by custos" "$tracked" "tps" "of untracked" "$untracked"
+  ROUNDS=5 interleaved capture_single_tps orders_untracked orders_tracked
+  report "untracked table" "${MEDIAN[orders_untracked]}" "tps"
+  report_paired "tracked by custos" orders_tracked "tps" "of untracked" orders_untracked
   cpsql -d $db -At -c "SELECT '  events recorded: ' || sum(v.checked) || ', every chain verifies: ' || bool_and(v.ok)
     FROM (SELECT DISTINCT tenant_id FROM custos.events) t, custos.verify_chain(t.tenant_id) v"
   rm -rf "$tmp"

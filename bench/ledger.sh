@@ -86,27 +86,25 @@ bench_ledger() {
   bench_db $db
   ledger_bench_schema $db
 
-  echo "  batches of 1,000 rows over 10 tenants, 1 client: median of 3 interleaved rounds of 100 batches"
+  echo "  batches of 1,000 rows over 10 tenants, 1 client: medians of 3 interleaved rounds of 100 batches"
   for t in plain_events plpgsql_events custos.events; do
     ledger_batch_script $t 1000 0 >"$tmp/$t.sql"
   done
-  local plain plpgsql custos
+  local plain custos
   ledger_batch_rate() { rows_per_second $db "$tmp/$1.sql" 100 1000; }
   ledger_batch_script plpgsql_v1_events 1000 0 >"$tmp/plpgsql_v1_events.sql"
   interleaved ledger_batch_rate plain_events plpgsql_events plpgsql_v1_events custos.events
-  plain=${MEDIAN[plain_events]} plpgsql=${MEDIAN[plpgsql_events]} custos=${MEDIAN[custos.events]}
-  local plpgsql_v1=${MEDIAN[plpgsql_v1_events]}
-  report "plain table, no chain" "$plain" "rows/s"
-  report "PL/pgSQL + pgcrypto chain, concat_ws encoding" "$plpgsql" "rows/s" "of plain" "$plain"
-  report "PL/pgSQL chain, custos' format v1 encoding" "$plpgsql_v1" "rows/s" "of plain" "$plain"
-  report "custos.events (Rust chain, format v1)" "$custos" "rows/s" "of plain" "$plain"
-  report "custos.events against the concat_ws PL/pgSQL chain" "$custos" "rows/s" "of PL/pgSQL" "$plpgsql"
-  report "custos.events against the same encoding in PL/pgSQL" "$custos" "rows/s" "of PL/pgSQL v1" "$plpgsql_v1"
+  report "plain table, no chain" "${MEDIAN[plain_events]}" "rows/s"
+  report_paired "PL/pgSQL + pgcrypto chain, concat_ws encoding" plpgsql_events "rows/s" "of plain" plain_events
+  report_paired "PL/pgSQL chain, custos' format v1 encoding" plpgsql_v1_events "rows/s" "of plain" plain_events
+  report_paired "custos.events (Rust chain, format v1)" custos.events "rows/s" "of plain" plain_events
+  report_paired "custos.events against the concat_ws PL/pgSQL chain" custos.events "rows/s" "of PL/pgSQL" plpgsql_events
+  report_paired "custos.events against the same encoding in PL/pgSQL" custos.events "rows/s" "of PL/pgSQL v1" plpgsql_v1_events
   # The hand-written v1 chain is a fair baseline only if it computes custos' hashes.
   cpsql -d $db -At -c "SELECT '  check: the PL/pgSQL v1 encoding reproduces custos hashes of ' || count(*) || ' events: ' || bool_and(v1_hash(e.prev_hash, row(e.*)::plpgsql_v1_events) = e.hash)
                          FROM (SELECT * FROM custos.events LIMIT 1000) e"
 
-  echo "  single-row inserts, 8 clients, 10 tenants (synchronous_commit on): median of 3 rounds of ${BENCH_SECONDS}s"
+  echo "  single-row inserts, 8 clients, 10 tenants (synchronous_commit on): medians of 5 interleaved rounds of ${BENCH_SECONDS}s"
   for t in plain_events plpgsql_events custos.events; do
     cat >"$tmp/one-$t.sql" <<SQL
 \set t random(0, 9)
@@ -116,11 +114,10 @@ SELECT format('00000000-0000-4000-8000-%s', lpad((100 + :t)::text, 12, '0'))::uu
 SQL
   done
   ledger_single_tps() { pgbench_tps $db postgres 8 "$tmp/one-$1.sql"; }
-  interleaved ledger_single_tps plain_events plpgsql_events custos.events
-  plain=${MEDIAN[plain_events]} plpgsql=${MEDIAN[plpgsql_events]} custos=${MEDIAN[custos.events]}
-  report "plain table" "$plain" "tps"
-  report "PL/pgSQL + pgcrypto chain trigger" "$plpgsql" "tps" "of plain" "$plain"
-  report "custos.events" "$custos" "tps" "of plain" "$plain"
+  ROUNDS=5 interleaved ledger_single_tps plain_events plpgsql_events custos.events
+  report "plain table" "${MEDIAN[plain_events]}" "tps"
+  report_paired "PL/pgSQL + pgcrypto chain trigger" plpgsql_events "tps" "of plain" plain_events
+  report_paired "custos.events" custos.events "tps" "of plain" plain_events
   echo "  single-row inserts, 16 clients on one hot tenant (custos serialises a tenant's commits)"
   sed 's/random(0, 9)/random(50, 50)/' "$tmp/one-plain_events.sql" >"$tmp/hot-plain.sql"
   sed 's/random(0, 9)/random(50, 50)/' "$tmp/one-custos.events.sql" >"$tmp/hot-custos.sql"

@@ -33,22 +33,36 @@ time_pgbench_ms() {
   awk -v s="$start" -v e="$end" 'BEGIN {printf "%.0f", (e - s) * 1000}'
 }
 
-# interleaved FN CONTENDER...: this machine's timings drift between runs, so the contenders take
-# turns, three rounds of `FN contender` each (FN prints one number); MEDIAN[contender] holds each
-# one's median.
-declare -A MEDIAN
+# interleaved FN CONTENDER...: this machine's timings drift between runs (by up to 40% within
+# minutes), so the contenders take turns, ROUNDS rounds (default 3) of `FN contender` each (FN
+# prints one number). MEDIAN[contender] holds each one's median, ROUND_VALUES[contender] the
+# values of every round, for ratios taken within a round (see report_paired).
+declare -A MEDIAN ROUND_VALUES
 interleaved() {
-  local fn=$1 dir round c
+  local fn=$1 round c
   shift
-  dir=$(mktemp -d)
-  for round in 1 2 3; do
+  for c in "$@"; do ROUND_VALUES[$c]=""; done
+  for round in $(seq 1 "${ROUNDS:-3}"); do
     for c in "$@"; do
-      "$fn" "$c" >>"$dir/$c"
-      echo >>"$dir/$c"
+      ROUND_VALUES[$c]+="$("$fn" "$c") "
     done
   done
-  for c in "$@"; do MEDIAN[$c]=$(median <"$dir/$c"); done
-  rm -rf "$dir"
+  for c in "$@"; do MEDIAN[$c]=$(tr ' ' '\n' <<<"${ROUND_VALUES[$c]}" | median); done
+}
+
+# report_paired LABEL CONTENDER UNIT BASE_LABEL BASE_CONTENDER: the contender's median, and the
+# median of its ratio to the baseline measured next to it in each round (drift cancels out),
+# with every round's ratio.
+report_paired() {
+  awk -v l="$1" -v v="${MEDIAN[$2]}" -v u="$3" -v bl="$4" -v bv="${MEDIAN[$5]}" \
+      -v cs="${ROUND_VALUES[$2]}" -v bs="${ROUND_VALUES[$5]}" 'BEGIN {
+    n = split(cs, c, " "); split(bs, b, " ")
+    for (i = 1; i <= n; i++) r[i] = (b[i] > 0 ? c[i] / b[i] : 0)
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+    rounds = ""
+    for (i = 1; i <= n; i++) rounds = rounds sprintf("%s%.2f", (i > 1 ? " " : ""), c[i] / (b[i] > 0 ? b[i] : 1))
+    printf "  %-58s %12s %-8s  %.2fx %s (%s; rounds: %s)\n", l, v, u, r[int((n + 1) / 2)], bl, bv, rounds
+  }'
 }
 
 # rows_per_second DB SCRIPT TRANSACTIONS ROWS_PER_TRANSACTION: rows/s of running SCRIPT, 1 client.

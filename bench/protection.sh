@@ -33,11 +33,11 @@ bench_protection() {
   done
   protection_batch_script 0 >"$tmp/off.sql"
   protection_batch_script 10 >"$tmp/on.sql"
-  echo "  ingest, batches of 1,000 events over 10 tenants, 1 client: median of 3 interleaved rounds of 100 batches"
+  echo "  ingest, batches of 1,000 events over 10 tenants, 1 client: medians of 5 interleaved rounds of 100 batches"
   protection_rate() { rows_per_second $db "$tmp/$1.sql" 100 1000; }
-  interleaved protection_rate off on
+  ROUNDS=5 interleaved protection_rate off on
   report "encryption off" "${MEDIAN[off]}" "rows/s"
-  report "encryption on (ip, user agent, details.email sealed)" "${MEDIAN[on]}" "rows/s" "of off" "${MEDIAN[off]}"
+  report_paired "encryption on (ip, user agent, details.email sealed)" on "rows/s" "of off" off
   cpsql -d $db -At -c "SELECT '  stored ip_address of an encrypted event: ' || left(ip_address, 60) || '...' FROM custos.events WHERE tenant_id = '00000000-0000-4000-8000-000000000010' LIMIT 1"
 
   echo "  export of one tenant's 1,000,000 events (COPY to /dev/null on the server), peak backend memory"

@@ -17,6 +17,8 @@ COMMENT ON FUNCTION @extschema@.require_tenant_access(uuid) IS
 'Raises 42501 unless the caller works in the given tenant (its current tenant); superusers work in any.';
 COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
 'Internal: a stored event field as the tenant''s reader sees it (opened if sealed; NULL once its subject was forgotten). Used by custos'' logged read functions.';
+CREATE FUNCTION @extschema@.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb
+LANGUAGE c STABLE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'custos_reveal_details';
 COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
 'Internal: details with sealed values opened (null where the subject was forgotten).';
 COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
@@ -158,17 +160,29 @@ DECLARE
     tenant uuid := @extschema@.require_tenant();
     n bigint;
 BEGIN
+    -- custos' ids carry their seq: one primary-key lookup. Ids that carry none (from the 2^48th
+    -- event of a tenant on) are searched for among the tenant's events.
     RETURN QUERY
     SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
            o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
-      FROM @extschema@.opened_events o WHERE o.tenant_id = tenant AND o.id = event_id;
+      FROM @extschema@.opened_events o
+     WHERE o.tenant_id = tenant AND o.seq = @extschema@.event_seq(event_id) AND o.id = event_id;
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 AND @extschema@.event_seq(event_id) IS NULL THEN
+        RETURN QUERY
+        SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
+               o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
+          FROM @extschema@.opened_events o WHERE o.tenant_id = tenant AND o.id = event_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
     PERFORM @extschema@.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
     IF n = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no event %s in the current tenant', event_id);
     END IF;
 END
 $fn$;
+COMMENT ON FUNCTION @extschema@.event_seq(uuid) IS
+'The seq an event id carries (custos makes ids as RFC 9562 version-8 UUIDs whose first 48 bits are the seq); NULL for other UUIDs.';
 COMMENT ON FUNCTION @extschema@.event(uuid) IS
 'One event of the current tenant by id, sealed fields opened; recorded in custos.access_log (also when it is not found).';
 

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod dormant;
 pub mod error;
 pub mod gucs;
+pub mod jsonb;
 pub mod ledger;
 pub mod tenancy;
 pub mod tuple;
@@ -39,8 +40,8 @@ extension_sql_file!(
         "ledger",
         "crypto",
         ledger::protect::reveal,
-        ledger::protect::reveal_details,
         ledger::protect::is_erased,
+        ledger::event_id::event_seq,
         ledger::access::log_access,
         ledger::access::verify_access_log,
         ledger::api::require_tenant_access

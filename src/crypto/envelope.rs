@@ -3,13 +3,14 @@
 //! belongs (tenant, key version, event, field), so a value copied elsewhere fails to open.
 //! Nonces come from the caller (the server's strong random source), which keeps this testable.
 
-use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, Payload};
 use aes_gcm::{Aes256Gcm, Key, KeyInit, Nonce};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 
 pub const KEY_LEN: usize = 32;
 pub const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
 pub type SecretKey = [u8; KEY_LEN];
 
 /// Stored field values that are sealed start with this; the format is
@@ -27,24 +28,29 @@ pub enum CryptoError {
 }
 
 fn seal(key: &SecretKey, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
-    let mut out = nonce.to_vec();
+    seal_with(
+        &Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
+        nonce,
+        aad,
+        plaintext,
+    )
+}
+
+fn seal_with(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(plaintext);
     // AES-GCM encryption cannot fail for inputs below 64 GiB.
-    let sealed = cipher
-        .encrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .unwrap_or_default();
-    out.extend_from_slice(&sealed);
+    if let Ok(tag) =
+        cipher.encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut out[NONCE_LEN..])
+    {
+        out.extend_from_slice(&tag);
+    }
     out
 }
 
 fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    if sealed.len() < NONCE_LEN + 16 {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Malformed);
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
@@ -78,7 +84,9 @@ fn subject_key_aad(tenant: &[u8; 16], key_id: &[u8; 16]) -> Vec<u8> {
 }
 
 fn field_aad(tenant: &[u8; 16], event_id: &[u8; 16], field: &str) -> Vec<u8> {
-    let mut aad = b"custos/field/v1\0".to_vec();
+    const DOMAIN: &[u8] = b"custos/field/v1\0";
+    let mut aad = Vec::with_capacity(DOMAIN.len() + 32 + field.len());
+    aad.extend_from_slice(DOMAIN);
     aad.extend_from_slice(tenant);
     aad.extend_from_slice(event_id);
     aad.extend_from_slice(field.as_bytes());
@@ -125,6 +133,52 @@ pub fn unwrap_subject_key(
     to_key(open(data_key, &subject_key_aad(tenant, key_id), wrapped)?)
 }
 
+/// A subject key ready to seal many fields: its AES key schedule and the stored values' prefix
+/// are made once, not per value.
+#[derive(Clone)]
+pub struct FieldSealer {
+    cipher: Aes256Gcm,
+    prefix: String,
+}
+
+impl FieldSealer {
+    pub fn new(key: &SecretKey, key_id: &[u8; 16]) -> FieldSealer {
+        FieldSealer {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
+            prefix: format!("{SEALED_PREFIX}{}.", hex::encode(key_id)),
+        }
+    }
+
+    /// Seals one field of one event as stored text.
+    pub fn seal(
+        &self,
+        tenant: &[u8; 16],
+        event_id: &[u8; 16],
+        field: &str,
+        plaintext: &str,
+        nonce: &[u8; NONCE_LEN],
+    ) -> String {
+        let sealed = seal_with(
+            &self.cipher,
+            nonce,
+            &field_aad(tenant, event_id, field),
+            plaintext.as_bytes(),
+        );
+        // Encoded straight into the stored text (encode_string() goes through a slower chunked
+        // writer, encode() through a second buffer).
+        let mut out = self.prefix.clone().into_bytes();
+        let start = out.len();
+        out.resize(
+            start + base64::encoded_len(sealed.len(), false).unwrap_or(0),
+            0,
+        );
+        let written = B64.encode_slice(&sealed, &mut out[start..]).unwrap_or(0);
+        out.truncate(start + written);
+        // Base64 and the hex prefix are ASCII.
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
 /// Seals one field of one event as stored text.
 pub fn seal_field(
     key: &SecretKey,
@@ -135,17 +189,7 @@ pub fn seal_field(
     plaintext: &str,
     nonce: &[u8; NONCE_LEN],
 ) -> String {
-    let sealed = seal(
-        key,
-        nonce,
-        &field_aad(tenant, event_id, field),
-        plaintext.as_bytes(),
-    );
-    format!(
-        "{SEALED_PREFIX}{}.{}",
-        hex::encode(key_id),
-        B64.encode(sealed)
-    )
+    FieldSealer::new(key, key_id).seal(tenant, event_id, field, plaintext, nonce)
 }
 
 pub fn is_sealed(stored: &str) -> bool {

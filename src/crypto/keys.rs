@@ -7,13 +7,14 @@
 //! key is gone from every other session before its next statement touches a table. The master key
 //! is not kept; it is read from its setting whenever a data key must be unwrapped.
 
-use super::envelope::{self, CryptoError, SecretKey, KEY_LEN, NONCE_LEN};
+use super::envelope::{self, CryptoError, FieldSealer, SecretKey, KEY_LEN, NONCE_LEN};
 use crate::error::raise;
 use crate::gucs;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 type Tenant = [u8; 16];
 type KeyId = [u8; 16];
@@ -23,7 +24,7 @@ struct Cache {
     generation: u64,
     data_keys: HashMap<(Tenant, i32), SecretKey>,
     subject_keys: HashMap<(Tenant, KeyId), Option<SecretKey>>,
-    writing_keys: HashMap<(Tenant, String), (KeyId, SecretKey)>,
+    writing_keys: HashMap<Tenant, HashMap<String, Rc<FieldSealer>>>,
 }
 
 thread_local! {
@@ -45,17 +46,49 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     })
 }
 
+/// Bytes from the server's strong random source, drawn in blocks: each `pg_strong_random` call
+/// costs about as much as sealing a field, and the ledger needs fresh bytes for every event id
+/// and nonce. The block belongs to one process (a forked child starts its own) and is wiped as
+/// it is handed out.
+struct RandomPool {
+    pid: i32,
+    block: [u8; RANDOM_BLOCK],
+    used: usize,
+}
+
+const RANDOM_BLOCK: usize = 4096;
+
+thread_local! {
+    static RANDOM: RefCell<RandomPool> = const {
+        RefCell::new(RandomPool { pid: 0, block: [0; RANDOM_BLOCK], used: RANDOM_BLOCK })
+    };
+}
+
 pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // SAFETY: fills a buffer of the given length from the server's strong random source.
-    if !unsafe { pg_sys::pg_strong_random(b.as_mut_ptr().cast(), N) } {
-        raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "could not generate random bytes",
-            None,
-        );
-    }
-    b
+    const { assert!(N <= RANDOM_BLOCK) };
+    // SAFETY: reading a backend global.
+    let pid = unsafe { pg_sys::MyProcPid };
+    RANDOM.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.pid != pid || pool.used + N > RANDOM_BLOCK {
+            // SAFETY: fills the whole block from the server's strong random source.
+            if !unsafe { pg_sys::pg_strong_random(pool.block.as_mut_ptr().cast(), RANDOM_BLOCK) } {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    "could not generate random bytes",
+                    None,
+                );
+            }
+            pool.pid = pid;
+            pool.used = 0;
+        }
+        let start = pool.used;
+        let mut out = [0u8; N];
+        out.copy_from_slice(&pool.block[start..start + N]);
+        pool.block[start..start + N].fill(0);
+        pool.used += N;
+        out
+    })
 }
 
 /// A random (version 4) UUID.
@@ -192,9 +225,15 @@ pub fn new_data_key_version(tenant: &Tenant, version: i32) {
 }
 
 /// The key new sealed values of `subject` are written with, made on first use.
-pub fn writing_key(tenant: &Tenant, subject: &str) -> (KeyId, SecretKey) {
-    if let Some(k) = with_cache(|c| c.writing_keys.get(&(*tenant, subject.to_string())).copied()) {
-        return k;
+pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<FieldSealer> {
+    let cached = with_cache(|c| {
+        c.writing_keys
+            .get(tenant)
+            .and_then(|subjects| subjects.get(subject))
+            .cloned()
+    });
+    if let Some(sealer) = cached {
+        return sealer;
     }
     let live = || -> Option<(KeyId, i32, Vec<u8>)> {
         as_key_owner(|| {
@@ -253,12 +292,15 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> (KeyId, SecretKey) {
     };
     let key = envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
         .unwrap_or_else(|_| corrupt_key(&id));
+    let sealer = Rc::new(FieldSealer::new(&key, &id));
     with_cache(|c| {
         c.writing_keys
-            .insert((*tenant, subject.to_string()), (id, key));
+            .entry(*tenant)
+            .or_default()
+            .insert(subject.to_string(), sealer.clone());
         c.subject_keys.insert((*tenant, id), Some(key));
     });
-    (id, key)
+    sealer
 }
 
 fn corrupt_key(id: &KeyId) -> ! {

@@ -190,7 +190,7 @@ fn first_event_of_a_tenant_in_a_rolled_back_subtransaction() {
 fn custos_assigns_its_own_columns() {
     let (A, B) = fresh_tenants();
     as_tenant(A);
-    for (col, val) in [("seq", "7"), ("hash", "'\\x00'"), ("prev_hash", "'\\x00'"), ("txid", "1"), ("db_role", "'x'"), ("recorded_at", "now()")] {
+    for (col, val) in [("seq", "7"), ("id", "gen_random_uuid()"), ("hash", "'\\x00'"), ("prev_hash", "'\\x00'"), ("txid", "1"), ("db_role", "'x'"), ("recorded_at", "now()")] {
         assert_error(
             &format!("INSERT INTO custos.events (action, entity_type, {col}) VALUES ('a', 'b', {val})"),
             "428C9",

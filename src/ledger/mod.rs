@@ -6,6 +6,7 @@ pub mod capture;
 pub mod chain;
 pub mod changes;
 pub mod checkpoint;
+pub mod event_id;
 pub mod head;
 pub mod protect;
 pub mod row;

@@ -4,9 +4,10 @@
 
 use crate::crypto::{envelope, keys};
 use crate::error::raise;
+use crate::jsonb::NewValue;
 use crate::tenancy::TenantCache;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
@@ -15,7 +16,7 @@ pub struct Policy {
 }
 
 thread_local! {
-    static POLICIES: TenantCache<Policy> = TenantCache::new();
+    static POLICIES: TenantCache<std::rc::Rc<Policy>> = TenantCache::new();
 }
 
 /// Parses the `ledger.encrypted_detail_keys` setting: a JSON string of comma-separated keys.
@@ -30,7 +31,7 @@ pub fn parse_detail_keys(json_text: &str) -> Vec<String> {
 
 /// The tenant's protection settings, cached until settings change (read as the key owner, so that what a
 /// writer's role may see of the settings never decides whether its events are sealed).
-pub fn policy(tenant: &[u8; 16]) -> Policy {
+pub fn policy(tenant: &[u8; 16]) -> std::rc::Rc<Policy> {
     POLICIES.with(|c| {
         c.get_or_load(tenant, || {
             let mut p = Policy::default();
@@ -42,7 +43,7 @@ pub fn policy(tenant: &[u8; 16]) -> Policy {
                     _ => {}
                 }
             }
-            p
+            std::rc::Rc::new(p)
         })
     })
 }
@@ -53,13 +54,15 @@ pub fn detail_field(key: &str) -> String {
 }
 
 /// What the chain trigger stores for a sensitive event: sealed text for ip_address and
-/// user_agent, and `details` with the configured keys' values sealed (as their JSON text).
+/// user_agent, and for each configured `details` key present, its value (as JSON text) sealed.
 pub struct Sealed {
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
-    pub details: Option<serde_json::Value>,
+    pub details: Vec<(String, String)>,
 }
 
+/// Seals an event's sensitive fields with the subject's key. `detail` gives the JSON text of a
+/// top-level `details` key (None when absent or null).
 pub fn seal_event(
     policy: &Policy,
     tenant: &[u8; 16],
@@ -67,13 +70,11 @@ pub fn seal_event(
     subject: &str,
     ip_address: Option<&str>,
     user_agent: Option<&str>,
-    details: impl FnOnce() -> serde_json::Value,
+    detail: impl Fn(&str) -> Option<String>,
 ) -> Sealed {
-    let (key_id, key) = keys::writing_key(tenant, subject);
+    let sealer = keys::writing_key(tenant, subject);
     let seal = |field: &str, plain: &str| {
-        envelope::seal_field(
-            &key,
-            &key_id,
+        sealer.seal(
             tenant,
             event_id,
             field,
@@ -81,31 +82,17 @@ pub fn seal_event(
             &keys::random_bytes::<{ envelope::NONCE_LEN }>(),
         )
     };
-    let mut sealed_details = None;
-    if !policy.detail_keys.is_empty() {
-        let mut doc = details();
-        let mut changed = false;
-        if let Some(map) = doc.as_object_mut() {
-            for name in &policy.detail_keys {
-                if let Some(value) = map.get_mut(name) {
-                    if value.is_null() {
-                        continue;
-                    }
-                    let mut plain = String::new();
-                    super::chain::canonical_json(value, &mut plain);
-                    *value = serde_json::Value::String(seal(&detail_field(name), &plain));
-                    changed = true;
-                }
-            }
-        }
-        if changed {
-            sealed_details = Some(doc);
-        }
-    }
+    let details = policy
+        .detail_keys
+        .iter()
+        .filter_map(|name| {
+            detail(name).map(|plain| (name.clone(), seal(&detail_field(name), &plain)))
+        })
+        .collect();
     Sealed {
         ip_address: ip_address.map(|ip| seal("ip_address", ip)),
         user_agent: user_agent.map(|ua| seal("user_agent", ua)),
-        details: sealed_details,
+        details,
     }
 }
 
@@ -139,32 +126,62 @@ fn reveal(
         .unwrap_or_else(|e| tampered(event_id, field, e))
 }
 
-/// `details` with every sealed value opened (its JSON restored), or null where the key is gone.
-#[pg_extern(stable, parallel_unsafe)]
-fn reveal_details(tenant: pgrx::Uuid, event_id: pgrx::Uuid, details: JsonB) -> JsonB {
-    let JsonB(mut doc) = details;
-    if let Some(map) = doc.as_object_mut() {
-        let mut authorized = false;
-        for (name, value) in map.iter_mut() {
-            let Some(stored) = value.as_str().filter(|s| envelope::is_sealed(s)) else {
-                continue;
-            };
-            if !authorized {
-                super::api::authorize_tenant(uuid::Uuid::from_bytes(*tenant.as_bytes()));
-                authorized = true;
-            }
-            let field = detail_field(name);
-            *value = match keys::open_stored(tenant.as_bytes(), event_id.as_bytes(), &field, stored)
-            {
-                Ok(Some(plain)) => serde_json::from_str(&plain).unwrap_or_else(|_| {
-                    tampered(event_id, &field, envelope::CryptoError::Malformed)
-                }),
-                Ok(None) => serde_json::Value::Null,
-                Err(e) => tampered(event_id, &field, e),
-            };
-        }
+/// `details` with its sealed values opened: their JSON restored, or null where the key is gone.
+/// Documents with nothing sealed are returned as they are, without being printed and parsed.
+fn reveal_details(tenant: &[u8; 16], event_id: &[u8; 16], details: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: the function manager passes a non-null jsonb (the function is STRICT).
+    let Some(object) = (unsafe { crate::jsonb::Doc::of(details) }).object() else {
+        return details;
+    };
+    let sealed = object.top_level_strings(|s| s.starts_with(envelope::SEALED_PREFIX.as_bytes()));
+    if sealed.is_empty() {
+        return details;
     }
-    JsonB(doc)
+    super::api::authorize_tenant(uuid::Uuid::from_bytes(*tenant));
+    let event = pgrx::Uuid::from_bytes(*event_id);
+    let opened: Vec<(String, Option<String>)> = sealed
+        .into_iter()
+        .map(|(name, stored)| {
+            let field = detail_field(&name);
+            match keys::open_stored(tenant, event_id, &field, &stored) {
+                Ok(plain) => (name, plain),
+                Err(e) => tampered(event, &field, e),
+            }
+        })
+        .collect();
+    let replace: Vec<_> = opened
+        .iter()
+        .map(|(name, plain)| {
+            let value = plain.as_deref().map_or(NewValue::Null, NewValue::Json);
+            (name.as_str(), value)
+        })
+        .collect();
+    object.with_values(&replace)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_custos_reveal_details() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `custos.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb`, STRICT.
+/// A C-level function so that the jsonb is read in place rather than converted through serde.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with three non-null arguments.
+#[pgrx::pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn custos_reveal_details(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: as promised above; uuids are passed by reference to 16 bytes.
+    unsafe {
+        let args = (*fcinfo).args.as_slice(3);
+        let tenant = *args[0].value.cast_mut_ptr::<[u8; 16]>();
+        let event_id = *args[1].value.cast_mut_ptr::<[u8; 16]>();
+        reveal_details(&tenant, &event_id, args[2].value)
+    }
 }
 
 /// Whether a stored value is sealed under a key that no longer exists.

@@ -143,20 +143,6 @@ pub unsafe fn bytes_of<'a>(d: pg_sys::Datum) -> &'a [u8] {
     }
 }
 
-/// jsonb's text output, without going through the function manager.
-unsafe fn jsonb_text<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    unsafe {
-        let jb = pg_sys::pg_detoast_datum(d.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
-        let len = pgrx::varlena::varsize_any(jb.cast()) as i32;
-        CStr::from_ptr(pg_sys::JsonbToCString(
-            std::ptr::null_mut(),
-            &mut (*jb).root,
-            len,
-        ))
-        .to_bytes()
-    }
-}
-
 /// The hashed fields of a deformed `custos.events` row. `details` is printed with jsonb's
 /// output function, in the current memory context; `ip_address` is stored as inet's text.
 ///
@@ -167,6 +153,23 @@ pub unsafe fn event_fields<'a>(
     c: &Columns,
     values: &[pg_sys::Datum],
     nulls: &[bool],
+) -> EventFields<'a> {
+    // SAFETY: as promised by the caller.
+    unsafe {
+        let details = crate::jsonb::Doc::of(values[c.details]).text();
+        event_fields_with_details(c, values, nulls, details)
+    }
+}
+
+/// Like [`event_fields`], with `details` already printed.
+///
+/// # Safety
+/// As for [`event_fields`].
+pub unsafe fn event_fields_with_details<'a>(
+    c: &Columns,
+    values: &[pg_sys::Datum],
+    nulls: &[bool],
+    details: &'a [u8],
 ) -> EventFields<'a> {
     unsafe {
         let uuid = |i: usize| -> [u8; 16] { *values[i].cast_mut_ptr::<[u8; 16]>() };
@@ -184,7 +187,7 @@ pub unsafe fn event_fields<'a>(
             entity_type: bytes_of(values[c.entity_type]),
             entity_id: opt(c.entity_id),
             severity: bytes_of(values[c.severity]),
-            details: jsonb_text(values[c.details]),
+            details,
             ip_address: opt(c.ip_address),
             user_agent: opt(c.user_agent),
         }

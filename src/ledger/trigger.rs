@@ -4,9 +4,10 @@
 //! every field.
 
 use super::chain::{event_hash, genesis_hash, HASH_LEN};
+use super::event_id::event_id;
 use super::head::{self, Head};
 use super::protect;
-use super::row::{bytes_of, event_fields, Columns};
+use super::row::{bytes_of, event_fields_with_details, Columns};
 use crate::error::raise;
 use crate::gucs;
 use crate::tuple::Row;
@@ -142,6 +143,7 @@ unsafe fn chain_row<'a>(
 
         for (i, name) in [
             (c.seq, "seq"),
+            (c.id, "id"),
             (c.recorded_at, "recorded_at"),
             (c.db_role, "db_role"),
             (c.txid, "txid"),
@@ -170,12 +172,6 @@ unsafe fn chain_row<'a>(
                 "every event needs an entity_type, such as 'user' or 'invoice'",
             );
         }
-        if row.nulls[c.id] {
-            row.set(
-                c.id,
-                pgrx::Uuid::from_bytes(crate::crypto::keys::random_uuid_v4()).into_datum(),
-            );
-        }
         let recorded_at = pg_sys::GetCurrentTimestamp();
         row.set(c.recorded_at, Some(pg_sys::Datum::from(recorded_at)));
         if row.nulls[c.occurred_at] {
@@ -201,24 +197,31 @@ unsafe fn chain_row<'a>(
                 JsonB(serde_json::Value::Object(Default::default())).into_datum(),
             );
         }
+        // Checked as the client gave them, before sealing makes values longer; seq and id are
+        // placeholders until the chain's head is known.
         row.set(c.seq, Some(pg_sys::Datum::from(0i64)));
-        protect_row(&c, &mut row);
-
-        let mut fields = event_fields(&c, &row.values, &row.nulls);
-        check_event(&fields);
+        row.set(c.id, pgrx::Uuid::from_bytes([0; 16]).into_datum());
+        normalise_ip(&c, &mut row);
+        let details_text = crate::jsonb::Doc::of(row.values[c.details]).text();
+        check_event(&event_fields_with_details(
+            &c,
+            &row.values,
+            &row.nulls,
+            details_text,
+        ));
         let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
-        if fields.details.len() > limit {
+        if details_text.len() > limit {
             raise(
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "event details are {} bytes, more than custos.max_details_bytes ({limit})",
-                    fields.details.len()
+                    details_text.len()
                 ),
                 Some("store large documents elsewhere and reference them from details"),
             );
         }
 
-        let tenant = fields.tenant_id;
+        let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
         let prev = match head::cached(&tenant) {
             Some(h) => h,
             None => {
@@ -229,7 +232,19 @@ unsafe fn chain_row<'a>(
                 })
             }
         };
-        fields.seq = prev.seq + 1;
+        let seq = prev.seq + 1;
+        let id = event_id(seq, crate::crypto::keys::random_bytes::<16>());
+        row.set(c.seq, Some(pg_sys::Datum::from(seq)));
+        row.set(c.id, pgrx::Uuid::from_bytes(id).into_datum());
+        // Sealing binds each value to the event id, so it comes after the id is known.
+        let details_sealed = seal_row(&c, &mut row);
+        let details_text = if details_sealed {
+            crate::jsonb::Doc::of(row.values[c.details]).text()
+        } else {
+            details_text
+        };
+        let mut fields = event_fields_with_details(&c, &row.values, &row.nulls, details_text);
+        fields.seq = seq;
         let hash = event_hash(&prev.hash, &fields);
         head::advance(
             &tenant,
@@ -239,15 +254,34 @@ unsafe fn chain_row<'a>(
             },
         );
 
-        row.set(c.seq, Some(pg_sys::Datum::from(fields.seq)));
         row.set(c.prev_hash, (&prev.hash[..HASH_LEN]).into_datum());
         row.set(c.hash, (&hash[..]).into_datum());
         row.form(tupdesc, "event")
     }
 }
 
+/// Whether `text` is an IPv4 address exactly as `inet` prints it (four decimal octets, no
+/// leading zeros, no mask), so that parsing and printing it through `inet` would change nothing.
+pub fn is_canonical_ipv4(text: &[u8]) -> bool {
+    let mut octets = 0;
+    for part in text.split(|&b| b == b'.') {
+        octets += 1;
+        let plain_digits = !part.is_empty()
+            && part.len() <= 3
+            && part.iter().all(u8::is_ascii_digit)
+            && (part.len() == 1 || part[0] != b'0');
+        if !plain_digits || part.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0')) > 255 {
+            return false;
+        }
+    }
+    octets == 4
+}
+
 /// The canonical text of an IP address (as `inet` prints it), refusing what is not one.
 unsafe fn canonical_inet(text: &[u8]) -> String {
+    if is_canonical_ipv4(text) {
+        return String::from_utf8_lossy(text).into_owned();
+    }
     let Ok(input) = std::ffi::CString::new(text) else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
@@ -266,25 +300,32 @@ unsafe fn canonical_inet(text: &[u8]) -> String {
     }
 }
 
-/// Normalises ip_address and, when the tenant's policy says so, seals ip_address, user_agent and
-/// the configured details keys, before the row is hashed.
-unsafe fn protect_row(c: &Columns, row: &mut Row) {
+/// Stores ip_address as `inet` prints it, refusing what is not an IP address.
+unsafe fn normalise_ip(c: &Columns, row: &mut Row) {
     unsafe {
-        let ip =
-            (!row.nulls[c.ip_address]).then(|| canonical_inet(bytes_of(row.values[c.ip_address])));
+        if !row.nulls[c.ip_address] {
+            let ip = canonical_inet(bytes_of(row.values[c.ip_address]));
+            row.set(c.ip_address, ip.as_str().into_datum());
+        }
+    }
+}
+
+/// When the tenant's policy says so, seals ip_address, user_agent and the configured details
+/// keys, before the row is hashed. Returns whether `details` changed.
+unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
+    unsafe {
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
         let policy = protect::policy(&tenant);
         if !policy.encrypt {
-            if let Some(ip) = ip {
-                row.set(c.ip_address, ip.as_str().into_datum());
-            }
-            return;
+            return false;
         }
+        let text = |i: usize| {
+            (!row.nulls[i]).then(|| String::from_utf8_lossy(bytes_of(row.values[i])).into_owned())
+        };
+        let (ip, user_agent) = (text(c.ip_address), text(c.user_agent));
         let id = *row.values[c.id].cast_mut_ptr::<[u8; 16]>();
         let actor = String::from_utf8_lossy(bytes_of(row.values[c.actor])).into_owned();
-        let user_agent = (!row.nulls[c.user_agent])
-            .then(|| String::from_utf8_lossy(bytes_of(row.values[c.user_agent])).into_owned());
-        let details = row.values[c.details];
+        let details = crate::jsonb::Doc::of(row.values[c.details]).object();
         let sealed = protect::seal_event(
             &policy,
             &tenant,
@@ -292,11 +333,7 @@ unsafe fn protect_row(c: &Columns, row: &mut Row) {
             &actor,
             ip.as_deref(),
             user_agent.as_deref(),
-            || {
-                JsonB::from_datum(details, false)
-                    .map(|j| j.0)
-                    .unwrap_or_default()
-            },
+            |key| details.as_ref().and_then(|d| d.field_text(key)),
         );
         if let Some(ip) = sealed.ip_address {
             row.set(c.ip_address, ip.as_str().into_datum());
@@ -304,8 +341,47 @@ unsafe fn protect_row(c: &Columns, row: &mut Row) {
         if let Some(ua) = sealed.user_agent {
             row.set(c.user_agent, ua.as_str().into_datum());
         }
-        if let Some(details) = sealed.details {
-            row.set(c.details, JsonB(details).into_datum());
+        match details.filter(|_| !sealed.details.is_empty()) {
+            Some(details) => {
+                let replace: Vec<_> = sealed
+                    .details
+                    .iter()
+                    .map(|(key, value)| (key.as_str(), crate::jsonb::NewValue::Text(value)))
+                    .collect();
+                row.set(c.details, Some(details.with_values(&replace)));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::is_canonical_ipv4;
+
+    #[test]
+    fn only_canonical_dotted_quads_skip_inet() {
+        for ok in ["10.1.2.3", "0.0.0.0", "255.255.255.255", "192.168.100.10"] {
+            assert!(is_canonical_ipv4(ok.as_bytes()), "{ok}");
+        }
+        for other in [
+            "",
+            "10.1.2",
+            "10.1.2.3.4",
+            "10.01.2.3",
+            "256.1.2.3",
+            "10.1.2.3/32",
+            "10.1.2.3/24",
+            "1.2.3.",
+            ".1.2.3",
+            "::1",
+            "::ffff:1.2.3.4",
+            "1.2.3.4 ",
+            "1.2.3.1000",
+            "a.b.c.d",
+        ] {
+            assert!(!is_canonical_ipv4(other.as_bytes()), "{other}");
         }
     }
 }

@@ -129,21 +129,46 @@ pub(crate) fn settings_for(tenant: &[u8; 16], prefix: &str) -> Vec<(String, Stri
 }
 
 thread_local! {
-    /// Bumped whenever this backend processes a relcache invalidation: every cache of settings
-    /// and keys filled under an older generation is stale.
+    /// Bumped whenever custos.tenant_settings is invalidated (or every relation is, after an
+    /// invalidation queue overflow): every cache of settings and keys filled under an older
+    /// generation is stale.
     static CACHE_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// custos.tenant_settings' oid once looked up; InvalidOid until then, and again after each
+    /// invalidation of it (the extension may have been dropped and made anew).
+    static SETTINGS_RELID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
 }
 
+/// The current cache generation. Call inside a transaction (it may look up a catalog).
 pub(crate) fn cache_generation() -> u64 {
+    if SETTINGS_RELID.get() == pg_sys::InvalidOid {
+        SETTINGS_RELID.set(tenant_settings_relid());
+    }
     CACHE_GENERATION.with(std::cell::Cell::get)
+}
+
+fn tenant_settings_relid() -> pg_sys::Oid {
+    // SAFETY: catalog lookups inside a transaction; missing objects give InvalidOid.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return pg_sys::InvalidOid;
+        }
+        pg_sys::get_relname_relid(c"tenant_settings".as_ptr(), nsp)
+    }
 }
 
 fn age_caches() {
     CACHE_GENERATION.with(|g| g.set(g.get() + 1));
 }
 
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
-    age_caches();
+/// Other relations' invalidations (autovacuum's statistics, DDL elsewhere) leave the caches be:
+/// reloading every tenant's keys after each would cost more than the caching saves.
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let watched = SETTINGS_RELID.get();
+    if relid == pg_sys::InvalidOid || watched == pg_sys::InvalidOid || relid == watched {
+        SETTINGS_RELID.set(pg_sys::InvalidOid);
+        age_caches();
+    }
 }
 
 /// A rolled-back (sub)transaction may have made keys that no longer exist: forget them.
@@ -185,13 +210,10 @@ pub fn init() {
 #[pg_extern(volatile, parallel_unsafe)]
 pub(crate) fn invalidate_caches() {
     age_caches();
-    // SAFETY: backend thread inside a transaction; catalog lookups of custos' own table.
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), false);
-        let relid = pg_sys::get_relname_relid(c"tenant_settings".as_ptr(), nsp);
-        if relid != pg_sys::InvalidOid {
-            pg_sys::CacheInvalidateRelcacheByRelid(relid);
-        }
+    let relid = tenant_settings_relid();
+    if relid != pg_sys::InvalidOid {
+        // SAFETY: inside a transaction; queues an invalidation of an existing relation.
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     }
 }
 
