@@ -5,11 +5,12 @@ CREATE TABLE @extschema@.data_keys (
     tenant_id  uuid NOT NULL,
     version    integer NOT NULL CHECK (version > 0),
     wrapped    bytea NOT NULL,
+    master_key_id text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, version)
 );
 COMMENT ON TABLE @extschema@.data_keys IS
-'Per-tenant AES-256 data keys, each version wrapped (AES-256-GCM) by the master key with the tenant and version as associated data. The newest version wraps new subject keys; older ones stay for reading.';
+'Per-tenant AES-256 data keys, each version wrapped (AES-256-GCM) by the master key named in master_key_id, with the tenant and version as associated data. The newest version wraps new subject keys; older ones stay for reading. custos.rewrap_data_keys moves them to a new master key.';
 
 CREATE TABLE @extschema@.subject_keys (
     tenant_id        uuid NOT NULL,
@@ -36,3 +37,7 @@ COMMENT ON FUNCTION @extschema@.rotate_data_key(uuid) IS
 'Makes a new data key version for the tenant and retires its subjects'' current keys, so new values are sealed under fresh keys; values sealed before stay readable. Returns the new version.';
 REVOKE EXECUTE ON FUNCTION @extschema@.rotate_data_key(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.rotate_data_key(uuid) TO custos_admin;
+
+COMMENT ON FUNCTION @extschema@.rewrap_data_keys(uuid) IS
+'Master-key rotation: rewraps the data keys of a tenant (NULL: every tenant) that custos.master_key_previous wrapped under custos.master_key, in one transaction. Returns how many were rewrapped, how many were already under the configured key, and its id. Superusers only.';
+REVOKE EXECUTE ON FUNCTION @extschema@.rewrap_data_keys(uuid) FROM PUBLIC;

@@ -53,6 +53,13 @@ pub static MASTER_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString
 /// File holding the master key, for deployments that keep secrets out of postgresql.conf.
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// The master key being replaced during a master-key rotation (see `custos.rewrap_data_keys`):
+/// data keys it wrapped stay readable until they are rewrapped under `custos.master_key`.
+pub static MASTER_KEY_PREVIOUS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static MASTER_KEY_PREVIOUS_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
 /// Set (transaction-locally) only by custos.apply_retention: `tenant:seq` through which the
 /// ledger's DELETE guard lets rows go. Superuser-only, so no other role can open that door.
 pub static RETENTION_THROUGH: GucSetting<Option<CString>> =
@@ -127,6 +134,22 @@ request.jwt.claims is used, then the database role.",
         c"File holding the AES-256-GCM master key (32 bytes, hex or base64).",
         c"Read by the server process when a tenant's data key is first needed in a transaction; used when custos.master_key is empty.",
         &MASTER_KEY_FILE,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.master_key_previous",
+        c"The master key being replaced: during a rotation, data keys it wrapped are still opened with it.",
+        c"Superuser-only and hidden. Set it with the new custos.master_key, run custos.rewrap_data_keys(), then clear it.",
+        &MASTER_KEY_PREVIOUS,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.master_key_previous_file",
+        c"File holding the master key being replaced; used when custos.master_key_previous is empty.",
+        c"Superuser-only.",
+        &MASTER_KEY_PREVIOUS_FILE,
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY,
     );

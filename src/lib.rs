@@ -31,7 +31,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/crypto.sql",
     name = "crypto",
-    requires = ["tenancy", crypto::rotate_data_key]
+    requires = ["tenancy", crypto::rotate_data_key, crypto::rewrap_data_keys]
 );
 extension_sql_file!(
     "../sql/ledger_protection.sql",

@@ -99,22 +99,71 @@ pub fn random_uuid_v4() -> [u8; 16] {
     b
 }
 
-fn master_key() -> SecretKey {
-    let text = gucs::secret(&gucs::MASTER_KEY, &gucs::MASTER_KEY_FILE, "master key")
-        .unwrap_or_else(|| {
+/// A master key with its id, which `custos.data_keys` records for every data key it wraps.
+pub struct MasterKey {
+    pub key: SecretKey,
+    pub id: String,
+}
+
+fn configured_master(
+    inline: &pgrx::GucSetting<Option<std::ffi::CString>>,
+    file: &pgrx::GucSetting<Option<std::ffi::CString>>,
+    what: &str,
+) -> Option<MasterKey> {
+    let text = gucs::secret(inline, file, what)?;
+    let key =
+        crate::ledger::checkpoint::decode_32(&text, &format!("the {what}")).unwrap_or_else(|e| {
             raise(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "no master key is configured for ledger encryption",
-                Some("a superuser sets custos.master_key (32 bytes, hex or base64) or custos.master_key_file"),
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("custos {what}: {e}"),
+                None,
             )
         });
-    crate::ledger::checkpoint::decode_32(&text, "the master key").unwrap_or_else(|e| {
+    Some(MasterKey {
+        id: envelope::master_key_id(&key),
+        key,
+    })
+}
+
+/// The configured master key (custos.master_key or its file).
+pub fn master_key() -> MasterKey {
+    configured_master(&gucs::MASTER_KEY, &gucs::MASTER_KEY_FILE, "master key").unwrap_or_else(|| {
         raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("custos master key: {e}"),
-            None,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "no master key is configured for ledger encryption",
+            Some("a superuser sets custos.master_key (32 bytes, hex or base64) or custos.master_key_file"),
         )
     })
+}
+
+/// The master key being replaced, during a rotation.
+fn previous_master_key() -> Option<MasterKey> {
+    configured_master(
+        &gucs::MASTER_KEY_PREVIOUS,
+        &gucs::MASTER_KEY_PREVIOUS_FILE,
+        "previous master key",
+    )
+}
+
+/// The configured key that wrapped a data key recorded as wrapped by master key `wrapped_by`:
+/// the current one, or during a rotation the previous one.
+fn master_for(tenant: &Tenant, version: i32, wrapped_by: &str) -> MasterKey {
+    let current = master_key();
+    if current.id == wrapped_by {
+        return current;
+    }
+    match previous_master_key() {
+        Some(previous) if previous.id == wrapped_by => previous,
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "the configured master key {} does not open data key version {version} of tenant {} (wrapped by master key {wrapped_by})",
+                current.id,
+                uuid::Uuid::from_bytes(*tenant)
+            ),
+            Some("custos.master_key must hold the key the data keys were made with; while rotating it, set the old one as custos.master_key_previous and run custos.rewrap_data_keys()"),
+        ),
+    }
 }
 
 /// Runs SPI work as the bootstrap superuser: key tables are closed to every other role, and the
@@ -151,14 +200,14 @@ fn key_failed(e: impl std::fmt::Display) -> ! {
     )
 }
 
-fn wrong_master(tenant: &Tenant, version: i32) -> ! {
+fn corrupt_data_key(tenant: &Tenant, version: i32, master_id: &str) -> ! {
     raise(
-        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
         format!(
-            "the configured master key does not open data key version {version} of tenant {}",
+            "data key version {version} of tenant {} does not open with master key {master_id}, which it records as its own",
             uuid::Uuid::from_bytes(*tenant)
         ),
-        Some("custos.master_key (or the key file) must hold the key the tenant's data keys were made with"),
+        Some("the wrapped key in custos.data_keys was changed"),
     )
 }
 
@@ -167,22 +216,32 @@ pub fn data_key(tenant: &Tenant, version: i32) -> SecretKey {
     if let Some(k) = with_cache(|c| c.data_keys.get(&(*tenant, version)).copied()) {
         return k;
     }
-    let wrapped = as_key_owner(|| {
-        Spi::get_one_with_args::<Vec<u8>>(
-            "SELECT wrapped FROM custos.data_keys WHERE tenant_id = $1 AND version = $2",
+    let (wrapped, wrapped_by) = as_key_owner(|| {
+        Spi::get_two_with_args::<Vec<u8>, String>(
+            "SELECT wrapped, master_key_id FROM custos.data_keys WHERE tenant_id = $1 AND version = $2",
             &[uuid_arg(tenant).into(), version.into()],
         )
     })
-    .unwrap_or_else(|e| key_failed(e))
-    .unwrap_or_else(|| {
+    .unwrap_or_else(|e| {
+        if matches!(e, pgrx::spi::Error::InvalidPosition) {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("tenant has no data key version {version}"),
+                None,
+            )
+        }
+        key_failed(e)
+    });
+    let (Some(wrapped), Some(wrapped_by)) = (wrapped, wrapped_by) else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("tenant has no data key version {version}"),
             None,
         )
-    });
-    let key = envelope::unwrap_data_key(&master_key(), tenant, version, &wrapped)
-        .unwrap_or_else(|_| wrong_master(tenant, version));
+    };
+    let master = master_for(tenant, version, &wrapped_by);
+    let key = envelope::unwrap_data_key(&master.key, tenant, version, &wrapped)
+        .unwrap_or_else(|_| corrupt_data_key(tenant, version, &master.id));
     with_cache(|c| c.data_keys.insert((*tenant, version), key));
     key
 }
@@ -208,8 +267,9 @@ pub fn current_data_key_version(tenant: &Tenant) -> i32 {
 /// Makes data key `version` of a tenant (no-op if a concurrent session made it first).
 pub fn new_data_key_version(tenant: &Tenant, version: i32) {
     let key: SecretKey = random_bytes::<KEY_LEN>();
+    let master = master_key();
     let wrapped = envelope::wrap_data_key(
-        &master_key(),
+        &master.key,
         tenant,
         version,
         &key,
@@ -217,8 +277,8 @@ pub fn new_data_key_version(tenant: &Tenant, version: i32) {
     );
     as_key_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO custos.data_keys (tenant_id, version, wrapped) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[uuid_arg(tenant).into(), version.into(), wrapped.into()],
+            "INSERT INTO custos.data_keys (tenant_id, version, wrapped, master_key_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[uuid_arg(tenant).into(), version.into(), wrapped.into(), master.id.into()],
         )
     })
     .unwrap_or_else(|e| key_failed(e));
@@ -370,4 +430,61 @@ pub fn open_stored(
             envelope::open_field(&key, tenant, event_id, field, &sealed).map(Some)
         }
     }
+}
+
+/// Rewraps data keys (of one tenant, or all) that an older master key wrapped under the
+/// configured one, opening them with `custos.master_key_previous`. Returns (rewrapped, already
+/// under the configured key).
+pub fn rewrap_data_keys(tenant: Option<&Tenant>) -> (i64, i64) {
+    let current = master_key();
+    let rows = as_key_owner(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "SELECT tenant_id, version, wrapped, master_key_id FROM custos.data_keys
+                      WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY tenant_id, version FOR UPDATE",
+                    None,
+                    &[tenant.map(uuid_arg).into()],
+                )?
+                .map(|r| {
+                    Ok((
+                        r.get::<pgrx::Uuid>(1)?.map(|u| *u.as_bytes()),
+                        r.get::<i32>(2)?,
+                        r.get::<Vec<u8>>(3)?,
+                        r.get::<String>(4)?,
+                    ))
+                })
+                .collect::<pgrx::spi::Result<Vec<_>>>()
+        })
+    })
+    .unwrap_or_else(|e| key_failed(e));
+    let (mut rewrapped, mut current_already) = (0, 0);
+    for row in rows {
+        let (Some(t), Some(version), Some(wrapped), Some(wrapped_by)) = row else {
+            continue;
+        };
+        if wrapped_by == current.id {
+            current_already += 1;
+            continue;
+        }
+        let old = master_for(&t, version, &wrapped_by);
+        let key = envelope::unwrap_data_key(&old.key, &t, version, &wrapped)
+            .unwrap_or_else(|_| corrupt_data_key(&t, version, &old.id));
+        let fresh = envelope::wrap_data_key(
+            &current.key,
+            &t,
+            version,
+            &key,
+            &random_bytes::<NONCE_LEN>(),
+        );
+        as_key_owner(|| {
+            Spi::run_with_args(
+                "UPDATE custos.data_keys SET wrapped = $3, master_key_id = $4 WHERE tenant_id = $1 AND version = $2",
+                &[uuid_arg(&t).into(), version.into(), fresh.into(), current.id.clone().into()],
+            )
+        })
+        .unwrap_or_else(|e| key_failed(e));
+        rewrapped += 1;
+    }
+    (rewrapped, current_already)
 }

@@ -34,3 +34,30 @@ fn rotate_data_key(tenant: pgrx::Uuid) -> i32 {
     crate::tenancy::invalidate_caches();
     version
 }
+
+/// Master-key rotation: rewraps the data keys of `tenant` (NULL: every tenant) that the previous
+/// master key wrapped under the configured one. Set the new key as custos.master_key and the old
+/// one as custos.master_key_previous first; clear the latter afterwards. Superusers only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn rewrap_data_keys(
+    tenant: default!(Option<pgrx::Uuid>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(rewrapped, i64),
+        name!(already_current, i64),
+        name!(master_key_id, String),
+    ),
+> {
+    // SAFETY: reads the current user's superuser flag, backend thread.
+    if !unsafe { pg_sys::superuser() } {
+        crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "only a superuser may rewrap data keys",
+            Some("the master keys are superuser-only settings"),
+        );
+    }
+    let (rewrapped, current) = keys::rewrap_data_keys(tenant.as_ref().map(|t| t.as_bytes()));
+    crate::tenancy::invalidate_caches();
+    TableIterator::once((rewrapped, current, keys::master_key().id))
+}

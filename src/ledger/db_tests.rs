@@ -946,3 +946,34 @@ fn a_key_made_in_a_rolled_back_subtransaction_is_not_reused() {
     let seen = Spi::get_one::<String>(&format!("SELECT user_agent || ' ' || (details->>'email') FROM custos.event('{id}')")).unwrap();
     assert_eq!(seen.as_deref(), Some("Firefox g@x"));
 }
+
+#[pg_test]
+fn master_key_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
+    const NEW: &str = "0909090909090909090909090909090909090909090909090909090909090909";
+    let (A, B) = fresh_tenants();
+    encrypted_tenant(A);
+    let id = sealed_event("frank", "f@x");
+    let email = |id: &str| Spi::get_one::<String>(&format!("SELECT details->>'email' FROM custos.event('{id}')"));
+    // The new key alone does not open the tenant's data key, and the error names both keys.
+    Spi::run(&format!("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{NEW}'")).unwrap();
+    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "(wrapped by master key ");
+    // During the rotation the previous key still opens it.
+    Spi::run(&format!("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = '{MASTER}'")).unwrap();
+    assert_eq!(email(&id), Ok(Some("f@x".into())));
+    let rewrapped = Spi::get_two::<i64, i64>(&format!("SELECT rewrapped, already_current FROM custos.rewrap_data_keys('{A}')"));
+    assert_eq!(rewrapped, Ok((Some(1), Some(0))));
+    // Afterwards the new key alone opens old values and seals new ones; a second run has nothing to do.
+    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = ''").unwrap();
+    assert_eq!(email(&id), Ok(Some("f@x".into())));
+    let later = sealed_event("frank", "f2@x");
+    assert_eq!(email(&later), Ok(Some("f2@x".into())));
+    let again = Spi::get_two::<i64, i64>(&format!("SELECT rewrapped, already_current FROM custos.rewrap_data_keys('{A}')"));
+    assert_eq!(again, Ok((Some(0), Some(1))));
+    // The old key no longer opens anything, and nobody but a superuser may rewrap.
+    Spi::run(&format!("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{MASTER}'")).unwrap();
+    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "does not open data key version 1");
+    Spi::run(&format!("SET LOCAL custos.master_key = '{NEW}'; SELECT custos.set_tenant('{B}')")).unwrap();
+    Spi::run("GRANT EXECUTE ON FUNCTION custos.rewrap_data_keys(uuid) TO custos_admin; SET LOCAL ROLE custos_admin").unwrap();
+    assert_error("SELECT * FROM custos.rewrap_data_keys()", "42501", "only a superuser");
+    Spi::run("RESET ROLE").unwrap();
+}
