@@ -205,6 +205,16 @@ SELECT seq, reader, function, filters, rows_returned FROM custos.access_log;
 SELECT ok, checked FROM custos.verify_access_log('d4000000-0000-4000-8000-000000000004');
 \echo '   rotating the tenant''s data key: new values get fresh keys, old ones stay readable'
 SELECT custos.rotate_data_key('d4000000-0000-4000-8000-000000000004') AS data_key_version;
+\echo '   rotating the master key: the data keys are rewrapped under the new one, values stay readable'
+SET custos.master_key_previous = '5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5';
+SET custos.master_key = 'a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11c';
+SELECT * FROM custos.rewrap_data_keys();
+RESET custos.master_key_previous;
+SELECT seq, ip_address, details->>'email' AS email FROM custos.timeline();
+\echo '   an event id carries its seq, so custos.event(id) is one primary-key lookup:'
+SELECT e.id, custos.event_seq(e.id) AS seq_in_id, e.action FROM custos.events e
+ WHERE tenant_id = 'd4000000-0000-4000-8000-000000000004' ORDER BY seq LIMIT 1 \gset ev_
+SELECT :'ev_id' AS id, :ev_seq_in_id AS seq_in_the_id, seq, action, details->>'email' AS email FROM custos.event(:'ev_id');
 \echo '   frank asks to be forgotten: his key is destroyed, the chain still verifies:'
 SELECT custos.forget_subject('d4000000-0000-4000-8000-000000000004', 'frank@acme.example') AS erased;
 SELECT seq, actor, action, ip_address, details, erased FROM custos.timeline();
