@@ -5,6 +5,20 @@
 
 use pgrx::prelude::*;
 
+/// The version-1 calling-convention record PostgreSQL looks up (`pg_finfo_<name>`) for a function
+/// written against fmgr directly (`LANGUAGE c AS 'MODULE_PATHNAME', '<name>'`).
+macro_rules! fmgr_v1_info {
+    ($finfo:ident) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            static V1: pgrx::pg_sys::Pg_finfo_record =
+                pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+pub(crate) use fmgr_v1_info;
+
 pub mod crypto;
 pub mod dormant;
 pub mod error;

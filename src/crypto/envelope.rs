@@ -190,19 +190,6 @@ impl FieldSealer {
     }
 }
 
-/// Seals one field of one event as stored text.
-pub fn seal_field(
-    key: &SecretKey,
-    key_id: &[u8; 16],
-    tenant: &[u8; 16],
-    event_id: &[u8; 16],
-    field: &str,
-    plaintext: &str,
-    nonce: &[u8; NONCE_LEN],
-) -> String {
-    FieldSealer::new(key, key_id).seal(tenant, event_id, field, plaintext, nonce)
-}
-
 pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(SEALED_PREFIX)
 }
@@ -245,7 +232,7 @@ mod tests {
     const KEY: SecretKey = [7; 32];
 
     fn sealed(plain: &str) -> String {
-        seal_field(&KEY, &KID, &T1, &E1, "ip_address", plain, &[3; 12])
+        FieldSealer::new(&KEY, &KID).seal(&T1, &E1, "ip_address", plain, &[3; 12])
     }
 
     #[test]
@@ -317,7 +304,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip_and_any_flipped_bit_is_caught(plain in "\\PC{0,200}", nonce in any::<[u8; 12]>(), flip in any::<prop::sample::Index>()) {
-            let stored = seal_field(&KEY, &KID, &T1, &E1, "details.email", &plain, &nonce);
+            let stored = FieldSealer::new(&KEY, &KID).seal(&T1, &E1, "details.email", &plain, &nonce);
             let (_, mut body) = parse_sealed(&stored).unwrap();
             prop_assert_eq!(open_field(&KEY, &T1, &E1, "details.email", &body).unwrap(), plain);
             let bit = flip.index(body.len() * 8);

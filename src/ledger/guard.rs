@@ -46,11 +46,7 @@ unsafe fn takes_the_ledger_away(tree: *mut pg_sys::Node) -> bool {
     }
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn pg_finfo_custos_guard_ledger_drop() -> &'static pg_sys::Pg_finfo_record {
-    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+crate::fmgr_v1_info!(pg_finfo_custos_guard_ledger_drop);
 
 /// # Safety
 /// Called by PostgreSQL's function manager as an event trigger function.

@@ -159,11 +159,7 @@ fn reveal_details(tenant: &[u8; 16], event_id: &[u8; 16], details: pg_sys::Datum
     object.with_values(&replace)
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn pg_finfo_custos_reveal_details() -> &'static pg_sys::Pg_finfo_record {
-    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+crate::fmgr_v1_info!(pg_finfo_custos_reveal_details);
 
 /// `custos.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb`, STRICT.
 /// A C-level function so that the jsonb is read in place rather than converted through serde.
