@@ -195,7 +195,7 @@ COMMIT;
 BEGIN;
 SELECT custos.set_tenant('d4000000-0000-4000-8000-000000000004') \gset
 \echo '   at rest (what a stolen backup shows):'
-SELECT seq, left(ip_address, 40) || '...' AS ip_address, left(details->>'email', 40) || '...' AS email
+SELECT seq, actor, left(ip_address, 40) || '...' AS ip_address, left(details->>'email', 40) || '...' AS email
   FROM custos.events WHERE tenant_id = 'd4000000-0000-4000-8000-000000000004';
 \echo '   through custos.timeline (opened for this tenant, and logged):'
 SELECT seq, actor, ip_address, user_agent, details FROM custos.timeline();

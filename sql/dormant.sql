@@ -216,11 +216,13 @@ BEGIN
     IF to_seq IS NULL OR to_seq <= from_seq THEN
         RETURN 0;
     END IF;
+    -- Actors of encrypted tenants are stored as pseudonyms: name them (forgotten ones match nobody).
     WITH latest AS (
-        SELECT e.actor, max(e.occurred_at) AS at
-          FROM @extschema@.events e
-         WHERE e.tenant_id = t AND e.seq > from_seq AND e.seq <= to_seq
-         GROUP BY e.actor
+        SELECT @extschema@.reveal_actor(t, g.actor) AS actor, g.at
+          FROM (SELECT e.actor, max(e.occurred_at) AS at
+                  FROM @extschema@.events e
+                 WHERE e.tenant_id = t AND e.seq > from_seq AND e.seq <= to_seq
+                 GROUP BY e.actor) g
     ), matched AS (
         SELECT i.user_id, max(l.at) AS at
           FROM latest l JOIN @extschema@.identities i

@@ -21,8 +21,11 @@ CREATE FUNCTION @extschema@.reveal_details(tenant uuid, event_id uuid, details j
 LANGUAGE c STABLE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'custos_reveal_details';
 COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
 'Internal: details with sealed values opened (null where the subject was forgotten).';
+COMMENT ON FUNCTION @extschema@.reveal_actor(uuid, text) IS
+'Internal: the actor of an event as the tenant''s reader sees it (the subject''s name for a pseudonym, NULL once forgotten).';
 COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
 REVOKE EXECUTE ON FUNCTION @extschema@.reveal(uuid, uuid, text, text), @extschema@.reveal_details(uuid, uuid, jsonb),
+                            @extschema@.reveal_actor(uuid, text),
                             @extschema@.is_erased(uuid, text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
@@ -62,12 +65,14 @@ GRANT EXECUTE ON FUNCTION @extschema@.verify_access_log(uuid) TO custos_auditor,
 -- Events with their sealed values opened (for the current tenant only: reveal checks). Read only
 -- by custos' logged functions, which filter on tenant_id; nobody else may select from it.
 CREATE VIEW @extschema@.opened_events AS
-SELECT e.tenant_id, e.seq, e.id, e.occurred_at, e.recorded_at, e.actor, e.db_role, e.action, e.entity_type,
+SELECT e.tenant_id, e.seq, e.id, e.occurred_at, e.recorded_at,
+       @extschema@.reveal_actor(e.tenant_id, e.actor) AS actor, e.db_role, e.action, e.entity_type,
        e.entity_id, e.severity,
        @extschema@.reveal_details(e.tenant_id, e.id, e.details) AS details,
        @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address) AS ip_address,
        @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent) AS user_agent,
-       @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent) AS erased
+       @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
+       OR (starts_with(e.actor, 'subject:') AND @extschema@.reveal_actor(e.tenant_id, e.actor) IS NULL) AS erased
   FROM @extschema@.events e;
 COMMENT ON VIEW @extschema@.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
 REVOKE ALL ON @extschema@.opened_events FROM PUBLIC;

@@ -54,6 +54,7 @@ extension_sql_file!(
         "ledger",
         "crypto",
         ledger::protect::reveal,
+        ledger::protect::reveal_actor,
         ledger::protect::is_erased,
         ledger::event_id::event_seq,
         ledger::access::log_access,
@@ -66,6 +67,7 @@ extension_sql_file!(
     name = "dormant",
     requires = [
         "ledger",
+        "ledger_protection",
         dormant::identities_derive,
         dormant::explain_risk,
         dormant::risk_level_of,

@@ -24,7 +24,8 @@ struct Cache {
     generation: u64,
     data_keys: HashMap<(Tenant, i32), SecretKey>,
     subject_keys: HashMap<(Tenant, KeyId), Option<SecretKey>>,
-    writing_keys: HashMap<Tenant, HashMap<String, Rc<FieldSealer>>>,
+    writing_keys: HashMap<Tenant, HashMap<String, Rc<SubjectWriter>>>,
+    subject_names: HashMap<(Tenant, KeyId), Option<String>>,
 }
 
 thread_local! {
@@ -284,34 +285,42 @@ pub fn new_data_key_version(tenant: &Tenant, version: i32) {
     .unwrap_or_else(|e| key_failed(e));
 }
 
-/// The key new sealed values of `subject` are written with, made on first use.
-pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<FieldSealer> {
+/// How new events of a subject are written: the key their values are sealed with, and the
+/// subject's pseudonym (`subject_ref`, the same for all its keys), which stands in for the name.
+pub struct SubjectWriter {
+    pub sealer: FieldSealer,
+    pub subject_ref: [u8; 16],
+}
+
+/// The writer of `subject`'s new sealed values, its key made on first use.
+pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
     let cached = with_cache(|c| {
         c.writing_keys
             .get(tenant)
             .and_then(|subjects| subjects.get(subject))
             .cloned()
     });
-    if let Some(sealer) = cached {
-        return sealer;
+    if let Some(writer) = cached {
+        return writer;
     }
-    let live = || -> Option<(KeyId, i32, Vec<u8>)> {
+    let live = || -> Option<(KeyId, i32, Vec<u8>, KeyId)> {
         as_key_owner(|| {
             Spi::connect(|client| {
                 let rows = client.select(
-                    "SELECT id, data_key_version, wrapped FROM custos.subject_keys
+                    "SELECT id, data_key_version, wrapped, subject_ref FROM custos.subject_keys
                       WHERE tenant_id = $1 AND subject = $2 AND destroyed_at IS NULL AND retired_at IS NULL",
                     None,
                     &[uuid_arg(tenant).into(), subject.into()],
                 )?;
                 let mut found = None;
                 for r in rows {
-                    if let (Some(id), Some(v), Some(w)) = (
+                    if let (Some(id), Some(v), Some(w), Some(s)) = (
                         r.get::<pgrx::Uuid>(1)?,
                         r.get::<i32>(2)?,
                         r.get::<Vec<u8>>(3)?,
+                        r.get::<pgrx::Uuid>(4)?,
                     ) {
-                        found = Some((*id.as_bytes(), v, w));
+                        found = Some((*id.as_bytes(), v, w, *s.as_bytes()));
                     }
                 }
                 Ok::<_, pgrx::spi::Error>(found)
@@ -319,7 +328,7 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<FieldSealer> {
         })
         .unwrap_or_else(|e| key_failed(e))
     };
-    let (id, version, wrapped) = match live() {
+    let (id, version, wrapped, subject_ref) = match live() {
         Some(found) => found,
         None => {
             let version = current_data_key_version(tenant);
@@ -332,16 +341,20 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<FieldSealer> {
                 &key,
                 &random_bytes::<NONCE_LEN>(),
             );
+            // A subject keeps its pseudonym across key rotations.
             as_key_owner(|| {
                 Spi::run_with_args(
-                    "INSERT INTO custos.subject_keys (tenant_id, id, subject, data_key_version, wrapped)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    "INSERT INTO custos.subject_keys (tenant_id, id, subject, subject_ref, data_key_version, wrapped)
+                     VALUES ($1, $2, $3, coalesce((SELECT k.subject_ref FROM custos.subject_keys k
+                                                    WHERE k.tenant_id = $1 AND k.subject = $3 LIMIT 1), $6), $4, $5)
+                     ON CONFLICT DO NOTHING",
                     &[
                         uuid_arg(tenant).into(),
                         uuid_arg(&id).into(),
                         subject.into(),
                         version.into(),
                         wrapped.into(),
+                        uuid_arg(&random_uuid_v4()).into(),
                     ],
                 )
             })
@@ -352,15 +365,43 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<FieldSealer> {
     };
     let key = envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
         .unwrap_or_else(|_| corrupt_key(&id));
-    let sealer = Rc::new(FieldSealer::new(&key, &id));
+    let writer = Rc::new(SubjectWriter {
+        sealer: FieldSealer::new(&key, &id),
+        subject_ref,
+    });
     with_cache(|c| {
         c.writing_keys
             .entry(*tenant)
             .or_default()
-            .insert(subject.to_string(), sealer.clone());
+            .insert(subject.to_string(), writer.clone());
         c.subject_keys.insert((*tenant, id), Some(key));
+        c.subject_names
+            .insert((*tenant, subject_ref), Some(subject.to_string()));
     });
-    sealer
+    writer
+}
+
+/// The subject a pseudonym stands for; None once the subject was forgotten (or never existed).
+pub fn subject_name(tenant: &Tenant, subject_ref: &[u8; 16]) -> Option<String> {
+    if let Some(name) = with_cache(|c| c.subject_names.get(&(*tenant, *subject_ref)).cloned()) {
+        return name;
+    }
+    let name = as_key_owner(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT subject FROM custos.subject_keys WHERE tenant_id = $1 AND subject_ref = $2 AND subject IS NOT NULL LIMIT 1",
+            &[uuid_arg(tenant).into(), uuid_arg(subject_ref).into()],
+        )
+    })
+    .or_else(|e| match e {
+        pgrx::spi::Error::InvalidPosition => Ok(None),
+        e => Err(e),
+    })
+    .unwrap_or_else(|e| key_failed(e));
+    with_cache(|c| {
+        c.subject_names
+            .insert((*tenant, *subject_ref), name.clone())
+    });
+    name
 }
 
 fn corrupt_key(id: &KeyId) -> ! {

@@ -865,11 +865,14 @@ fn rotation_keeps_old_values_readable_and_forgetting_shreds_them() {
 
     let forgotten = Spi::get_one::<pgrx::JsonB>(&format!("SELECT custos.forget_subject('{A}', 'carol')")).unwrap().unwrap().0;
     assert_eq!(forgotten["keys_destroyed"], 2);
+    // The name is gone too: events keep the pseudonym, which now names nobody.
     let after_forget = Spi::get_one::<String>(
-        "SELECT string_agg(coalesce(details->>'email', 'gone') || '/' || coalesce(ip_address, 'gone') || '/' || erased, ' ') FROM custos.timeline(by_actor => 'carol')",
+        "SELECT string_agg(coalesce(actor, 'nobody') || '/' || coalesce(details->>'email', 'gone') || '/' || coalesce(ip_address, 'gone') || '/' || erased, ' ' ORDER BY seq)
+           FROM custos.timeline(with_action => 'login')",
     )
     .unwrap();
-    assert_eq!(after_forget.as_deref(), Some("gone/gone/true gone/gone/true"));
+    assert_eq!(after_forget.as_deref(), Some("nobody/gone/gone/true nobody/gone/gone/true"));
+    assert_eq!(count("SELECT count(*) FROM custos.timeline(by_actor => 'carol')"), 0);
     assert!(verify(A).0, "erasure leaves the chain verifiable");
     assert_eq!(
         Spi::get_one::<String>(&format!("SELECT action FROM custos.events WHERE tenant_id = '{A}' ORDER BY seq DESC LIMIT 1")).unwrap().as_deref(),
@@ -976,4 +979,42 @@ fn master_key_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     Spi::run("GRANT EXECUTE ON FUNCTION custos.rewrap_data_keys(uuid) TO custos_admin; SET LOCAL ROLE custos_admin").unwrap();
     assert_error("SELECT * FROM custos.rewrap_data_keys()", "42501", "only a superuser");
     Spi::run("RESET ROLE").unwrap();
+}
+
+#[pg_test]
+fn encrypted_events_store_the_actor_as_a_pseudonym_kept_across_rotations() {
+    let (A, _) = fresh_tenants();
+    encrypted_tenant(A);
+    let first = sealed_event("grace@example.com", "g@x");
+    Spi::run(&format!("SELECT custos.rotate_data_key('{A}')")).unwrap();
+    let second = sealed_event("grace@example.com", "g2@x");
+    let stored = |id: &str| {
+        Spi::get_one::<String>(&format!("SELECT actor FROM custos.events WHERE id = '{id}'")).unwrap().unwrap()
+    };
+    assert!(stored(&first).starts_with("subject:"), "{}", stored(&first));
+    assert_eq!(stored(&first), stored(&second), "one pseudonym per subject, whatever its key");
+    assert_eq!(
+        Spi::get_one::<String>(&format!("SELECT actor FROM custos.event('{second}')")).unwrap().as_deref(),
+        Some("grace@example.com")
+    );
+    assert_eq!(count("SELECT count(*) FROM custos.timeline(by_actor => 'grace@example.com')"), 2);
+    // Activity still reaches the identity through the pseudonym.
+    Spi::run(
+        "SELECT custos.upsert_identities('[{\"user_id\": \"grace@example.com\", \"last_active_at\": \"2020-01-01T00:00:00Z\"}]')",
+    )
+    .unwrap();
+    Spi::run(&format!("SELECT custos.sync_activity_from_ledger('{A}')")).unwrap();
+    assert!(
+        Spi::get_one::<bool>(&format!(
+            "SELECT last_active_at > now() - interval '1 hour' FROM custos.identities WHERE tenant_id = '{A}' AND user_id = 'grace@example.com'"
+        ))
+        .unwrap()
+        .unwrap_or(false)
+    );
+    // Unencrypted tenants keep names; a stored value that only looks like a pseudonym is shown as is.
+    assert_eq!(
+        Spi::get_one::<String>(&format!("SELECT custos.reveal_actor('{A}', 'subject:nonsense')")).unwrap().as_deref(),
+        Some("subject:nonsense")
+    );
+    assert!(verify(A).0);
 }

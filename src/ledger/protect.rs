@@ -53,9 +53,24 @@ pub fn detail_field(key: &str) -> String {
     format!("details.{key}")
 }
 
-/// What the chain trigger stores for a sensitive event: sealed text for ip_address and
-/// user_agent, and for each configured `details` key present, its value (as JSON text) sealed.
+/// Stored in place of the actor's name on encrypted events: the subject's pseudonym.
+pub const PSEUDONYM_PREFIX: &str = "subject:";
+
+pub fn actor_pseudonym(subject_ref: &[u8; 16]) -> String {
+    format!("{PSEUDONYM_PREFIX}{}", uuid::Uuid::from_bytes(*subject_ref))
+}
+
+/// The subject reference a stored actor is a pseudonym for, if it is one.
+pub fn parse_pseudonym(stored: &str) -> Option<[u8; 16]> {
+    let reference = stored.strip_prefix(PSEUDONYM_PREFIX)?;
+    uuid::Uuid::try_parse(reference).ok().map(|u| *u.as_bytes())
+}
+
+/// What the chain trigger stores for a sensitive event: the actor's pseudonym, sealed text for
+/// ip_address and user_agent, and for each configured `details` key present, its value (as JSON
+/// text) sealed.
 pub struct Sealed {
+    pub actor: String,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
     pub details: Vec<(String, String)>,
@@ -72,9 +87,9 @@ pub fn seal_event(
     user_agent: Option<&str>,
     detail: impl Fn(&str) -> Option<String>,
 ) -> Sealed {
-    let sealer = keys::writing_key(tenant, subject);
+    let writer = keys::writing_key(tenant, subject);
     let seal = |field: &str, plain: &str| {
-        sealer.seal(
+        writer.sealer.seal(
             tenant,
             event_id,
             field,
@@ -90,6 +105,7 @@ pub fn seal_event(
         })
         .collect();
     Sealed {
+        actor: actor_pseudonym(&writer.subject_ref),
         ip_address: ip_address.map(|ip| seal("ip_address", ip)),
         user_agent: user_agent.map(|ua| seal("user_agent", ua)),
         details,
@@ -180,6 +196,17 @@ pub unsafe extern "C-unwind" fn custos_reveal_details(
     }
 }
 
+/// The actor of an event as the tenant's reader sees it: the subject's name for a pseudonym (NULL
+/// once the subject was forgotten), the stored text otherwise.
+#[pg_extern(stable, parallel_unsafe)]
+fn reveal_actor(tenant: pgrx::Uuid, stored: &str) -> Option<String> {
+    let Some(subject_ref) = parse_pseudonym(stored) else {
+        return Some(stored.to_string());
+    };
+    super::api::authorize_tenant(uuid::Uuid::from_bytes(*tenant.as_bytes()));
+    keys::subject_name(tenant.as_bytes(), &subject_ref)
+}
+
 /// Whether a stored value is sealed under a key that no longer exists.
 #[pg_extern(stable, parallel_unsafe)]
 fn is_erased(tenant: pgrx::Uuid, stored: Option<&str>) -> bool {
@@ -198,6 +225,14 @@ fn is_erased(tenant: pgrx::Uuid, stored: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pseudonyms_round_trip_and_names_are_not_pseudonyms() {
+        let r = [0x5a; 16];
+        assert_eq!(parse_pseudonym(&actor_pseudonym(&r)), Some(r));
+        assert_eq!(parse_pseudonym("alice@example.com"), None);
+        assert_eq!(parse_pseudonym("subject:not-a-uuid"), None);
+    }
 
     #[test]
     fn detail_keys_setting_is_a_comma_list() {

@@ -310,8 +310,9 @@ unsafe fn normalise_ip(c: &Columns, row: &mut Row) {
     }
 }
 
-/// When the tenant's policy says so, seals ip_address, user_agent and the configured details
-/// keys, before the row is hashed. Returns whether `details` changed.
+/// When the tenant's policy says so, replaces the actor by the subject's pseudonym and seals
+/// ip_address, user_agent and the configured details keys with the subject's key, before the row
+/// is hashed. Returns whether `details` changed.
 unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
     unsafe {
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
@@ -335,6 +336,7 @@ unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
             user_agent.as_deref(),
             |key| details.as_ref().and_then(|d| d.field_text(key)),
         );
+        row.set(c.actor, sealed.actor.as_str().into_datum());
         if let Some(ip) = sealed.ip_address {
             row.set(c.ip_address, ip.as_str().into_datum());
         }
