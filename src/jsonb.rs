@@ -87,7 +87,9 @@ pub fn children(container: &[u8], kind: u32) -> Result<Option<Vec<Child<'_>>>, M
 pub fn object(keys: &[Child<'_>], values: &[Child<'_>]) -> Result<Vec<u8>, Malformed> {
     let n = keys.len();
     let data_start = HEADER_LEN + 2 * n * ENTRY_LEN;
-    let mut out = vec![0u8; data_start];
+    let data_len: usize = keys.iter().chain(values).map(|c| c.data.len() + 3).sum();
+    let mut out = Vec::with_capacity(data_start + data_len);
+    out.resize(data_start, 0);
     out[..4].copy_from_slice(&(n as u32 | pg_sys::JB_FOBJECT).to_ne_bytes());
     let mut end = 0usize;
     for (i, child) in keys.iter().chain(values).enumerate() {
@@ -157,13 +159,12 @@ impl Doc {
 
     /// The top level of the document when it is an object, read once for several lookups.
     pub fn object<'a>(self) -> Option<Object<'a>> {
-        let mut keys =
+        let children =
             children(self.container(), pg_sys::JB_FOBJECT).unwrap_or_else(|_| malformed())?;
-        let values = keys.split_off(keys.len() / 2);
         Some(Object {
             doc: self,
-            keys,
-            values,
+            pairs: children.len() / 2,
+            children,
         })
     }
 
@@ -205,19 +206,28 @@ impl Doc {
 /// The top level of a jsonb object: its keys and values as stored.
 pub struct Object<'a> {
     doc: Doc,
-    keys: Vec<Child<'a>>,
-    values: Vec<Child<'a>>,
+    /// Keys, then values.
+    children: Vec<Child<'a>>,
+    pairs: usize,
 }
 
 impl<'a> Object<'a> {
+    fn keys(&self) -> &[Child<'a>] {
+        &self.children[..self.pairs]
+    }
+
+    fn values(&self) -> &[Child<'a>] {
+        &self.children[self.pairs..]
+    }
+
     fn position(&self, key: &str) -> Option<usize> {
-        self.keys.iter().position(|k| k.data == key.as_bytes())
+        self.keys().iter().position(|k| k.data == key.as_bytes())
     }
 
     /// The JSON text of the value under top-level `key`; None when the document is not an object,
     /// has no such key, or holds JSON null there.
     pub fn field_text(&self, key: &str) -> Option<String> {
-        let value = self.values[self.position(key)?];
+        let value = self.values()[self.position(key)?];
         match value.kind {
             pg_sys::JENTRY_ISNULL => None,
             pg_sys::JENTRY_ISBOOL_TRUE => Some("true".into()),
@@ -237,9 +247,9 @@ impl<'a> Object<'a> {
 
     /// Top-level `(key, string value)` pairs of an object whose string value passes `keep`.
     pub fn top_level_strings(&self, keep: impl Fn(&[u8]) -> bool) -> Vec<(String, String)> {
-        self.keys
+        self.keys()
             .iter()
-            .zip(&self.values)
+            .zip(self.values())
             .filter(|(_, v)| v.kind == pg_sys::JENTRY_ISSTRING && keep(v.data))
             .map(|(k, v)| {
                 (
@@ -253,7 +263,7 @@ impl<'a> Object<'a> {
     /// The object with the values of existing top-level keys replaced (absent keys are not
     /// added), as a new jsonb datum.
     pub fn with_values(&self, replace: &[(&str, NewValue<'_>)]) -> pg_sys::Datum {
-        let mut values = self.values.clone();
+        let mut values = self.values().to_vec();
         let mut replaced = false;
         for (key, new) in replace {
             if let Some(at) = self.position(key) {
@@ -274,7 +284,7 @@ impl<'a> Object<'a> {
         if !replaced {
             return pg_sys::Datum::from(self.doc.0);
         }
-        let container = object(&self.keys, &values).unwrap_or_else(|_| {
+        let container = object(self.keys(), &values).unwrap_or_else(|_| {
             crate::error::raise(
                 pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 "the jsonb document would exceed jsonb's size limit",

@@ -94,14 +94,19 @@ fn subject_key_aad(tenant: &[u8; 16], key_id: &[u8; 16]) -> Vec<u8> {
     aad
 }
 
+const FIELD_DOMAIN: &[u8] = b"custos/field/v1\0";
+
 fn field_aad(tenant: &[u8; 16], event_id: &[u8; 16], field: &str) -> Vec<u8> {
-    const DOMAIN: &[u8] = b"custos/field/v1\0";
-    let mut aad = Vec::with_capacity(DOMAIN.len() + 32 + field.len());
-    aad.extend_from_slice(DOMAIN);
+    let mut aad = Vec::with_capacity(FIELD_DOMAIN.len() + 32 + field.len());
+    push_field_aad(&mut aad, tenant, event_id, field);
+    aad
+}
+
+fn push_field_aad(aad: &mut Vec<u8>, tenant: &[u8; 16], event_id: &[u8; 16], field: &str) {
+    aad.extend_from_slice(FIELD_DOMAIN);
     aad.extend_from_slice(tenant);
     aad.extend_from_slice(event_id);
     aad.extend_from_slice(field.as_bytes());
-    aad
 }
 
 /// A tenant's data key (version `version`), wrapped by the master key.
@@ -169,22 +174,30 @@ impl FieldSealer {
         plaintext: &str,
         nonce: &[u8; NONCE_LEN],
     ) -> String {
-        let sealed = seal_with(
-            &self.cipher,
-            nonce,
-            &field_aad(tenant, event_id, field),
-            plaintext.as_bytes(),
-        );
-        // Encoded straight into the stored text (encode_string() goes through a slower chunked
-        // writer, encode() through a second buffer).
-        let mut out = self.prefix.clone().into_bytes();
-        let start = out.len();
-        out.resize(
-            start + base64::encoded_len(sealed.len(), false).unwrap_or(0),
-            0,
-        );
-        let written = B64.encode_slice(&sealed, &mut out[start..]).unwrap_or(0);
-        out.truncate(start + written);
+        // One buffer holds the associated data, then nonce || ciphertext || tag, and one string
+        // the stored text: this runs for several fields of every event written.
+        let sealed_len = NONCE_LEN + plaintext.len() + TAG_LEN;
+        let aad_len = FIELD_DOMAIN.len() + 32 + field.len();
+        let mut buf = Vec::with_capacity(aad_len + sealed_len);
+        push_field_aad(&mut buf, tenant, event_id, field);
+        buf.extend_from_slice(nonce);
+        buf.extend_from_slice(plaintext.as_bytes());
+        let (aad, body) = buf.split_at_mut(aad_len);
+        // AES-GCM encryption cannot fail for inputs below 64 GiB.
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut body[NONCE_LEN..])
+            .unwrap_or_default();
+        buf.extend_from_slice(&tag);
+        let sealed = &buf[aad_len..];
+        let encoded_len = base64::encoded_len(sealed.len(), false).unwrap_or(0);
+        let mut out = Vec::with_capacity(self.prefix.len() + encoded_len);
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.resize(self.prefix.len() + encoded_len, 0);
+        let written = B64
+            .encode_slice(sealed, &mut out[self.prefix.len()..])
+            .unwrap_or(0);
+        out.truncate(self.prefix.len() + written);
         // Base64 and the hex prefix are ASCII.
         String::from_utf8(out).unwrap_or_default()
     }

@@ -290,6 +290,8 @@ pub fn new_data_key_version(tenant: &Tenant, version: i32) {
 pub struct SubjectWriter {
     pub sealer: FieldSealer,
     pub subject_ref: [u8; 16],
+    /// What encrypted events store as the actor: `subject:<subject_ref>`.
+    pub pseudonym: String,
 }
 
 /// The writer of `subject`'s new sealed values, its key made on first use.
@@ -368,6 +370,7 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
     let writer = Rc::new(SubjectWriter {
         sealer: FieldSealer::new(&key, &id),
         subject_ref,
+        pseudonym: crate::ledger::protect::actor_pseudonym(&subject_ref),
     });
     with_cache(|c| {
         c.writing_keys

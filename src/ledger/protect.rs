@@ -12,7 +12,8 @@ use pgrx::PgSqlErrorCode;
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub encrypt: bool,
-    pub detail_keys: Vec<String>,
+    /// The sealed `details` keys, each with its field name in the associated data.
+    pub detail_keys: Vec<(String, String)>,
 }
 
 thread_local! {
@@ -39,7 +40,15 @@ pub fn policy(tenant: &[u8; 16]) -> std::rc::Rc<Policy> {
             for (key, value) in settings {
                 match key.as_str() {
                     "ledger.encrypt" => p.encrypt = value == "true",
-                    "ledger.encrypted_detail_keys" => p.detail_keys = parse_detail_keys(&value),
+                    "ledger.encrypted_detail_keys" => {
+                        p.detail_keys = parse_detail_keys(&value)
+                            .into_iter()
+                            .map(|key| {
+                                let field = detail_field(&key);
+                                (key, field)
+                            })
+                            .collect()
+                    }
                     _ => {}
                 }
             }
@@ -69,24 +78,24 @@ pub fn parse_pseudonym(stored: &str) -> Option<[u8; 16]> {
 /// What the chain trigger stores for a sensitive event: the actor's pseudonym, sealed text for
 /// ip_address and user_agent, and for each configured `details` key present, its value (as JSON
 /// text) sealed.
-pub struct Sealed {
+pub struct Sealed<'p> {
     pub actor: String,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
-    pub details: Vec<(String, String)>,
+    pub details: Vec<(&'p str, String)>,
 }
 
 /// Seals an event's sensitive fields with the subject's key. `detail` gives the JSON text of a
 /// top-level `details` key (None when absent or null).
-pub fn seal_event(
-    policy: &Policy,
+pub fn seal_event<'p>(
+    policy: &'p Policy,
     tenant: &[u8; 16],
     event_id: &[u8; 16],
     subject: &str,
     ip_address: Option<&str>,
     user_agent: Option<&str>,
     detail: impl Fn(&str) -> Option<String>,
-) -> Sealed {
+) -> Sealed<'p> {
     let writer = keys::writing_key(tenant, subject);
     let seal = |field: &str, plain: &str| {
         writer.sealer.seal(
@@ -100,12 +109,10 @@ pub fn seal_event(
     let details = policy
         .detail_keys
         .iter()
-        .filter_map(|name| {
-            detail(name).map(|plain| (name.clone(), seal(&detail_field(name), &plain)))
-        })
+        .filter_map(|(name, field)| detail(name).map(|plain| (name.as_str(), seal(field, &plain))))
         .collect();
     Sealed {
-        actor: actor_pseudonym(&writer.subject_ref),
+        actor: writer.pseudonym.clone(),
         ip_address: ip_address.map(|ip| seal("ip_address", ip)),
         user_agent: user_agent.map(|ua| seal("user_agent", ua)),
         details,

@@ -94,7 +94,11 @@ pub fn check_event(fields: &super::chain::EventFields<'_>) {
             "severity is one of info, low, medium, high, critical",
         );
     }
-    if fields.details.first() != Some(&b'{') {
+}
+
+/// `details` must be a JSON object (checked on the stored jsonb, without printing it).
+fn check_details_object(details: crate::jsonb::Doc) {
+    if details.object().is_none() {
         check_failed(
             "custos.events.details must be a JSON object".into(),
             "wrap values in an object: {\"value\": ...}",
@@ -197,29 +201,14 @@ unsafe fn chain_row<'a>(
                 JsonB(serde_json::Value::Object(Default::default())).into_datum(),
             );
         }
-        // Checked as the client gave them, before sealing makes values longer; seq and id are
-        // placeholders until the chain's head is known.
+        // Checked as the client gave them, before sealing makes values longer (the details size
+        // limit applies to what is stored, below); seq and id are placeholders until the chain's
+        // head is known.
         row.set(c.seq, Some(pg_sys::Datum::from(0i64)));
         row.set(c.id, pgrx::Uuid::from_bytes([0; 16]).into_datum());
         normalise_ip(&c, &mut row);
-        let details_text = crate::jsonb::Doc::of(row.values[c.details]).text();
-        check_event(&event_fields_with_details(
-            &c,
-            &row.values,
-            &row.nulls,
-            details_text,
-        ));
-        let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
-        if details_text.len() > limit {
-            raise(
-                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "event details are {} bytes, more than custos.max_details_bytes ({limit})",
-                    details_text.len()
-                ),
-                Some("store large documents elsewhere and reference them from details"),
-            );
-        }
+        check_event(&event_fields_with_details(&c, &row.values, &row.nulls, b""));
+        check_details_object(crate::jsonb::Doc::of(row.values[c.details]));
 
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
         let prev = match head::cached(&tenant) {
@@ -237,12 +226,20 @@ unsafe fn chain_row<'a>(
         row.set(c.seq, Some(pg_sys::Datum::from(seq)));
         row.set(c.id, pgrx::Uuid::from_bytes(id).into_datum());
         // Sealing binds each value to the event id, so it comes after the id is known.
-        let details_sealed = seal_row(&c, &mut row);
-        let details_text = if details_sealed {
-            crate::jsonb::Doc::of(row.values[c.details]).text()
-        } else {
-            details_text
-        };
+        seal_row(&c, &mut row);
+        // Printed once, as stored (sealed values included): the hash covers this text.
+        let details_text = crate::jsonb::Doc::of(row.values[c.details]).text();
+        let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
+        if details_text.len() > limit {
+            raise(
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "event details are {} bytes, more than custos.max_details_bytes ({limit})",
+                    details_text.len()
+                ),
+                Some("store large documents elsewhere and reference them from details"),
+            );
+        }
         let mut fields = event_fields_with_details(&c, &row.values, &row.nulls, details_text);
         fields.seq = seq;
         let hash = event_hash(&prev.hash, &fields);
@@ -312,20 +309,20 @@ unsafe fn normalise_ip(c: &Columns, row: &mut Row) {
 
 /// When the tenant's policy says so, replaces the actor by the subject's pseudonym and seals
 /// ip_address, user_agent and the configured details keys with the subject's key, before the row
-/// is hashed. Returns whether `details` changed.
-unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
+/// is hashed.
+unsafe fn seal_row(c: &Columns, row: &mut Row) {
     unsafe {
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
         let policy = protect::policy(&tenant);
         if !policy.encrypt {
-            return false;
+            return;
         }
-        let text = |i: usize| {
-            (!row.nulls[i]).then(|| String::from_utf8_lossy(bytes_of(row.values[i])).into_owned())
-        };
+        // Borrowed from the row's datums (stored text is valid UTF-8, so nothing is copied).
+        let text =
+            |i: usize| (!row.nulls[i]).then(|| String::from_utf8_lossy(bytes_of(row.values[i])));
         let (ip, user_agent) = (text(c.ip_address), text(c.user_agent));
         let id = *row.values[c.id].cast_mut_ptr::<[u8; 16]>();
-        let actor = String::from_utf8_lossy(bytes_of(row.values[c.actor])).into_owned();
+        let actor = String::from_utf8_lossy(bytes_of(row.values[c.actor]));
         let details = crate::jsonb::Doc::of(row.values[c.details]).object();
         let sealed = protect::seal_event(
             &policy,
@@ -343,17 +340,13 @@ unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
         if let Some(ua) = sealed.user_agent {
             row.set(c.user_agent, ua.as_str().into_datum());
         }
-        match details.filter(|_| !sealed.details.is_empty()) {
-            Some(details) => {
-                let replace: Vec<_> = sealed
-                    .details
-                    .iter()
-                    .map(|(key, value)| (key.as_str(), crate::jsonb::NewValue::Text(value)))
-                    .collect();
-                row.set(c.details, Some(details.with_values(&replace)));
-                true
-            }
-            None => false,
+        if let Some(details) = details.filter(|_| !sealed.details.is_empty()) {
+            let replace: Vec<_> = sealed
+                .details
+                .iter()
+                .map(|(key, value)| (*key, crate::jsonb::NewValue::Text(value)))
+                .collect();
+            row.set(c.details, Some(details.with_values(&replace)));
         }
     }
 }
