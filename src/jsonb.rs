@@ -122,6 +122,101 @@ fn malformed() -> ! {
     )
 }
 
+/// Appends a container as `jsonb_out` prints it: `", "` between members and elements, `": "`
+/// after keys, a top-level scalar bare.
+pub fn print_container(container: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    let header = u32_at(container, 0)?;
+    if header & pg_sys::JB_FOBJECT != 0 {
+        let children = children(container, pg_sys::JB_FOBJECT)?.ok_or(Malformed)?;
+        let (keys, values) = children.split_at(children.len() / 2);
+        out.push(b'{');
+        for (i, (key, value)) in keys.iter().zip(values).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            escape_json(key.data, out);
+            out.extend_from_slice(b": ");
+            print_value(*value, out)?;
+        }
+        out.push(b'}');
+    } else {
+        let elements = children(container, pg_sys::JB_FARRAY)?.ok_or(Malformed)?;
+        if header & pg_sys::JB_FSCALAR != 0 {
+            return print_value(*elements.first().ok_or(Malformed)?, out);
+        }
+        out.push(b'[');
+        for (i, element) in elements.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            print_value(*element, out)?;
+        }
+        out.push(b']');
+    }
+    Ok(())
+}
+
+fn print_value(value: Child<'_>, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    match value.kind {
+        pg_sys::JENTRY_ISNULL => out.extend_from_slice(b"null"),
+        pg_sys::JENTRY_ISBOOL_TRUE => out.extend_from_slice(b"true"),
+        pg_sys::JENTRY_ISBOOL_FALSE => out.extend_from_slice(b"false"),
+        pg_sys::JENTRY_ISSTRING => escape_json(value.data, out),
+        pg_sys::JENTRY_ISNUMERIC => out.extend_from_slice(&numeric_text(value.data)),
+        pg_sys::JENTRY_ISCONTAINER => print_container(value.data, out)?,
+        _ => return Err(Malformed),
+    }
+    Ok(())
+}
+
+/// A string as PostgreSQL's `escape_json` writes it: quoted, `\"`, `\\`, `\b \f \n \r \t`,
+/// other bytes below 0x20 as `\u00xx`, everything else (UTF-8 included) as is. Runs that need no
+/// escaping are copied whole.
+pub fn escape_json(text: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    let mut plain_from = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0C => b"\\f",
+            0..=0x1F => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&text[plain_from..i]);
+        plain_from = i + 1;
+        if escaped.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xF)]);
+        } else {
+            out.extend_from_slice(escaped);
+        }
+    }
+    out.extend_from_slice(&text[plain_from..]);
+    out.push(b'"');
+}
+
+/// A stored numeric as `numeric_out` prints it.
+fn numeric_text(numeric: &[u8]) -> Vec<u8> {
+    // SAFETY: `numeric` is a numeric varlena inside a jsonb container, 4-aligned as jsonb stores
+    // numerics; numeric_out reads it (detoasting a short header itself) and returns a palloc'd
+    // C string.
+    unsafe {
+        pgrx::direct_function_call::<&CStr>(
+            pg_sys::numeric_out,
+            &[Some(pg_sys::Datum::from(numeric.as_ptr()))],
+        )
+        .map(|text| text.to_bytes().to_vec())
+        .unwrap_or_default()
+    }
+}
+
 /// A detoasted jsonb value, valid in the current memory context.
 #[derive(Clone, Copy)]
 pub struct Doc(*mut pg_sys::Jsonb);
@@ -188,17 +283,18 @@ impl Doc {
         }
     }
 
-    /// The document as jsonb's output function prints it.
+    /// The document exactly as jsonb's output function prints it (the ledger hashes this text),
+    /// in the current memory context. Printed here rather than by `JsonbToCString`, which
+    /// appends escaped strings a character at a time; numbers still go through `numeric_out`.
     pub fn text<'a>(self) -> &'a [u8] {
-        // SAFETY: a valid Jsonb; JsonbToCString pallocs the result in the current context.
+        let container = self.container();
+        let mut out = Vec::with_capacity(container.len() + container.len() / 4 + 16);
+        print_container(container, &mut out).unwrap_or_else(|_| malformed());
+        // SAFETY: a fresh palloc of out.len() bytes (at least one), filled from out.
         unsafe {
-            let len = pgrx::varlena::varsize_any(self.0.cast()) as i32;
-            CStr::from_ptr(pg_sys::JsonbToCString(
-                std::ptr::null_mut(),
-                self.root(),
-                len,
-            ))
-            .to_bytes()
+            let copy = pg_sys::palloc(out.len().max(1)).cast::<u8>();
+            std::ptr::copy_nonoverlapping(out.as_ptr(), copy, out.len());
+            std::slice::from_raw_parts(copy, out.len())
         }
     }
 }
@@ -437,6 +533,12 @@ mod tests {
     }
 
     #[pg_extern]
+    fn jsonb_test_text(doc: AnyElement) -> String {
+        // SAFETY: a jsonb argument.
+        String::from_utf8_lossy(unsafe { Doc::of(doc.datum()) }.text()).into_owned()
+    }
+
+    #[pg_extern]
     fn jsonb_test_field_text(doc: AnyElement, key: &str) -> Option<String> {
         // SAFETY: a jsonb argument.
         unsafe { Doc::of(doc.datum()) }
@@ -479,6 +581,18 @@ mod tests {
                 AND tests.jsonb_test_with_value('\"s\"'::jsonb, 'a', 'x', true) = tests.jsonb_test_bytes('\"s\"'::jsonb)",
         );
         assert_eq!(same, Ok(Some(true)));
+    }
+
+    #[pg_test]
+    fn documents_print_exactly_as_jsonb_out_prints_them() {
+        let mismatches = Spi::get_one::<i64>(&format!(
+            "WITH docs AS ({DOCS}
+                          UNION ALL SELECT 0, d FROM unnest(ARRAY['{{}}', '[]', '\"\"', 'null', 'true', '0', '-0.0', '1e-20',
+                              '12345678901234567890.1234567890', '[[], {{}}, [[]], {{\"a\": {{}}}}]', '\"tab\\f\\tnul\\u0001 \\u001f é ☃ 😀\"',
+                              '{{\"\": 1, \"a\\\"b\": [null, false, -1.5e3]}}']::jsonb[]) d)
+             SELECT count(*) FROM docs WHERE tests.jsonb_test_text(doc) IS DISTINCT FROM doc::text"
+        ));
+        assert_eq!(mismatches, Ok(Some(0)));
     }
 
     #[pg_test]
