@@ -263,26 +263,6 @@ impl Doc {
         })
     }
 
-    /// The JSON text of top-level `key`'s value, printed by jsonb's own code.
-    fn printed_value(self, key: &str) -> String {
-        // SAFETY: a valid object Jsonb holding `key`; the found value is copied (scalars) or
-        // points into this document, and JsonbValueToJsonb makes a fresh jsonb of it.
-        unsafe {
-            let mut value: pg_sys::JsonbValue = std::mem::zeroed();
-            let found = pg_sys::getKeyJsonValueFromContainer(
-                self.root(),
-                key.as_ptr().cast(),
-                key.len() as i32,
-                &mut value,
-            );
-            if found.is_null() {
-                return "null".into();
-            }
-            let single = Doc(pg_sys::JsonbValueToJsonb(&mut value));
-            String::from_utf8_lossy(single.text()).into_owned()
-        }
-    }
-
     /// The document exactly as jsonb's output function prints it (the ledger hashes this text),
     /// in the current memory context. Printed here rather than by `JsonbToCString`, which
     /// appends escaped strings a character at a time; numbers still go through `numeric_out`.
@@ -324,21 +304,12 @@ impl<'a> Object<'a> {
     /// has no such key, or holds JSON null there.
     pub fn field_text(&self, key: &str) -> Option<String> {
         let value = self.values()[self.position(key)?];
-        match value.kind {
-            pg_sys::JENTRY_ISNULL => None,
-            pg_sys::JENTRY_ISBOOL_TRUE => Some("true".into()),
-            pg_sys::JENTRY_ISBOOL_FALSE => Some("false".into()),
-            pg_sys::JENTRY_ISSTRING => {
-                let mut text = String::with_capacity(value.data.len() + 2);
-                crate::ledger::chain::push_json_string(
-                    &String::from_utf8_lossy(value.data),
-                    &mut text,
-                );
-                Some(text)
-            }
-            // Numbers and containers print as jsonb prints them.
-            _ => Some(self.doc.printed_value(key)),
+        if value.kind == pg_sys::JENTRY_ISNULL {
+            return None;
         }
+        let mut text = Vec::with_capacity(value.data.len() + 2);
+        print_value(value, &mut text).unwrap_or_else(|_| malformed());
+        Some(String::from_utf8_lossy(&text).into_owned())
     }
 
     /// Top-level `(key, string value)` pairs of an object whose string value passes `keep`.

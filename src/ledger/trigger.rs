@@ -240,8 +240,7 @@ unsafe fn chain_row<'a>(
                 Some("store large documents elsewhere and reference them from details"),
             );
         }
-        let mut fields = event_fields_with_details(&c, &row.values, &row.nulls, details_text);
-        fields.seq = seq;
+        let fields = event_fields_with_details(&c, &row.values, &row.nulls, details_text);
         let hash = event_hash(&prev.hash, &fields);
         head::advance(
             &tenant,
