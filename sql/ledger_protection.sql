@@ -166,20 +166,15 @@ DECLARE
     n bigint;
 BEGIN
     -- custos' ids carry their seq: one primary-key lookup. Ids that carry none (from the 2^48th
-    -- event of a tenant on) are searched for among the tenant's events.
+    -- event of a tenant on) are searched for over the tenant's whole key range.
     RETURN QUERY
     SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
            o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
       FROM @extschema@.opened_events o
-     WHERE o.tenant_id = tenant AND o.seq = @extschema@.event_seq(event_id) AND o.id = event_id;
+     WHERE o.tenant_id = tenant AND o.id = event_id
+       AND o.seq BETWEEN coalesce(@extschema@.event_seq(event_id), 1)
+                     AND coalesce(@extschema@.event_seq(event_id), 9223372036854775807);
     GET DIAGNOSTICS n = ROW_COUNT;
-    IF n = 0 AND @extschema@.event_seq(event_id) IS NULL THEN
-        RETURN QUERY
-        SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
-               o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
-          FROM @extschema@.opened_events o WHERE o.tenant_id = tenant AND o.id = event_id;
-        GET DIAGNOSTICS n = ROW_COUNT;
-    END IF;
     PERFORM @extschema@.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
     IF n = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no event %s in the current tenant', event_id);

@@ -28,25 +28,25 @@ pub enum CryptoError {
 }
 
 fn seal(key: &SecretKey, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    seal_with(
-        &Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
-        nonce,
-        aad,
-        plaintext,
-    )
+    let mut buf = Vec::with_capacity(aad.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
+    buf.extend_from_slice(aad);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    append_sealed(&cipher, nonce, plaintext, &mut buf);
+    buf.drain(..aad.len());
+    buf
 }
 
-fn seal_with(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-    out.extend_from_slice(nonce);
-    out.extend_from_slice(plaintext);
+/// Appends nonce || ciphertext || tag to `buf`, whose bytes so far are the associated data.
+fn append_sealed(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], plaintext: &[u8], buf: &mut Vec<u8>) {
+    let aad_len = buf.len();
+    buf.extend_from_slice(nonce);
+    buf.extend_from_slice(plaintext);
+    let (aad, body) = buf.split_at_mut(aad_len);
     // AES-GCM encryption cannot fail for inputs below 64 GiB.
-    if let Ok(tag) =
-        cipher.encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut out[NONCE_LEN..])
-    {
-        out.extend_from_slice(&tag);
-    }
-    out
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut body[NONCE_LEN..])
+        .unwrap_or_default();
+    buf.extend_from_slice(&tag);
 }
 
 fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -180,15 +180,7 @@ impl FieldSealer {
         let aad_len = FIELD_DOMAIN.len() + 32 + field.len();
         let mut buf = Vec::with_capacity(aad_len + sealed_len);
         push_field_aad(&mut buf, tenant, event_id, field);
-        buf.extend_from_slice(nonce);
-        buf.extend_from_slice(plaintext.as_bytes());
-        let (aad, body) = buf.split_at_mut(aad_len);
-        // AES-GCM encryption cannot fail for inputs below 64 GiB.
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut body[NONCE_LEN..])
-            .unwrap_or_default();
-        buf.extend_from_slice(&tag);
+        append_sealed(&self.cipher, nonce, plaintext.as_bytes(), &mut buf);
         let sealed = &buf[aad_len..];
         let encoded_len = base64::encoded_len(sealed.len(), false).unwrap_or(0);
         let mut out = Vec::with_capacity(self.prefix.len() + encoded_len);
