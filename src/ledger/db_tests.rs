@@ -789,7 +789,7 @@ fn sealed_fields_are_ciphertext_at_rest_and_plaintext_through_timeline() {
     ))
     .unwrap()
     .unwrap();
-    assert_eq!(stored.matches("enc1.").count(), 3, "{stored}");
+    assert_eq!(stored.matches("enc2.").count(), 3, "{stored}");
     assert!(!stored.contains("alice@") && !stored.contains("10.1.2.3"));
     let seen = Spi::get_one::<String>(&format!(
         "SELECT ip_address || ' ' || user_agent || ' ' || (details->>'email') || ' ' || (details->>'n') FROM custos.event('{id}')"

@@ -97,15 +97,7 @@ pub fn seal_event<'p>(
     detail: impl Fn(&str) -> Option<String>,
 ) -> Sealed<'p> {
     let writer = keys::writing_key(tenant, subject);
-    let seal = |field: &str, plain: &str| {
-        writer.sealer.seal(
-            tenant,
-            event_id,
-            field,
-            plain,
-            &keys::random_bytes::<{ envelope::NONCE_LEN }>(),
-        )
-    };
+    let seal = |field: &str, plain: &str| writer.sealer.seal(tenant, event_id, field, plain);
     let details = policy
         .detail_keys
         .iter()
@@ -156,7 +148,7 @@ fn reveal_details(tenant: &[u8; 16], event_id: &[u8; 16], details: pg_sys::Datum
     let Some(object) = (unsafe { crate::jsonb::Doc::of(details) }).object() else {
         return details;
     };
-    let sealed = object.top_level_strings(|s| s.starts_with(envelope::SEALED_PREFIX.as_bytes()));
+    let sealed = object.top_level_strings(envelope::looks_sealed);
     if sealed.is_empty() {
         return details;
     }
