@@ -85,14 +85,25 @@ pub fn children(container: &[u8], kind: u32) -> Result<Option<Vec<Child<'_>>>, M
 /// An object container with these keys and values, laid out as PostgreSQL lays it out. Keys
 /// must be jsonb's order (as read from a valid object).
 pub fn object(keys: &[Child<'_>], values: &[Child<'_>]) -> Result<Vec<u8>, Malformed> {
-    let n = keys.len();
-    let data_start = HEADER_LEN + 2 * n * ENTRY_LEN;
-    let data_len: usize = keys.iter().chain(values).map(|c| c.data.len() + 3).sum();
+    let entries = keys.iter().chain(values);
+    container(pg_sys::JB_FOBJECT, keys.len(), 2 * keys.len(), entries)
+}
+
+/// A container of `count` members under the header flags `kind`, from its `entries` JEntries'
+/// children (an object's keys then values, or an array's elements).
+fn container<'c>(
+    kind: u32,
+    count: usize,
+    entries: usize,
+    children: impl Iterator<Item = &'c Child<'c>> + Clone,
+) -> Result<Vec<u8>, Malformed> {
+    let data_start = HEADER_LEN + entries * ENTRY_LEN;
+    let data_len: usize = children.clone().map(|c| c.data.len() + 3).sum();
     let mut out = Vec::with_capacity(data_start + data_len);
     out.resize(data_start, 0);
-    out[..4].copy_from_slice(&(n as u32 | pg_sys::JB_FOBJECT).to_ne_bytes());
+    out[..4].copy_from_slice(&(count as u32 | kind).to_ne_bytes());
     let mut end = 0usize;
-    for (i, child) in keys.iter().chain(values).enumerate() {
+    for (i, child) in children.enumerate() {
         let start = end;
         if child.is_aligned_kind() {
             // Aligned relative to the data start, which sits at a multiple of 4 in the datum.
@@ -373,22 +384,9 @@ impl<'a> Object<'a> {
     }
 }
 
-/// The value JSON text stands for, parsed by jsonb's input function (which raises on bad JSON).
+/// The value JSON text stands for (bad JSON raises jsonb's error).
 fn parsed_value<'a>(json: &str) -> Child<'a> {
-    let text = std::ffi::CString::new(json).unwrap_or_default();
-    // SAFETY: jsonb_in takes a NUL-terminated string and returns a fresh jsonb (never NULL for a
-    // non-NULL input).
-    let Some(parsed) = (unsafe {
-        pgrx::direct_function_call_as_datum(
-            pg_sys::jsonb_in,
-            &[Some(pg_sys::Datum::from(text.as_ptr()))],
-        )
-    }) else {
-        return Child {
-            kind: pg_sys::JENTRY_ISNULL,
-            data: &[],
-        };
-    };
+    let parsed = from_json_text(json);
     // SAFETY: a jsonb datum just made.
     let container = unsafe { Doc::of(parsed) }.container();
     let header = u32_at(container, 0).unwrap_or_else(|_| malformed());
@@ -402,6 +400,357 @@ fn parsed_value<'a>(json: &str) -> Child<'a> {
     Child {
         kind: pg_sys::JENTRY_ISCONTAINER,
         data: container,
+    }
+}
+
+/// JSON text as a jsonb datum, byte for byte what `jsonb_in` makes of it, without its cost: the
+/// capture trigger makes a document per changed row, and `jsonb_in` builds strings a character
+/// at a time and sorts keys through a generic comparator. Numbers still go through
+/// `numeric_in`. Anything this parser does not take (bad JSON, deep nesting, `\u0000`, a server
+/// encoding other than UTF-8) goes to `jsonb_in`, which accepts it or raises its usual error.
+pub fn from_json_text(json: &str) -> pg_sys::Datum {
+    // SAFETY: reads the database encoding, fixed for the session.
+    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    let parsed = utf8
+        .then(|| {
+            let mut parser = Parser {
+                text: json.as_bytes(),
+                at: 0,
+                depth: 0,
+            };
+            let value = parser.value().ok()?;
+            parser.skip_space();
+            (parser.at == json.len()).then_some(value)
+        })
+        .flatten()
+        .and_then(|value| value.into_root().ok());
+    match parsed {
+        Some(container) => jsonb_datum(&container),
+        None => jsonb_in(json),
+    }
+}
+
+fn jsonb_in(json: &str) -> pg_sys::Datum {
+    let Ok(text) = std::ffi::CString::new(json) else {
+        crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
+            "JSON text contains a NUL byte",
+            None,
+        )
+    };
+    // SAFETY: jsonb_in takes a NUL-terminated string and returns a jsonb, or raises.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(text.as_ptr()))],
+        )
+    }
+    .unwrap_or_else(|| malformed())
+}
+
+/// A container as a fresh jsonb datum in the current memory context.
+fn jsonb_datum(container: &[u8]) -> pg_sys::Datum {
+    // SAFETY: a fresh palloc of header + container, the varlena header set to its size.
+    unsafe {
+        let size = pg_sys::VARHDRSZ + container.len();
+        let out = pg_sys::palloc(size).cast::<u8>();
+        pgrx::varlena::set_varsize_4b(out.cast(), size as i32);
+        std::ptr::copy_nonoverlapping(
+            container.as_ptr(),
+            out.add(pg_sys::VARHDRSZ),
+            container.len(),
+        );
+        pg_sys::Datum::from(out)
+    }
+}
+
+/// Deeper documents go to jsonb_in, which checks the stack as it recurses.
+const MAX_DEPTH: usize = 64;
+
+/// A parsed value: its JEntry type bits and its bytes as stored.
+struct Built {
+    kind: u32,
+    data: Vec<u8>,
+}
+
+impl Built {
+    fn child(&self) -> Child<'_> {
+        Child {
+            kind: self.kind,
+            data: &self.data,
+        }
+    }
+
+    /// The value as a document's root: a scalar is stored as a one-element array flagged scalar.
+    fn into_root(self) -> Result<Vec<u8>, Malformed> {
+        if self.kind == pg_sys::JENTRY_ISCONTAINER {
+            return Ok(self.data);
+        }
+        container(
+            pg_sys::JB_FARRAY | pg_sys::JB_FSCALAR,
+            1,
+            1,
+            [self.child()].iter(),
+        )
+    }
+}
+
+struct Parser<'t> {
+    text: &'t [u8],
+    at: usize,
+    depth: usize,
+}
+
+impl Parser<'_> {
+    fn skip_space(&mut self) {
+        while matches!(self.text.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_space();
+        let found = self.text.get(self.at) == Some(&byte);
+        self.at += usize::from(found);
+        found
+    }
+
+    fn literal(&mut self, word: &[u8], kind: u32) -> Result<Built, Malformed> {
+        if !self.text[self.at..].starts_with(word) {
+            return Err(Malformed);
+        }
+        self.at += word.len();
+        Ok(Built {
+            kind,
+            data: Vec::new(),
+        })
+    }
+
+    fn value(&mut self) -> Result<Built, Malformed> {
+        self.skip_space();
+        match self.text.get(self.at) {
+            Some(b'{') => self.nested(Self::object),
+            Some(b'[') => self.nested(Self::array),
+            Some(b'"') => Ok(Built {
+                kind: pg_sys::JENTRY_ISSTRING,
+                data: self.string()?,
+            }),
+            Some(b't') => self.literal(b"true", pg_sys::JENTRY_ISBOOL_TRUE),
+            Some(b'f') => self.literal(b"false", pg_sys::JENTRY_ISBOOL_FALSE),
+            Some(b'n') => self.literal(b"null", pg_sys::JENTRY_ISNULL),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(Malformed),
+        }
+    }
+
+    fn nested(
+        &mut self,
+        parse: fn(&mut Self) -> Result<Vec<u8>, Malformed>,
+    ) -> Result<Built, Malformed> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Malformed);
+        }
+        self.at += 1;
+        let data = parse(self)?;
+        self.depth -= 1;
+        Ok(Built {
+            kind: pg_sys::JENTRY_ISCONTAINER,
+            data,
+        })
+    }
+
+    fn array(&mut self) -> Result<Vec<u8>, Malformed> {
+        let mut elements = Vec::new();
+        if !self.eat(b']') {
+            loop {
+                elements.push(self.value()?);
+                if self.eat(b']') {
+                    break;
+                }
+                if !self.eat(b',') {
+                    return Err(Malformed);
+                }
+            }
+        }
+        let children: Vec<Child<'_>> = elements.iter().map(Built::child).collect();
+        container(
+            pg_sys::JB_FARRAY,
+            children.len(),
+            children.len(),
+            children.iter(),
+        )
+    }
+
+    fn object(&mut self) -> Result<Vec<u8>, Malformed> {
+        let mut pairs: Vec<(Vec<u8>, Built)> = Vec::new();
+        if !self.eat(b'}') {
+            loop {
+                self.skip_space();
+                if self.text.get(self.at) != Some(&b'"') {
+                    return Err(Malformed);
+                }
+                let key = self.string()?;
+                if !self.eat(b':') {
+                    return Err(Malformed);
+                }
+                pairs.push((key, self.value()?));
+                if self.eat(b'}') {
+                    break;
+                }
+                if !self.eat(b',') {
+                    return Err(Malformed);
+                }
+            }
+        }
+        // jsonb's key order: shorter keys first, then bytewise; of equal keys the last one stays.
+        // The sort is stable, so the last of a run of equal keys is the one written last.
+        pairs.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        let mut kept: Vec<&(Vec<u8>, Built)> = Vec::with_capacity(pairs.len());
+        for pair in &pairs {
+            match kept.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => kept.push(pair),
+            }
+        }
+        let keys = kept.iter().map(|(k, _)| Child {
+            kind: pg_sys::JENTRY_ISSTRING,
+            data: k,
+        });
+        let values = kept.iter().map(|(_, v)| v.child());
+        let children: Vec<Child<'_>> = keys.chain(values).collect();
+        container(
+            pg_sys::JB_FOBJECT,
+            kept.len(),
+            children.len(),
+            children.iter(),
+        )
+    }
+
+    /// A string's bytes, unescaped; the parser stands at its opening quote.
+    fn string(&mut self) -> Result<Vec<u8>, Malformed> {
+        self.at += 1;
+        let mut out = Vec::new();
+        loop {
+            let start = self.at;
+            while let Some(&b) = self.text.get(self.at) {
+                if b == b'"' || b == b'\\' || b < 0x20 {
+                    break;
+                }
+                self.at += 1;
+            }
+            out.extend_from_slice(&self.text[start..self.at]);
+            match self.text.get(self.at) {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok(out);
+                }
+                Some(b'\\') => {
+                    let escape = *self.text.get(self.at + 1).ok_or(Malformed)?;
+                    self.at += 2;
+                    match escape {
+                        b'"' | b'\\' | b'/' => out.push(escape),
+                        b'b' => out.push(0x08),
+                        b'f' => out.push(0x0C),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'u' => {
+                            let c = self.unicode_escape()?;
+                            let mut buf = [0; 4];
+                            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        }
+                        _ => return Err(Malformed),
+                    }
+                }
+                // Control characters must be escaped; the end of the text ends no string.
+                _ => return Err(Malformed),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, Malformed> {
+        let digits = self.text.get(self.at..self.at + 4).ok_or(Malformed)?;
+        let text = std::str::from_utf8(digits).map_err(|_| Malformed)?;
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Malformed);
+        }
+        self.at += 4;
+        u32::from_str_radix(text, 16).map_err(|_| Malformed)
+    }
+
+    /// `\uXXXX` (the parser stands after the `u`), with a following low surrogate when it is a
+    /// high one. `\u0000` and lone surrogates go to jsonb_in, which refuses them.
+    fn unicode_escape(&mut self) -> Result<char, Malformed> {
+        let first = self.hex4()?;
+        let code = match first {
+            0xD800..=0xDBFF => {
+                if !self.text[self.at..].starts_with(b"\\u") {
+                    return Err(Malformed);
+                }
+                self.at += 2;
+                let low = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&low) {
+                    return Err(Malformed);
+                }
+                0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00)
+            }
+            0 | 0xDC00..=0xDFFF => return Err(Malformed),
+            _ => first,
+        };
+        char::from_u32(code).ok_or(Malformed)
+    }
+
+    /// A number as JSON writes it, stored as `numeric_in` makes it.
+    fn number(&mut self) -> Result<Built, Malformed> {
+        let start = self.at;
+        let digits = |p: &mut Self| {
+            let from = p.at;
+            while p.text.get(p.at).is_some_and(u8::is_ascii_digit) {
+                p.at += 1;
+            }
+            p.at - from
+        };
+        self.at += usize::from(self.text[self.at] == b'-');
+        let integer = digits(self);
+        if integer == 0 || (integer > 1 && self.text[self.at - integer] == b'0') {
+            return Err(Malformed);
+        }
+        if self.text.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            if digits(self) == 0 {
+                return Err(Malformed);
+            }
+        }
+        if matches!(self.text.get(self.at), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.text.get(self.at), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if digits(self) == 0 {
+                return Err(Malformed);
+            }
+        }
+        let text = std::ffi::CString::new(&self.text[start..self.at]).map_err(|_| Malformed)?;
+        // SAFETY: numeric_in takes a NUL-terminated string, a type OID and a typmod; it returns a
+        // numeric with a 4-byte header, as jsonb stores it.
+        let data = unsafe {
+            let numeric = pgrx::direct_function_call_as_datum(
+                pg_sys::numeric_in,
+                &[
+                    Some(pg_sys::Datum::from(text.as_ptr())),
+                    Some(pg_sys::Datum::from(pg_sys::InvalidOid)),
+                    Some(pg_sys::Datum::from(-1i32)),
+                ],
+            )
+            .ok_or(Malformed)?;
+            let ptr = numeric.cast_mut_ptr::<pg_sys::varlena>();
+            std::slice::from_raw_parts(ptr.cast::<u8>(), pgrx::varlena::varsize_any(ptr)).to_vec()
+        };
+        Ok(Built {
+            kind: pg_sys::JENTRY_ISNUMERIC,
+            data,
+        })
     }
 }
 
@@ -503,6 +852,15 @@ mod tests {
         unsafe { Doc::of(out) }.container().to_vec()
     }
 
+    /// The stored bytes of what custos' parser makes of JSON text.
+    #[pg_extern]
+    fn jsonb_test_parsed_bytes(json: &str) -> Vec<u8> {
+        // SAFETY: from_json_text returns a jsonb datum.
+        unsafe { Doc::of(super::from_json_text(json)) }
+            .container()
+            .to_vec()
+    }
+
     #[pg_extern]
     fn jsonb_test_text(doc: AnyElement) -> String {
         // SAFETY: a jsonb argument.
@@ -564,6 +922,74 @@ mod tests {
              SELECT count(*) FROM docs WHERE tests.jsonb_test_text(doc) IS DISTINCT FROM doc::text"
         ));
         assert_eq!(mismatches, Ok(Some(0)));
+    }
+
+    /// Edge cases of JSON text: whitespace, escapes (surrogate pairs included), duplicate keys,
+    /// key order by length, numbers of every form, nesting, top-level scalars.
+    const TEXTS: &str = "SELECT unnest(ARRAY[
+        '{}', '[]', ' { } ', '\"\"', 'null', 'true', 'false', '0', '-0', '-0.0', '1e-20', '1E+3', '2.50',
+        '12345678901234567890.1234567890', '[[], {}, [[]], {\"a\": {}}]', '[1, [2, [3, [4]]]]',
+        '\"tab\\f\\tnul\\u0001 \\u001f \\u00e9 \\ud83d\\ude00 \\/ é ☃ 😀\"',
+        '{\"b\": 1, \"a\": 2, \"b\": 3, \"aa\": [true, null], \"\": \"empty\", \"a\": {\"z\": 1, \"z\": 2}}',
+        '{\"table\": \"public.orders\", \"new\": {\"id\": 7, \"amount\": 42.50, \"status\": \"open\"}}',
+        ' \n\t[ 1 , \"x\" ,\r{ \"k\" : false } ] ']) AS t";
+
+    #[pg_test]
+    fn parsed_text_is_stored_exactly_as_jsonb_in_stores_it() {
+        let mismatches = Spi::get_one::<i64>(&format!(
+            "WITH texts AS ({TEXTS} UNION ALL SELECT doc::text FROM ({DOCS}) d)
+             SELECT count(*) FROM texts WHERE tests.jsonb_test_parsed_bytes(t) IS DISTINCT FROM tests.jsonb_test_bytes(t::jsonb)"
+        ));
+        assert_eq!(mismatches, Ok(Some(0)));
+    }
+
+    #[pg_test]
+    fn text_the_parser_does_not_take_gets_jsonb_in_s_answer() {
+        // Deep nesting and what jsonb accepts that the fast path leaves to it.
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let same = Spi::get_one::<bool>(&format!(
+            "SELECT tests.jsonb_test_parsed_bytes('{deep}') = tests.jsonb_test_bytes('{deep}'::jsonb)"
+        ));
+        assert_eq!(same, Ok(Some(true)));
+        for bad in [
+            "{\"a\": }",
+            "[1,]",
+            "01",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            "tru",
+            "{\"a\" 1}",
+            "[1] x",
+        ] {
+            let ours = PgTryBuilder::new(|| Some(tests_parse_error(bad)))
+                .catch_others(|e| match e {
+                    pg_sys::panic::CaughtError::PostgresError(r) => Some(r.message().to_string()),
+                    _ => None,
+                })
+                .execute();
+            let theirs =
+                Spi::get_one::<String>(&format!("SELECT tests.jsonb_in_error($j${bad}$j$)"));
+            assert_eq!(ours, theirs.ok().flatten(), "{bad}");
+        }
+    }
+
+    fn tests_parse_error(json: &str) -> String {
+        super::from_json_text(json);
+        String::from("accepted")
+    }
+
+    /// The message jsonb_in raises for `json`, or "accepted".
+    #[pg_extern]
+    fn jsonb_in_error(json: &str) -> String {
+        PgTryBuilder::new(|| {
+            super::jsonb_in(json);
+            String::from("accepted")
+        })
+        .catch_others(|e| match e {
+            pg_sys::panic::CaughtError::PostgresError(r) => r.message().to_string(),
+            _ => String::from("other"),
+        })
+        .execute()
     }
 
     #[pg_test]
