@@ -369,18 +369,7 @@ impl<'a> Object<'a> {
                 None,
             )
         });
-        // SAFETY: a fresh palloc of header + container, the varlena header set to its size.
-        unsafe {
-            let size = pg_sys::VARHDRSZ + container.len();
-            let out = pg_sys::palloc(size).cast::<u8>();
-            pgrx::varlena::set_varsize_4b(out.cast(), size as i32);
-            std::ptr::copy_nonoverlapping(
-                container.as_ptr(),
-                out.add(pg_sys::VARHDRSZ),
-                container.len(),
-            );
-            pg_sys::Datum::from(out)
-        }
+        jsonb_datum(&container)
     }
 }
 
