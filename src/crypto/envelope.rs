@@ -59,11 +59,21 @@ fn encrypt_tail(
     buf.extend_from_slice(&tag);
 }
 
+/// Opens nonce || ciphertext || tag (a wrapped key).
 fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Malformed);
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    decrypt(key, nonce, aad, ciphertext)
+}
+
+fn decrypt(
+    key: &SecretKey,
+    nonce: &[u8],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
         .decrypt(
             Nonce::from_slice(nonce),
@@ -260,15 +270,8 @@ pub fn open_field(
     field: &str,
     sealed: &[u8],
 ) -> Result<String, CryptoError> {
-    let plain = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
-        .decrypt(
-            Nonce::from_slice(&field_nonce(event_id, field)),
-            Payload {
-                msg: sealed,
-                aad: &field_aad(tenant, event_id, field),
-            },
-        )
-        .map_err(|_| CryptoError::Rejected)?;
+    let nonce = field_nonce(event_id, field);
+    let plain = decrypt(key, &nonce, &field_aad(tenant, event_id, field), sealed)?;
     String::from_utf8(plain).map_err(|_| CryptoError::Malformed)
 }
 
