@@ -1,11 +1,13 @@
 //! `custos.capture_changes()`: the AFTER … FOR EACH STATEMENT trigger that `custos.track_table`
 //! puts on a business table. It reads the statement's transition tables directly, turns each row
 //! into JSON text in Rust (no row_to_json/json_agg, no JSON re-parsing per row) and writes the
-//! events with one INSERT per batch, through a plan kept for the session.
+//! events straight to `custos.events` in batches ([`super::append`]), or, when the table has more
+//! than the chain trigger to run, with one INSERT per batch through a plan kept for the session.
 //!
 //! Trigger arguments, as `track_table` writes them: tenant column, entity_type, rows per event,
 //! then the primary-key columns.
 
+use super::append::{Appender, NewEvent};
 use super::changes::{self, GroupDetails, JsonValue, RowJson};
 use crate::error::raise;
 use crate::gucs;
@@ -232,7 +234,9 @@ impl CapturedRow {
 struct EventSink {
     action: &'static str,
     entity_type: String,
-    tenants: Vec<pgrx::Uuid>,
+    /// Decided at the first write: `None` inside when custos.events needs the executor.
+    appender: Option<Option<Appender>>,
+    tenants: Vec<[u8; 16]>,
     entity_ids: Vec<Option<String>>,
     details: Vec<String>,
     bytes: usize,
@@ -241,7 +245,7 @@ struct EventSink {
 impl EventSink {
     fn add(&mut self, tenant: [u8; 16], entity_id: Option<String>, details: String) {
         self.bytes += details.len();
-        self.tenants.push(pgrx::Uuid::from_bytes(tenant));
+        self.tenants.push(tenant);
         self.entity_ids.push(entity_id);
         self.details.push(details);
         if self.details.len() >= EVENTS_PER_INSERT || self.bytes >= BYTES_PER_INSERT {
@@ -253,10 +257,24 @@ impl EventSink {
         if self.details.is_empty() {
             return;
         }
-        let tenants = std::mem::take(&mut self.tenants);
+        self.bytes = 0;
+        if let Some(appender) = self.appender.get_or_insert_with(Appender::open) {
+            let events = self.tenants.iter().zip(&self.entity_ids).zip(&self.details);
+            appender.append(events.map(|((tenant, entity_id), details)| NewEvent {
+                tenant: *tenant,
+                action: self.action,
+                entity_type: &self.entity_type,
+                entity_id: entity_id.as_deref(),
+                details,
+            }));
+            self.tenants.clear();
+            self.entity_ids.clear();
+            self.details.clear();
+            return;
+        }
+        let tenants: Vec<_> = self.tenants.drain(..).map(pgrx::Uuid::from_bytes).collect();
         let entity_ids = std::mem::take(&mut self.entity_ids);
         let details = jsonb_array(&std::mem::take(&mut self.details));
-        self.bytes = 0;
         let written = Spi::connect_mut(|client| {
             INSERT_PLAN.with(|cell| {
                 if cell.get().is_none() {
@@ -459,6 +477,7 @@ fn capture_changes<'a>(
                 Change::Delete => "delete",
             },
             entity_type: entity_type.clone(),
+            appender: None,
             tenants: Vec::new(),
             entity_ids: Vec::new(),
             details: Vec::new(),

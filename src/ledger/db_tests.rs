@@ -756,6 +756,39 @@ fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
     assert!(verify(A).0 && verify(B).0);
 }
 
+/// Capture writes events to the heap and indexes itself; once custos.events has another INSERT
+/// trigger it goes through INSERT, so that trigger sees every captured event.
+#[pg_test]
+fn capture_inserts_through_the_executor_when_the_ledger_has_other_insert_triggers() {
+    // CREATE TRIGGER needs this lock; taken first, before the test writes, so that tests running
+    // beside this one wait instead of deadlocking with it.
+    Spi::run("LOCK TABLE custos.events IN SHARE ROW EXCLUSIVE MODE").unwrap();
+    let (A, B) = fresh_tenants();
+    Spi::run(&format!(
+        "CREATE TABLE public.events_seen (tenant_id uuid, seq bigint);
+         CREATE FUNCTION public.note_event() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO public.events_seen VALUES (NEW.tenant_id, NEW.seq); RETURN NULL; END $$;
+         CREATE TABLE public.captured_docs (id int PRIMARY KEY, tenant_id uuid, v int);
+         SELECT custos.track_table('public.captured_docs');
+         INSERT INTO public.captured_docs (id, tenant_id) SELECT g, CASE WHEN g % 3 = 0 THEN '{B}'::uuid ELSE '{A}' END
+           FROM generate_series(1, 2500) g;
+         CREATE TRIGGER note AFTER INSERT ON custos.events FOR EACH ROW EXECUTE FUNCTION public.note_event();
+         UPDATE public.captured_docs SET v = 1 WHERE id <= 20;"
+    ))
+    .unwrap();
+    assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'")), 1667 + 14);
+    assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{B}'")), 833 + 6);
+    assert_eq!(count("SELECT count(*) FROM public.events_seen"), 20, "only the events written after the trigger existed");
+    assert_eq!(
+        count(&format!("SELECT min(seq) FROM public.events_seen WHERE tenant_id = '{A}'")),
+        1668,
+        "the executor's events continue the chain the direct writes left"
+    );
+    // The primary key finds every directly written row (verify scans it), and refuses duplicates.
+    assert!(verify(A).0 && verify(B).0);
+    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'")), 1681);
+}
+
 const MASTER: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
 /// Tenant `t` with sealing on, the master key set for this transaction.

@@ -2,6 +2,7 @@
 //! time, verification that names the first broken link, and signed checkpoints.
 
 pub mod access;
+pub mod append;
 pub mod capture;
 pub mod chain;
 pub mod changes;

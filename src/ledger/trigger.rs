@@ -26,6 +26,26 @@ pub fn default_actor(role: &str) -> String {
     crate::tenancy::current_subject().unwrap_or_else(|| role.to_owned())
 }
 
+/// Who is writing: the role, and the actor for events that name none (looked up only when one
+/// needs it). A writer of many events looks them up once.
+pub struct Caller {
+    role: String,
+    actor: std::cell::OnceCell<String>,
+}
+
+impl Caller {
+    pub fn current() -> Caller {
+        Caller {
+            role: current_role_name(),
+            actor: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn default_actor(&self) -> &str {
+        self.actor.get_or_init(|| default_actor(&self.role))
+    }
+}
+
 /// The role that called in: after SET ROLE, but not the owner of a SECURITY DEFINER function.
 pub fn current_role_name() -> String {
     // SAFETY: backend thread; GetUserNameFromId with noerr = false raises if the role is gone.
@@ -142,9 +162,22 @@ unsafe fn chain_row<'a>(
 ) -> PgHeapTuple<'a, AllocatedByRust> {
     unsafe {
         let tupdesc = (*rel).rd_att;
-        let c = Columns::of(rel);
         let mut row = Row::deform(tuple, tupdesc);
+        chain_event(rel, &Columns::of(rel), &Caller::current(), &mut row);
+        row.form(tupdesc, "event")
+    }
+}
 
+/// Completes a new row of `custos.events` in place, as the client gave it: checks it, fills in
+/// what custos assigns, seals what the tenant's policy seals, and links it into its tenant's
+/// chain. The BEFORE INSERT trigger and capture's direct writer ([`super::append`]) both use it.
+///
+/// # Safety
+/// `rel` must be the open `custos.events` and `c` its columns; `row` must hold valid datums for
+/// them. The datums made here are
+/// allocated in the current memory context.
+pub unsafe fn chain_event(rel: pg_sys::Relation, c: &Columns, caller: &Caller, row: &mut Row) {
+    unsafe {
         for (i, name) in [
             (c.seq, "seq"),
             (c.id, "id"),
@@ -181,11 +214,10 @@ unsafe fn chain_row<'a>(
         if row.nulls[c.occurred_at] {
             row.set(c.occurred_at, Some(pg_sys::Datum::from(recorded_at)));
         }
-        let role = current_role_name();
         if row.nulls[c.actor] {
-            row.set(c.actor, default_actor(&role).as_str().into_datum());
+            row.set(c.actor, caller.default_actor().into_datum());
         }
-        row.set(c.db_role, role.as_str().into_datum());
+        row.set(c.db_role, caller.role.as_str().into_datum());
         row.set(
             c.txid,
             Some(pg_sys::Datum::from(
@@ -206,8 +238,8 @@ unsafe fn chain_row<'a>(
         // head is known.
         row.set(c.seq, Some(pg_sys::Datum::from(0i64)));
         row.set(c.id, pgrx::Uuid::from_bytes([0; 16]).into_datum());
-        normalise_ip(&c, &mut row);
-        check_event(&event_fields_with_details(&c, &row.values, &row.nulls, b""));
+        normalise_ip(c, row);
+        check_event(&event_fields_with_details(c, &row.values, &row.nulls, b""));
         check_details_object(crate::jsonb::Doc::of(row.values[c.details]));
 
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
@@ -226,7 +258,7 @@ unsafe fn chain_row<'a>(
         row.set(c.seq, Some(pg_sys::Datum::from(seq)));
         row.set(c.id, pgrx::Uuid::from_bytes(id).into_datum());
         // Sealing binds each value to the event id, so it comes after the id is known.
-        seal_row(&c, &mut row);
+        seal_row(c, row);
         // Printed once, as stored (sealed values included): the hash covers this text.
         let details_text = crate::jsonb::Doc::of(row.values[c.details]).text();
         let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
@@ -240,7 +272,7 @@ unsafe fn chain_row<'a>(
                 Some("store large documents elsewhere and reference them from details"),
             );
         }
-        let fields = event_fields_with_details(&c, &row.values, &row.nulls, details_text);
+        let fields = event_fields_with_details(c, &row.values, &row.nulls, details_text);
         let hash = event_hash(&prev.hash, &fields);
         head::advance(
             &tenant,
@@ -252,7 +284,6 @@ unsafe fn chain_row<'a>(
 
         row.set(c.prev_hash, (&prev.hash[..HASH_LEN]).into_datum());
         row.set(c.hash, (&hash[..]).into_datum());
-        row.form(tupdesc, "event")
     }
 }
 

@@ -1,0 +1,260 @@
+//! Writing many events at once without the executor: capture turns a 1,000-row statement into
+//! 1,000 events, and an INSERT through SPI would plan, scan an unnest, fire the chain trigger and
+//! insert index entries one row at a time. Here each row is chained by the same function the
+//! trigger uses ([`chain_event`]), the rows go to the heap with `heap_multi_insert` (one WAL record
+//! per page, as COPY does) and then into every index of `custos.events`.
+//!
+//! Only while `custos.events` has nothing else that an INSERT would run: no other INSERT trigger,
+//! no CHECK constraint, no generated column (see [`Appender::open`]). Otherwise callers fall back
+//! to a plain INSERT, so what other modules hang on the table still fires.
+
+use super::row::{open_events, Columns};
+use super::trigger::{chain_event, Caller};
+use crate::error::raise;
+use crate::tuple::Row;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use std::ffi::CStr;
+
+/// The fields a client gives for one event; the rest is filled in by [`chain_event`].
+pub struct NewEvent<'a> {
+    pub tenant: [u8; 16],
+    pub action: &'a str,
+    pub entity_type: &'a str,
+    pub entity_id: Option<&'a str>,
+    /// A JSON object as text; stored as jsonb ([`crate::jsonb::from_json_text`]).
+    pub details: &'a str,
+}
+
+/// Rows written by one `heap_multi_insert` (COPY buffers 1,000; a few pages' worth is enough).
+const SLOTS: usize = 64;
+
+/// `custos.events` opened for direct appends; closed on drop (on ERROR, the transaction's
+/// resource owner releases what is open).
+pub struct Appender {
+    rel: pg_sys::Relation,
+    columns: Columns,
+    estate: *mut pg_sys::EState,
+    result_rel: *mut pg_sys::ResultRelInfo,
+    /// A copy of the relation's descriptor, for the slots.
+    tupdesc: pg_sys::TupleDesc,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    /// Rows and index entries of one batch live here until the batch is written.
+    batch_memory: pg_sys::MemoryContext,
+}
+
+/// Whether an INSERT into the relation would do more than the chain trigger and the indexes.
+unsafe fn needs_executor(rel: pg_sys::Relation) -> bool {
+    unsafe {
+        let relkind = (*(*rel).rd_rel).relkind as u8;
+        if relkind != pg_sys::RELKIND_RELATION {
+            return true;
+        }
+        let constr = (*(*rel).rd_att).constr;
+        if !constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored) {
+            return true;
+        }
+        let triggers = (*rel).trigdesc;
+        if triggers.is_null() {
+            return false;
+        }
+        let n = (*triggers).numtriggers.max(0) as usize;
+        std::slice::from_raw_parts((*triggers).triggers, n)
+            .iter()
+            .any(|t| {
+                let on_insert = t.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT != 0;
+                let enabled = t.tgenabled as u8 != pg_sys::TRIGGER_DISABLED;
+                on_insert && enabled && CStr::from_ptr(t.tgname).to_bytes() != b"zz_chain"
+            })
+    }
+}
+
+impl Appender {
+    /// Opens `custos.events` for appends, or `None` when an INSERT must go through the executor.
+    pub fn open() -> Option<Appender> {
+        // SAFETY: backend thread inside a transaction. Everything made here is released by Drop,
+        // or by the transaction's abort on ERROR.
+        unsafe {
+            let rel = open_events(pg_sys::RowExclusiveLock);
+            if needs_executor(rel) {
+                pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+                return None;
+            }
+            let estate = pg_sys::CreateExecutorState();
+            let result_rel = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                .cast::<pg_sys::ResultRelInfo>();
+            pg_sys::InitResultRelInfo(result_rel, rel, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(result_rel, false);
+            let batch_memory = pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"custos append batch".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            );
+            Some(Appender {
+                rel,
+                columns: Columns::of(rel),
+                estate,
+                result_rel,
+                tupdesc: pg_sys::CreateTupleDescCopy((*rel).rd_att),
+                slots: Vec::new(),
+                batch_memory,
+            })
+        }
+    }
+
+    /// Chains and writes `events` in order. Each is checked and chained exactly as an INSERT of
+    /// the same fields would be; an ERROR leaves the (sub)transaction to roll everything back.
+    pub fn append<'e>(&mut self, events: impl Iterator<Item = NewEvent<'e>>) {
+        let mut events = events.peekable();
+        // SAFETY: the relation, executor state and slots were made by `open` for this relation;
+        // every datum is made in batch_memory, which outlives the writes below.
+        unsafe {
+            let caller_memory = pg_sys::MemoryContextSwitchTo(self.batch_memory);
+            let caller = Caller::current();
+            let natts = (*self.tupdesc).natts as usize;
+            let c = &self.columns;
+            // Most batches repeat the same action and entity type: one datum serves them all.
+            let mut constants: Vec<(String, pg_sys::Datum)> = Vec::new();
+            let mut text_of = |s: &str| match constants.iter().find(|(k, _)| *k == s) {
+                Some((_, d)) => *d,
+                None => {
+                    let d = text_datum(s);
+                    if constants.len() < 8 {
+                        constants.push((s.to_owned(), d));
+                    }
+                    d
+                }
+            };
+            while events.peek().is_some() {
+                let mut n = 0;
+                for event in events.by_ref().take(SLOTS) {
+                    if self.slots.len() == n {
+                        // The descriptor is a private copy: slots of the relation's own would pin
+                        // it in the resource owner, which costs more than the slot.
+                        // Made outside batch_memory: the slots outlive each batch.
+                        let batch = pg_sys::MemoryContextSwitchTo(caller_memory);
+                        let slot = pg_sys::MakeSingleTupleTableSlot(
+                            self.tupdesc,
+                            &pg_sys::TTSOpsHeapTuple,
+                        );
+                        pg_sys::MemoryContextSwitchTo(batch);
+                        self.slots.push(slot);
+                    }
+                    let mut row = Row {
+                        values: vec![pg_sys::Datum::from(0usize); natts],
+                        nulls: vec![true; natts],
+                    };
+                    let mut tenant = event.tenant;
+                    row.set(c.tenant_id, Some(pg_sys::Datum::from(tenant.as_mut_ptr())));
+                    row.set(c.action, Some(text_of(event.action)));
+                    row.set(c.entity_type, Some(text_of(event.entity_type)));
+                    row.set(c.entity_id, event.entity_id.map(text_datum));
+                    row.set(c.details, Some(crate::jsonb::from_json_text(event.details)));
+                    chain_event(self.rel, c, &caller, &mut row);
+                    check_not_null(self.tupdesc, &row);
+                    let tuple = pg_sys::heap_form_tuple(
+                        self.tupdesc,
+                        row.values.as_mut_ptr(),
+                        row.nulls.as_mut_ptr(),
+                    );
+                    pg_sys::ExecStoreHeapTuple(tuple, self.slots[n], true);
+                    n += 1;
+                }
+                let cid = pg_sys::GetCurrentCommandId(true);
+                pg_sys::heap_multi_insert(
+                    self.rel,
+                    self.slots.as_mut_ptr(),
+                    n as i32,
+                    cid,
+                    0,
+                    std::ptr::null_mut(),
+                );
+                for &slot in &self.slots[..n] {
+                    insert_index_entries(self.result_rel, slot, self.estate);
+                    pg_sys::ExecClearTuple(slot);
+                }
+            }
+            pg_sys::MemoryContextSwitchTo(caller_memory);
+            pg_sys::MemoryContextReset(self.batch_memory);
+        }
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        // SAFETY: made by `open`, released once; the table lock stays until the transaction ends.
+        unsafe {
+            for &slot in &self.slots {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            pg_sys::ExecCloseIndices(self.result_rel);
+            pg_sys::FreeTupleDesc(self.tupdesc);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::MemoryContextDelete(self.batch_memory);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
+/// A text datum of `s` in the current memory context.
+fn text_datum(s: &str) -> pg_sys::Datum {
+    // SAFETY: cstring_to_text_with_len copies len bytes into a new varlena.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            s.as_ptr().cast(),
+            s.len() as i32,
+        ))
+    }
+}
+
+/// The executor checks NOT NULL before writing; the chain fills every such column of
+/// `custos.events`, but a column made NOT NULL later must not be written null either.
+unsafe fn check_not_null(tupdesc: pg_sys::TupleDesc, row: &Row) {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        for (i, attr) in (*tupdesc).attrs.as_slice(natts).iter().enumerate() {
+            if attr.attnotnull && row.nulls[i] {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                    format!(
+                        "null value in column \"{}\" of custos.events",
+                        CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy()
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+unsafe fn insert_index_entries(
+    result_rel: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+) {
+    // No ON CONFLICT and no deferred constraints on custos.events: nothing to recheck later.
+    unsafe {
+        #[cfg(feature = "pg15")]
+        pg_sys::ExecInsertIndexTuples(
+            result_rel,
+            slot,
+            estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        #[cfg(not(feature = "pg15"))]
+        pg_sys::ExecInsertIndexTuples(
+            result_rel,
+            slot,
+            estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            false,
+        );
+    }
+}
