@@ -398,6 +398,13 @@ fn parsed_value<'a>(json: &str) -> Child<'a> {
 /// `numeric_in`. Anything this parser does not take (bad JSON, deep nesting, `\u0000`, a server
 /// encoding other than UTF-8) goes to `jsonb_in`, which accepts it or raises its usual error.
 pub fn from_json_text(json: &str) -> pg_sys::Datum {
+    from_json_text_printed(json).0
+}
+
+/// Like [`from_json_text`], and whether `json` is exactly the text jsonb prints for the result
+/// (keys in jsonb's order, jsonb's spacing and escapes, numbers as `numeric_out` writes them), so
+/// that a caller who needs that text can use `json` instead of printing the datum.
+pub fn from_json_text_printed(json: &str) -> (pg_sys::Datum, bool) {
     // SAFETY: reads the database encoding, fixed for the session.
     let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
     let parsed = utf8
@@ -406,16 +413,18 @@ pub fn from_json_text(json: &str) -> pg_sys::Datum {
                 text: json.as_bytes(),
                 at: 0,
                 depth: 0,
+                printed: true,
             };
             let value = parser.value().ok()?;
             parser.skip_space();
-            (parser.at == json.len()).then_some(value)
+            let printed = parser.printed;
+            (parser.at == json.len()).then_some((value, printed))
         })
         .flatten()
-        .and_then(|value| value.into_root().ok());
+        .and_then(|(value, printed)| Some((value.into_root().ok()?, printed)));
     match parsed {
-        Some(container) => jsonb_datum(&container),
-        None => jsonb_in(json),
+        Some((container, printed)) => (jsonb_datum(&container), printed),
+        None => (jsonb_in(json), false),
     }
 }
 
@@ -488,13 +497,29 @@ struct Parser<'t> {
     text: &'t [u8],
     at: usize,
     depth: usize,
+    /// Whether the text read so far is exactly as jsonb prints it (see `from_json_text_printed`).
+    printed: bool,
 }
 
 impl Parser<'_> {
     fn skip_space(&mut self) {
-        while matches!(self.text.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        let start = self.at;
+        let is_space = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t' | b'\n' | b'\r'));
+        // jsonb prints one space after each ',' and ':' between tokens, and no other.
+        let after_separator = start > 0 && matches!(self.text[start - 1], b',' | b':');
+        if after_separator && self.text.get(start) == Some(&b' ') {
+            self.at += 1;
+            if !is_space(self.text.get(self.at)) {
+                return;
+            }
+        } else if !is_space(self.text.get(start)) {
+            self.printed &= !after_separator;
+            return;
+        }
+        while is_space(self.text.get(self.at)) {
             self.at += 1;
         }
+        self.printed = false;
     }
 
     fn eat(&mut self, byte: u8) -> bool {
@@ -594,6 +619,13 @@ impl Parser<'_> {
         }
         // jsonb's key order: shorter keys first, then bytewise; of equal keys the last one stays.
         // The sort is stable, so the last of a run of equal keys is the one written last.
+        let key_order = |a: &Vec<u8>, b: &Vec<u8>| a.len().cmp(&b.len()).then_with(|| a.cmp(b));
+        if pairs
+            .windows(2)
+            .any(|w| key_order(&w[0].0, &w[1].0).is_ge())
+        {
+            self.printed = false;
+        }
         pairs.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         let mut kept: Vec<&(Vec<u8>, Built)> = Vec::with_capacity(pairs.len());
         for pair in &pairs {
@@ -638,14 +670,30 @@ impl Parser<'_> {
                     let escape = *self.text.get(self.at + 1).ok_or(Malformed)?;
                     self.at += 2;
                     match escape {
-                        b'"' | b'\\' | b'/' => out.push(escape),
+                        b'/' => {
+                            self.printed = false;
+                            out.push(escape);
+                        }
+                        b'"' | b'\\' => out.push(escape),
                         b'b' => out.push(0x08),
                         b'f' => out.push(0x0C),
                         b'n' => out.push(b'\n'),
                         b'r' => out.push(b'\r'),
                         b't' => out.push(b'\t'),
                         b'u' => {
+                            // jsonb writes \u only for the control characters that have no
+                            // short escape, as four lowercase hex digits.
+                            let written = self.text.get(self.at..self.at + 4);
                             let c = self.unicode_escape()?;
+                            let mut expected = [0u8; 4];
+                            let short = matches!(c, '\u{08}' | '\t' | '\n' | '\u{0C}' | '\r');
+                            if (c as u32) < 0x20 && !short {
+                                let hex = format!("{:04x}", c as u32);
+                                expected.copy_from_slice(hex.as_bytes());
+                            }
+                            if (c as u32) >= 0x20 || short || written != Some(&expected[..]) {
+                                self.printed = false;
+                            }
                             let mut buf = [0; 4];
                             out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                         }
@@ -711,7 +759,13 @@ impl Parser<'_> {
                 return Err(Malformed);
             }
         }
+        // numeric_out writes no exponent, and no sign on zero.
+        let mantissa = &self.text[start..self.at];
+        if mantissa[0] == b'-' && mantissa[1..].iter().all(|&b| b == b'0' || b == b'.') {
+            self.printed = false;
+        }
         if matches!(self.text.get(self.at), Some(b'e' | b'E')) {
+            self.printed = false;
             self.at += 1;
             if matches!(self.text.get(self.at), Some(b'+' | b'-')) {
                 self.at += 1;
@@ -850,6 +904,12 @@ mod tests {
             .to_vec()
     }
 
+    /// Whether custos' parser takes JSON text to be exactly what jsonb prints for it.
+    #[pg_extern]
+    fn jsonb_test_parsed_is_printed(json: &str) -> bool {
+        super::from_json_text_printed(json).1
+    }
+
     #[pg_extern]
     fn jsonb_test_text(doc: AnyElement) -> String {
         // SAFETY: a jsonb argument.
@@ -930,6 +990,24 @@ mod tests {
              SELECT count(*) FROM texts WHERE tests.jsonb_test_parsed_bytes(t) IS DISTINCT FROM tests.jsonb_test_bytes(t::jsonb)"
         ));
         assert_eq!(mismatches, Ok(Some(0)));
+    }
+
+    /// The chain hashes capture's text as written when the parser says jsonb prints it so: the
+    /// claim must hold exactly, and hold for whatever jsonb itself printed.
+    #[pg_test]
+    fn the_parser_knows_when_text_is_as_jsonb_prints_it() {
+        let wrong = Spi::get_one::<i64>(&format!(
+            "WITH texts AS ({TEXTS} UNION ALL SELECT doc::text FROM ({DOCS}) d
+                 UNION ALL SELECT unnest(ARRAY['[1,2]', '[1, 2]', '[1,  2]', '{{\"a\":1}}', '{{\"a\": 1}}', '{{\"b\": 1, \"a\": 2}}',
+                     '{{\"a\": 1, \"a\": 2}}', '{{\"b\": 1, \"aa\": 2}}', '{{\"aa\": 1, \"b\": 2}}', '1.0', '-1.50', '-0.5', '1e2', '-0.00',
+                     '\"\\u00e9\"', '\"\\u001F\"', '\"\\u001f\"', '\"\\u0008\"', '\"\\b\\f\\n\\r\\t\\\"\\\\\"', '\"a\\/b\"',
+                     ' 1', '1 ', '{{\"new\": {{\"id\": 1, \"amount\": 2.50}}, \"table\": \"public.t\"}}'])
+                 UNION ALL SELECT jsonb_build_object('new', jsonb_build_object('id', g, 'qty', g * 1.5, 'note', E'a\tb'),
+                                                     'table', 'public.t', 'changed', jsonb_build_array('qty'))::text
+                   FROM generate_series(-5, 5) g)
+             SELECT count(*) FROM texts WHERE tests.jsonb_test_parsed_is_printed(t) IS DISTINCT FROM (t = t::jsonb::text)"
+        ));
+        assert_eq!(wrong, Ok(Some(0)));
     }
 
     #[pg_test]

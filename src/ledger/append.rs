@@ -150,8 +150,10 @@ impl Appender {
                     row.set(c.action, Some(text_of(event.action)));
                     row.set(c.entity_type, Some(text_of(event.entity_type)));
                     row.set(c.entity_id, event.entity_id.map(text_datum));
-                    row.set(c.details, Some(crate::jsonb::from_json_text(event.details)));
-                    chain_event(self.rel, c, &caller, &mut row);
+                    let (details, printed) = crate::jsonb::from_json_text_printed(event.details);
+                    row.set(c.details, Some(details));
+                    let printed = printed.then_some(event.details.as_bytes());
+                    chain_event(self.rel, c, &caller, &mut row, printed);
                     check_not_null(self.tupdesc, &row);
                     let tuple = pg_sys::heap_form_tuple(
                         self.tupdesc,

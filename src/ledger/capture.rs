@@ -76,6 +76,11 @@ struct Table {
     /// Index into `columns`.
     tenant: usize,
     key: Vec<usize>,
+    /// Indexes into `columns` in jsonb's key order (shorter names first, then bytewise): rows are
+    /// written in the order jsonb prints them, so the chain can hash the text as written.
+    json_order: Vec<usize>,
+    /// Where each column's value sits in a row's JSON (the inverse of `json_order`).
+    json_position: Vec<usize>,
 }
 
 impl Table {
@@ -129,11 +134,22 @@ impl Table {
                 );
             }
             let key = key_columns.iter().map(|k| find(k)).collect();
+            let mut json_order: Vec<usize> = (0..columns.len()).collect();
+            json_order.sort_by(|&a, &b| {
+                let (a, b) = (columns[a].name.as_bytes(), columns[b].name.as_bytes());
+                a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+            });
+            let mut json_position = vec![0; columns.len()];
+            for (position, &column) in json_order.iter().enumerate() {
+                json_position[column] = position;
+            }
             Table {
                 label,
                 columns,
                 tenant,
                 key,
+                json_order,
+                json_position,
             }
         }
     }
@@ -167,7 +183,8 @@ impl CapturedRow {
             self.key.clear();
             let single_key = (table.key.len() == 1).then(|| table.key[0]);
             let mut tenant = None;
-            for (index, column) in table.columns.iter().enumerate() {
+            for &index in &table.json_order {
+                let column = &table.columns[index];
                 let datum = *values.add(column.attr);
                 let is_null = *nulls.add(column.attr);
                 if index == table.tenant && !is_null {
@@ -214,7 +231,9 @@ impl CapturedRow {
             }
             self.json.finish();
             if single_key.is_none() {
-                self.key = changes::composite_key(&self.json, &table.key);
+                let positions: Vec<usize> =
+                    table.key.iter().map(|&k| table.json_position[k]).collect();
+                self.key = changes::composite_key(&self.json, &positions);
             }
             self.tenant = tenant.unwrap_or_else(|| {
                 raise(
@@ -574,7 +593,11 @@ fn record(
             }
             (Some(o), Some(n)) => {
                 let changed = changes::changed_columns(
-                    table.columns.iter().map(|c| c.name.as_str()),
+                    table
+                        .columns
+                        .iter()
+                        .zip(&table.json_position)
+                        .map(|(c, &position)| (c.name.as_str(), position)),
                     &o.json,
                     &n.json,
                 );

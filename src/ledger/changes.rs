@@ -80,16 +80,16 @@ impl RowJson {
     }
 }
 
-/// The columns whose values differ between two versions of a row, in column order.
+/// The columns whose values differ between two versions of a row, in the order given; each
+/// column comes with the position of its value in the rows.
 pub fn changed_columns<'a>(
-    columns: impl Iterator<Item = &'a str>,
+    columns: impl Iterator<Item = (&'a str, usize)>,
     old: &RowJson,
     new: &RowJson,
 ) -> Vec<&'a str> {
     columns
-        .enumerate()
-        .filter(|(i, _)| old.value(*i) != new.value(*i))
-        .map(|(_, name)| name)
+        .filter(|(_, i)| old.value(*i) != new.value(*i))
+        .map(|(name, _)| name)
         .collect()
 }
 
@@ -107,17 +107,16 @@ pub fn composite_key(row: &RowJson, key: &[usize]) -> String {
     out
 }
 
-fn open_details(table: &str, out: &mut String) {
-    out.push_str("{\"table\": ");
-    push_json_string(table, out);
-}
-
 fn push_member(out: &mut String, name: &str, json: &str) {
     out.push_str(", \"");
     out.push_str(name);
     out.push_str("\": ");
     out.push_str(json);
 }
+
+// Members are written in jsonb's key order (shorter names first, then bytewise), with jsonb's
+// spacing: a document whose values are printed as jsonb prints them is then exactly the text the
+// chain hashes, and need not be printed again (see `jsonb::from_json_text_printed`).
 
 /// `details` of a one-row event. `changed` only for an update of a row that kept its key.
 pub fn row_details(
@@ -132,13 +131,18 @@ pub fn row_details(
             + old.map_or(0, |r| r.text.len() + 9)
             + new.map_or(0, |r| r.text.len() + 9),
     );
-    open_details(table, &mut out);
-    if let Some(old) = old {
-        push_member(&mut out, "old", &old.text);
+    out.push('{');
+    for (name, row) in [("new", new), ("old", old)] {
+        if let Some(row) = row {
+            out.push('"');
+            out.push_str(name);
+            out.push_str("\": ");
+            out.push_str(&row.text);
+            out.push_str(", ");
+        }
     }
-    if let Some(new) = new {
-        push_member(&mut out, "new", &new.text);
-    }
+    out.push_str("\"table\": ");
+    push_json_string(table, &mut out);
     if let Some(changed) = changed {
         out.push_str(", \"changed\": [");
         for (i, column) in changed.iter().enumerate() {
@@ -160,15 +164,23 @@ pub fn row_details(
 #[derive(Debug)]
 pub struct GroupDetails {
     text: String,
+    /// `"table": ...}`, which follows "rows" in jsonb's key order.
+    tail: String,
     rows: usize,
 }
 
 impl GroupDetails {
     pub fn new(table: &str) -> Self {
         let mut text = String::with_capacity(4096);
-        open_details(table, &mut text);
-        text.push_str(", \"rows\": [");
-        GroupDetails { text, rows: 0 }
+        text.push_str("{\"rows\": [");
+        let mut tail = String::from("], \"table\": ");
+        push_json_string(table, &mut tail);
+        tail.push('}');
+        GroupDetails {
+            text,
+            tail,
+            rows: 0,
+        }
     }
 
     /// Adds one changed row; updates carry a flag (`key_changed` or `tenant_changed`).
@@ -184,11 +196,11 @@ impl GroupDetails {
         }
         self.text.push_str("{\"key\": ");
         push_json_string(key, &mut self.text);
-        if let Some(old) = old {
-            push_member(&mut self.text, "old", &old.text);
-        }
         if let Some(new) = new {
             push_member(&mut self.text, "new", &new.text);
+        }
+        if let Some(old) = old {
+            push_member(&mut self.text, "old", &old.text);
         }
         if let Some((name, value)) = flag {
             push_member(&mut self.text, name, if value { "true" } else { "false" });
@@ -202,7 +214,7 @@ impl GroupDetails {
     }
 
     pub fn len(&self) -> usize {
-        self.text.len()
+        self.text.len() + self.tail.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,7 +222,7 @@ impl GroupDetails {
     }
 
     pub fn finish(mut self) -> String {
-        self.text.push_str("]}");
+        self.text.push_str(&self.tail);
         self.text
     }
 }
@@ -269,11 +281,9 @@ mod tests {
             ("qty", JsonValue::Raw("4")),
             ("note", JsonValue::Text("null")),
         ]);
-        assert_eq!(
-            changed_columns(columns.into_iter(), &old, &new),
-            ["qty", "note"]
-        );
-        assert!(changed_columns(columns.into_iter(), &old, &old).is_empty());
+        let positions = || columns.into_iter().zip(0..);
+        assert_eq!(changed_columns(positions(), &old, &new), ["qty", "note"]);
+        assert!(changed_columns(positions(), &old, &old).is_empty());
     }
 
     #[test]
@@ -316,12 +326,35 @@ mod tests {
             json!({"table": "t", "old": {"qty": 3}, "key_changed": true})
         );
 
+        // Written as jsonb prints them, so the chain can hash them as written.
+        for details in [
+            row_details(
+                "public.orders",
+                Some(&old),
+                Some(&new),
+                Some(&["qty"]),
+                None,
+            ),
+            row_details("t", Some(&old), None, None, Some(("key_changed", true))),
+            row_details("t", None, Some(&new), None, Some(("tenant_changed", true))),
+        ] {
+            let parsed: Value = serde_json::from_str(&details).unwrap();
+            assert_eq!(
+                crate::ledger::chain::canonical_json_string(&parsed),
+                details
+            );
+        }
         let mut group = GroupDetails::new("t");
         assert!(group.is_empty());
         group.push("1", None, Some(&new), None);
         group.push("2", Some(&old), Some(&new), Some(("key_changed", false)));
         assert_eq!(group.rows(), 2);
-        let grouped: Value = serde_json::from_str(&group.finish()).unwrap();
+        let grouped = group.finish();
+        assert_eq!(
+            crate::ledger::chain::canonical_json_string(&serde_json::from_str(&grouped).unwrap()),
+            grouped
+        );
+        let grouped: Value = serde_json::from_str(&grouped).unwrap();
         assert_eq!(
             grouped,
             json!({"table": "t", "rows": [

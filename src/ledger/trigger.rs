@@ -163,7 +163,7 @@ unsafe fn chain_row<'a>(
     unsafe {
         let tupdesc = (*rel).rd_att;
         let mut row = Row::deform(tuple, tupdesc);
-        chain_event(rel, &Columns::of(rel), &Caller::current(), &mut row);
+        chain_event(rel, &Columns::of(rel), &Caller::current(), &mut row, None);
         row.form(tupdesc, "event")
     }
 }
@@ -174,9 +174,15 @@ unsafe fn chain_row<'a>(
 ///
 /// # Safety
 /// `rel` must be the open `custos.events` and `c` its columns; `row` must hold valid datums for
-/// them. The datums made here are
-/// allocated in the current memory context.
-pub unsafe fn chain_event(rel: pg_sys::Relation, c: &Columns, caller: &Caller, row: &mut Row) {
+/// them. `printed_details`, when given, must be exactly what jsonb prints for the details datum.
+/// The datums made here are allocated in the current memory context.
+pub unsafe fn chain_event(
+    rel: pg_sys::Relation,
+    c: &Columns,
+    caller: &Caller,
+    row: &mut Row,
+    printed_details: Option<&[u8]>,
+) {
     unsafe {
         for (i, name) in [
             (c.seq, "seq"),
@@ -258,9 +264,14 @@ pub unsafe fn chain_event(rel: pg_sys::Relation, c: &Columns, caller: &Caller, r
         row.set(c.seq, Some(pg_sys::Datum::from(seq)));
         row.set(c.id, pgrx::Uuid::from_bytes(id).into_datum());
         // Sealing binds each value to the event id, so it comes after the id is known.
+        let given_details = row.values[c.details];
         seal_row(c, row);
-        // Printed once, as stored (sealed values included): the hash covers this text.
-        let details_text = crate::jsonb::Doc::of(row.values[c.details]).text();
+        // The hash covers details as jsonb prints them, as stored (sealed values included):
+        // printed here once, unless the writer already has that text and sealing changed nothing.
+        let details_text = match printed_details {
+            Some(text) if row.values[c.details] == given_details => text,
+            _ => crate::jsonb::Doc::of(row.values[c.details]).text(),
+        };
         let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
         if details_text.len() > limit {
             raise(
