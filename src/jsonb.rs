@@ -91,7 +91,7 @@ pub fn object(keys: &[Child<'_>], values: &[Child<'_>]) -> Result<Vec<u8>, Malfo
 
 /// A container of `count` members under the header flags `kind`, from its `entries` JEntries'
 /// children (an object's keys then values, or an array's elements).
-fn container<'c>(
+pub fn container<'c>(
     kind: u32,
     count: usize,
     entries: usize,
@@ -447,7 +447,7 @@ fn jsonb_in(json: &str) -> pg_sys::Datum {
 }
 
 /// A container as a fresh jsonb datum in the current memory context.
-fn jsonb_datum(container: &[u8]) -> pg_sys::Datum {
+pub fn jsonb_datum(container: &[u8]) -> pg_sys::Datum {
     // SAFETY: a fresh palloc of header + container, the varlena header set to its size.
     unsafe {
         let size = pg_sys::VARHDRSZ + container.len();

@@ -23,6 +23,8 @@ pub struct NewEvent<'a> {
     pub entity_id: Option<&'a str>,
     /// A JSON object as text; stored as jsonb ([`crate::jsonb::from_json_text`]).
     pub details: &'a str,
+    /// `details` already as a jsonb container; then `details` must be exactly its print.
+    pub details_stored: Option<&'a [u8]>,
 }
 
 /// Rows written by one `heap_multi_insert` (COPY buffers 1,000; a few pages' worth is enough).
@@ -150,7 +152,10 @@ impl Appender {
                     row.set(c.action, Some(text_of(event.action)));
                     row.set(c.entity_type, Some(text_of(event.entity_type)));
                     row.set(c.entity_id, event.entity_id.map(text_datum));
-                    let (details, printed) = crate::jsonb::from_json_text_printed(event.details);
+                    let (details, printed) = match event.details_stored {
+                        Some(container) => (crate::jsonb::jsonb_datum(container), true),
+                        None => crate::jsonb::from_json_text_printed(event.details),
+                    };
                     row.set(c.details, Some(details));
                     let printed = printed.then_some(event.details.as_bytes());
                     chain_event(self.rel, c, &caller, &mut row, printed);

@@ -44,6 +44,8 @@ struct Column {
     /// Position in the tuple descriptor.
     attr: usize,
     typid: pg_sys::Oid,
+    /// The type under any domain.
+    base: pg_sys::Oid,
     encoding: Encoding,
     output: pg_sys::FmgrInfo,
 }
@@ -81,6 +83,16 @@ struct Table {
     json_order: Vec<usize>,
     /// Where each column's value sits in a row's JSON (the inverse of `json_order`).
     json_position: Vec<usize>,
+    /// Values are assembled into jsonb only in a UTF-8 database, where their text is jsonb's.
+    utf8: bool,
+}
+
+impl Table {
+    fn json_names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.json_order
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+    }
 }
 
 impl Table {
@@ -108,6 +120,7 @@ impl Table {
                     name: cstr_text((*attr).attname.data.as_ptr()),
                     attr: i,
                     typid: (*attr).atttypid,
+                    base: pg_sys::getBaseType((*attr).atttypid),
                     encoding: encoding_of((*attr).atttypid),
                     output,
                 });
@@ -150,6 +163,7 @@ impl Table {
                 key,
                 json_order,
                 json_position,
+                utf8: pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32,
             }
         }
     }
@@ -167,8 +181,64 @@ unsafe fn cstr_text(ptr: *const std::ffi::c_char) -> String {
 #[derive(Default)]
 struct CapturedRow {
     json: RowJson,
+    /// The row as a jsonb object, when every value has its stored form.
+    object: Option<Vec<u8>>,
     tenant: [u8; 16],
     key: String,
+}
+
+/// The value just pushed to `row`, as jsonb stores it. Numbers that are not numerics or integers
+/// (floats print in forms jsonb would not) and json documents have none: their events' text is
+/// parsed instead.
+unsafe fn push_stored(
+    row: &mut RowJson,
+    column: &Column,
+    datum: pg_sys::Datum,
+    value: JsonValue<'_>,
+) {
+    match value {
+        JsonValue::Null => row.push_stored(pg_sys::JENTRY_ISNULL, &[]),
+        JsonValue::Text(text) => row.push_stored(pg_sys::JENTRY_ISSTRING, text.as_bytes()),
+        JsonValue::Raw(_) if column.encoding == Encoding::Bool => {
+            let kind = if datum.value() != 0 {
+                pg_sys::JENTRY_ISBOOL_TRUE
+            } else {
+                pg_sys::JENTRY_ISBOOL_FALSE
+            };
+            row.push_stored(kind, &[]);
+        }
+        JsonValue::Raw(_) if column.encoding == Encoding::Number => {
+            // SAFETY: a non-null datum of the column's type.
+            match unsafe { stored_numeric(column.base, datum) } {
+                Some(numeric) => row.push_stored(pg_sys::JENTRY_ISNUMERIC, &numeric),
+                None => row.no_stored(),
+            }
+        }
+        JsonValue::Raw(_) => row.no_stored(),
+    }
+}
+
+/// A numeric or integer datum as the numeric jsonb stores: a 4-byte varlena header, then the
+/// numeric as `numeric_in` makes it (for integers, the same value as the printed digits).
+unsafe fn stored_numeric(base: pg_sys::Oid, datum: pg_sys::Datum) -> Option<Vec<u8>> {
+    unsafe {
+        let convert = match base {
+            pg_sys::NUMERICOID => None,
+            pg_sys::INT2OID => Some(pg_sys::int2_numeric as unsafe fn(_) -> _),
+            pg_sys::INT4OID => Some(pg_sys::int4_numeric as unsafe fn(_) -> _),
+            pg_sys::INT8OID => Some(pg_sys::int8_numeric as unsafe fn(_) -> _),
+            _ => return None,
+        };
+        let numeric = match convert {
+            Some(f) => pgrx::direct_function_call_as_datum(f, &[Some(datum)])?,
+            None => datum,
+        };
+        let body = crate::ledger::row::bytes_of(numeric);
+        let mut stored = vec![0u8; pg_sys::VARHDRSZ + body.len()];
+        pgrx::varlena::set_varsize_4b(stored.as_mut_ptr().cast(), stored.len() as i32);
+        stored[pg_sys::VARHDRSZ..].copy_from_slice(body);
+        Some(stored)
+    }
 }
 
 impl CapturedRow {
@@ -228,8 +298,14 @@ impl CapturedRow {
                     }
                 }
                 self.json.push(&column.name, value);
+                if table.utf8 {
+                    push_stored(&mut self.json, column, datum, value);
+                } else {
+                    self.json.no_stored();
+                }
             }
             self.json.finish();
+            self.object = self.json.stored_object(table.json_names());
             if single_key.is_none() {
                 let positions: Vec<usize> =
                     table.key.iter().map(|&k| table.json_position[k]).collect();
@@ -258,15 +334,24 @@ struct EventSink {
     tenants: Vec<[u8; 16]>,
     entity_ids: Vec<Option<String>>,
     details: Vec<String>,
+    /// `details` as a jsonb container, where it could be assembled.
+    stored: Vec<Option<Vec<u8>>>,
     bytes: usize,
 }
 
 impl EventSink {
-    fn add(&mut self, tenant: [u8; 16], entity_id: Option<String>, details: String) {
+    fn add(
+        &mut self,
+        tenant: [u8; 16],
+        entity_id: Option<String>,
+        details: String,
+        stored: Option<Vec<u8>>,
+    ) {
         self.bytes += details.len();
         self.tenants.push(tenant);
         self.entity_ids.push(entity_id);
         self.details.push(details);
+        self.stored.push(stored);
         if self.details.len() >= EVENTS_PER_INSERT || self.bytes >= BYTES_PER_INSERT {
             self.flush();
         }
@@ -279,18 +364,23 @@ impl EventSink {
         self.bytes = 0;
         if let Some(appender) = self.appender.get_or_insert_with(Appender::open) {
             let events = self.tenants.iter().zip(&self.entity_ids).zip(&self.details);
-            appender.append(events.map(|((tenant, entity_id), details)| NewEvent {
-                tenant: *tenant,
-                action: self.action,
-                entity_type: &self.entity_type,
-                entity_id: entity_id.as_deref(),
-                details,
-            }));
+            appender.append(events.zip(&self.stored).map(
+                |(((tenant, entity_id), details), stored)| NewEvent {
+                    tenant: *tenant,
+                    action: self.action,
+                    entity_type: &self.entity_type,
+                    entity_id: entity_id.as_deref(),
+                    details,
+                    details_stored: stored.as_deref(),
+                },
+            ));
             self.tenants.clear();
             self.entity_ids.clear();
             self.details.clear();
+            self.stored.clear();
             return;
         }
+        self.stored.clear();
         let tenants: Vec<_> = self.tenants.drain(..).map(pgrx::Uuid::from_bytes).collect();
         let entity_ids = std::mem::take(&mut self.entity_ids);
         let details = jsonb_array(&std::mem::take(&mut self.details));
@@ -386,14 +476,14 @@ impl Groups<'_> {
         group.push(key, old, new, flag);
         if group.rows() >= self.rows_per_event || group.len() >= self.max_bytes {
             let full = std::mem::replace(group, GroupDetails::new(self.table));
-            sink.add(tenant, None, full.finish());
+            sink.add(tenant, None, full.finish(), None);
         }
     }
 
     fn finish(self, sink: &mut EventSink) {
         for (tenant, group) in self.open {
             if !group.is_empty() {
-                sink.add(tenant, None, group.finish());
+                sink.add(tenant, None, group.finish(), None);
             }
         }
     }
@@ -500,6 +590,7 @@ fn capture_changes<'a>(
             tenants: Vec::new(),
             entity_ids: Vec::new(),
             details: Vec::new(),
+            stored: Vec::new(),
             bytes: 0,
         };
         let mut groups = (rows_per_event > 1).then(|| Groups {
@@ -586,10 +677,8 @@ fn record(
         },
         None => match (old, new) {
             (Some(o), Some(n)) if moved.is_some() => {
-                let details = changes::row_details(&table.label, Some(&o.json), None, None, moved);
-                sink.add(o.tenant, Some(o.key.clone()), details);
-                let details = changes::row_details(&table.label, None, Some(&n.json), None, moved);
-                sink.add(n.tenant, Some(n.key.clone()), details);
+                one_row_event(table, sink, o, Some(o), None, None, moved);
+                one_row_event(table, sink, n, None, Some(n), None, moved);
             }
             (Some(o), Some(n)) => {
                 let changed = changes::changed_columns(
@@ -601,24 +690,42 @@ fn record(
                     &o.json,
                     &n.json,
                 );
-                let details = changes::row_details(
-                    &table.label,
-                    Some(&o.json),
-                    Some(&n.json),
-                    Some(&changed),
-                    None,
-                );
-                sink.add(n.tenant, Some(n.key.clone()), details);
+                one_row_event(table, sink, n, Some(o), Some(n), Some(&changed), None);
             }
-            (Some(o), None) => {
-                let details = changes::row_details(&table.label, Some(&o.json), None, None, None);
-                sink.add(o.tenant, Some(o.key.clone()), details);
-            }
-            (None, Some(n)) => {
-                let details = changes::row_details(&table.label, None, Some(&n.json), None, None);
-                sink.add(n.tenant, Some(n.key.clone()), details);
-            }
+            (Some(o), None) => one_row_event(table, sink, o, Some(o), None, None, None),
+            (None, Some(n)) => one_row_event(table, sink, n, None, Some(n), None, None),
             (None, None) => {}
         },
     }
+}
+
+/// The event of one changed row, in the tenant and under the key of `of`; its details as text
+/// and, when both versions have their stored form, assembled as jsonb.
+fn one_row_event(
+    table: &Table,
+    sink: &mut EventSink,
+    of: &CapturedRow,
+    old: Option<&CapturedRow>,
+    new: Option<&CapturedRow>,
+    changed: Option<&[&str]>,
+    flag: Option<(&str, bool)>,
+) {
+    let details = changes::row_details(
+        &table.label,
+        old.map(|r| &r.json),
+        new.map(|r| &r.json),
+        changed,
+        flag,
+    );
+    // Some(None): no such version; None: a version without its stored form.
+    fn object(row: Option<&CapturedRow>) -> Option<Option<&[u8]>> {
+        match row {
+            Some(r) => r.object.as_deref().map(Some),
+            None => Some(None),
+        }
+    }
+    let stored = object(old)
+        .zip(object(new))
+        .and_then(|(old, new)| changes::row_details_stored(&table.label, old, new, changed, flag));
+    sink.add(of.tenant, Some(of.key.clone()), details, stored);
 }

@@ -12,6 +12,8 @@
 //!   a moved row again as two items.
 
 use super::chain::push_json_string;
+use crate::jsonb::{self, Child};
+use pgrx::pg_sys;
 use std::ops::Range;
 
 /// A column's value as it goes into JSON.
@@ -43,19 +45,72 @@ pub fn push_value(value: JsonValue<'_>, out: &mut String) {
 }
 
 /// One captured row as a JSON object, with where each column's value sits in the text so two
-/// versions of a row can be compared column by column without parsing.
+/// versions of a row can be compared column by column without parsing. Beside the text, the
+/// values as jsonb stores them, so that the event's jsonb is assembled rather than parsed.
 #[derive(Debug, Default, Clone)]
 pub struct RowJson {
     pub text: String,
     values: Vec<Range<usize>>,
+    /// Each value's JEntry type and the end of its bytes in `stored`.
+    stored_values: Vec<(u32, usize)>,
+    stored: Vec<u8>,
+    /// False once a value came without its stored form (then the text is parsed instead).
+    has_stored: bool,
 }
 
 impl RowJson {
-    /// Starts a row; `push` each column in order, then `finish`.
+    /// Starts a row; `push` each column in order (with `push_stored` or `no_stored` for its
+    /// stored form), then `finish`.
     pub fn begin(&mut self) {
         self.text.clear();
         self.values.clear();
+        self.stored_values.clear();
+        self.stored.clear();
+        self.has_stored = true;
         self.text.push('{');
+    }
+
+    /// The value just pushed as jsonb stores it: a JEntry type and its bytes (a numeric with
+    /// its 4-byte header; nothing for null and booleans).
+    pub fn push_stored(&mut self, kind: u32, data: &[u8]) {
+        self.stored.extend_from_slice(data);
+        self.stored_values.push((kind, self.stored.len()));
+    }
+
+    pub fn no_stored(&mut self) {
+        self.has_stored = false;
+    }
+
+    /// The row as a jsonb object container, its keys `names` (the pushed columns' names, in
+    /// jsonb's key order); None when some value had no stored form.
+    pub fn stored_object<'n>(
+        &self,
+        names: impl Iterator<Item = &'n str> + Clone,
+    ) -> Option<Vec<u8>> {
+        if !self.has_stored || self.stored_values.len() != self.values.len() {
+            return None;
+        }
+        let keys = names.map(|n| Child {
+            kind: pg_sys::JENTRY_ISSTRING,
+            data: n.as_bytes(),
+        });
+        let mut start = 0;
+        let values = self.stored_values.iter().map(|&(kind, end)| {
+            let child = Child {
+                kind,
+                data: &self.stored[start..end],
+            };
+            start = end;
+            child
+        });
+        let children: Vec<Child<'_>> = keys.chain(values).collect();
+        jsonb::container(
+            pg_sys::JB_FOBJECT,
+            self.values.len(),
+            children.len(),
+            children.iter(),
+        )
+        .ok()
     }
 
     pub fn push(&mut self, column: &str, value: JsonValue<'_>) {
@@ -158,6 +213,69 @@ pub fn row_details(
     }
     out.push('}');
     out
+}
+
+/// [`row_details`] as a jsonb container, from the rows' [`RowJson::stored_object`]s; None if it
+/// would be larger than jsonb allows.
+pub fn row_details_stored(
+    table: &str,
+    old: Option<&[u8]>,
+    new: Option<&[u8]>,
+    changed: Option<&[&str]>,
+    flag: Option<(&str, bool)>,
+) -> Option<Vec<u8>> {
+    fn string(s: &str) -> Child<'_> {
+        Child {
+            kind: pg_sys::JENTRY_ISSTRING,
+            data: s.as_bytes(),
+        }
+    }
+    fn nested(data: &[u8]) -> Child<'_> {
+        Child {
+            kind: pg_sys::JENTRY_ISCONTAINER,
+            data,
+        }
+    }
+    let changed_array = match changed {
+        Some(columns) => {
+            let elements: Vec<Child<'_>> = columns.iter().map(|c| string(c)).collect();
+            let n = elements.len();
+            Some(jsonb::container(pg_sys::JB_FARRAY, n, n, elements.iter()).ok()?)
+        }
+        None => None,
+    };
+    // jsonb's key order, as row_details writes them.
+    let mut members: Vec<(&str, Child<'_>)> = Vec::with_capacity(5);
+    if let Some(new) = new {
+        members.push(("new", nested(new)));
+    }
+    if let Some(old) = old {
+        members.push(("old", nested(old)));
+    }
+    members.push(("table", string(table)));
+    if let Some(array) = &changed_array {
+        members.push(("changed", nested(array)));
+    }
+    if let Some((name, value)) = flag {
+        let kind = if value {
+            pg_sys::JENTRY_ISBOOL_TRUE
+        } else {
+            pg_sys::JENTRY_ISBOOL_FALSE
+        };
+        members.push((name, Child { kind, data: &[] }));
+    }
+    let children: Vec<Child<'_>> = members
+        .iter()
+        .map(|(name, _)| string(name))
+        .chain(members.iter().map(|(_, value)| *value))
+        .collect();
+    jsonb::container(
+        pg_sys::JB_FOBJECT,
+        members.len(),
+        children.len(),
+        children.iter(),
+    )
+    .ok()
 }
 
 /// `details` of an event holding several rows of one statement and tenant, built a row at a time.

@@ -756,6 +756,59 @@ fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
     assert!(verify(A).0 && verify(B).0);
 }
 
+/// Capture assembles the jsonb of one-row events from the columns' values (numerics, integers,
+/// booleans, strings, nulls) rather than parsing their text: what it stores must be byte for byte
+/// what jsonb_in makes of the same text, and the chain must verify. Floats and json columns take
+/// the parsing path, checked the same way.
+#[pg_test]
+fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
+    let (A, B) = fresh_tenants();
+    Spi::run(&format!(
+        "CREATE TABLE public.typed (id int8 PRIMARY KEY, tenant_id uuid, small int2, mid int4, num numeric(20, 4),
+                                    big numeric, flag bool, note text, code varchar(10), day date, at timestamptz,
+                                    ref uuid, tags text[], \"Odd \"\"name\"\"\" text);
+         CREATE TABLE public.loose (id int PRIMARY KEY, tenant_id uuid, ratio float8, meta jsonb, doc json);
+         SELECT custos.track_table('public.typed');
+         SELECT custos.track_table('public.loose');
+         INSERT INTO public.typed
+         SELECT g, CASE WHEN g % 4 = 0 THEN '{B}'::uuid ELSE '{A}' END, (g - 20)::int2, g * -1000003, (g - 20) * 1.2345,
+                CASE g % 5 WHEN 0 THEN 'NaN' WHEN 1 THEN -0.0 WHEN 2 THEN 12345678901234567890.123456789
+                           WHEN 3 THEN 1e-30 ELSE power(10::numeric, g) END,
+                g % 3 = 0, CASE WHEN g % 2 = 0 THEN E'q\"b\\\\t\\tn\\nc\\x01 é ☃ 😀 ' || g END,
+                'c' || g, date '2026-01-01' + g, timestamptz '2026-01-01 00:00:00.123456+00' + g * interval '1 hour',
+                gen_random_uuid(), ARRAY['a', 'b \"' || g], g::text
+           FROM generate_series(1, 40) g;
+         UPDATE public.typed SET note = 'changed', num = num + 1 WHERE id % 3 = 0;
+         UPDATE public.typed SET id = id + 100 WHERE id IN (1, 2);
+         UPDATE public.typed SET tenant_id = '{B}' WHERE id = 5;
+         DELETE FROM public.typed WHERE id % 7 = 0;
+         INSERT INTO public.loose VALUES (1, '{A}', 1e20, '{{\"b\": [1, 2.50], \"a\": null}}', '{{ \"z\" : 1 }}'),
+                                        (2, '{A}', -0.0, '5', '[]'), (3, '{A}', 0.1, NULL, NULL);"
+    ))
+    .unwrap();
+    let differ = count(&format!(
+        "SELECT count(*) FROM custos.events WHERE tenant_id IN ('{A}', '{B}') AND action <> 'custos.track_table'
+            AND tests.jsonb_test_bytes(details) IS DISTINCT FROM tests.jsonb_test_bytes(details::text::jsonb)"
+    ));
+    assert_eq!(differ, 0);
+    let recorded = count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id IN ('{A}', '{B}') AND entity_type IN ('public.typed', 'public.loose')"));
+    // 40 inserts, 13 updates, 2 key changes and 1 tenant change (two events each), 5 deletes, 3 inserts.
+    assert_eq!(recorded, 40 + 13 + 4 + 2 + 5 + 3);
+    let one = Spi::get_one::<pgrx::JsonB>(&format!(
+        "SELECT details FROM custos.events WHERE tenant_id = '{A}' AND entity_type = 'public.typed' AND entity_id = '14' AND action = 'insert'"
+    ))
+    .unwrap()
+    .unwrap()
+    .0;
+    assert_eq!(one["new"]["note"], "q\"b\\t\tn\nc\u{1} é ☃ 😀 14");
+    assert_eq!(one["new"]["flag"], false);
+    assert_eq!(one["new"]["mid"], -14_000_042);
+    assert_eq!(one["new"]["small"], -6);
+    assert_eq!(one["new"]["Odd \"name\""], "14");
+    assert_eq!(one["new"]["tags"], "{a,\"b \\\"14\"}");
+    assert!(verify(A).0 && verify(B).0);
+}
+
 /// Capture writes events to the heap and indexes itself; once custos.events has another INSERT
 /// trigger it goes through INSERT, so that trigger sees every captured event.
 #[pg_test]
