@@ -12,7 +12,15 @@ fn kill_9_during_ingest_then_restart_and_verify() {
     let Ok(pgdata) = std::env::var("CUSTOS_TEST_PGDATA") else {
         panic!("CUSTOS_TEST_PGDATA must name the test cluster's data directory (scripts/test.sh sets it)");
     };
-    let (db, _) = fresh_db("crash");
+    let (db, mut setup) = fresh_db("crash");
+    // Half the writers record events through a tracked table: capture writes them to the heap
+    // itself, and they must survive (or vanish) with their transaction like any other write.
+    setup
+        .batch_execute(
+            "CREATE TABLE public.docs (key text PRIMARY KEY, tenant_id uuid NOT NULL);
+             SELECT custos.track_table('public.docs');",
+        )
+        .unwrap();
     let tenants = [
         "d1000000-0000-4000-8000-000000000001",
         "d2000000-0000-4000-8000-000000000002",
@@ -27,9 +35,15 @@ fn kill_9_during_ingest_then_restart_and_verify() {
                 let mut c = connect(&db, "postgres");
                 let mut i = 0;
                 while !stop.load(Ordering::SeqCst) {
-                    let batch = format!(
-                        "SELECT custos.set_tenant('{tenant}'); SELECT custos.record_events((SELECT jsonb_agg(jsonb_build_object('action', 'ingest', 'entity_type', 'doc', 'entity_id', '{w}-{i}-' || g)) FROM generate_series(1, 50) g))"
-                    );
+                    let batch = if w < 2 {
+                        format!(
+                            "SELECT custos.set_tenant('{tenant}'); SELECT custos.record_events((SELECT jsonb_agg(jsonb_build_object('action', 'ingest', 'entity_type', 'doc', 'entity_id', '{w}-{i}-' || g)) FROM generate_series(1, 50) g))"
+                        )
+                    } else {
+                        format!(
+                            "INSERT INTO public.docs SELECT '{w}-{i}-' || g, '{tenant}' FROM generate_series(1, 50) g"
+                        )
+                    };
                     match c.batch_execute(&batch) {
                         Ok(()) => acknowledged.lock().unwrap().push(format!("{w}-{i}-")),
                         Err(_) => return, // the server went away

@@ -21,9 +21,17 @@ fn verify(c: &mut postgres::Client, tenant: &str) -> (bool, i64, Option<String>)
 }
 
 /// Eight writers hammer two tenants, each transaction recording 1-3 events, some rolled back
-/// whole, some losing a savepoint. Every committed event must be in a gap-free verified chain.
+/// whole, some losing a savepoint. Events come from `record_event` and from rows of a table
+/// tracked by `track_table` (whose capture writes events straight to the heap). Every committed
+/// event must be in a gap-free verified chain.
 fn hammer(isolation: IsolationLevel, name: &str) {
-    let (db, _) = fresh_db(name);
+    let (db, mut setup) = fresh_db(name);
+    setup
+        .batch_execute(
+            "CREATE TABLE public.orders (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, item text);
+             SELECT custos.track_table('public.orders');",
+        )
+        .unwrap();
     let committed = Arc::new([AtomicI64::new(0), AtomicI64::new(0)]);
     let threads: Vec<_> = (0..8)
         .map(|w| {
@@ -49,18 +57,34 @@ fn hammer(isolation: IsolationLevel, name: &str) {
                     tx.execute(&format!("SELECT custos.set_tenant('{tenant}')"), &[])
                         .unwrap();
                     let n = 1 + next() % 3;
+                    let mut kept = 0i64;
                     for k in 0..n {
-                        tx.execute(
-                            "SELECT custos.record_event('write', 'doc', $1)",
-                            &[&format!("w{w}-{i}-{k}")],
-                        )
-                        .unwrap();
+                        if next() % 2 == 0 {
+                            tx.execute(
+                                "SELECT custos.record_event('write', 'doc', $1)",
+                                &[&format!("w{w}-{i}-{k}")],
+                            )
+                            .unwrap();
+                            kept += 1;
+                        } else {
+                            let rows = 1 + next() % 3;
+                            tx.execute(
+                                &format!("INSERT INTO public.orders (tenant_id, item) SELECT '{tenant}', 'w{w}-{i}-{k}-' || g FROM generate_series(1, {rows}) g"),
+                                &[],
+                            )
+                            .unwrap();
+                            kept += rows as i64;
+                        }
                     }
-                    let mut kept = n as i64;
                     if next() % 4 == 0 {
                         let mut sp = tx.transaction().unwrap();
                         sp.execute("SELECT custos.record_event('undone', 'doc')", &[])
                             .unwrap();
+                        sp.execute(
+                            &format!("INSERT INTO public.orders (tenant_id, item) VALUES ('{tenant}', 'undone')"),
+                            &[],
+                        )
+                        .unwrap();
                         sp.rollback().unwrap();
                     }
                     if next() % 5 == 0 {
@@ -111,7 +135,7 @@ fn hammer(isolation: IsolationLevel, name: &str) {
         assert_eq!(verify(&mut c, tenant), (true, n, None));
         let undone: i64 = c
             .query_one(
-                "SELECT count(*) FROM custos.events WHERE action = 'undone'",
+                "SELECT count(*) FROM custos.events WHERE action = 'undone' OR details->'new'->>'item' = 'undone'",
                 &[],
             )
             .unwrap()
