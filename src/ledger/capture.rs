@@ -9,6 +9,7 @@
 
 use super::append::{Appender, NewEvent};
 use super::changes::{self, GroupDetails, JsonValue, RowJson};
+use super::row::bytes_of;
 use crate::error::raise;
 use crate::gucs;
 use pgrx::prelude::*;
@@ -30,12 +31,20 @@ thread_local! {
     static INSERT_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
 }
 
+/// How a column's value becomes JSON. The common types are written from the datum in Rust;
+/// the rest go through the type's output function.
 #[derive(Clone, Copy, PartialEq)]
 enum Encoding {
     Bool,
+    /// int2, int4, int8: the datum's width in bytes.
+    Integer(u8),
+    /// numeric, float4, float8 (as they print; NaN and the infinities as strings).
     Number,
     Json,
     DateTime,
+    Uuid,
+    /// text, varchar, bpchar: the stored characters are the printed ones.
+    PlainText,
     Text,
 }
 
@@ -50,24 +59,54 @@ struct Column {
     output: pg_sys::FmgrInfo,
 }
 
-fn encoding_of(typid: pg_sys::Oid) -> Encoding {
-    // SAFETY: a catalog lookup of a type that exists (it is a column's type).
-    let base = unsafe { pg_sys::getBaseType(typid) };
+fn encoding_of(base: pg_sys::Oid) -> Encoding {
     match base {
         pg_sys::BOOLOID => Encoding::Bool,
-        pg_sys::INT2OID
-        | pg_sys::INT4OID
-        | pg_sys::INT8OID
-        | pg_sys::FLOAT4OID
-        | pg_sys::FLOAT8OID
-        | pg_sys::NUMERICOID => Encoding::Number,
+        pg_sys::INT2OID => Encoding::Integer(2),
+        pg_sys::INT4OID => Encoding::Integer(4),
+        pg_sys::INT8OID => Encoding::Integer(8),
+        pg_sys::FLOAT4OID | pg_sys::FLOAT8OID | pg_sys::NUMERICOID => Encoding::Number,
         pg_sys::JSONOID | pg_sys::JSONBOID => Encoding::Json,
         pg_sys::DATEOID
         | pg_sys::TIMEOID
         | pg_sys::TIMETZOID
         | pg_sys::TIMESTAMPOID
         | pg_sys::TIMESTAMPTZOID => Encoding::DateTime,
+        pg_sys::UUIDOID => Encoding::Uuid,
+        pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Encoding::PlainText,
         _ => Encoding::Text,
+    }
+}
+
+/// The text of a NUL-terminated string from PostgreSQL, borrowed when it is UTF-8 (as it is in a
+/// UTF-8 database), else converted into `scratch`.
+unsafe fn cstr_str<'a>(ptr: *const std::ffi::c_char, scratch: &'a mut String) -> &'a str {
+    if ptr.is_null() {
+        return "";
+    }
+    // SAFETY: a NUL-terminated string from PostgreSQL, alive until the row's memory is reset.
+    utf8_or_lossy(unsafe { CStr::from_ptr(ptr) }.to_bytes(), scratch)
+}
+
+fn utf8_or_lossy<'a>(bytes: &'a [u8], scratch: &'a mut String) -> &'a str {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(_) => {
+            scratch.push_str(&String::from_utf8_lossy(bytes));
+            scratch
+        }
+    }
+}
+
+/// A uuid as uuid_out prints it.
+fn push_uuid(bytes: &[u8; 16], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
     }
 }
 
@@ -121,7 +160,7 @@ impl Table {
                     attr: i,
                     typid: (*attr).atttypid,
                     base: pg_sys::getBaseType((*attr).atttypid),
-                    encoding: encoding_of((*attr).atttypid),
+                    encoding: encoding_of(pg_sys::getBaseType((*attr).atttypid)),
                     output,
                 });
             }
@@ -183,6 +222,8 @@ struct CapturedRow {
     json: RowJson,
     /// The row as a jsonb object, when every value has its stored form.
     object: Option<Vec<u8>>,
+    /// Room for a value's text, reused from column to column.
+    scratch: String,
     tenant: [u8; 16],
     key: String,
 }
@@ -207,7 +248,7 @@ unsafe fn push_stored(
             };
             row.push_stored(kind, &[]);
         }
-        JsonValue::Raw(_) if column.encoding == Encoding::Number => {
+        JsonValue::Raw(_) if matches!(column.encoding, Encoding::Number | Encoding::Integer(_)) => {
             // SAFETY: a non-null datum of the column's type.
             match unsafe { stored_numeric(column.base, datum) } {
                 Some(numeric) => row.push_stored(pg_sys::JENTRY_ISNUMERIC, &numeric),
@@ -260,13 +301,30 @@ impl CapturedRow {
                 if index == table.tenant && !is_null {
                     tenant = Some(*datum.cast_mut_ptr::<[u8; 16]>());
                 }
-                let text;
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
                 let value = if is_null {
                     JsonValue::Null
                 } else {
                     match column.encoding {
                         Encoding::Bool => {
                             JsonValue::Raw(if datum.value() != 0 { "true" } else { "false" })
+                        }
+                        Encoding::Integer(width) => {
+                            use std::fmt::Write;
+                            let _ = match width {
+                                2 => write!(scratch, "{}", datum.value() as i16),
+                                4 => write!(scratch, "{}", datum.value() as i32),
+                                _ => write!(scratch, "{}", datum.value() as i64),
+                            };
+                            JsonValue::Raw(&scratch)
+                        }
+                        Encoding::Uuid => {
+                            push_uuid(&*datum.cast_mut_ptr::<[u8; 16]>(), &mut scratch);
+                            JsonValue::Text(&scratch)
+                        }
+                        Encoding::PlainText => {
+                            JsonValue::Text(utf8_or_lossy(bytes_of(datum), &mut scratch))
                         }
                         Encoding::DateTime => {
                             let iso = pg_sys::JsonEncodeDateTime(
@@ -275,19 +333,18 @@ impl CapturedRow {
                                 column.typid,
                                 std::ptr::null(),
                             );
-                            text = cstr_text(iso);
-                            JsonValue::Text(&text)
+                            JsonValue::Text(cstr_str(iso, &mut scratch))
                         }
                         encoding => {
                             let out = pg_sys::OutputFunctionCall(
                                 std::ptr::from_ref(&column.output).cast_mut(),
                                 datum,
                             );
-                            text = cstr_text(out);
+                            let text = cstr_str(out, &mut scratch);
                             match encoding {
-                                Encoding::Number => changes::number(&text),
-                                Encoding::Json => JsonValue::Raw(&text),
-                                _ => JsonValue::Text(&text),
+                                Encoding::Number => changes::number(text),
+                                Encoding::Json => JsonValue::Raw(text),
+                                _ => JsonValue::Text(text),
                             }
                         }
                     }
@@ -303,6 +360,7 @@ impl CapturedRow {
                 } else {
                     self.json.no_stored();
                 }
+                self.scratch = scratch;
             }
             self.json.finish();
             self.object = self.json.stored_object(table.json_names());
@@ -728,4 +786,18 @@ fn one_row_event(
         .zip(object(new))
         .and_then(|(old, new)| changes::row_details_stored(&table.label, old, new, changed, flag));
     sink.add(of.tenant, Some(of.key.clone()), details, stored);
+}
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn uuids_print_as_uuid_out_prints_them() {
+        let mut out = String::new();
+        let bytes: [u8; 16] = [
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ];
+        super::push_uuid(&bytes, &mut out);
+        assert_eq!(out, "00112233-4455-6677-8899-aabbccddeeff");
+    }
 }

@@ -806,6 +806,16 @@ fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
     assert_eq!(one["new"]["small"], -6);
     assert_eq!(one["new"]["Odd \"name\""], "14");
     assert_eq!(one["new"]["tags"], "{a,\"b \\\"14\"}");
+    let misprinted = Spi::get_two::<i64, i64>(&format!(
+        "SELECT count(*) FILTER (WHERE e.details->'new'->>'ref' <> t.ref::text
+                                    OR e.details->'new'->>'tenant_id' <> t.tenant_id::text
+                                    OR e.details->'new'->>'code' <> t.code OR (e.details->'new'->>'mid')::int <> t.mid),
+                count(*)
+           FROM custos.events e JOIN public.typed t ON e.entity_id = t.id::text
+          WHERE e.tenant_id = '{A}' AND e.action = 'insert' AND t.id <> 5 -- moved to B since"
+    ))
+    .unwrap();
+    assert_eq!(misprinted, (Some(0), Some(24)), "uuids, varchar and integers print as their output functions print them");
     assert!(verify(A).0 && verify(B).0);
 }
 
