@@ -80,7 +80,7 @@ fn encoding_of(base: pg_sys::Oid) -> Encoding {
 
 /// The text of a NUL-terminated string from PostgreSQL, borrowed when it is UTF-8 (as it is in a
 /// UTF-8 database), else converted into `scratch`.
-unsafe fn cstr_str<'a>(ptr: *const std::ffi::c_char, scratch: &'a mut String) -> &'a str {
+unsafe fn cstr_str(ptr: *const std::ffi::c_char, scratch: &mut String) -> &str {
     if ptr.is_null() {
         return "";
     }
