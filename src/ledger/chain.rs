@@ -135,25 +135,28 @@ pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
 
 pub(crate) fn push_json_string(s: &str, out: &mut String) {
     out.push('"');
-    // Copy runs that need no escaping whole (sealed values are long and never need any).
+    // Copy runs that need no escaping whole (sealed values are long and never need any). Only
+    // ASCII bytes need escaping, and no byte of a multi-byte UTF-8 character is ASCII, so the
+    // scan goes byte by byte and every cut falls between characters.
+    let bytes = s.as_bytes();
     let mut plain_from = 0;
-    for (i, c) in s.char_indices() {
-        let escaped = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            '\u{08}' => "\\b",
-            '\u{0C}' => "\\f",
-            c if (c as u32) < 0x20 => "",
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0C => "\\f",
+            b if b < 0x20 => "",
             _ => continue,
         };
         out.push_str(&s[plain_from..i]);
-        plain_from = i + c.len_utf8();
+        plain_from = i + 1;
         if escaped.is_empty() {
             use std::fmt::Write;
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            let _ = write!(out, "\\u{:04x}", b);
         } else {
             out.push_str(escaped);
         }

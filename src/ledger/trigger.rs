@@ -13,6 +13,7 @@ use crate::gucs;
 use crate::tuple::Row;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
+use std::cell::OnceCell;
 use std::ffi::CStr;
 
 /// The actor of an event nobody named: `custos.set_actor`, else the JWT `sub`, else the role.
@@ -27,17 +28,24 @@ pub fn default_actor(role: &str) -> String {
 }
 
 /// Who is writing: the role, and the actor for events that name none (looked up only when one
-/// needs it). A writer of many events looks them up once.
+/// needs it). A writer of many events looks them up once, and makes their datums once, in the
+/// memory context current at first use: a `Caller` must not outlive that context.
 pub struct Caller {
     role: String,
-    actor: std::cell::OnceCell<String>,
+    actor: OnceCell<String>,
+    role_datum: OnceCell<Option<pg_sys::Datum>>,
+    actor_datum: OnceCell<Option<pg_sys::Datum>>,
+    info_datum: OnceCell<Option<pg_sys::Datum>>,
 }
 
 impl Caller {
     pub fn current() -> Caller {
         Caller {
             role: current_role_name(),
-            actor: std::cell::OnceCell::new(),
+            actor: OnceCell::new(),
+            role_datum: OnceCell::new(),
+            actor_datum: OnceCell::new(),
+            info_datum: OnceCell::new(),
         }
     }
 
@@ -221,9 +229,15 @@ pub unsafe fn chain_event(
             row.set(c.occurred_at, Some(pg_sys::Datum::from(recorded_at)));
         }
         if row.nulls[c.actor] {
-            row.set(c.actor, caller.default_actor().into_datum());
+            let actor = caller
+                .actor_datum
+                .get_or_init(|| caller.default_actor().into_datum());
+            row.set(c.actor, *actor);
         }
-        row.set(c.db_role, caller.role.as_str().into_datum());
+        let role = caller
+            .role_datum
+            .get_or_init(|| caller.role.as_str().into_datum());
+        row.set(c.db_role, *role);
         row.set(
             c.txid,
             Some(pg_sys::Datum::from(
@@ -231,7 +245,10 @@ pub unsafe fn chain_event(
             )),
         );
         if row.nulls[c.severity] {
-            row.set(c.severity, "info".into_datum());
+            row.set(
+                c.severity,
+                *caller.info_datum.get_or_init(|| "info".into_datum()),
+            );
         }
         if row.nulls[c.details] {
             row.set(
@@ -243,7 +260,8 @@ pub unsafe fn chain_event(
         // limit applies to what is stored, below); seq and id are placeholders until the chain's
         // head is known.
         row.set(c.seq, Some(pg_sys::Datum::from(0i64)));
-        row.set(c.id, pgrx::Uuid::from_bytes([0; 16]).into_datum());
+        let mut placeholder_id = [0u8; 16];
+        row.set(c.id, Some(pg_sys::Datum::from(placeholder_id.as_mut_ptr())));
         normalise_ip(c, row);
         check_event(&event_fields_with_details(c, &row.values, &row.nulls, b""));
         check_details_object(crate::jsonb::Doc::of(row.values[c.details]));
