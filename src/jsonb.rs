@@ -97,11 +97,37 @@ pub fn container<'c>(
     entries: usize,
     children: impl Iterator<Item = &'c Child<'c>> + Clone,
 ) -> Result<Vec<u8>, Malformed> {
-    let data_start = HEADER_LEN + entries * ENTRY_LEN;
+    container_after(0, kind, count, entries, children)
+}
+
+/// A whole jsonb value (varlena header, then the container) laid out by [`container`], to be
+/// used as a datum in place.
+pub fn jsonb_varlena<'c>(
+    kind: u32,
+    count: usize,
+    entries: usize,
+    children: impl Iterator<Item = &'c Child<'c>> + Clone,
+) -> Result<Vec<u8>, Malformed> {
+    let mut out = container_after(pg_sys::VARHDRSZ, kind, count, entries, children)?;
+    let size = out.len() as u32;
+    // SAFETY: the first VARHDRSZ bytes of out are the header being set.
+    unsafe { pgrx::varlena::set_varsize_4b(out.as_mut_ptr().cast(), size as i32) };
+    Ok(out)
+}
+
+/// [`container`], preceded by `prefix` bytes (a multiple of 4) left for the caller.
+fn container_after<'c>(
+    prefix: usize,
+    kind: u32,
+    count: usize,
+    entries: usize,
+    children: impl Iterator<Item = &'c Child<'c>> + Clone,
+) -> Result<Vec<u8>, Malformed> {
+    let data_start = prefix + HEADER_LEN + entries * ENTRY_LEN;
     let data_len: usize = children.clone().map(|c| c.data.len() + 3).sum();
     let mut out = Vec::with_capacity(data_start + data_len);
     out.resize(data_start, 0);
-    out[..4].copy_from_slice(&(count as u32 | kind).to_ne_bytes());
+    out[prefix..prefix + 4].copy_from_slice(&(count as u32 | kind).to_ne_bytes());
     let mut end = 0usize;
     for (i, child) in children.enumerate() {
         let start = end;
@@ -119,7 +145,7 @@ pub fn container<'c>(
         } else {
             child.kind | (end - start) as u32
         };
-        let at = HEADER_LEN + i * ENTRY_LEN;
+        let at = prefix + HEADER_LEN + i * ENTRY_LEN;
         out[at..at + ENTRY_LEN].copy_from_slice(&entry.to_ne_bytes());
     }
     Ok(out)

@@ -23,7 +23,8 @@ pub struct NewEvent<'a> {
     pub entity_id: Option<&'a str>,
     /// A JSON object as text; stored as jsonb ([`crate::jsonb::from_json_text`]).
     pub details: &'a str,
-    /// `details` already as a jsonb container; then `details` must be exactly its print.
+    /// `details` already as a whole jsonb value (varlena header first); then `details` must be
+    /// exactly its print.
     pub details_stored: Option<&'a [u8]>,
 }
 
@@ -153,7 +154,14 @@ impl Appender {
                     row.set(c.entity_type, Some(text_of(event.entity_type)));
                     row.set(c.entity_id, event.entity_id.map(text_datum));
                     let (details, printed) = match event.details_stored {
-                        Some(container) => (crate::jsonb::jsonb_datum(container), true),
+                        // Used in place when aligned as jsonb needs (it is read, then copied
+                        // into the tuple); else copied.
+                        Some(jsonb) if jsonb.as_ptr() as usize % 4 == 0 => {
+                            (pg_sys::Datum::from(jsonb.as_ptr().cast_mut()), true)
+                        }
+                        Some(jsonb) => {
+                            (crate::jsonb::jsonb_datum(&jsonb[pg_sys::VARHDRSZ..]), true)
+                        }
                         None => crate::jsonb::from_json_text_printed(event.details),
                     };
                     row.set(c.details, Some(details));

@@ -392,7 +392,7 @@ struct EventSink {
     tenants: Vec<[u8; 16]>,
     entity_ids: Vec<Option<String>>,
     details: Vec<String>,
-    /// `details` as a jsonb container, where it could be assembled.
+    /// `details` as a jsonb value (varlena header first), where it could be assembled.
     stored: Vec<Option<Vec<u8>>>,
     bytes: usize,
 }

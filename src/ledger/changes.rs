@@ -215,8 +215,8 @@ pub fn row_details(
     out
 }
 
-/// [`row_details`] as a jsonb container, from the rows' [`RowJson::stored_object`]s; None if it
-/// would be larger than jsonb allows.
+/// [`row_details`] as a jsonb value (varlena header included), from the rows'
+/// [`RowJson::stored_object`]s; None if it would be larger than jsonb allows.
 pub fn row_details_stored(
     table: &str,
     old: Option<&[u8]>,
@@ -269,7 +269,7 @@ pub fn row_details_stored(
         .map(|(name, _)| string(name))
         .chain(members.iter().map(|(_, value)| *value))
         .collect();
-    jsonb::container(
+    jsonb::jsonb_varlena(
         pg_sys::JB_FOBJECT,
         members.len(),
         children.len(),
