@@ -189,6 +189,11 @@ impl Appender {
                     insert_index_entries(self.result_rel, slot, self.estate);
                     pg_sys::ExecClearTuple(slot);
                 }
+                // What index insertion evaluated per tuple (ResetPerTupleExprContext).
+                let per_tuple = (*self.estate).es_per_tuple_exprcontext;
+                if !per_tuple.is_null() {
+                    pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
+                }
             }
             pg_sys::MemoryContextSwitchTo(caller_memory);
             pg_sys::MemoryContextReset(self.batch_memory);
@@ -200,6 +205,11 @@ impl Drop for Appender {
     fn drop(&mut self) {
         // SAFETY: made by `open`, released once; the table lock stays until the transaction ends.
         unsafe {
+            // Dropped while unwinding from an ERROR raised mid-batch, batch_memory is still the
+            // current context: never leave the current context pointing at a deleted one.
+            if pg_sys::CurrentMemoryContext == self.batch_memory {
+                pg_sys::MemoryContextSwitchTo((*self.batch_memory).parent);
+            }
             for &slot in &self.slots {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }

@@ -819,6 +819,36 @@ fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
     assert!(verify(A).0 && verify(B).0);
 }
 
+/// An event refused while capture writes a batch (here the 1,500th row's key, too long for
+/// entity_id) takes the whole statement with it, including the 1,000 events already written,
+/// and the session goes on with an intact chain.
+#[pg_test]
+fn capture_refused_mid_batch_writes_nothing_and_the_chain_goes_on() {
+    let (A, _) = fresh_tenants();
+    Spi::run("CREATE TABLE public.keyed (k text PRIMARY KEY, tenant_id uuid); SELECT custos.track_table('public.keyed');").unwrap();
+    Spi::run(&format!(
+        "DO $$ BEGIN
+            INSERT INTO public.keyed SELECT CASE WHEN g = 1500 THEN repeat('k', 1001) ELSE g::text END, '{A}'
+              FROM generate_series(1, 2000) g;
+            RAISE EXCEPTION 'not refused';
+         EXCEPTION WHEN check_violation THEN NULL;
+         END $$"
+    ))
+    .unwrap();
+    let events = format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'");
+    assert_eq!(count(&events), 0);
+    assert_eq!(count("SELECT count(*) FROM public.keyed"), 0);
+    Spi::run(&format!("INSERT INTO public.keyed SELECT g::text, '{A}' FROM generate_series(1, 3) g")).unwrap();
+    assert_eq!(count(&events), 3);
+    assert_eq!(count(&format!("SELECT min(seq) FROM custos.events WHERE tenant_id = '{A}'")), 1);
+    assert!(verify(A).0);
+    assert_error(
+        &format!("INSERT INTO public.keyed VALUES (repeat('x', 1001), '{A}')"),
+        "23514",
+        "entity_id must be at most 1000 characters",
+    );
+}
+
 /// Capture writes events to the heap and indexes itself; once custos.events has another INSERT
 /// trigger it goes through INSERT, so that trigger sees every captured event.
 #[pg_test]
