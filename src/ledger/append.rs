@@ -156,7 +156,7 @@ impl Appender {
                     let (details, printed) = match event.details_stored {
                         // Used in place when aligned as jsonb needs (it is read, then copied
                         // into the tuple); else copied.
-                        Some(jsonb) if jsonb.as_ptr() as usize % 4 == 0 => {
+                        Some(jsonb) if (jsonb.as_ptr() as usize).is_multiple_of(4) => {
                             (pg_sys::Datum::from(jsonb.as_ptr().cast_mut()), true)
                         }
                         Some(jsonb) => {
