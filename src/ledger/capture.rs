@@ -122,8 +122,9 @@ struct Table {
     json_order: Vec<usize>,
     /// Where each column's value sits in a row's JSON (the inverse of `json_order`).
     json_position: Vec<usize>,
-    /// Values are assembled into jsonb only in a UTF-8 database, where their text is jsonb's.
-    utf8: bool,
+    /// Whether rows are also assembled as jsonb: for one-row events (grouped ones are parsed),
+    /// in a UTF-8 database, where the values' text is what jsonb stores.
+    assemble_jsonb: bool,
 }
 
 impl Table {
@@ -135,7 +136,12 @@ impl Table {
 }
 
 impl Table {
-    unsafe fn of(rel: pg_sys::Relation, tenant_column: &str, key_columns: &[String]) -> Table {
+    unsafe fn of(
+        rel: pg_sys::Relation,
+        tenant_column: &str,
+        key_columns: &[String],
+        rows_per_event: usize,
+    ) -> Table {
         unsafe {
             let tupdesc = (*rel).rd_att;
             let namespace = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
@@ -202,7 +208,8 @@ impl Table {
                 key,
                 json_order,
                 json_position,
-                utf8: pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32,
+                assemble_jsonb: rows_per_event == 1
+                    && pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32,
             }
         }
     }
@@ -355,7 +362,7 @@ impl CapturedRow {
                     }
                 }
                 self.json.push(&column.name, value);
-                if table.utf8 {
+                if table.assemble_jsonb {
                     push_stored(&mut self.json, column, datum, value);
                 } else {
                     self.json.no_stored();
@@ -627,7 +634,7 @@ fn capture_changes<'a>(
     // SAFETY: fired as an AFTER statement trigger (checked above): the relation and the transition
     // tables the trigger declared are valid for the duration of the call.
     unsafe {
-        let table = Table::of(td.tg_relation, tenant_column, key_columns);
+        let table = Table::of(td.tg_relation, tenant_column, key_columns, rows_per_event);
         let tupdesc = (*td.tg_relation).rd_att;
         let store_of = |store: *mut pg_sys::Tuplestorestate| {
             if store.is_null() {
