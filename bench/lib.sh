@@ -24,6 +24,14 @@ time_sql() {
     | sed -n 's/^NOTICE: *bench-ms //p'
 }
 
+# backend_peak_kb DB SQL: peak private memory (kB) of the backend that ran SQL: its peak resident
+# set (VmHWM) less the shared buffers it has mapped (RssShmem), which grow with what it read, not
+# with what it holds.
+backend_peak_kb() {
+  cpsql -d "$1" -At -c "$2" -c "SELECT (regexp_match(s, 'VmHWM:\s+(\d+)'))[1]::int - (regexp_match(s, 'RssShmem:\s+(\d+)'))[1]::int
+    FROM pg_read_file('/proc/' || pg_backend_pid() || '/status') s" | tail -1
+}
+
 # time_pgbench_ms DB SCRIPT TRANSACTIONS: wall milliseconds of running SCRIPT that many times, 1 client.
 time_pgbench_ms() {
   local start end

@@ -14,14 +14,6 @@ SELECT format('00000000-0000-4000-8000-%s', lpad(($1 + g % 10)::text, 12, '0')):
 SQL
 }
 
-# backend_peak_kb DB SQL: peak private memory (kB) of the backend that ran SQL: its peak resident
-# set (VmHWM) less the shared buffers it has mapped (RssShmem), which grow with what it read, not
-# with what it holds.
-backend_peak_kb() {
-  cpsql -d "$1" -At -c "$2" -c "SELECT (regexp_match(s, 'VmHWM:\s+(\d+)'))[1]::int - (regexp_match(s, 'RssShmem:\s+(\d+)'))[1]::int
-    FROM pg_read_file('/proc/' || pg_backend_pid() || '/status') s" | tail -1
-}
-
 bench_protection() {
   local db=bench_protection tmp t
   tmp=$(mktemp -d)
