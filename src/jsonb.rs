@@ -29,6 +29,11 @@ impl Child<'_> {
 #[derive(Debug, PartialEq)]
 pub struct Malformed;
 
+/// jsonb's order of object keys: shorter keys first, then bytewise.
+pub fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
 fn int_align(n: usize) -> usize {
     (n + 3) & !3
 }
@@ -645,14 +650,13 @@ impl Parser<'_> {
         }
         // jsonb's key order: shorter keys first, then bytewise; of equal keys the last one stays.
         // The sort is stable, so the last of a run of equal keys is the one written last.
-        let key_order = |a: &Vec<u8>, b: &Vec<u8>| a.len().cmp(&b.len()).then_with(|| a.cmp(b));
         if pairs
             .windows(2)
             .any(|w| key_order(&w[0].0, &w[1].0).is_ge())
         {
             self.printed = false;
         }
-        pairs.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        pairs.sort_by(|(a, _), (b, _)| key_order(a, b));
         let mut kept: Vec<&(Vec<u8>, Built)> = Vec::with_capacity(pairs.len());
         for pair in &pairs {
             match kept.last_mut() {

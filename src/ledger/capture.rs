@@ -194,8 +194,7 @@ impl Table {
             let key = key_columns.iter().map(|k| find(k)).collect();
             let mut json_order: Vec<usize> = (0..columns.len()).collect();
             json_order.sort_by(|&a, &b| {
-                let (a, b) = (columns[a].name.as_bytes(), columns[b].name.as_bytes());
-                a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+                crate::jsonb::key_order(columns[a].name.as_bytes(), columns[b].name.as_bytes())
             });
             let mut json_position = vec![0; columns.len()];
             for (position, &column) in json_order.iter().enumerate() {
