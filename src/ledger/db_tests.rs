@@ -819,6 +819,84 @@ fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
     assert!(verify(A).0 && verify(B).0);
 }
 
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Up to `max` characters drawn from what JSON escapes and what it does not.
+fn generated_word(state: &mut u64, min: u64, max: u64) -> String {
+    const ALPHABET: &[char] = &['a', 'b', '_', ' ', '"', '\\', 'é', '☃', '\u{1}', '\n', '\t', '/', '\u{7f}'];
+    let len = min + xorshift(state) % (max - min + 1);
+    (0..len).map(|_| ALPHABET[(xorshift(state) % ALPHABET.len() as u64) as usize]).collect()
+}
+
+/// Capture hashes a document's text and stores the jsonb it assembled beside it: printed as jsonb
+/// prints, that jsonb must give back exactly the text, whatever the names and values (quotes,
+/// backslashes, control characters, non-ASCII, booleans, nulls; numerics are covered by
+/// captured_documents_are_stored_exactly_as_jsonb_in_stores_them). 500 generated documents.
+#[pg_test]
+fn assembled_capture_documents_print_as_their_text() {
+    use crate::ledger::changes::{row_details, row_details_stored, JsonValue, RowJson};
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for case in 0..500u32 {
+        let mut names: Vec<String> = (0..1 + xorshift(&mut state) % 40)
+            .map(|_| generated_word(&mut state, 1, 8))
+            .collect();
+        names.sort_by(|a, b| crate::jsonb::key_order(a.as_bytes(), b.as_bytes()));
+        names.dedup();
+        let mut row = || {
+            let mut r = RowJson::default();
+            r.begin();
+            for name in &names {
+                match xorshift(&mut state) % 4 {
+                    0 => {
+                        r.push(name, JsonValue::Null);
+                        r.push_stored(pg_sys::JENTRY_ISNULL, &[]);
+                    }
+                    1 => {
+                        let b = xorshift(&mut state).is_multiple_of(2);
+                        r.push(name, JsonValue::Raw(if b { "true" } else { "false" }));
+                        let kind = if b { pg_sys::JENTRY_ISBOOL_TRUE } else { pg_sys::JENTRY_ISBOOL_FALSE };
+                        r.push_stored(kind, &[]);
+                    }
+                    _ => {
+                        let text = generated_word(&mut state, 0, 24);
+                        r.push(name, JsonValue::Text(&text));
+                        r.push_stored(pg_sys::JENTRY_ISSTRING, text.as_bytes());
+                    }
+                }
+            }
+            r.finish();
+            r
+        };
+        let (old, new) = (row(), row());
+        let table = generated_word(&mut state, 1, 20);
+        let changed: Vec<&str> = names.iter().step_by(3).map(String::as_str).collect();
+        let (old, new, changed, flag) = match case % 4 {
+            0 => (None, Some(&new), None, None),
+            1 => (Some(&old), None, None, None),
+            2 => (Some(&old), Some(&new), Some(&changed[..]), None),
+            _ => (Some(&old), None, None, Some(("tenant_changed", true))),
+        };
+        let text = row_details(&table, old, new, changed, flag);
+        let object = |r: Option<&RowJson>| r.map(|r| r.stored_object(names.iter().map(String::as_str)).unwrap());
+        let (old_object, new_object) = (object(old), object(new));
+        let stored = row_details_stored(&table, old_object.as_deref(), new_object.as_deref(), changed, flag).unwrap();
+        let mut printed = Vec::new();
+        crate::jsonb::print_container(&stored[pg_sys::VARHDRSZ..], &mut printed).unwrap();
+        assert_eq!(String::from_utf8(printed).unwrap(), text, "case {case}");
+        // And jsonb itself agrees: the stored bytes are what jsonb_in makes of the text.
+        let same = Spi::get_one_with_args::<bool>(
+            "SELECT tests.jsonb_test_bytes($1::jsonb) = $2",
+            &[text.as_str().into(), stored[pg_sys::VARHDRSZ..].to_vec().into()],
+        );
+        assert_eq!(same, Ok(Some(true)), "case {case}: {text}");
+    }
+}
+
 /// An event refused while capture writes a batch (here the 1,500th row's key, too long for
 /// entity_id) takes the whole statement with it, including the 1,000 events already written,
 /// and the session goes on with an intact chain.
