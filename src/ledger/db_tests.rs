@@ -973,6 +973,41 @@ fn encrypted_tenant(t: &str) {
     .unwrap();
 }
 
+/// Capture into a tenant that seals: the actor is pseudonymised and a sealed details key changes
+/// the document after capture wrote its text, so the chain must hash the sealed document (as
+/// printed), not the text capture wrote. Read back through custos.event, it is opened.
+#[pg_test]
+fn capture_into_a_sealing_tenant_hashes_what_is_stored() {
+    let (A, _) = fresh_tenants();
+    encrypted_tenant(A);
+    Spi::run(&format!(
+        "SELECT custos.set_setting('ledger.encrypted_detail_keys', '\"table,email\"');
+         SET LOCAL custos.actor = 'carol';
+         CREATE TABLE public.sealed_docs (id int PRIMARY KEY, tenant_id uuid, note text);
+         SELECT custos.track_table('public.sealed_docs');
+         INSERT INTO public.sealed_docs SELECT g, '{A}', 'n' || g FROM generate_series(1, 5) g;
+         UPDATE public.sealed_docs SET note = 'changed' WHERE id = 2;"
+    ))
+    .unwrap();
+    let stored = Spi::get_one::<String>(&format!(
+        "SELECT string_agg(actor || ' ' || (details->>'table'), '; ') FROM custos.events
+          WHERE tenant_id = '{A}' AND entity_type = 'public.sealed_docs'"
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!(stored.matches("enc2.").count(), 6, "{stored}");
+    assert_eq!(stored.matches("subject:").count(), 6, "{stored}");
+    assert!(!stored.contains("carol") && !stored.contains("public.sealed_docs"), "{stored}");
+    assert!(verify(A).0);
+    let opened = Spi::get_one::<String>(&format!(
+        "SELECT e.actor || ' ' || (e.details->>'table') || ' ' || (e.details->'new'->>'note')
+           FROM custos.events s, custos.event(s.id) e
+          WHERE s.tenant_id = '{A}' AND s.action = 'update'"
+    ))
+    .unwrap();
+    assert_eq!(opened.as_deref(), Some("carol public.sealed_docs changed"));
+}
+
 fn sealed_event(actor: &str, email: &str) -> String {
     Spi::get_one::<String>(&format!(
         "INSERT INTO custos.events (action, entity_type, entity_id, actor, details, ip_address, user_agent)
