@@ -128,7 +128,7 @@ struct Table {
 }
 
 impl Table {
-    fn json_names(&self) -> impl Iterator<Item = &str> + Clone {
+    fn json_names(&self) -> impl Iterator<Item = &str> {
         self.json_order
             .iter()
             .map(|&i| self.columns[i].name.as_str())

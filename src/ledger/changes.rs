@@ -83,34 +83,30 @@ impl RowJson {
 
     /// The row as a jsonb object container, its keys `names` (the pushed columns' names, in
     /// jsonb's key order); None when some value had no stored form.
-    pub fn stored_object<'n>(
-        &self,
-        names: impl Iterator<Item = &'n str> + Clone,
-    ) -> Option<Vec<u8>> {
+    pub fn stored_object<'n>(&self, names: impl Iterator<Item = &'n str>) -> Option<Vec<u8>> {
         if !self.has_stored || self.stored_values.len() != self.values.len() {
             return None;
         }
-        let keys = names.map(|n| Child {
-            kind: pg_sys::JENTRY_ISSTRING,
-            data: n.as_bytes(),
-        });
+        let keys: Vec<Child<'_>> = names
+            .map(|n| Child {
+                kind: pg_sys::JENTRY_ISSTRING,
+                data: n.as_bytes(),
+            })
+            .collect();
         let mut start = 0;
-        let values = self.stored_values.iter().map(|&(kind, end)| {
-            let child = Child {
-                kind,
-                data: &self.stored[start..end],
-            };
-            start = end;
-            child
-        });
-        let children: Vec<Child<'_>> = keys.chain(values).collect();
-        jsonb::container(
-            pg_sys::JB_FOBJECT,
-            self.values.len(),
-            children.len(),
-            children.iter(),
-        )
-        .ok()
+        let values: Vec<Child<'_>> = self
+            .stored_values
+            .iter()
+            .map(|&(kind, end)| {
+                let child = Child {
+                    kind,
+                    data: &self.stored[start..end],
+                };
+                start = end;
+                child
+            })
+            .collect();
+        jsonb::object(&keys, &values).ok()
     }
 
     pub fn push(&mut self, column: &str, value: JsonValue<'_>) {
