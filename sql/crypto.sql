@@ -15,6 +15,7 @@ COMMENT ON TABLE @extschema@.data_keys IS
 CREATE TABLE @extschema@.subject_keys (
     tenant_id        uuid NOT NULL,
     id               uuid PRIMARY KEY,
+    short_id         integer NOT NULL,
     subject          text,
     subject_ref      uuid NOT NULL,
     data_key_version integer NOT NULL,
@@ -26,10 +27,11 @@ CREATE TABLE @extschema@.subject_keys (
 );
 CREATE UNIQUE INDEX subject_keys_live ON @extschema@.subject_keys (tenant_id, subject)
     WHERE destroyed_at IS NULL AND retired_at IS NULL;
+CREATE UNIQUE INDEX subject_keys_short_id ON @extschema@.subject_keys (tenant_id, short_id);
 CREATE INDEX subject_keys_subject ON @extschema@.subject_keys (tenant_id, subject);
 CREATE INDEX subject_keys_ref ON @extschema@.subject_keys (tenant_id, subject_ref);
 COMMENT ON TABLE @extschema@.subject_keys IS
-'Per-subject AES-256 keys that seal a person''s fields in the ledger, wrapped by a tenant data key. subject_ref is the subject''s pseudonym, the same for all its keys: encrypted events store the actor as subject:<subject_ref>. custos.forget_subject destroys the keys (wrapped and subject become NULL): what they sealed can no longer be read and the pseudonym names nobody, while the chain still verifies.';
+'Per-subject AES-256 keys that seal a person''s fields in the ledger, wrapped by a tenant data key. short_id (random, unique in the tenant) names the key in the values it sealed (enc3.<short_id>.<ciphertext>). subject_ref is the subject''s pseudonym, the same for all its keys: encrypted events store the actor as subject:<subject_ref in base64url>. custos.forget_subject destroys the keys (wrapped and subject become NULL): what they sealed can no longer be read and the pseudonym names nobody, while the chain still verifies.';
 
 SELECT @extschema@.enable_tenant_isolation('@extschema@.data_keys');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.subject_keys');

@@ -16,10 +16,22 @@ const TAG_LEN: usize = 16;
 pub type SecretKey = [u8; KEY_LEN];
 
 /// Sealed field values are stored as
-/// `enc2.<base64url(subject key id)>.<base64url(ciphertext || tag)>`, the nonce derived from the
-/// event id and the field (`field_nonce`). Against the first form (hex key id, stored random
-/// nonce) this keeps 26 bytes per sealed field out of every row, its WAL and its hash.
-pub const SEALED_PREFIX: &str = "enc2.";
+/// `enc3.<base64url(subject key's short id)>.<base64url(ciphertext || tag)>`, the short id four
+/// bytes (six characters) that name the key within its tenant, the nonce derived from the event
+/// id and the field (`field_nonce`). The previous form, `enc2.`, named the key by its 16-byte id
+/// (22 characters) and is still read. Every byte here is stored, logged and hashed for every
+/// sealed field of every event, which is what encryption mostly costs at ingest.
+pub const SEALED_PREFIX: &str = "enc3.";
+const SEALED_PREFIX_V2: &str = "enc2.";
+
+/// How a sealed value names its subject key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyRef {
+    /// The key's id (`subject_keys.id`), in `enc2.` values.
+    Id([u8; 16]),
+    /// The key's short id within its tenant (`subject_keys.short_id`), in `enc3.` values.
+    Short(i32),
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CryptoError {
@@ -178,10 +190,10 @@ pub struct FieldSealer {
 }
 
 impl FieldSealer {
-    pub fn new(key: &SecretKey, key_id: &[u8; 16]) -> FieldSealer {
+    pub fn new(key: &SecretKey, short_id: i32) -> FieldSealer {
         FieldSealer {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
-            prefix: format!("{SEALED_PREFIX}{}.", B64.encode(key_id)),
+            prefix: format!("{SEALED_PREFIX}{}.", B64.encode(short_id.to_be_bytes())),
         }
     }
 
@@ -216,7 +228,7 @@ impl FieldSealer {
             .encode_slice(sealed, &mut out[self.prefix.len()..])
             .unwrap_or(0);
         out.truncate(self.prefix.len() + written);
-        // Base64 and the hex prefix are ASCII.
+        // Base64 and the prefix are ASCII.
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -242,20 +254,28 @@ pub fn is_sealed(stored: &str) -> bool {
 }
 
 pub fn looks_sealed(stored: &[u8]) -> bool {
-    stored.starts_with(SEALED_PREFIX.as_bytes())
+    stored.starts_with(SEALED_PREFIX.as_bytes()) || stored.starts_with(SEALED_PREFIX_V2.as_bytes())
 }
 
 /// The subject key a sealed value needs, and the sealed bytes (ciphertext || tag).
-pub fn parse_sealed(stored: &str) -> Result<([u8; 16], Vec<u8>), CryptoError> {
-    let rest = stored
-        .strip_prefix(SEALED_PREFIX)
-        .ok_or(CryptoError::NotSealed)?;
+pub fn parse_sealed(stored: &str) -> Result<(KeyRef, Vec<u8>), CryptoError> {
+    let (rest, short) = match stored.strip_prefix(SEALED_PREFIX) {
+        Some(rest) => (rest, true),
+        None => (
+            stored
+                .strip_prefix(SEALED_PREFIX_V2)
+                .ok_or(CryptoError::NotSealed)?,
+            false,
+        ),
+    };
     let (key_text, body) = rest.split_once('.').ok_or(CryptoError::Malformed)?;
-    let key_id = B64
-        .decode(key_text)
-        .ok()
-        .and_then(|b| <[u8; 16]>::try_from(b).ok())
-        .ok_or(CryptoError::Malformed)?;
+    let key_bytes = B64.decode(key_text).map_err(|_| CryptoError::Malformed)?;
+    let key_id = if short {
+        <[u8; 4]>::try_from(key_bytes).map(|b| KeyRef::Short(i32::from_be_bytes(b)))
+    } else {
+        <[u8; 16]>::try_from(key_bytes).map(KeyRef::Id)
+    }
+    .map_err(|_| CryptoError::Malformed)?;
     let sealed = B64.decode(body).map_err(|_| CryptoError::Malformed)?;
     if sealed.len() < TAG_LEN {
         return Err(CryptoError::Malformed);
@@ -284,11 +304,11 @@ mod tests {
     const T2: [u8; 16] = [2; 16];
     const E1: [u8; 16] = [0xE1; 16];
     const E2: [u8; 16] = [0xE2; 16];
-    const KID: [u8; 16] = [0x4B; 16];
+    const KID: i32 = 0x4B4B_4B4B;
     const KEY: SecretKey = [7; 32];
 
     fn sealed(plain: &str) -> String {
-        FieldSealer::new(&KEY, &KID).seal(&T1, &E1, "ip_address", plain)
+        FieldSealer::new(&KEY, KID).seal(&T1, &E1, "ip_address", plain)
     }
 
     #[test]
@@ -296,7 +316,7 @@ mod tests {
         let stored = sealed("10.1.2.3");
         assert!(is_sealed(&stored));
         let (kid, body) = parse_sealed(&stored).unwrap();
-        assert_eq!(kid, KID);
+        assert_eq!(kid, KeyRef::Short(KID));
         assert_eq!(
             open_field(&KEY, &T1, &E1, "ip_address", &body).unwrap(),
             "10.1.2.3"
@@ -318,31 +338,42 @@ mod tests {
             open_field(&[8; 32], &T1, &E1, "ip_address", &body),
             Err(CryptoError::Rejected)
         );
+        // The previous form names the key by its full id; its body opens the same way.
+        let previous = format!("enc2.{}.{}", B64.encode([0x4B; 16]), B64.encode(&body));
+        assert!(is_sealed(&previous));
+        assert_eq!(parse_sealed(&previous), Ok((KeyRef::Id([0x4B; 16]), body)));
     }
 
     #[test]
     fn malformed_values_are_named() {
+        let short = B64.encode(KID.to_be_bytes());
+        let long = B64.encode([0x4B; 16]);
         for bad in ["10.1.2.3", "enc1.4b4b.abc"] {
             assert_eq!(parse_sealed(bad), Err(CryptoError::NotSealed), "{bad}");
         }
         for bad in [
-            "enc2.zz.abc",
-            "enc2.!!!!.abc",
-            &format!("enc2.{}", B64.encode(KID)),
+            "enc3.zz.abc",
+            "enc3.!!!!.abc",
+            &format!("enc3.{short}"),
+            // A short id where a long one belongs, and the other way round.
+            &format!("enc2.{short}.{}", B64.encode([0; 20])),
+            &format!("enc3.{long}.{}", B64.encode([0; 20])),
+            // A short id with bits set past its four bytes.
+            &format!("enc3.S0tLSx.{}", B64.encode([0; 20])),
         ] {
             assert_eq!(parse_sealed(bad), Err(CryptoError::Malformed), "{bad}");
         }
         // Shorter than a tag.
         assert_eq!(
-            parse_sealed(&format!("enc2.{}.AAAA", B64.encode(KID))),
+            parse_sealed(&format!("enc3.{short}.AAAA")),
             Err(CryptoError::Malformed)
         );
     }
 
     #[test]
     fn stored_form_is_compact_and_nonces_differ_by_event_and_field() {
-        // prefix, 22 characters of key id, dot, base64 of ciphertext and tag: no stored nonce.
-        assert_eq!(sealed("10.1.2.3").len(), 5 + 22 + 1 + 32);
+        // prefix, 6 characters of short key id, dot, base64 of ciphertext and tag: no stored nonce.
+        assert_eq!(sealed("10.1.2.3").len(), 5 + 6 + 1 + 32);
         assert_ne!(
             field_nonce(&E1, "ip_address"),
             field_nonce(&E2, "ip_address")
@@ -367,9 +398,9 @@ mod tests {
         assert!(unwrap_data_key(&KEY, &T1, 1, &wrapped).is_err());
         assert!(unwrap_data_key(&KEY, &T2, 2, &wrapped).is_err());
         assert!(unwrap_data_key(&[0; 32], &T1, 2, &wrapped).is_err());
-        let wrapped = wrap_subject_key(&[9; 32], &T1, &KID, &[5; 32], &[2; 12]);
+        let wrapped = wrap_subject_key(&[9; 32], &T1, &[0x4B; 16], &[5; 32], &[2; 12]);
         assert_eq!(
-            unwrap_subject_key(&[9; 32], &T1, &KID, &wrapped).unwrap(),
+            unwrap_subject_key(&[9; 32], &T1, &[0x4B; 16], &wrapped).unwrap(),
             [5; 32]
         );
         assert!(unwrap_subject_key(&[9; 32], &T1, &E1, &wrapped).is_err());
@@ -378,7 +409,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip_and_any_flipped_bit_is_caught(plain in "\\PC{0,200}", event in any::<[u8; 16]>(), flip in any::<prop::sample::Index>()) {
-            let stored = FieldSealer::new(&KEY, &KID).seal(&T1, &event, "details.email", &plain);
+            let stored = FieldSealer::new(&KEY, KID).seal(&T1, &event, "details.email", &plain);
             let (_, mut body) = parse_sealed(&stored).unwrap();
             let open = |body: &[u8]| open_field(&KEY, &T1, &event, "details.email", body);
             prop_assert_eq!(open(&body).unwrap(), plain);

@@ -7,7 +7,7 @@
 //! key is gone from every other session before its next statement touches a table. The master key
 //! is not kept; it is read from its setting whenever a data key must be unwrapped.
 
-use super::envelope::{self, CryptoError, FieldSealer, SecretKey, KEY_LEN, NONCE_LEN};
+use super::envelope::{self, CryptoError, FieldSealer, KeyRef, SecretKey, KEY_LEN, NONCE_LEN};
 use crate::error::raise;
 use crate::gucs;
 use pgrx::prelude::*;
@@ -23,7 +23,7 @@ type KeyId = [u8; 16];
 struct Cache {
     generation: u64,
     data_keys: HashMap<(Tenant, i32), SecretKey>,
-    subject_keys: HashMap<(Tenant, KeyId), Option<SecretKey>>,
+    subject_keys: HashMap<(Tenant, KeyRef), Option<SecretKey>>,
     writing_keys: HashMap<Tenant, HashMap<String, Rc<SubjectWriter>>>,
     subject_names: HashMap<(Tenant, KeyId), Option<String>>,
 }
@@ -305,24 +305,25 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
     if let Some(writer) = cached {
         return writer;
     }
-    let live = || -> Option<(KeyId, i32, Vec<u8>, KeyId)> {
+    let live = || -> Option<(KeyId, i32, i32, Vec<u8>, KeyId)> {
         as_key_owner(|| {
             Spi::connect(|client| {
                 let rows = client.select(
-                    "SELECT id, data_key_version, wrapped, subject_ref FROM custos.subject_keys
+                    "SELECT id, short_id, data_key_version, wrapped, subject_ref FROM custos.subject_keys
                       WHERE tenant_id = $1 AND subject = $2 AND destroyed_at IS NULL AND retired_at IS NULL",
                     None,
                     &[uuid_arg(tenant).into(), subject.into()],
                 )?;
                 let mut found = None;
                 for r in rows {
-                    if let (Some(id), Some(v), Some(w), Some(s)) = (
+                    if let (Some(id), Some(short), Some(v), Some(w), Some(s)) = (
                         r.get::<pgrx::Uuid>(1)?,
                         r.get::<i32>(2)?,
-                        r.get::<Vec<u8>>(3)?,
-                        r.get::<pgrx::Uuid>(4)?,
+                        r.get::<i32>(3)?,
+                        r.get::<Vec<u8>>(4)?,
+                        r.get::<pgrx::Uuid>(5)?,
                     ) {
-                        found = Some((*id.as_bytes(), v, w, *s.as_bytes()));
+                        found = Some((*id.as_bytes(), short, v, w, *s.as_bytes()));
                     }
                 }
                 Ok::<_, pgrx::spi::Error>(found)
@@ -330,7 +331,7 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
         })
         .unwrap_or_else(|e| key_failed(e))
     };
-    let (id, version, wrapped, subject_ref) = match live() {
+    let (id, short_id, version, wrapped, subject_ref) = match live() {
         Some(found) => found,
         None => {
             let version = current_data_key_version(tenant);
@@ -343,32 +344,32 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
                 &key,
                 &random_bytes::<NONCE_LEN>(),
             );
-            // A subject keeps its pseudonym across key rotations.
-            as_key_owner(|| {
-                Spi::run_with_args(
-                    "INSERT INTO custos.subject_keys (tenant_id, id, subject, subject_ref, data_key_version, wrapped)
-                     VALUES ($1, $2, $3, coalesce((SELECT k.subject_ref FROM custos.subject_keys k
-                                                    WHERE k.tenant_id = $1 AND k.subject = $3 LIMIT 1), $6), $4, $5)
-                     ON CONFLICT DO NOTHING",
-                    &[
-                        uuid_arg(tenant).into(),
-                        uuid_arg(&id).into(),
-                        subject.into(),
-                        version.into(),
-                        wrapped.into(),
-                        uuid_arg(&random_uuid_v4()).into(),
-                    ],
-                )
-            })
-            .unwrap_or_else(|e| key_failed(e));
-            // A concurrent session may have made the subject's key first: use whichever stands.
-            live().unwrap_or_else(|| key_failed("subject key vanished"))
+            // The short id is random, so that it tells nothing of other subjects or tenants; one
+            // already taken in the tenant (about one in 400,000 draws at 10,000 keys) makes the
+            // insert do nothing, and another is drawn. A concurrent session may have made the
+            // subject's key first: then whichever stands is used.
+            let mut found = None;
+            for _ in 0..SHORT_ID_DRAWS {
+                insert_subject_key(
+                    tenant,
+                    &id,
+                    i32::from_be_bytes(random_bytes()),
+                    subject,
+                    version,
+                    &wrapped,
+                );
+                found = live();
+                if found.is_some() {
+                    break;
+                }
+            }
+            found.unwrap_or_else(|| key_failed("no subject key could be stored"))
         }
     };
     let key = envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
         .unwrap_or_else(|_| corrupt_key(&id));
     let writer = Rc::new(SubjectWriter {
-        sealer: FieldSealer::new(&key, &id),
+        sealer: FieldSealer::new(&key, short_id),
         subject_ref,
         pseudonym: crate::ledger::protect::actor_pseudonym(&subject_ref),
     });
@@ -377,11 +378,43 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
             .entry(*tenant)
             .or_default()
             .insert(subject.to_string(), writer.clone());
-        c.subject_keys.insert((*tenant, id), Some(key));
+        c.subject_keys
+            .insert((*tenant, KeyRef::Short(short_id)), Some(key));
         c.subject_names
             .insert((*tenant, subject_ref), Some(subject.to_string()));
     });
     writer
+}
+
+const SHORT_ID_DRAWS: usize = 8;
+
+fn insert_subject_key(
+    tenant: &Tenant,
+    id: &KeyId,
+    short_id: i32,
+    subject: &str,
+    version: i32,
+    wrapped: &[u8],
+) {
+    // A subject keeps its pseudonym across key rotations.
+    as_key_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO custos.subject_keys (tenant_id, id, short_id, subject, subject_ref, data_key_version, wrapped)
+             VALUES ($1, $2, $3, $4, coalesce((SELECT k.subject_ref FROM custos.subject_keys k
+                                                WHERE k.tenant_id = $1 AND k.subject = $4 LIMIT 1), $7), $5, $6)
+             ON CONFLICT DO NOTHING",
+            &[
+                uuid_arg(tenant).into(),
+                uuid_arg(id).into(),
+                short_id.into(),
+                subject.into(),
+                version.into(),
+                wrapped.into(),
+                uuid_arg(&random_uuid_v4()).into(),
+            ],
+        )
+    })
+    .unwrap_or_else(|e| key_failed(e));
 }
 
 /// The subject a pseudonym stands for; None once the subject was forgotten (or never existed).
@@ -428,20 +461,24 @@ pub enum SubjectKey {
     Unknown,
 }
 
-pub fn subject_key(tenant: &Tenant, id: &KeyId) -> SubjectKey {
-    if let Some(k) = with_cache(|c| c.subject_keys.get(&(*tenant, *id)).copied()) {
+pub fn subject_key(tenant: &Tenant, key_ref: &KeyRef) -> SubjectKey {
+    if let Some(k) = with_cache(|c| c.subject_keys.get(&(*tenant, *key_ref)).copied()) {
         return k.map_or(SubjectKey::Destroyed, SubjectKey::Live);
     }
+    let (by, arg): (&str, pgrx::datum::DatumWithOid) = match key_ref {
+        KeyRef::Id(id) => ("id", uuid_arg(id).into()),
+        KeyRef::Short(short) => ("short_id", (*short).into()),
+    };
     let row = as_key_owner(|| {
         Spi::connect(|client| {
             let rows = client.select(
-                "SELECT data_key_version, wrapped FROM custos.subject_keys WHERE tenant_id = $1 AND id = $2",
+                &format!("SELECT id, data_key_version, wrapped FROM custos.subject_keys WHERE tenant_id = $1 AND {by} = $2"),
                 None,
-                &[uuid_arg(tenant).into(), uuid_arg(id).into()],
+                &[uuid_arg(tenant).into(), arg],
             )?;
             let mut found = None;
             for r in rows {
-                found = Some((r.get::<i32>(1)?, r.get::<Vec<u8>>(2)?));
+                found = Some((r.get::<pgrx::Uuid>(1)?, r.get::<i32>(2)?, r.get::<Vec<u8>>(3)?));
             }
             Ok::<_, pgrx::spi::Error>(found)
         })
@@ -449,13 +486,16 @@ pub fn subject_key(tenant: &Tenant, id: &KeyId) -> SubjectKey {
     .unwrap_or_else(|e| key_failed(e));
     let key = match row {
         None => return SubjectKey::Unknown,
-        Some((Some(version), Some(wrapped))) => Some(
-            envelope::unwrap_subject_key(&data_key(tenant, version), tenant, id, &wrapped)
-                .unwrap_or_else(|_| corrupt_key(id)),
-        ),
+        Some((Some(id), Some(version), Some(wrapped))) => {
+            let id = *id.as_bytes();
+            Some(
+                envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
+                    .unwrap_or_else(|_| corrupt_key(&id)),
+            )
+        }
         Some(_) => None,
     };
-    with_cache(|c| c.subject_keys.insert((*tenant, *id), key));
+    with_cache(|c| c.subject_keys.insert((*tenant, *key_ref), key));
     key.map_or(SubjectKey::Destroyed, SubjectKey::Live)
 }
 

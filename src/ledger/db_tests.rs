@@ -995,7 +995,7 @@ fn capture_into_a_sealing_tenant_hashes_what_is_stored() {
     ))
     .unwrap()
     .unwrap();
-    assert_eq!(stored.matches("enc2.").count(), 6, "{stored}");
+    assert_eq!(stored.matches("enc3.").count(), 6, "{stored}");
     assert_eq!(stored.matches("subject:").count(), 6, "{stored}");
     assert!(!stored.contains("carol") && !stored.contains("public.sealed_docs"), "{stored}");
     assert!(verify(A).0);
@@ -1028,8 +1028,20 @@ fn sealed_fields_are_ciphertext_at_rest_and_plaintext_through_timeline() {
     ))
     .unwrap()
     .unwrap();
-    assert_eq!(stored.matches("enc2.").count(), 3, "{stored}");
+    assert_eq!(stored.matches("enc3.").count(), 3, "{stored}");
     assert!(!stored.contains("alice@") && !stored.contains("10.1.2.3"));
+    // Values and pseudonyms in the previous forms (the key named by its full id, the subject
+    // reference as uuid text) still open.
+    let previous = Spi::get_one::<String>(&format!(
+        "SELECT custos.reveal(e.tenant_id, e.id, 'ip_address',
+                  'enc2.' || translate(rtrim(encode(uuid_send(k.id), 'base64'), '='), '+/', '-_')
+                          || '.' || split_part(e.ip_address, '.', 3))
+                || ' ' || custos.reveal_actor(e.tenant_id, 'subject:' || k.subject_ref)
+           FROM custos.events e JOIN custos.subject_keys k ON k.tenant_id = e.tenant_id AND k.subject = 'alice'
+          WHERE e.id = '{id}'"
+    ))
+    .unwrap();
+    assert_eq!(previous.as_deref(), Some("10.1.2.3 alice"));
     let seen = Spi::get_one::<String>(&format!(
         "SELECT ip_address || ' ' || user_agent || ' ' || (details->>'email') || ' ' || (details->>'n') FROM custos.event('{id}')"
     ))
