@@ -302,7 +302,10 @@ COMMENT ON FUNCTION @extschema@.capture_truncate() IS
 'BEFORE TRUNCATE trigger of tables tracked by custos.track_table: records one truncate event per tenant that had rows.';
 
 -- capture_changes (src/ledger/capture.rs) writes events of any tenant: only track_table may use it.
-ALTER FUNCTION @extschema@.capture_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- It runs as the writer, not SECURITY DEFINER: it appends to the ledger's heap and indexes itself,
+-- and only its SPI fallback (when custos.events has other INSERT triggers) switches to the
+-- superuser, with a pinned search_path. A definer call with SET search_path costs every captured
+-- statement a GUC save and restore and a new namespace search path.
 COMMENT ON FUNCTION @extschema@.capture_changes() IS
 'AFTER ... FOR EACH STATEMENT trigger of tables tracked by custos.track_table: reads the statement''s transition tables and records each changed row (or group of rows) as an event in the row''s tenant.';
 REVOKE EXECUTE ON FUNCTION @extschema@.capture_changes(), @extschema@.capture_truncate() FROM PUBLIC;

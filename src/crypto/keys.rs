@@ -10,6 +10,7 @@
 use super::envelope::{self, CryptoError, FieldSealer, KeyRef, SecretKey, KEY_LEN, NONCE_LEN};
 use crate::error::raise;
 use crate::gucs;
+use crate::tenancy::as_superuser;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -167,28 +168,6 @@ fn master_for(tenant: &Tenant, version: i32, wrapped_by: &str) -> MasterKey {
     }
 }
 
-/// Runs SPI work as the bootstrap superuser: key tables are closed to every other role, and the
-/// code that needs them (the ledger trigger) runs as whoever inserts. Restored on error by the
-/// transaction abort, like SECURITY DEFINER.
-pub(crate) fn as_key_owner<R>(f: impl FnOnce() -> R) -> R {
-    let mut user = pg_sys::InvalidOid;
-    let mut context = 0;
-    // SAFETY: backend thread; the previous user and context are restored below.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-    }
-    let out = f();
-    // SAFETY: as above.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
-    out
-}
-
 fn uuid_arg(b: &[u8; 16]) -> pgrx::Uuid {
     pgrx::Uuid::from_bytes(*b)
 }
@@ -217,7 +196,7 @@ pub fn data_key(tenant: &Tenant, version: i32) -> SecretKey {
     if let Some(k) = with_cache(|c| c.data_keys.get(&(*tenant, version)).copied()) {
         return k;
     }
-    let (wrapped, wrapped_by) = as_key_owner(|| {
+    let (wrapped, wrapped_by) = as_superuser(|| {
         Spi::get_two_with_args::<Vec<u8>, String>(
             "SELECT wrapped, master_key_id FROM custos.data_keys WHERE tenant_id = $1 AND version = $2",
             &[uuid_arg(tenant).into(), version.into()],
@@ -250,7 +229,7 @@ pub fn data_key(tenant: &Tenant, version: i32) -> SecretKey {
 /// The tenant's newest data key version, made (version 1) on first use.
 pub fn current_data_key_version(tenant: &Tenant) -> i32 {
     let latest = || {
-        as_key_owner(|| {
+        as_superuser(|| {
             Spi::get_one_with_args::<i32>(
                 "SELECT max(version) FROM custos.data_keys WHERE tenant_id = $1",
                 &[uuid_arg(tenant).into()],
@@ -276,7 +255,7 @@ pub fn new_data_key_version(tenant: &Tenant, version: i32) {
         &key,
         &random_bytes::<NONCE_LEN>(),
     );
-    as_key_owner(|| {
+    as_superuser(|| {
         Spi::run_with_args(
             "INSERT INTO custos.data_keys (tenant_id, version, wrapped, master_key_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             &[uuid_arg(tenant).into(), version.into(), wrapped.into(), master.id.into()],
@@ -306,7 +285,7 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
         return writer;
     }
     let live = || -> Option<(KeyId, i32, i32, Vec<u8>, KeyId)> {
-        as_key_owner(|| {
+        as_superuser(|| {
             Spi::connect(|client| {
                 let rows = client.select(
                     "SELECT id, short_id, data_key_version, wrapped, subject_ref FROM custos.subject_keys
@@ -397,7 +376,7 @@ fn insert_subject_key(
     wrapped: &[u8],
 ) {
     // A subject keeps its pseudonym across key rotations.
-    as_key_owner(|| {
+    as_superuser(|| {
         Spi::run_with_args(
             "INSERT INTO custos.subject_keys (tenant_id, id, short_id, subject, subject_ref, data_key_version, wrapped)
              VALUES ($1, $2, $3, $4, coalesce((SELECT k.subject_ref FROM custos.subject_keys k
@@ -422,7 +401,7 @@ pub fn subject_name(tenant: &Tenant, subject_ref: &[u8; 16]) -> Option<String> {
     if let Some(name) = with_cache(|c| c.subject_names.get(&(*tenant, *subject_ref)).cloned()) {
         return name;
     }
-    let name = as_key_owner(|| {
+    let name = as_superuser(|| {
         Spi::get_one_with_args::<String>(
             "SELECT subject FROM custos.subject_keys WHERE tenant_id = $1 AND subject_ref = $2 AND subject IS NOT NULL LIMIT 1",
             &[uuid_arg(tenant).into(), uuid_arg(subject_ref).into()],
@@ -469,7 +448,7 @@ pub fn subject_key(tenant: &Tenant, key_ref: &KeyRef) -> SubjectKey {
         KeyRef::Id(id) => ("id", uuid_arg(id).into()),
         KeyRef::Short(short) => ("short_id", (*short).into()),
     };
-    let row = as_key_owner(|| {
+    let row = as_superuser(|| {
         Spi::connect(|client| {
             let rows = client.select(
                 &format!("SELECT id, data_key_version, wrapped FROM custos.subject_keys WHERE tenant_id = $1 AND {by} = $2"),
@@ -521,7 +500,7 @@ pub fn open_stored(
 /// under the configured key).
 pub fn rewrap_data_keys(tenant: Option<&Tenant>) -> (i64, i64) {
     let current = master_key();
-    let rows = as_key_owner(|| {
+    let rows = as_superuser(|| {
         Spi::connect_mut(|client| {
             client
                 .update(
@@ -561,7 +540,7 @@ pub fn rewrap_data_keys(tenant: Option<&Tenant>) -> (i64, i64) {
             &key,
             &random_bytes::<NONCE_LEN>(),
         );
-        as_key_owner(|| {
+        as_superuser(|| {
             Spi::run_with_args(
                 "UPDATE custos.data_keys SET wrapped = $3, master_key_id = $4 WHERE tenant_id = $1 AND version = $2",
                 &[uuid_arg(&t).into(), version.into(), fresh.into(), current.id.clone().into()],

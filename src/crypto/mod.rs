@@ -18,7 +18,7 @@ fn rotate_data_key(tenant: pgrx::Uuid) -> i32 {
     let t = *tenant.as_bytes();
     let version = keys::current_data_key_version(&t) + 1;
     keys::new_data_key_version(&t, version);
-    keys::as_key_owner(|| {
+    crate::tenancy::as_superuser(|| {
         Spi::run_with_args(
             "UPDATE custos.subject_keys SET retired_at = now() WHERE tenant_id = $1 AND retired_at IS NULL AND destroyed_at IS NULL",
             &[tenant.into()],

@@ -448,39 +448,43 @@ impl EventSink {
         let tenants: Vec<_> = self.tenants.drain(..).map(pgrx::Uuid::from_bytes).collect();
         let entity_ids = std::mem::take(&mut self.entity_ids);
         let details = jsonb_array(&std::mem::take(&mut self.details));
-        let written = Spi::connect_mut(|client| {
-            INSERT_PLAN.with(|cell| {
-                if cell.get().is_none() {
-                    use pg_sys::{BuiltinOid, PgOid};
-                    let types = [
-                        PgOid::BuiltIn(BuiltinOid::UUIDARRAYOID),
-                        PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
-                        PgOid::BuiltIn(BuiltinOid::JSONBARRAYOID),
-                        PgOid::BuiltIn(BuiltinOid::TEXTOID),
-                        PgOid::BuiltIn(BuiltinOid::TEXTOID),
-                    ];
-                    let plan = client.prepare_mut(INSERT_EVENTS, &types)?.keep();
-                    let _ = cell.set(plan);
-                }
-                let Some(plan) = cell.get() else {
-                    unreachable!("set above")
-                };
-                client
-                    .update(
-                        plan,
-                        None,
-                        &[
-                            tenants.into(),
-                            entity_ids.into(),
-                            // SAFETY: a jsonb[] datum, made just above in this context.
-                            unsafe {
-                                pgrx::datum::DatumWithOid::new(details, pg_sys::JSONBARRAYOID)
-                            },
-                            self.action.into(),
-                            self.entity_type.as_str().into(),
-                        ],
-                    )
-                    .map(|_| ())
+        // The INSERT writes events of any tenant (row-level security would confine it to the
+        // current one), so it runs as the superuser; capture itself runs as the writer.
+        let written = crate::tenancy::as_superuser(|| {
+            Spi::connect_mut(|client| {
+                INSERT_PLAN.with(|cell| {
+                    if cell.get().is_none() {
+                        use pg_sys::{BuiltinOid, PgOid};
+                        let types = [
+                            PgOid::BuiltIn(BuiltinOid::UUIDARRAYOID),
+                            PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
+                            PgOid::BuiltIn(BuiltinOid::JSONBARRAYOID),
+                            PgOid::BuiltIn(BuiltinOid::TEXTOID),
+                            PgOid::BuiltIn(BuiltinOid::TEXTOID),
+                        ];
+                        let plan = client.prepare_mut(INSERT_EVENTS, &types)?.keep();
+                        let _ = cell.set(plan);
+                    }
+                    let Some(plan) = cell.get() else {
+                        unreachable!("set above")
+                    };
+                    client
+                        .update(
+                            plan,
+                            None,
+                            &[
+                                tenants.into(),
+                                entity_ids.into(),
+                                // SAFETY: a jsonb[] datum, made just above in this context.
+                                unsafe {
+                                    pgrx::datum::DatumWithOid::new(details, pg_sys::JSONBARRAYOID)
+                                },
+                                self.action.into(),
+                                self.entity_type.as_str().into(),
+                            ],
+                        )
+                        .map(|_| ())
+                })
             })
         });
         if let Err(e) = written {

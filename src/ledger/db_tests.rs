@@ -944,9 +944,19 @@ fn capture_inserts_through_the_executor_when_the_ledger_has_other_insert_trigger
          INSERT INTO public.captured_docs (id, tenant_id) SELECT g, CASE WHEN g % 3 = 0 THEN '{B}'::uuid ELSE '{A}' END
            FROM generate_series(1, 2500) g;
          CREATE TRIGGER note AFTER INSERT ON custos.events FOR EACH ROW EXECUTE FUNCTION public.note_event();
-         UPDATE public.captured_docs SET v = 1 WHERE id <= 20;"
+         CREATE ROLE custos_test_updater NOLOGIN;
+         GRANT SELECT, UPDATE ON public.captured_docs TO custos_test_updater;
+         SET LOCAL ROLE custos_test_updater;
+         UPDATE public.captured_docs SET v = 1 WHERE id <= 20;
+         RESET ROLE;"
     ))
     .unwrap();
+    // The executor's INSERT runs with custos' rights (a writer of captured_docs has none on the
+    // ledger, and row-level security would keep it to one tenant); the event names the writer.
+    assert_eq!(
+        count("SELECT count(*) FROM custos.events WHERE action = 'update' AND db_role = 'custos_test_updater'"),
+        20
+    );
     assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'")), 1667 + 14);
     assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{B}'")), 833 + 6);
     assert_eq!(count("SELECT count(*) FROM public.events_seen"), 20, "only the events written after the trigger existed");
@@ -1006,6 +1016,46 @@ fn capture_into_a_sealing_tenant_hashes_what_is_stored() {
     ))
     .unwrap();
     assert_eq!(opened.as_deref(), Some("carol public.sealed_docs changed"));
+}
+
+/// Key lookups run as the superuser: a writer's search_path must not choose the operators they
+/// use. A schema of the writer's placed before pg_catalog offers an `=` on uuids that would report
+/// who runs it; sealing a new subject's values (a key lookup and insert) must not call it.
+#[pg_test]
+fn a_writers_search_path_cannot_supply_operators_to_key_lookups() {
+    let (A, _) = fresh_tenants();
+    encrypted_tenant(A);
+    assert_eq!(error_of("SELECT 1"), None);
+    Spi::run(
+        "CREATE ROLE custos_test_hijacker NOLOGIN;
+         GRANT custos_writer TO custos_test_hijacker;
+         CREATE SCHEMA hijack AUTHORIZATION custos_test_hijacker;
+         SET LOCAL ROLE custos_test_hijacker;
+         CREATE FUNCTION hijack.eq(uuid, uuid) RETURNS boolean LANGUAGE plpgsql
+             AS $$ BEGIN RAISE EXCEPTION 'hijacked: ran as %', current_user; END $$;
+         CREATE OPERATOR hijack.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = hijack.eq);
+         SET LOCAL search_path = hijack, pg_catalog;",
+    )
+    .unwrap();
+    // The operator is live for the writer's own queries.
+    assert_error(
+        "SELECT gen_random_uuid() = gen_random_uuid()",
+        "P0001",
+        "hijacked: ran as custos_test_hijacker",
+    );
+    // A new subject: its key is looked up, made and stored by SPI as the superuser.
+    Spi::run(
+        "INSERT INTO custos.events (action, entity_type, entity_id, actor, ip_address)
+         VALUES ('login', 'user', 'mallory', 'mallory', '10.1.2.3')",
+    )
+    .unwrap();
+    Spi::run("RESET search_path; RESET ROLE").unwrap();
+    let stored = Spi::get_one::<String>(&format!(
+        "SELECT ip_address FROM custos.events WHERE tenant_id = '{A}' AND entity_id = 'mallory'"
+    ))
+    .unwrap()
+    .unwrap();
+    assert!(stored.starts_with("enc3."), "{stored}");
 }
 
 fn sealed_event(actor: &str, email: &str) -> String {

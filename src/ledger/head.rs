@@ -193,6 +193,19 @@ pub struct HeadColumns {
     pub hash: i16,
 }
 
+thread_local! {
+    /// Per (relation, tenant), a seq that this backend's last head lookup found. A tenant's chain
+    /// only grows at the top, so the next lookup starts its index scan there: a btree scan reads
+    /// every matching entry of the leaf page it lands on, and a tenant's entries fill whole
+    /// pages, so without a lower bound each single-row transaction compares a page of keys. The
+    /// hint only narrows the scan; when nothing is found at or past it (retention removed the
+    /// top, or the seq was never committed), the lookup scans the whole range as before.
+    static SEEN: RefCell<HashMap<(pg_sys::Oid, TenantKey), i64>> = RefCell::new(HashMap::new());
+}
+
+/// Tenants remembered per backend before the hints start over.
+const SEEN_LIMIT: usize = 65_536;
+
 /// Reads the tenant's last committed row (highest seq) through the primary key (tenant_id, seq).
 /// Call only while holding the tenant's lock.
 ///
@@ -202,6 +215,31 @@ pub unsafe fn read_committed_head(
     rel: pg_sys::Relation,
     cols: HeadColumns,
     tenant: &TenantKey,
+) -> Option<Head> {
+    let relid = unsafe { (*rel).rd_id };
+    let hint = SEEN.with(|s| s.borrow().get(&(relid, *tenant)).copied());
+    // SAFETY: as the caller promised.
+    let head = hint
+        .and_then(|from| unsafe { scan_head(rel, cols, tenant, Some(from)) })
+        .or_else(|| unsafe { scan_head(rel, cols, tenant, None) });
+    if let Some(h) = head {
+        SEEN.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() >= SEEN_LIMIT {
+                s.clear();
+            }
+            s.insert((relid, *tenant), h.seq);
+        });
+    }
+    head
+}
+
+/// The tenant's highest row, among those at or past `from_seq` when given.
+unsafe fn scan_head(
+    rel: pg_sys::Relation,
+    cols: HeadColumns,
+    tenant: &TenantKey,
+    from_seq: Option<i64>,
 ) -> Option<Head> {
     unsafe {
         let index_oid = pg_sys::RelationGetPrimaryKeyIndex(rel);
@@ -216,15 +254,26 @@ pub unsafe fn read_committed_head(
         let snapshot = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
         // The scan key's datum points at our copy of the UUID for the duration of the scan.
         let mut key_bytes: TenantKey = *tenant;
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         pg_sys::ScanKeyInit(
-            &mut key,
+            &mut keys[0],
             cols.tenant_id,
             pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
             pg_sys::Oid::from(pg_sys::F_UUID_EQ),
             pg_sys::Datum::from(key_bytes.as_mut_ptr()),
         );
-        let scan = pg_sys::systable_beginscan_ordered(rel, index, snapshot, 1, &mut key);
+        if let Some(from) = from_seq {
+            pg_sys::ScanKeyInit(
+                &mut keys[1],
+                cols.seq,
+                pg_sys::BTGreaterEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::Oid::from(pg_sys::F_INT8GE),
+                pg_sys::Datum::from(from),
+            );
+        }
+        let nkeys = if from_seq.is_some() { 2 } else { 1 };
+        let scan =
+            pg_sys::systable_beginscan_ordered(rel, index, snapshot, nkeys, keys.as_mut_ptr());
         let tuple =
             pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
         let head = if tuple.is_null() {

@@ -36,7 +36,8 @@ pub fn policy(tenant: &[u8; 16]) -> std::rc::Rc<Policy> {
     POLICIES.with(|c| {
         c.get_or_load(tenant, || {
             let mut p = Policy::default();
-            let settings = keys::as_key_owner(|| crate::tenancy::settings_for(tenant, "ledger."));
+            let settings =
+                crate::tenancy::as_superuser(|| crate::tenancy::settings_for(tenant, "ledger."));
             for (key, value) in settings {
                 match key.as_str() {
                     "ledger.encrypt" => p.encrypt = value == "true",

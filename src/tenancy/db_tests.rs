@@ -196,3 +196,18 @@ fn settings_reject_bad_values() {
 fn set_setting_needs_a_tenant() {
     assert_error("SELECT custos.set_setting('dormant.threshold_days', '40')", "42501", "no tenant is set");
 }
+
+/// Every SECURITY DEFINER function of custos pins its search_path, so that a caller's schemas
+/// cannot supply the functions and operators it runs with the owner's rights.
+#[pg_test]
+fn security_definer_functions_pin_their_search_path() {
+    let unpinned = Spi::get_one::<String>(
+        "SELECT string_agg(p.oid::regprocedure::text, ', ')
+           FROM pg_proc p
+          WHERE p.pronamespace = 'custos'::regnamespace AND p.prosecdef
+            AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)",
+    )
+    .unwrap();
+    assert_eq!(unpinned, None);
+    assert!(count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'custos'::regnamespace AND prosecdef") > 10);
+}

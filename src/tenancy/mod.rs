@@ -100,6 +100,46 @@ fn set_tenant(tenant: Option<pgrx::Uuid>) -> Option<pgrx::Uuid> {
     tenant
 }
 
+/// Runs SPI work as the bootstrap superuser: key tables are closed to every other role, capture
+/// writes events of any tenant, and the code that needs them (the ledger trigger, capture) runs as
+/// whoever inserts. The search_path is
+/// pinned meanwhile, as `SECURITY DEFINER ... SET search_path` would: otherwise a caller's own
+/// schema placed before pg_catalog could supply the `=` of a query and have it run with the
+/// superuser's rights. Both are restored on error by the transaction abort.
+pub(crate) fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    let mut user = pg_sys::InvalidOid;
+    let mut context = 0;
+    // SAFETY: backend thread; the previous user, context and search_path are restored below.
+    let guc_level = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+        level
+    };
+    let out = f();
+    // SAFETY: as above.
+    unsafe {
+        pg_sys::AtEOXact_GUC(true, guc_level);
+        pg_sys::SetUserIdAndSecContext(user, context);
+    }
+    out
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {

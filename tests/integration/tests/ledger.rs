@@ -174,6 +174,45 @@ fn one_transaction_across_tenants_and_statements() {
     assert_eq!(verify(&mut c, T2), (true, 2500, None));
 }
 
+/// The head lookup of a new transaction starts at the seq this backend found last time; if the
+/// chain no longer reaches that far (here a superuser cut its tail behind the guards), it reads
+/// the whole range instead, and the next event still follows the last row that exists.
+#[test]
+fn head_lookup_falls_back_when_the_chain_no_longer_reaches_its_hint() {
+    let (db, mut c) = fresh_db("ledger_head_hint");
+    let insert = format!(
+        "INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'step', 'row')"
+    );
+    for _ in 0..4 {
+        c.batch_execute(&insert).unwrap();
+    }
+    let mut admin = connect(&db, "postgres");
+    admin
+        .batch_execute(&format!(
+            "ALTER EVENT TRIGGER custos_guard_ledger DISABLE;
+             ALTER TABLE custos.events DISABLE TRIGGER append_only;
+             ALTER TABLE custos.events DISABLE TRIGGER retention_delete_check;
+             DELETE FROM custos.events WHERE tenant_id = '{T1}' AND seq >= 3;
+             ALTER TABLE custos.events ENABLE ALWAYS TRIGGER retention_delete_check;
+             ALTER TABLE custos.events ENABLE ALWAYS TRIGGER append_only;
+             ALTER EVENT TRIGGER custos_guard_ledger ENABLE ALWAYS;"
+        ))
+        .unwrap();
+    c.batch_execute(&insert).unwrap();
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT max(e.seq), bool_and(e.prev_hash = p.hash) FROM custos.events e
+                   JOIN custos.events p ON p.tenant_id = e.tenant_id AND p.seq = e.seq - 1
+                  WHERE e.tenant_id = '{T1}'"
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (3, true));
+    assert_eq!(verify(&mut c, T1), (true, 3, None));
+}
+
 #[test]
 fn copy_is_chained_too() {
     let (_db, mut c) = fresh_db("ledger_copy");
