@@ -26,8 +26,8 @@ INSERT INTO $t (tenant_id, customer, amount, status)
 VALUES (format('00000000-0000-4000-8000-%s', lpad(:t::text, 12, '0'))::uuid, 'customer', 42.50, 'open');
 SQL
   done
-  echo "  1,000-row INSERT batches over 10 tenants, 1 client: medians of 5 interleaved rounds of 50 batches"
-  capture_batch_rate() { rows_per_second $db "$tmp/batch-$1.sql" 50 1000; }
+  echo "  1,000-row INSERT batches over 10 tenants, 1 client: medians of 5 interleaved rounds of 200 batches"
+  capture_batch_rate() { rows_per_second $db "$tmp/batch-$1.sql" 200 1000; }
   ROUNDS=5 interleaved capture_batch_rate orders_untracked orders_tracked orders_grouped
   report "untracked table" "${MEDIAN[orders_untracked]}" "rows/s"
   report_paired "tracked by custos (event + chain per row)" orders_tracked "rows/s" "of untracked" orders_untracked

@@ -44,7 +44,9 @@ time_pgbench_ms() {
 # interleaved FN CONTENDER...: this machine's timings drift between runs (by up to 40% within
 # minutes), so the contenders take turns, ROUNDS rounds (default 3) of `FN contender` each (FN
 # prints one number). MEDIAN[contender] holds each one's median, ROUND_VALUES[contender] the
-# values of every round, for ratios taken within a round (see report_paired).
+# values of every round, for ratios taken within a round (see report_paired). Each measurement
+# starts after a CHECKPOINT: otherwise the buffers one contender dirtied are written out, by a
+# checkpoint or the background writer, during whichever contender runs next.
 declare -A MEDIAN ROUND_VALUES
 interleaved() {
   local fn=$1 round c
@@ -52,6 +54,7 @@ interleaved() {
   for c in "$@"; do ROUND_VALUES[$c]=""; done
   for round in $(seq 1 "${ROUNDS:-3}"); do
     for c in "$@"; do
+      cpsql -d postgres -c "CHECKPOINT" >/dev/null
       ROUND_VALUES[$c]+="$("$fn" "$c") "
     done
   done

@@ -25,8 +25,8 @@ bench_protection() {
   done
   protection_batch_script 0 >"$tmp/off.sql"
   protection_batch_script 10 >"$tmp/on.sql"
-  echo "  ingest, batches of 1,000 events over 10 tenants, 1 client: medians of 5 interleaved rounds of 100 batches"
-  protection_rate() { rows_per_second $db "$tmp/$1.sql" 100 1000; }
+  echo "  ingest, batches of 1,000 events over 10 tenants, 1 client: medians of 5 interleaved rounds of 200 batches"
+  protection_rate() { rows_per_second $db "$tmp/$1.sql" 200 1000; }
   ROUNDS=5 interleaved protection_rate off on
   report "encryption off" "${MEDIAN[off]}" "rows/s"
   report_paired "encryption on (ip, user agent, details.email sealed)" on "rows/s" "of off" off
