@@ -86,18 +86,39 @@ fn set_tenant(tenant: Option<pgrx::Uuid>) -> Option<pgrx::Uuid> {
     // SAFETY: backend thread. PGC_SUSET context: the setting is superuser-only on purpose and
     // EXECUTE on this function is the privilege check. GUC_ACTION_LOCAL reverts at transaction end.
     unsafe {
-        pg_sys::set_config_option(
-            c"custos.tenant_id".as_ptr(),
-            value.as_ptr(),
+        set_guc(
+            c"custos.tenant_id",
+            &value,
             pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_LOCAL,
+        )
+    };
+    tenant
+}
+
+/// Sets a server setting in this session, raising ERROR if the value is refused; `action` says
+/// how long it holds (the transaction, or the current GUC nest level).
+///
+/// # Safety
+/// Backend thread inside a transaction.
+unsafe fn set_guc(
+    name: &CStr,
+    value: &CStr,
+    context: pg_sys::GucContext::Type,
+    action: pg_sys::GucAction::Type,
+) {
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
             true,
             pgrx::PgLogLevel::ERROR as i32,
             false,
         );
     }
-    tenant
 }
 
 /// Runs SPI work as the bootstrap superuser: key tables are closed to every other role, capture
@@ -119,15 +140,11 @@ pub(crate) fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
+        set_guc(
+            c"search_path",
+            c"pg_catalog, pg_temp",
             pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pgrx::PgLogLevel::ERROR as i32,
-            false,
         );
         level
     };
