@@ -469,6 +469,32 @@ fn oversized_details_are_refused() {
     assert_eq!(count("SELECT count(*) FROM custos.events"), 0);
 }
 
+/// A plaintext in the sealed form would make every read of the event fail as tampered (a writer
+/// could hide a tenant's timeline that way): refused where readers would try to open it.
+#[pg_test]
+fn plaintext_in_the_sealed_form_is_refused() {
+    let (A, B) = fresh_tenants();
+    as_tenant(A);
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type, user_agent) VALUES ('login', 'user', 'enc3.hello')",
+        "23514",
+        "custos.events.user_agent cannot start with \"enc2.\" or \"enc3.\"",
+    );
+    assert_error(
+        r#"SELECT custos.record_event('login', 'user', details => '{"n": 1, "note": "enc2.x.y"}')"#,
+        "23514",
+        "custos.events.details.note cannot start with",
+    );
+    assert_eq!(count("SELECT count(*) FROM custos.events"), 0);
+    // Only top-level strings are opened, so only they are checked; the prefix elsewhere is fine.
+    Spi::run(
+        r#"INSERT INTO custos.events (action, entity_type, user_agent, details)
+           VALUES ('login', 'user', 'Mozilla enc3.', '{"nested": {"v": "enc3.x"}, "list": ["enc2.y"], "enc3.key": 1}')"#,
+    )
+    .unwrap();
+    assert_eq!(count("SELECT count(*) FROM custos.timeline()"), 1);
+}
+
 #[pg_test]
 fn jsonb_key_order_and_spacing_do_not_matter() {
     let (A, B) = fresh_tenants();

@@ -8,6 +8,7 @@ use super::event_id::event_id;
 use super::head::{self, Head};
 use super::protect;
 use super::row::{bytes_of, event_fields_with_details, Columns};
+use crate::crypto::envelope;
 use crate::error::raise;
 use crate::gucs;
 use crate::tuple::Row;
@@ -113,6 +114,9 @@ pub fn check_event(fields: &super::chain::EventFields<'_>) {
             "truncate it first",
         );
     }
+    if fields.user_agent.is_some_and(envelope::looks_sealed) {
+        looks_sealed_failed("user_agent");
+    }
     if !SEVERITIES.contains(&fields.severity) {
         check_failed(
             format!(
@@ -125,13 +129,30 @@ pub fn check_event(fields: &super::chain::EventFields<'_>) {
 }
 
 /// `details` must be a JSON object (checked on the stored jsonb, without printing it).
-fn check_details_object(details: crate::jsonb::Doc) {
-    if details.object().is_none() {
+fn check_details(details: crate::jsonb::Doc) {
+    let Some(object) = details.object() else {
         check_failed(
             "custos.events.details must be a JSON object".into(),
             "wrap values in an object: {\"value\": ...}",
         );
+    };
+    if let Some((key, _)) = object
+        .top_level_strings(envelope::looks_sealed)
+        .into_iter()
+        .next()
+    {
+        looks_sealed_failed(&format!("details.{key}"));
     }
+}
+
+/// Readers open every value in the sealed form (whatever the tenant's settings are now, or were
+/// then), and refuse one that does not open as tampered: a plaintext in that form would make the
+/// event, and every read that includes it, fail.
+fn looks_sealed_failed(field: &str) -> ! {
+    check_failed(
+        format!("custos.events.{field} cannot start with \"enc2.\" or \"enc3.\""),
+        "those prefixes mark values sealed by custos; store the value with another prefix",
+    )
 }
 
 fn required(column: &str, hint: &str) -> ! {
@@ -264,7 +285,7 @@ pub unsafe fn chain_event(
         row.set(c.id, Some(pg_sys::Datum::from(placeholder_id.as_mut_ptr())));
         normalise_ip(c, row);
         check_event(&event_fields_with_details(c, &row.values, &row.nulls, b""));
-        check_details_object(crate::jsonb::Doc::of(row.values[c.details]));
+        check_details(crate::jsonb::Doc::of(row.values[c.details]));
 
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
         let prev = match head::cached(&tenant) {
