@@ -26,12 +26,28 @@ INSERT INTO $t (tenant_id, customer, amount, status)
 VALUES (format('00000000-0000-4000-8000-%s', lpad(:t::text, 12, '0'))::uuid, 'customer', 42.50, 'open');
 SQL
   done
+  # The storage floor: the events one tracked batch records, written again by a plain INSERT into
+  # a table of the same columns and primary key, without the chain. Each batch gives them new seqs
+  # (from a sequence with a backend-local cache of 1,000, a small cost of its own), so that they
+  # are appended at the end of each tenant's range as custos appends.
+  cpsql -d $db -f "$tmp/batch-orders_tracked.sql" >/dev/null
+  cpsql -d $db -c "CREATE TABLE events_source AS SELECT * FROM custos.events ORDER BY tenant_id, seq DESC LIMIT 1000" \
+    -c "CREATE TABLE events_plain (LIKE custos.events INCLUDING DEFAULTS)" \
+    -c "ALTER TABLE events_plain ADD PRIMARY KEY (tenant_id, seq)" \
+    -c "CREATE SEQUENCE events_plain_seq CACHE 1000" >/dev/null
+  cat >"$tmp/batch-events_plain.sql" <<SQL
+INSERT INTO events_plain
+SELECT tenant_id, nextval('events_plain_seq'), id, occurred_at, recorded_at, actor, db_role, txid, action, entity_type,
+       entity_id, severity, details, ip_address, user_agent, prev_hash, hash
+  FROM events_source;
+SQL
   echo "  1,000-row INSERT batches over 10 tenants, 1 client: medians of 5 interleaved rounds of 200 batches"
   capture_batch_rate() { rows_per_second $db "$tmp/batch-$1.sql" 200 1000; }
-  ROUNDS=5 interleaved capture_batch_rate orders_untracked orders_tracked orders_grouped
+  ROUNDS=5 interleaved capture_batch_rate orders_untracked orders_tracked orders_grouped events_plain
   report "untracked table" "${MEDIAN[orders_untracked]}" "rows/s"
   report_paired "tracked by custos (event + chain per row)" orders_tracked "rows/s" "of untracked" orders_untracked
   report_paired "tracked, rows_per_event => 100" orders_grouped "rows/s" "of untracked" orders_untracked
+  report_paired "the same events into a plain table, no chain (storage floor)" events_plain "rows/s" "of untracked" orders_untracked
   echo "  single-row inserts, 8 clients, 10 tenants: medians of 5 interleaved rounds of ${BENCH_SECONDS}s"
   capture_single_tps() { pgbench_tps $db postgres 8 "$tmp/one-$1.sql"; }
   ROUNDS=5 interleaved capture_single_tps orders_untracked orders_tracked
