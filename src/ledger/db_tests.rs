@@ -472,7 +472,7 @@ fn oversized_details_are_refused() {
 /// A plaintext in the sealed form would make every read of the event fail as tampered (a writer
 /// could hide a tenant's timeline that way): refused where readers would try to open it.
 #[pg_test]
-fn plaintext_in_the_sealed_form_is_refused() {
+fn plaintext_in_the_sealed_form_or_a_pseudonym_is_refused() {
     let (A, B) = fresh_tenants();
     as_tenant(A);
     assert_error(
@@ -485,11 +485,22 @@ fn plaintext_in_the_sealed_form_is_refused() {
         "23514",
         "custos.events.details.note cannot start with",
     );
+    // Nor may an actor be a pseudonym: readers would name another subject, or call it erased.
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type, actor) VALUES ('login', 'user', 'subject:WlpaWlpaWlpaWlpaWlpaWg')",
+        "23514",
+        "custos.events.actor cannot be a pseudonym",
+    );
+    assert_error(
+        "SELECT custos.record_event('login', 'user', actor => 'subject:5a5a5a5a-5a5a-5a5a-5a5a-5a5a5a5a5a5a')",
+        "23514",
+        "custos.events.actor cannot be a pseudonym",
+    );
     assert_eq!(count("SELECT count(*) FROM custos.events"), 0);
     // Only top-level strings are opened, so only they are checked; the prefix elsewhere is fine.
     Spi::run(
-        r#"INSERT INTO custos.events (action, entity_type, user_agent, details)
-           VALUES ('login', 'user', 'Mozilla enc3.', '{"nested": {"v": "enc3.x"}, "list": ["enc2.y"], "enc3.key": 1}')"#,
+        r#"INSERT INTO custos.events (action, entity_type, actor, user_agent, details)
+           VALUES ('login', 'user', 'subject:alice', 'Mozilla enc3.', '{"nested": {"v": "enc3.x"}, "list": ["enc2.y"], "enc3.key": 1}')"#,
     )
     .unwrap();
     assert_eq!(count("SELECT count(*) FROM custos.timeline()"), 1);

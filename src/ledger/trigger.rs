@@ -117,6 +117,21 @@ pub fn check_event(fields: &super::chain::EventFields<'_>) {
     if fields.user_agent.is_some_and(envelope::looks_sealed) {
         looks_sealed_failed("user_agent");
     }
+    // Readers name the subject behind a pseudonym (and call the event erased once it is gone), so
+    // a plaintext one would put another subject's name, or an erasure, on this event.
+    if fields
+        .actor
+        .starts_with(protect::PSEUDONYM_PREFIX.as_bytes())
+        && std::str::from_utf8(fields.actor)
+            .ok()
+            .and_then(protect::parse_pseudonym)
+            .is_some()
+    {
+        check_failed(
+            "custos.events.actor cannot be a pseudonym (subject:<reference>)".into(),
+            "give the actor's name; custos writes pseudonyms itself on encrypted tenants",
+        );
+    }
     if !SEVERITIES.contains(&fields.severity) {
         check_failed(
             format!(
