@@ -1062,6 +1062,7 @@ fn capture_into_a_sealing_tenant_hashes_what_is_stored() {
 fn a_writers_search_path_cannot_supply_operators_to_key_lookups() {
     let (A, _) = fresh_tenants();
     encrypted_tenant(A);
+    // error_of makes its helper function on first use: here, before the role switch.
     assert_eq!(error_of("SELECT 1"), None);
     Spi::run(
         "CREATE ROLE custos_test_hijacker NOLOGIN;

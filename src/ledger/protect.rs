@@ -6,6 +6,8 @@ use crate::crypto::{envelope, keys};
 use crate::error::raise;
 use crate::jsonb::NewValue;
 use crate::tenancy::TenantCache;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
@@ -69,21 +71,15 @@ pub const PSEUDONYM_PREFIX: &str = "subject:";
 /// `subject:` and the subject reference in base64url (22 characters, against 36 for the uuid's
 /// text): it is stored in every encrypted event.
 pub fn actor_pseudonym(subject_ref: &[u8; 16]) -> String {
-    use base64::Engine;
-    let reference = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(subject_ref);
-    format!("{PSEUDONYM_PREFIX}{reference}")
+    format!("{PSEUDONYM_PREFIX}{}", B64.encode(subject_ref))
 }
 
 /// The subject reference a stored actor is a pseudonym for, if it is one (in base64url, or as
 /// the uuid text that earlier versions stored).
 pub fn parse_pseudonym(stored: &str) -> Option<[u8; 16]> {
-    use base64::Engine;
     let reference = stored.strip_prefix(PSEUDONYM_PREFIX)?;
     if reference.len() == 22 {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(reference)
-            .ok()?;
-        return <[u8; 16]>::try_from(bytes).ok();
+        return <[u8; 16]>::try_from(B64.decode(reference).ok()?).ok();
     }
     uuid::Uuid::try_parse(reference).ok().map(|u| *u.as_bytes())
 }
