@@ -1,18 +1,26 @@
 //! Chain heads: where each tenant's chain ends, and the lock that keeps it linear.
 //!
-//! The first event of a tenant in a transaction takes a transaction-scoped lock on that tenant
-//! (an advisory lock tag that SQL-level advisory locks cannot collide with, see [`lock_tenant`]),
-//! then reads the tenant's last row through the primary-key index with `SnapshotSelf` (every
-//! committed row, whatever the transaction's own snapshot), so that even a REPEATABLE READ or
-//! SERIALIZABLE transaction chains onto the commit it waited for. A non-MVCC snapshot also takes no
-//! SSI predicate lock: with an MVCC one, writers of a tenant abort each other at SERIALIZABLE. No
-//! other writer of the tenant can be in progress while we hold its lock. From then
-//! on the head lives in backend memory: every further event of that tenant in the transaction costs
-//! O(1), so one transaction of a million rows stays linear. Savepoint rollbacks restore the head as
-//! it was when the savepoint began; the end of the transaction forgets everything (the lock goes
-//! with it).
+//! The first event of a tenant in a transaction takes an exclusive lock on that tenant (an
+//! advisory lock tag that SQL-level advisory locks cannot collide with, see [`lock_tenant`]), then
+//! reads the tenant's last row through the primary-key index with a dirty snapshot: every committed
+//! row, and the rows of a writer that is committing right now (see below), whatever the
+//! transaction's own snapshot. So even a REPEATABLE READ or SERIALIZABLE transaction chains onto
+//! the writer it waited for, and, the snapshot not being MVCC, takes no SSI predicate lock (with
+//! one, writers of a tenant abort each other at SERIALIZABLE). From then on the head lives in
+//! backend memory: every further event of that tenant in the transaction costs O(1), so one
+//! transaction of a million rows stays linear. Savepoint rollbacks restore the head as it was when
+//! the savepoint began; the end of the transaction forgets everything.
 //!
-//! The cost: a tenant's writing transactions commit one after another. Other tenants are unaffected.
+//! Hand-off at commit: holding the lock until the commit record is flushed would make the next
+//! writer of the tenant wait for that flush before it even starts its insert. Instead the lock is
+//! released when the transaction begins to commit (`XACT_EVENT_PRE_COMMIT`), after its last event:
+//! the next writer reads the committing rows as the head and does its own work while the
+//! predecessor flushes. Before it commits in turn, it waits for that predecessor to end, and fails
+//! with SQLSTATE 40001 if the predecessor did not commit after all (an error can still occur in
+//! the last steps of a commit). A tenant's transactions therefore still commit in chain order, and
+//! a commit record is never durable before its predecessor's. At SERIALIZABLE, where commit-time
+//! serialization failures are ordinary, the lock is held until the end instead, so that such a
+//! failure cannot take the next writer with it.
 
 use super::chain::{Hash, HASH_LEN};
 use pgrx::pg_sys;
@@ -36,6 +44,11 @@ type TenantKey = [u8; 16];
 #[derive(Default)]
 struct State {
     heads: HashMap<TenantKey, Head>,
+    /// Every chain lock this transaction acquired, once per acquisition, to release at pre-commit.
+    locks: Vec<pg_sys::LOCKTAG>,
+    /// Transactions that were committing when we chained onto their rows; ours may commit only
+    /// after they did.
+    predecessors: Vec<pg_sys::TransactionId>,
     /// (subtransaction, tenant, head before that subtransaction first changed it)
     undo: Vec<(pg_sys::SubTransactionId, TenantKey, Option<Head>)>,
     undo_recorded: HashSet<(pg_sys::SubTransactionId, TenantKey)>,
@@ -105,22 +118,102 @@ fn on_subxact_abort(sub: pg_sys::SubTransactionId) {
     });
 }
 
+/// Pre-commit: hands the tenants' chains to their next writers (unless SERIALIZABLE, see the
+/// module notes), then waits for this transaction's predecessors.
+fn hand_off() {
+    // SAFETY: plain read of a backend global.
+    let serializable = unsafe { pg_sys::XactIsoLevel } == pg_sys::XACT_SERIALIZABLE as i32;
+    if !serializable {
+        let locks = STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            // Any event written after this point takes the lock again and reads the head anew.
+            s.heads.clear();
+            std::mem::take(&mut s.locks)
+        });
+        with_top_transaction_owner(|| {
+            for tag in &locks {
+                // SAFETY: each entry is one acquisition by the top-level owner, not yet released.
+                unsafe {
+                    pg_sys::LockRelease(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false)
+                };
+            }
+        });
+    }
+    await_predecessors();
+}
+
+/// Waits for each transaction whose rows this one chained onto, and fails if one did not commit.
+fn await_predecessors() {
+    let predecessors = STATE.with(|s| std::mem::take(&mut s.borrow_mut().predecessors));
+    for xid in predecessors {
+        // SAFETY: backend thread inside a transaction; waiting on a transaction id is what a
+        // unique-index check does too. The predecessor is committing and waits for nothing of ours.
+        let committed = unsafe {
+            pg_sys::XactLockTableWait(
+                xid,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                pg_sys::XLTW_Oper::XLTW_None,
+            );
+            pg_sys::TransactionIdDidCommit(xid)
+        };
+        if !committed {
+            crate::error::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!(
+                    "could not commit: transaction {} wrote the audit events this transaction's events follow in their chain, and it was rolled back",
+                    xid.into_inner()
+                ),
+                Some("retry the transaction"),
+            );
+        }
+    }
+}
+
+/// Runs `f` with the top-level transaction's resource owner current, so that chain locks belong to
+/// the transaction itself (not to a portal or subtransaction that ends first) and can be released
+/// at pre-commit.
+fn with_top_transaction_owner<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(pg_sys::ResourceOwner);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the owner that was current, backend thread.
+            unsafe { pg_sys::CurrentResourceOwner = self.0 };
+        }
+    }
+    // SAFETY: backend globals, read and written on the backend thread inside a transaction.
+    let _restore = unsafe {
+        let saved = Restore(pg_sys::CurrentResourceOwner);
+        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+        saved
+    };
+    f()
+}
+
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
-    if matches!(
-        event,
+    match event {
+        XACT_EVENT_PRE_COMMIT if has_chain_state() => hand_off(),
+        // A prepared transaction keeps its locks until COMMIT PREPARED, which may be much later.
+        XACT_EVENT_PRE_PREPARE if has_chain_state() => await_predecessors(),
         XACT_EVENT_COMMIT
-            | XACT_EVENT_ABORT
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_PARALLEL_ABORT
-            | XACT_EVENT_PREPARE
-    ) {
-        forget_all();
+        | XACT_EVENT_ABORT
+        | XACT_EVENT_PARALLEL_COMMIT
+        | XACT_EVENT_PARALLEL_ABORT
+        | XACT_EVENT_PREPARE => forget_all(),
+        _ => {}
     }
+}
+
+fn has_chain_state() -> bool {
+    STATE.with(|s| {
+        let s = s.borrow();
+        !s.locks.is_empty() || !s.predecessors.is_empty()
+    })
 }
 
 #[pgrx::pg_guard]
@@ -164,25 +257,29 @@ fn chain_lock_tag(database: u32, tenant: &TenantKey, field4: u16) -> pg_sys::LOC
     }
 }
 
-/// Waits for and takes the tenant's chain lock until the end of the (sub)transaction. Two tenants
+/// Waits for and takes the tenant's chain lock, until the transaction begins to commit. Two tenants
 /// may share a lock (64-bit fold of the UUID); that only costs concurrency, never correctness.
 pub fn lock_tenant(tenant: &TenantKey) {
     lock_chain(tenant, LEDGER_LOCK_FIELD4)
 }
 
-/// Like [`lock_tenant`], for the chain whose locks carry `field4`.
+/// Like [`lock_tenant`], for the chain whose locks carry `field4`. The lock is released when the
+/// transaction begins to commit (see the module notes), or at its end.
 pub fn lock_chain(tenant: &TenantKey, field4: u16) {
     // SAFETY: reading a backend global.
     let tag = chain_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant, field4);
-    // SAFETY: backend thread inside a transaction; LockAcquire raises ERROR on deadlock.
-    unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-        );
-    }
+    with_top_transaction_owner(|| {
+        // SAFETY: backend thread inside a transaction; LockAcquire raises ERROR on deadlock.
+        unsafe {
+            pg_sys::LockAcquire(
+                &tag,
+                pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+                false,
+                false,
+            );
+        }
+    });
+    STATE.with(|s| s.borrow_mut().locks.push(tag));
 }
 
 /// Attribute numbers (1-based) of the columns the head lookup needs.
@@ -206,12 +303,13 @@ thread_local! {
 /// Tenants remembered per backend before the hints start over.
 const SEEN_LIMIT: usize = 65_536;
 
-/// Reads the tenant's last committed row (highest seq) through the primary key (tenant_id, seq).
-/// Call only while holding the tenant's lock.
+/// Reads the tenant's last row (highest seq) through the primary key (tenant_id, seq): committed,
+/// or written by a transaction that is committing, which then becomes a predecessor this one waits
+/// for before it commits (see the module notes). Call only while holding the tenant's lock.
 ///
 /// # Safety
 /// `rel` must be the open ledger relation.
-pub unsafe fn read_committed_head(
+pub unsafe fn read_head(
     rel: pg_sys::Relation,
     cols: HeadColumns,
     tenant: &TenantKey,
@@ -219,28 +317,35 @@ pub unsafe fn read_committed_head(
     let relid = unsafe { (*rel).rd_id };
     let hint = SEEN.with(|s| s.borrow().get(&(relid, *tenant)).copied());
     // SAFETY: as the caller promised.
-    let head = hint
+    let (head, writer) = hint
         .and_then(|from| unsafe { scan_head(rel, cols, tenant, Some(from)) })
-        .or_else(|| unsafe { scan_head(rel, cols, tenant, None) });
-    if let Some(h) = head {
-        SEEN.with(|s| {
+        .or_else(|| unsafe { scan_head(rel, cols, tenant, None) })?;
+    if let Some(xid) = writer {
+        STATE.with(|s| {
             let mut s = s.borrow_mut();
-            if s.len() >= SEEN_LIMIT {
-                s.clear();
+            if !s.predecessors.contains(&xid) {
+                s.predecessors.push(xid);
             }
-            s.insert((relid, *tenant), h.seq);
         });
     }
-    head
+    SEEN.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() >= SEEN_LIMIT {
+            s.clear();
+        }
+        s.insert((relid, *tenant), head.seq);
+    });
+    Some(head)
 }
 
-/// The tenant's highest row, among those at or past `from_seq` when given.
+/// The tenant's highest row, among those at or past `from_seq` when given, with the id of the
+/// transaction that wrote it if that one is still in progress (and not ours).
 unsafe fn scan_head(
     rel: pg_sys::Relation,
     cols: HeadColumns,
     tenant: &TenantKey,
     from_seq: Option<i64>,
-) -> Option<Head> {
+) -> Option<(Head, Option<pg_sys::TransactionId>)> {
     unsafe {
         let index_oid = pg_sys::RelationGetPrimaryKeyIndex(rel);
         if index_oid == pg_sys::InvalidOid {
@@ -251,7 +356,11 @@ unsafe fn scan_head(
             );
         }
         let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let snapshot = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
+        // InitDirtySnapshot: the visibility check sets its xmin to the writer of the row it
+        // accepts when that writer is another transaction still in progress.
+        let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let snapshot: pg_sys::Snapshot = &mut dirty;
         // The scan key's datum points at our copy of the UUID for the duration of the scan.
         let mut key_bytes: TenantKey = *tenant;
         let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
@@ -297,7 +406,9 @@ unsafe fn scan_head(
                 if bytes.len() == HASH_LEN {
                     hash.copy_from_slice(bytes);
                 }
-                Some(Head { seq, hash })
+                let xmin = (*snapshot).xmin;
+                let writer = (xmin != pg_sys::InvalidTransactionId).then_some(xmin);
+                Some((Head { seq, hash }, writer))
             }
         };
         pg_sys::systable_endscan_ordered(scan);

@@ -307,7 +307,7 @@ pub unsafe fn chain_event(
             Some(h) => h,
             None => {
                 head::lock_tenant(&tenant);
-                head::read_committed_head(rel, c.head_columns(), &tenant).unwrap_or(Head {
+                head::read_head(rel, c.head_columns(), &tenant).unwrap_or(Head {
                     seq: 0,
                     hash: genesis_hash(&tenant),
                 })

@@ -213,6 +213,50 @@ fn head_lookup_falls_back_when_the_chain_no_longer_reaches_its_hint() {
     assert_eq!(verify(&mut c, T1), (true, 3, None));
 }
 
+/// A writer chains onto the rows of a transaction that is committing (the chain lock is handed
+/// over at pre-commit), so before it commits it waits for that transaction, and fails with 40001
+/// if it did not commit. Here the predecessor is a superuser's row written straight into the
+/// access log (which shares the ledger's head logic) in a transaction left open, then rolled back.
+#[test]
+fn a_writer_whose_predecessor_rolls_back_fails_instead_of_committing_a_broken_link() {
+    let (db, mut a) = fresh_db("ledger_hand_off");
+    let mut b = connect(&db, "postgres");
+    a.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO custos.access_log (tenant_id, seq, id, accessed_at, reader, actor, function, filters,
+                                        rows_returned, prev_hash, hash)
+         VALUES ('{T1}', 1, gen_random_uuid(), now(), 'x', 'x', 'forged', '{{}}', 0, '\\x00', '\\x01');"
+    ))
+    .unwrap();
+    b.batch_execute("BEGIN").unwrap();
+    let seq: i64 = b
+        .query_one(
+            &format!("SELECT custos.log_access('{T1}', 'test', '{{}}', 0)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(seq, 2, "the writer chains onto the row of the transaction in progress");
+    let committing = std::thread::spawn(move || b.batch_execute("COMMIT").map_err(|e| sqlstate(&e)));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!committing.is_finished(), "the commit waits for its predecessor");
+    a.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(committing.join().unwrap(), Err("40001".to_string()));
+    let next: i64 = a
+        .query_one(
+            &format!("SELECT custos.log_access('{T1}', 'test', '{{}}', 0)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 1);
+    let ok: bool = a
+        .query_one(&format!("SELECT ok FROM custos.verify_access_log('{T1}')"), &[])
+        .unwrap()
+        .get(0);
+    assert!(ok);
+}
+
 #[test]
 fn copy_is_chained_too() {
     let (_db, mut c) = fresh_db("ledger_copy");
