@@ -236,10 +236,17 @@ fn a_writer_whose_predecessor_rolls_back_fails_instead_of_committing_a_broken_li
         )
         .unwrap()
         .get(0);
-    assert_eq!(seq, 2, "the writer chains onto the row of the transaction in progress");
-    let committing = std::thread::spawn(move || b.batch_execute("COMMIT").map_err(|e| sqlstate(&e)));
+    assert_eq!(
+        seq, 2,
+        "the writer chains onto the row of the transaction in progress"
+    );
+    let committing =
+        std::thread::spawn(move || b.batch_execute("COMMIT").map_err(|e| sqlstate(&e)));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!committing.is_finished(), "the commit waits for its predecessor");
+    assert!(
+        !committing.is_finished(),
+        "the commit waits for its predecessor"
+    );
     a.batch_execute("ROLLBACK").unwrap();
     assert_eq!(committing.join().unwrap(), Err("40001".to_string()));
     let next: i64 = a
@@ -251,7 +258,10 @@ fn a_writer_whose_predecessor_rolls_back_fails_instead_of_committing_a_broken_li
         .get(0);
     assert_eq!(next, 1);
     let ok: bool = a
-        .query_one(&format!("SELECT ok FROM custos.verify_access_log('{T1}')"), &[])
+        .query_one(
+            &format!("SELECT ok FROM custos.verify_access_log('{T1}')"),
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(ok);
