@@ -176,7 +176,7 @@ pub fn print_container(container: &[u8], out: &mut Vec<u8>) -> Result<(), Malfor
             if i > 0 {
                 out.extend_from_slice(b", ");
             }
-            escape_json(key.data, out);
+            crate::ledger::chain::push_json_bytes(key.data, out);
             out.extend_from_slice(b": ");
             print_value(*value, out)?;
         }
@@ -203,45 +203,12 @@ fn print_value(value: Child<'_>, out: &mut Vec<u8>) -> Result<(), Malformed> {
         pg_sys::JENTRY_ISNULL => out.extend_from_slice(b"null"),
         pg_sys::JENTRY_ISBOOL_TRUE => out.extend_from_slice(b"true"),
         pg_sys::JENTRY_ISBOOL_FALSE => out.extend_from_slice(b"false"),
-        pg_sys::JENTRY_ISSTRING => escape_json(value.data, out),
+        pg_sys::JENTRY_ISSTRING => crate::ledger::chain::push_json_bytes(value.data, out),
         pg_sys::JENTRY_ISNUMERIC => out.extend_from_slice(&numeric_text(value.data)),
         pg_sys::JENTRY_ISCONTAINER => print_container(value.data, out)?,
         _ => return Err(Malformed),
     }
     Ok(())
-}
-
-/// A string as PostgreSQL's `escape_json` writes it: quoted, `\"`, `\\`, `\b \f \n \r \t`,
-/// other bytes below 0x20 as `\u00xx`, everything else (UTF-8 included) as is. Runs that need no
-/// escaping are copied whole.
-pub fn escape_json(text: &[u8], out: &mut Vec<u8>) {
-    out.push(b'"');
-    let mut plain_from = 0;
-    for (i, &b) in text.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0C => b"\\f",
-            0..=0x1F => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&text[plain_from..i]);
-        plain_from = i + 1;
-        if escaped.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xF)]);
-        } else {
-            out.extend_from_slice(escaped);
-        }
-    }
-    out.extend_from_slice(&text[plain_from..]);
-    out.push(b'"');
 }
 
 /// A stored numeric as `numeric_out` prints it.

@@ -129,6 +129,11 @@ impl Appender {
                     d
                 }
             };
+            // One row buffer for every event, cleared before each.
+            let mut row = Row {
+                values: vec![pg_sys::Datum::from(0usize); natts],
+                nulls: vec![true; natts],
+            };
             while events.peek().is_some() {
                 let mut n = 0;
                 for event in events.by_ref().take(SLOTS) {
@@ -144,10 +149,8 @@ impl Appender {
                         pg_sys::MemoryContextSwitchTo(batch);
                         self.slots.push(slot);
                     }
-                    let mut row = Row {
-                        values: vec![pg_sys::Datum::from(0usize); natts],
-                        nulls: vec![true; natts],
-                    };
+                    row.values.fill(pg_sys::Datum::from(0usize));
+                    row.nulls.fill(true);
                     let mut tenant = event.tenant;
                     row.set(c.tenant_id, Some(pg_sys::Datum::from(tenant.as_mut_ptr())));
                     row.set(c.action, Some(text_of(event.action)));

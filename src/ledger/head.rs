@@ -24,6 +24,7 @@
 
 use super::chain::{Hash, HASH_LEN};
 use pgrx::pg_sys;
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
@@ -43,7 +44,9 @@ type TenantKey = [u8; 16];
 
 #[derive(Default)]
 struct State {
-    heads: HashMap<TenantKey, Head>,
+    /// Looked up and updated for every event: hashed with FxHash, not SipHash. Tenant ids are
+    /// random or chosen by a writer who could then only slow down its own transaction.
+    heads: FxHashMap<TenantKey, Head>,
     /// Every chain lock this transaction acquired, once per acquisition, to release at pre-commit.
     locks: Vec<pg_sys::LOCKTAG>,
     /// Transactions that were committing when we chained onto their rows; ours may commit only
