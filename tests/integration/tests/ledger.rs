@@ -99,10 +99,13 @@ fn hammer(isolation: IsolationLevel, name: &str) {
                             Ok(()) => {
                                 committed[t].fetch_add(kept, Ordering::SeqCst);
                             }
-                            Err(e) => assert_eq!(
-                                sqlstate(&e),
-                                "40001",
-                                "only serialization failures may abort: {e}"
+                            // Only SERIALIZABLE may fail at commit: below it, a writer
+                            // fails there only if the transaction it chained onto did not
+                            // commit, and every commit that reaches its end here succeeds.
+                            Err(e) => assert!(
+                                matches!(isolation, IsolationLevel::Serializable)
+                                    && sqlstate(&e) == "40001",
+                                "only serialization failures at SERIALIZABLE may abort: {e}"
                             ),
                         }
                     }
