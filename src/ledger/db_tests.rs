@@ -456,6 +456,22 @@ fn batches_are_all_or_nothing() {
     assert!(verify(A).0);
 }
 
+/// After the pre-commit hand-off (called here as the commit would call it), the transaction may
+/// chain no more events: its successor may already have chained onto its last one.
+#[pg_test]
+fn an_event_after_the_hand_off_is_refused() {
+    let (A, _) = fresh_tenants();
+    as_tenant(A);
+    Spi::run("SELECT custos.record_event('before', 'x')").unwrap();
+    crate::ledger::head::hand_off();
+    assert_error(
+        "SELECT custos.record_event('after', 'x')",
+        "25000",
+        "written after its transaction began to commit",
+    );
+    assert_eq!(count("SELECT count(*) FROM custos.events"), 1);
+}
+
 #[pg_test]
 fn oversized_details_are_refused() {
     let (A, B) = fresh_tenants();

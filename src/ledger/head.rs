@@ -52,6 +52,8 @@ struct State {
     /// Transactions that were committing when we chained onto their rows; ours may commit only
     /// after they did.
     predecessors: Vec<pg_sys::TransactionId>,
+    /// Set at pre-commit once the locks were handed over: the transaction may chain no more.
+    handed_off: bool,
     /// (subtransaction, tenant, head before that subtransaction first changed it)
     undo: Vec<(pg_sys::SubTransactionId, TenantKey, Option<Head>)>,
     undo_recorded: HashSet<(pg_sys::SubTransactionId, TenantKey)>,
@@ -123,14 +125,14 @@ fn on_subxact_abort(sub: pg_sys::SubTransactionId) {
 
 /// Pre-commit: hands the tenants' chains to their next writers (unless SERIALIZABLE, see the
 /// module notes), then waits for this transaction's predecessors.
-fn hand_off() {
+pub(crate) fn hand_off() {
     // SAFETY: plain read of a backend global.
     let serializable = unsafe { pg_sys::XactIsoLevel } == pg_sys::XACT_SERIALIZABLE as i32;
     if !serializable {
         let locks = STATE.with(|s| {
             let mut s = s.borrow_mut();
-            // Any event written after this point takes the lock again and reads the head anew.
             s.heads.clear();
+            s.handed_off = true;
             std::mem::take(&mut s.locks)
         });
         with_top_transaction_owner(|| {
@@ -269,6 +271,16 @@ pub fn lock_tenant(tenant: &TenantKey) {
 /// Like [`lock_tenant`], for the chain whose locks carry `field4`. The lock is released when the
 /// transaction begins to commit (see the module notes), or at its end.
 pub fn lock_chain(tenant: &TenantKey, field4: u16) {
+    // Nothing in PostgreSQL's own commit sequence writes after the pre-commit callbacks; another
+    // extension's callback might. Its event could only chain onto a successor that already
+    // chained onto this transaction, so it is refused.
+    if STATE.with(|s| s.borrow().handed_off) {
+        crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "an audit event was written after its transaction began to commit",
+            Some("write audit events before COMMIT, not from commit-time callbacks"),
+        );
+    }
     // SAFETY: reading a backend global.
     let tag = chain_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant, field4);
     with_top_transaction_owner(|| {
