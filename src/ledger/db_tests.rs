@@ -628,6 +628,27 @@ fn track_table_records_every_change_in_the_rows_tenant() {
     assert_eq!(entity.as_deref(), Some("public.orders"));
 }
 
+/// A statement's captured events are written one tenant after another, each tenant's in its
+/// chain order, so that verification finds consecutive events of a chain on the same page.
+#[pg_test]
+fn captured_events_of_a_statement_are_written_one_tenant_after_another() {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    Spi::run(&format!(
+        "INSERT INTO public.orders SELECT g, (ARRAY['{A}', '{B}']::uuid[])[1 + g % 2], 'item', g FROM generate_series(1, 200) g"
+    ))
+    .unwrap();
+    // Heap order: where the tenant changes, and whether seq rises within each tenant's run.
+    let (tenant_changes, ordered) = Spi::get_two::<i64, bool>(
+        "SELECT count(*) FILTER (WHERE tenant_id <> prev_tenant), bool_and(seq > prev_seq) FILTER (WHERE tenant_id = prev_tenant)
+           FROM (SELECT tenant_id, seq, lag(tenant_id) OVER w AS prev_tenant, lag(seq) OVER w AS prev_seq
+                   FROM custos.events WINDOW w AS (ORDER BY ctid)) e",
+    )
+    .unwrap();
+    assert_eq!((tenant_changes, ordered), (Some(1), Some(true)));
+    assert!(verify(A).0 && verify(B).0);
+}
+
 #[pg_test]
 fn track_table_records_truncate_per_tenant() {
     let (A, B) = fresh_tenants();
