@@ -149,13 +149,14 @@ pub fn push_json_bytes(text: &[u8], out: &mut Vec<u8>) {
     let mut plain_from = 0;
     let mut i = 0;
     while i < text.len() {
-        if let Some(chunk) = text.get(i..i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            if !any_byte_needs_escape(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
+        // Eight bytes at a time; a shorter tail (most keys and many values) is padded with
+        // spaces, which need no escaping.
+        let chunk = &text[i..text.len().min(i + 8)];
+        let mut word = [b' '; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        if !any_byte_needs_escape(u64::from_le_bytes(word)) {
+            i += chunk.len();
+            continue;
         }
         let b = text[i];
         let escaped: &[u8] = match b {
@@ -413,12 +414,18 @@ mod tests {
     #[test]
     fn every_byte_value_at_every_word_position_is_escaped_as_jsonb_does() {
         for b in 0..=255u8 {
-            for at in 0..17 {
-                let mut text = b"abcdefghijklmnopq".to_vec();
-                text[at] = b;
-                let mut out = Vec::new();
-                push_json_bytes(&text, &mut out);
-                assert_eq!(out, escaped_bytewise(&text), "byte {b:#04x} at {at}");
+            for len in 1..=17 {
+                for at in 0..len {
+                    let mut text = b"abcdefghijklmnopq"[..len].to_vec();
+                    text[at] = b;
+                    let mut out = Vec::new();
+                    push_json_bytes(&text, &mut out);
+                    assert_eq!(
+                        out,
+                        escaped_bytewise(&text),
+                        "byte {b:#04x} at {at} of {len}"
+                    );
+                }
             }
         }
     }
