@@ -34,7 +34,7 @@ rm -rf "$PGRX_TEST_DATA"
 
 step "integration tests against a live server"
 install_extension
-cluster_start
+cluster_start "max_prepared_transactions = 10"
 CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" \
   cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=4 2>&1 | tee -a "$RESULTS"
 

@@ -270,6 +270,53 @@ fn a_writer_whose_predecessor_rolls_back_fails_instead_of_committing_a_broken_li
     assert!(ok);
 }
 
+/// A prepared transaction keeps its tenant's chain lock (it is not handed over at PREPARE): the
+/// next writer waits until COMMIT PREPARED or ROLLBACK PREPARED, then chains onto what committed.
+#[test]
+fn a_prepared_transaction_holds_the_chain_until_it_is_resolved() {
+    let (db, mut a) = fresh_db("ledger_prepared");
+    for (gid, finish) in [
+        ("custos_it_commit", "COMMIT"),
+        ("custos_it_rollback", "ROLLBACK"),
+    ] {
+        a.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', '{gid}', 'x');
+             PREPARE TRANSACTION '{gid}';"
+        ))
+        .unwrap();
+        let db_name = db.clone();
+        let writer = std::thread::spawn(move || {
+            connect(&db_name, "postgres").batch_execute(&format!(
+                "INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'after_{gid}', 'x')"
+            ))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!writer.is_finished(), "the next writer waits for {gid}");
+        a.batch_execute(&format!("{finish} PREPARED '{gid}'"))
+            .unwrap();
+        writer.join().unwrap().unwrap();
+    }
+    let actions: Vec<String> = a
+        .query(
+            &format!("SELECT action FROM custos.events WHERE tenant_id = '{T1}' ORDER BY seq"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "custos_it_commit",
+            "after_custos_it_commit",
+            "after_custos_it_rollback"
+        ]
+    );
+    assert_eq!(verify(&mut a, T1), (true, 3, None));
+}
+
 #[test]
 fn copy_is_chained_too() {
     let (_db, mut c) = fresh_db("ledger_copy");
