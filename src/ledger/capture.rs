@@ -431,7 +431,9 @@ impl EventSink {
             // their order, which is their chain order. A statement's events of one tenant then
             // sit together in the heap instead of between other tenants' events, so verifying the
             // chain, which reads it in seq order, finds consecutive events on the same page: 2.5-3x
-            // as many events per second for a tenant among ten.
+            // as many events per second for a tenant among ten. It also takes the tenants' chain
+            // locks in a fixed order: two such flushes over the same tenants, in transactions that
+            // held none of those locks before, cannot deadlock on them.
             let mut order: Vec<usize> = (0..self.details.len()).collect();
             order.sort_by_key(|&i| self.tenants[i]);
             appender.append(order.into_iter().map(|i| NewEvent {
