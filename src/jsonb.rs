@@ -29,9 +29,23 @@ impl Child<'_> {
 #[derive(Debug, PartialEq)]
 pub struct Malformed;
 
+/// The document is not a JSON object.
+#[derive(Debug, PartialEq)]
+pub struct NotAnObject;
+
 /// jsonb's order of object keys: shorter keys first, then bytewise.
 pub fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// The 4-byte varlena header of a value of `len` bytes (header included), as `SET_VARSIZE_4B`
+/// writes it; as bytes, so it can go anywhere in a buffer.
+pub fn varlena_header_4b(len: usize) -> [u8; 4] {
+    #[cfg(target_endian = "little")]
+    let header = (len as u32) << 2;
+    #[cfg(target_endian = "big")]
+    let header = (len as u32) & 0x3FFF_FFFF;
+    header.to_ne_bytes()
 }
 
 fn int_align(n: usize) -> usize {
@@ -49,6 +63,14 @@ fn u32_at(bytes: &[u8], at: usize) -> Result<u32, Malformed> {
 /// The children of a container (for an object: keys, then values), or None when the
 /// container's header says it is not of the wanted kind (`JB_FOBJECT`, `JB_FARRAY`).
 pub fn children(container: &[u8], kind: u32) -> Result<Option<Vec<Child<'_>>>, Malformed> {
+    match entries(container, kind)? {
+        Some(entries) => entries.collect::<Result<Vec<_>, _>>().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`children`] one at a time, without collecting them.
+pub fn entries(container: &[u8], kind: u32) -> Result<Option<Entries<'_>>, Malformed> {
     let header = u32_at(container, 0)?;
     if header & kind == 0 {
         return Ok(None);
@@ -61,13 +83,40 @@ pub fn children(container: &[u8], kind: u32) -> Result<Option<Vec<Child<'_>>>, M
     };
     let data_start = HEADER_LEN + entries * ENTRY_LEN;
     let data = container.get(data_start..).ok_or(Malformed)?;
-    let mut out = Vec::with_capacity(entries);
-    let mut end = 0usize;
-    for i in 0..entries {
-        let entry = u32_at(container, HEADER_LEN + i * ENTRY_LEN)?;
-        let start = end;
+    Ok(Some(Entries {
+        container,
+        data,
+        next: 0,
+        count: entries,
+        end: 0,
+    }))
+}
+
+/// The children of a container in order, read from its JEntries.
+pub struct Entries<'a> {
+    container: &'a [u8],
+    data: &'a [u8],
+    next: usize,
+    count: usize,
+    /// Where the previous child's data ended.
+    end: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<Child<'a>, Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next == self.count {
+            return None;
+        }
+        let entry = match u32_at(self.container, HEADER_LEN + self.next * ENTRY_LEN) {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        self.next += 1;
+        let start = self.end;
         let field = (entry & pg_sys::JENTRY_OFFLENMASK) as usize;
-        end = if entry & pg_sys::JENTRY_HAS_OFF != 0 {
+        self.end = if entry & pg_sys::JENTRY_HAS_OFF != 0 {
             field
         } else {
             start + field
@@ -81,16 +130,18 @@ pub fn children(container: &[u8], kind: u32) -> Result<Option<Vec<Child<'_>>>, M
         } else {
             start
         };
-        child.data = data.get(from..end).ok_or(Malformed)?;
-        out.push(child);
+        match self.data.get(from..self.end) {
+            Some(data) => child.data = data,
+            None => return Some(Err(Malformed)),
+        }
+        Some(Ok(child))
     }
-    Ok(Some(out))
 }
 
 /// An object container with these keys and values, laid out as PostgreSQL lays it out. Keys
 /// must be jsonb's order (as read from a valid object).
 pub fn object(keys: &[Child<'_>], values: &[Child<'_>]) -> Result<Vec<u8>, Malformed> {
-    let entries = keys.iter().chain(values);
+    let entries = keys.iter().chain(values).copied();
     container(pg_sys::JB_FOBJECT, keys.len(), 2 * keys.len(), entries)
 }
 
@@ -100,9 +151,11 @@ pub fn container<'c>(
     kind: u32,
     count: usize,
     entries: usize,
-    children: impl Iterator<Item = &'c Child<'c>> + Clone,
+    children: impl Iterator<Item = Child<'c>> + Clone,
 ) -> Result<Vec<u8>, Malformed> {
-    container_after(0, kind, count, entries, children)
+    let mut out = Vec::new();
+    container_into(&mut out, kind, count, entries, children)?;
+    Ok(out)
 }
 
 /// A whole jsonb value (varlena header, then the container) laid out by [`container`], to be
@@ -111,38 +164,59 @@ pub fn jsonb_varlena<'c>(
     kind: u32,
     count: usize,
     entries: usize,
-    children: impl Iterator<Item = &'c Child<'c>> + Clone,
+    children: impl Iterator<Item = Child<'c>> + Clone,
 ) -> Result<Vec<u8>, Malformed> {
-    let mut out = container_after(pg_sys::VARHDRSZ, kind, count, entries, children)?;
-    let size = out.len() as u32;
-    // SAFETY: the first VARHDRSZ bytes of out are the header being set.
-    unsafe { pgrx::varlena::set_varsize_4b(out.as_mut_ptr().cast(), size as i32) };
+    let mut out = Vec::new();
+    jsonb_varlena_into(&mut out, kind, count, entries, children)?;
     Ok(out)
 }
 
-/// [`container`], preceded by `prefix` bytes (a multiple of 4) left for the caller.
-fn container_after<'c>(
-    prefix: usize,
+/// [`jsonb_varlena`] appended to `out` at the next multiple of 4 (a jsonb datum is 4-aligned
+/// when `out`'s buffer is); returns where it starts. On error `out` is left as it was.
+pub fn jsonb_varlena_into<'c>(
+    out: &mut Vec<u8>,
     kind: u32,
     count: usize,
     entries: usize,
-    children: impl Iterator<Item = &'c Child<'c>> + Clone,
-) -> Result<Vec<u8>, Malformed> {
-    let data_start = prefix + HEADER_LEN + entries * ENTRY_LEN;
+    children: impl Iterator<Item = Child<'c>> + Clone,
+) -> Result<usize, Malformed> {
+    let before = out.len();
+    let start = int_align(before);
+    out.resize(start + pg_sys::VARHDRSZ, 0);
+    if let Err(e) = container_into(out, kind, count, entries, children) {
+        out.truncate(before);
+        return Err(e);
+    }
+    let size = out.len() - start;
+    out[start..start + pg_sys::VARHDRSZ].copy_from_slice(&varlena_header_4b(size));
+    Ok(start)
+}
+
+/// [`container`] appended to `out`. Numerics and containers are aligned relative to the data
+/// start, as PostgreSQL aligns them (their absolute alignment follows when the container does).
+pub fn container_into<'c>(
+    out: &mut Vec<u8>,
+    kind: u32,
+    count: usize,
+    entries: usize,
+    children: impl Iterator<Item = Child<'c>> + Clone,
+) -> Result<(), Malformed> {
+    let base = out.len();
+    let data_start = base + HEADER_LEN + entries * ENTRY_LEN;
     let data_len: usize = children.clone().map(|c| c.data.len() + 3).sum();
-    let mut out = Vec::with_capacity(data_start + data_len);
+    out.reserve(data_start - base + data_len);
     out.resize(data_start, 0);
-    out[prefix..prefix + 4].copy_from_slice(&(count as u32 | kind).to_ne_bytes());
+    out[base..base + 4].copy_from_slice(&(count as u32 | kind).to_ne_bytes());
     let mut end = 0usize;
     for (i, child) in children.enumerate() {
         let start = end;
         if child.is_aligned_kind() {
-            // Aligned relative to the data start, which sits at a multiple of 4 in the datum.
             out.resize(data_start + int_align(start), 0);
         }
         out.extend_from_slice(child.data);
         end = out.len() - data_start;
         if end > pg_sys::JENTRY_OFFLENMASK as usize {
+            out.truncate(base);
             return Err(Malformed);
         }
         let entry = if i % pg_sys::JB_OFFSET_STRIDE as usize == 0 {
@@ -150,10 +224,10 @@ fn container_after<'c>(
         } else {
             child.kind | (end - start) as u32
         };
-        let at = prefix + HEADER_LEN + i * ENTRY_LEN;
+        let at = base + HEADER_LEN + i * ENTRY_LEN;
         out[at..at + ENTRY_LEN].copy_from_slice(&entry.to_ne_bytes());
     }
-    Ok(out)
+    Ok(())
 }
 
 fn malformed() -> ! {
@@ -204,11 +278,18 @@ fn print_value(value: Child<'_>, out: &mut Vec<u8>) -> Result<(), Malformed> {
         pg_sys::JENTRY_ISBOOL_TRUE => out.extend_from_slice(b"true"),
         pg_sys::JENTRY_ISBOOL_FALSE => out.extend_from_slice(b"false"),
         pg_sys::JENTRY_ISSTRING => crate::ledger::chain::push_json_bytes(value.data, out),
-        pg_sys::JENTRY_ISNUMERIC => out.extend_from_slice(&numeric_text(value.data)),
+        pg_sys::JENTRY_ISNUMERIC => push_numeric_text(value.data, out),
         pg_sys::JENTRY_ISCONTAINER => print_container(value.data, out)?,
         _ => return Err(Malformed),
     }
     Ok(())
+}
+
+/// A stored numeric as `numeric_out` prints it: in Rust, unless it is NaN or an infinity.
+fn push_numeric_text(numeric: &[u8], out: &mut Vec<u8>) {
+    if !crate::numeric::print_varlena(numeric, out) {
+        out.extend_from_slice(&numeric_text(numeric));
+    }
 }
 
 /// A stored numeric as `numeric_out` prints it.
@@ -243,9 +324,17 @@ impl Doc {
     /// # Safety
     /// `d` must be a non-null jsonb datum.
     pub unsafe fn of(d: pg_sys::Datum) -> Doc {
-        // SAFETY: as promised by the caller; pg_detoast_datum also expands short headers, so the
-        // container starts 4-aligned right after a 4-byte header.
-        Doc(unsafe { pg_sys::pg_detoast_datum(d.cast_mut_ptr()) }.cast())
+        let p = d.cast_mut_ptr::<pg_sys::varlena>();
+        // SAFETY: as promised by the caller. A jsonb with a plain 4-byte header (as made in
+        // memory) is used as it is, without the FFI call; pg_detoast_datum expands the others
+        // (short headers included), so the container starts 4-aligned after a 4-byte header.
+        unsafe {
+            if pgrx::varlena::varatt_is_4b_u(p) {
+                Doc(p.cast())
+            } else {
+                Doc(pg_sys::pg_detoast_datum(p).cast())
+            }
+        }
     }
 
     fn root(self) -> *mut pg_sys::JsonbContainer {
@@ -270,6 +359,29 @@ impl Doc {
             pairs: children.len() / 2,
             children,
         })
+    }
+
+    /// For an object, the key of its first top-level string value that passes `test` (None when
+    /// there is none); Err for any other document. Read in place, nothing collected: the chain
+    /// asks this of every event.
+    pub fn find_top_level_string<'a>(
+        self,
+        test: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<&'a [u8]>, NotAnObject> {
+        let container = self.container::<'a>();
+        let read = |entries: Option<Entries<'a>>| entries.ok_or(NotAnObject);
+        let pairs =
+            (u32_at(container, 0).unwrap_or_else(|_| malformed()) & pg_sys::JB_CMASK) as usize;
+        let all = || entries(container, pg_sys::JB_FOBJECT).unwrap_or_else(|_| malformed());
+        let found = read(all())?
+            .skip(pairs)
+            .map(|value| value.unwrap_or_else(|_| malformed()))
+            .position(|value| value.kind == pg_sys::JENTRY_ISSTRING && test(value.data));
+        Ok(found.map(|i| {
+            // The key of value i is child i.
+            let key = read(all()).ok().and_then(|mut keys| keys.nth(i));
+            key.and_then(Result::ok).map_or(&[][..], |key| key.data)
+        }))
     }
 
     /// The document exactly as jsonb's output function prints it (the ledger hashes this text),
@@ -486,7 +598,7 @@ impl Built {
             pg_sys::JB_FARRAY | pg_sys::JB_FSCALAR,
             1,
             1,
-            [self.child()].iter(),
+            [self.child()].into_iter(),
         )
     }
 }
@@ -590,7 +702,7 @@ impl Parser<'_> {
             pg_sys::JB_FARRAY,
             children.len(),
             children.len(),
-            children.iter(),
+            children.iter().copied(),
         )
     }
 
@@ -641,7 +753,7 @@ impl Parser<'_> {
             pg_sys::JB_FOBJECT,
             kept.len(),
             children.len(),
-            children.iter(),
+            children.iter().copied(),
         )
     }
 
@@ -802,6 +914,16 @@ mod unit {
         Child {
             kind: pg_sys::JENTRY_ISSTRING,
             data: s.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn varlena_headers_are_what_set_varsize_4b_writes() {
+        for len in [4usize, 5, 123, 65_536, 0x3FFF_FFFF] {
+            let mut aligned = [0u32; 1];
+            // SAFETY: a 4-aligned, 4-byte buffer.
+            unsafe { pgrx::varlena::set_varsize_4b(aligned.as_mut_ptr().cast(), len as i32) };
+            assert_eq!(aligned[0].to_ne_bytes(), varlena_header_4b(len), "{len}");
         }
     }
 

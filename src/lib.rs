@@ -25,6 +25,7 @@ pub mod error;
 pub mod gucs;
 pub mod jsonb;
 pub mod ledger;
+pub mod numeric;
 pub mod tenancy;
 pub mod tuple;
 

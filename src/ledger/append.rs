@@ -9,7 +9,7 @@
 //! to a plain INSERT, so what other modules hang on the table still fires.
 
 use super::row::{open_events, Columns};
-use super::trigger::{chain_event, Caller};
+use super::trigger::{chain_event, Caller, Made};
 use crate::error::raise;
 use crate::tuple::Row;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -43,6 +43,42 @@ pub struct Appender {
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     /// Rows and index entries of one batch live here until the batch is written.
     batch_memory: pg_sys::MemoryContext,
+    /// The primary key, when it is the table's only index.
+    primary_key: Option<PrimaryKey>,
+}
+
+/// `custos.events`' primary key (tenant_id, seq), when it is the table's only index: its entries
+/// are then made from the values just chained, where the executor's path would read them back out
+/// of each stored row (and cost another guarded FFI call per event).
+struct PrimaryKey {
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+}
+
+/// The relation's [`PrimaryKey`], if it has no other index and the key is as custos made it.
+unsafe fn sole_primary_key(
+    result_rel: *mut pg_sys::ResultRelInfo,
+    c: &Columns,
+) -> Option<PrimaryKey> {
+    unsafe {
+        if (*result_rel).ri_NumIndices != 1 {
+            return None;
+        }
+        let index = *(*result_rel).ri_IndexRelationDescs;
+        let info = *(*result_rel).ri_IndexRelationInfo;
+        let i = &*info;
+        let as_made = i.ii_NumIndexAttrs == 2
+            && i.ii_NumIndexKeyAttrs == 2
+            && i.ii_IndexAttrNumbers[0] as usize == c.tenant_id + 1
+            && i.ii_IndexAttrNumbers[1] as usize == c.seq + 1
+            && i.ii_Expressions.is_null()
+            && i.ii_Predicate.is_null()
+            && i.ii_ExclusionOps.is_null()
+            && i.ii_Unique
+            && i.ii_ReadyForInserts
+            && (*(*index).rd_index).indimmediate;
+        as_made.then_some(PrimaryKey { index, info })
+    }
 }
 
 /// Whether an INSERT into the relation would do more than the chain trigger and the indexes.
@@ -94,9 +130,11 @@ impl Appender {
                 pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
+            let columns = Columns::of(rel);
             Some(Appender {
                 rel,
-                columns: Columns::of(rel),
+                primary_key: sole_primary_key(result_rel, &columns),
+                columns,
                 estate,
                 result_rel,
                 tupdesc: pg_sys::CreateTupleDescCopy((*rel).rd_att),
@@ -129,11 +167,16 @@ impl Appender {
                     d
                 }
             };
-            // One row buffer for every event, cleared before each.
+            // One row buffer for every event, cleared before each, and the storage of the datums
+            // made for it (valid until the row is formed).
             let mut row = Row {
                 values: vec![pg_sys::Datum::from(0usize); natts],
                 nulls: vec![true; natts],
             };
+            let mut made = Made::default();
+            let mut entity_id = Vec::new();
+            // Each row's primary key, for its index entry.
+            let mut keys = [([0u8; 16], 0i64); SLOTS];
             while events.peek().is_some() {
                 let mut n = 0;
                 for event in events.by_ref().take(SLOTS) {
@@ -155,7 +198,10 @@ impl Appender {
                     row.set(c.tenant_id, Some(pg_sys::Datum::from(tenant.as_mut_ptr())));
                     row.set(c.action, Some(text_of(event.action)));
                     row.set(c.entity_type, Some(text_of(event.entity_type)));
-                    row.set(c.entity_id, event.entity_id.map(text_datum));
+                    row.set(
+                        c.entity_id,
+                        event.entity_id.map(|id| text_datum_in(id, &mut entity_id)),
+                    );
                     let (details, printed) = match event.details_stored {
                         // Used in place when aligned as jsonb needs (it is read, then copied
                         // into the tuple); else copied.
@@ -169,14 +215,17 @@ impl Appender {
                     };
                     row.set(c.details, Some(details));
                     let printed = printed.then_some(event.details.as_bytes());
-                    chain_event(self.rel, c, &caller, &mut row, printed);
+                    chain_event(self.rel, c, &caller, &mut row, printed, &mut made);
+                    keys[n] = (event.tenant, row.values[c.seq].value() as i64);
                     check_not_null(self.tupdesc, &row);
                     let tuple = pg_sys::heap_form_tuple(
                         self.tupdesc,
                         row.values.as_mut_ptr(),
                         row.nulls.as_mut_ptr(),
                     );
-                    pg_sys::ExecStoreHeapTuple(tuple, self.slots[n], true);
+                    // Not the slot's to free: batch_memory holds it, and is reset below. So the
+                    // slot needs no clearing before it takes the next batch's row.
+                    pg_sys::ExecStoreHeapTuple(tuple, self.slots[n], false);
                     n += 1;
                 }
                 let cid = pg_sys::GetCurrentCommandId(true);
@@ -188,9 +237,28 @@ impl Appender {
                     0,
                     std::ptr::null_mut(),
                 );
-                for &slot in &self.slots[..n] {
-                    insert_index_entries(self.result_rel, slot, self.estate);
-                    pg_sys::ExecClearTuple(slot);
+                for (&slot, (tenant, seq)) in self.slots[..n].iter().zip(&mut keys) {
+                    match &self.primary_key {
+                        Some(key) => {
+                            let mut values = [
+                                pg_sys::Datum::from(tenant.as_mut_ptr()),
+                                pg_sys::Datum::from(*seq),
+                            ];
+                            let mut isnull = [false; 2];
+                            // heap_multi_insert left each row's place in its slot.
+                            pg_sys::index_insert(
+                                key.index,
+                                values.as_mut_ptr(),
+                                isnull.as_mut_ptr(),
+                                &mut (*slot).tts_tid,
+                                self.rel,
+                                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+                                false,
+                                key.info,
+                            );
+                        }
+                        None => insert_index_entries(self.result_rel, slot, self.estate),
+                    }
                 }
                 // What index insertion evaluated per tuple (ResetPerTupleExprContext).
                 let per_tuple = (*self.estate).es_per_tuple_exprcontext;
@@ -223,6 +291,15 @@ impl Drop for Appender {
             pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
     }
+}
+
+/// A text datum of `s` written into `buffer` (a 4-byte header, then the text): valid until the
+/// buffer is next written.
+fn text_datum_in(s: &str, buffer: &mut Vec<u8>) -> pg_sys::Datum {
+    buffer.clear();
+    buffer.extend_from_slice(&crate::jsonb::varlena_header_4b(pg_sys::VARHDRSZ + s.len()));
+    buffer.extend_from_slice(s.as_bytes());
+    pg_sys::Datum::from(buffer.as_mut_ptr())
 }
 
 /// A text datum of `s` in the current memory context.

@@ -18,6 +18,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::ops::Range;
 
 /// Events are written when this many are pending, or this many bytes of details.
 const EVENTS_PER_INSERT: usize = 1000;
@@ -50,6 +51,8 @@ enum Encoding {
 
 struct Column {
     name: String,
+    /// `"name": `, as the row's JSON writes the key.
+    json_key: String,
     /// Position in the tuple descriptor.
     attr: usize,
     typid: pg_sys::Oid,
@@ -128,7 +131,7 @@ struct Table {
 }
 
 impl Table {
-    fn json_names(&self) -> impl Iterator<Item = &str> {
+    fn json_names(&self) -> impl Iterator<Item = &str> + Clone {
         self.json_order
             .iter()
             .map(|&i| self.columns[i].name.as_str())
@@ -161,8 +164,10 @@ impl Table {
                 pg_sys::getTypeOutputInfo((*attr).atttypid, &mut output_fn, &mut varlena);
                 let mut output = pg_sys::FmgrInfo::default();
                 pg_sys::fmgr_info(output_fn, &mut output);
+                let name = cstr_text((*attr).attname.data.as_ptr());
                 columns.push(Column {
-                    name: cstr_text((*attr).attname.data.as_ptr()),
+                    json_key: changes::json_key(&name),
+                    name,
                     attr: i,
                     typid: (*attr).atttypid,
                     base: pg_sys::getBaseType((*attr).atttypid),
@@ -226,10 +231,14 @@ unsafe fn cstr_text(ptr: *const std::ffi::c_char) -> String {
 #[derive(Default)]
 struct CapturedRow {
     json: RowJson,
-    /// The row as a jsonb object, when every value has its stored form.
-    object: Option<Vec<u8>>,
+    /// The row as a jsonb object container, when `has_object` (every value had its stored form).
+    object: Vec<u8>,
+    has_object: bool,
     /// Room for a value's text, reused from column to column.
     scratch: String,
+    /// Per column, the last date/time datum printed and its text: a statement's rows often share
+    /// a timestamp (`DEFAULT now()`), printed once instead of once per row.
+    datetime_memo: Vec<Option<(usize, String)>>,
     tenant: [u8; 16],
     key: String,
 }
@@ -243,10 +252,10 @@ unsafe fn push_stored(
     datum: pg_sys::Datum,
     value: JsonValue<'_>,
 ) {
-    match value {
-        JsonValue::Null => row.push_stored(pg_sys::JENTRY_ISNULL, &[]),
-        JsonValue::Text(text) => row.push_stored(pg_sys::JENTRY_ISSTRING, text.as_bytes()),
-        JsonValue::Raw(_) if column.encoding == Encoding::Bool => {
+    match (value, column.encoding) {
+        (JsonValue::Null, _) => row.push_stored(pg_sys::JENTRY_ISNULL, &[]),
+        (JsonValue::Text(text), _) => row.push_stored(pg_sys::JENTRY_ISSTRING, text.as_bytes()),
+        (JsonValue::Raw(_), Encoding::Bool) => {
             let kind = if datum.value() != 0 {
                 pg_sys::JENTRY_ISBOOL_TRUE
             } else {
@@ -254,46 +263,33 @@ unsafe fn push_stored(
             };
             row.push_stored(kind, &[]);
         }
-        JsonValue::Raw(_) if matches!(column.encoding, Encoding::Number | Encoding::Integer(_)) => {
-            // SAFETY: a non-null datum of the column's type.
-            match unsafe { stored_numeric(column.base, datum) } {
-                Some(numeric) => row.push_stored(pg_sys::JENTRY_ISNUMERIC, &numeric),
-                None => row.no_stored(),
-            }
+        (JsonValue::Raw(_), Encoding::Integer(width)) => {
+            row.push_stored_integer(integer_of(datum, width))
         }
-        JsonValue::Raw(_) => row.no_stored(),
+        (JsonValue::Raw(_), Encoding::Number) if column.base == pg_sys::NUMERICOID => {
+            // SAFETY: a non-null numeric datum.
+            row.push_stored_numeric(unsafe { bytes_of(datum) })
+        }
+        (JsonValue::Raw(_), _) => row.no_stored(),
     }
 }
 
-/// A numeric or integer datum as the numeric jsonb stores: a 4-byte varlena header, then the
-/// numeric as `numeric_in` makes it (for integers, the same value as the printed digits).
-unsafe fn stored_numeric(base: pg_sys::Oid, datum: pg_sys::Datum) -> Option<Vec<u8>> {
-    unsafe {
-        let convert = match base {
-            pg_sys::NUMERICOID => None,
-            pg_sys::INT2OID => Some(pg_sys::int2_numeric as unsafe fn(_) -> _),
-            pg_sys::INT4OID => Some(pg_sys::int4_numeric as unsafe fn(_) -> _),
-            pg_sys::INT8OID => Some(pg_sys::int8_numeric as unsafe fn(_) -> _),
-            _ => return None,
-        };
-        let numeric = match convert {
-            Some(f) => pgrx::direct_function_call_as_datum(f, &[Some(datum)])?,
-            None => datum,
-        };
-        let body = crate::ledger::row::bytes_of(numeric);
-        let mut stored = vec![0u8; pg_sys::VARHDRSZ + body.len()];
-        pgrx::varlena::set_varsize_4b(stored.as_mut_ptr().cast(), stored.len() as i32);
-        stored[pg_sys::VARHDRSZ..].copy_from_slice(body);
-        Some(stored)
+/// An int2, int4 or int8 datum of `width` bytes as an i64.
+fn integer_of(datum: pg_sys::Datum, width: u8) -> i64 {
+    match width {
+        2 => i64::from(datum.value() as i16),
+        4 => i64::from(datum.value() as i32),
+        _ => datum.value() as i64,
     }
 }
 
 impl CapturedRow {
     /// Reads the slot's row. Output functions allocate in the current memory context, which the
-    /// caller resets per row.
+    /// caller resets every few rows.
     unsafe fn encode(&mut self, table: &Table, slot: *mut pg_sys::TupleTableSlot) {
         unsafe {
             pg_sys::slot_getallattrs(slot);
+            self.datetime_memo.resize(table.columns.len(), None);
             let values = (*slot).tts_values;
             let nulls = (*slot).tts_isnull;
             self.json.begin();
@@ -317,12 +313,7 @@ impl CapturedRow {
                             JsonValue::Raw(if datum.value() != 0 { "true" } else { "false" })
                         }
                         Encoding::Integer(width) => {
-                            use std::fmt::Write;
-                            let _ = match width {
-                                2 => write!(scratch, "{}", datum.value() as i16),
-                                4 => write!(scratch, "{}", datum.value() as i32),
-                                _ => write!(scratch, "{}", datum.value() as i64),
-                            };
+                            scratch.push_str(itoa::Buffer::new().format(integer_of(datum, width)));
                             JsonValue::Raw(&scratch)
                         }
                         Encoding::Uuid => {
@@ -333,13 +324,39 @@ impl CapturedRow {
                             JsonValue::Text(utf8_or_lossy(bytes_of(datum), &mut scratch))
                         }
                         Encoding::DateTime => {
-                            let iso = pg_sys::JsonEncodeDateTime(
-                                std::ptr::null_mut(),
-                                datum,
-                                column.typid,
-                                std::ptr::null(),
-                            );
-                            JsonValue::Text(cstr_str(iso, &mut scratch))
+                            // timetz is the one passed by reference: not remembered.
+                            let bits = (column.base != pg_sys::TIMETZOID).then(|| datum.value());
+                            let memo = &mut self.datetime_memo[index];
+                            match memo {
+                                Some((last, text)) if Some(*last) == bits => JsonValue::Text(text),
+                                _ => {
+                                    let iso = pg_sys::JsonEncodeDateTime(
+                                        std::ptr::null_mut(),
+                                        datum,
+                                        column.base,
+                                        std::ptr::null(),
+                                    );
+                                    let text = cstr_str(iso, &mut scratch);
+                                    match bits {
+                                        Some(bits) => {
+                                            let memo = memo.insert((bits, text.to_owned()));
+                                            JsonValue::Text(&memo.1)
+                                        }
+                                        None => JsonValue::Text(text),
+                                    }
+                                }
+                            }
+                        }
+                        // Printed in Rust: NaN and the infinities go through numeric_out.
+                        Encoding::Number
+                            if column.base == pg_sys::NUMERICOID
+                                && crate::numeric::print(
+                                    bytes_of(datum),
+                                    // SAFETY: print appends ASCII digits, signs and points only.
+                                    scratch.as_mut_vec(),
+                                ) =>
+                        {
+                            JsonValue::Raw(&scratch)
                         }
                         encoding => {
                             let out = pg_sys::OutputFunctionCall(
@@ -360,7 +377,7 @@ impl CapturedRow {
                         self.key.push_str(text);
                     }
                 }
-                self.json.push(&column.name, value);
+                self.json.push_keyed(&column.json_key, value);
                 if table.assemble_jsonb {
                     push_stored(&mut self.json, column, datum, value);
                 } else {
@@ -369,7 +386,9 @@ impl CapturedRow {
                 self.scratch = scratch;
             }
             self.json.finish();
-            self.object = self.json.stored_object(table.json_names());
+            self.has_object = self
+                .json
+                .stored_object_into(table.json_names(), &mut self.object);
             if single_key.is_none() {
                 let positions: Vec<usize> =
                     table.key.iter().map(|&k| table.json_position[k]).collect();
@@ -389,43 +408,63 @@ impl CapturedRow {
     }
 }
 
-/// Events waiting to be inserted, written in the order they were added.
+/// One event waiting in an [`EventSink`]: where its texts sit in the sink's buffers.
+struct Pending {
+    tenant: [u8; 16],
+    entity_id: Option<Range<usize>>,
+    details: Range<usize>,
+    /// `details` as a jsonb value (varlena header first), where it could be assembled.
+    stored: Option<Range<usize>>,
+}
+
+/// Events waiting to be inserted. Their texts share two buffers, kept from flush to flush, instead
+/// of a few allocations per event.
 struct EventSink {
     action: &'static str,
     entity_type: String,
     /// Decided at the first write: `None` inside when custos.events needs the executor.
     appender: Option<Option<Appender>>,
-    tenants: Vec<[u8; 16]>,
-    entity_ids: Vec<Option<String>>,
-    details: Vec<String>,
-    /// `details` as a jsonb value (varlena header first), where it could be assembled.
-    stored: Vec<Option<Vec<u8>>>,
-    bytes: usize,
+    pending: Vec<Pending>,
+    /// Entity ids and details, one after another.
+    text: String,
+    /// Assembled jsonb details, each at a multiple of 4.
+    stored: Vec<u8>,
 }
 
 impl EventSink {
+    /// Adds an event: `details` appends its text to the buffer it is given, `stored` its jsonb
+    /// (returning where that starts) if it can.
     fn add(
         &mut self,
         tenant: [u8; 16],
-        entity_id: Option<String>,
-        details: String,
-        stored: Option<Vec<u8>>,
+        entity_id: Option<&str>,
+        details: impl FnOnce(&mut String),
+        stored: impl FnOnce(&mut Vec<u8>) -> Option<usize>,
     ) {
-        self.bytes += details.len();
-        self.tenants.push(tenant);
-        self.entity_ids.push(entity_id);
-        self.details.push(details);
-        self.stored.push(stored);
-        if self.details.len() >= EVENTS_PER_INSERT || self.bytes >= BYTES_PER_INSERT {
+        let entity_id = entity_id.map(|id| {
+            let start = self.text.len();
+            self.text.push_str(id);
+            start..self.text.len()
+        });
+        let start = self.text.len();
+        details(&mut self.text);
+        let details = start..self.text.len();
+        let stored = stored(&mut self.stored).map(|start| start..self.stored.len());
+        self.pending.push(Pending {
+            tenant,
+            entity_id,
+            details,
+            stored,
+        });
+        if self.pending.len() >= EVENTS_PER_INSERT || self.text.len() >= BYTES_PER_INSERT {
             self.flush();
         }
     }
 
     fn flush(&mut self) {
-        if self.details.is_empty() {
+        if self.pending.is_empty() {
             return;
         }
-        self.bytes = 0;
         if let Some(appender) = self.appender.get_or_insert_with(Appender::open) {
             // Written one tenant after another; the sort is stable, so each tenant's events keep
             // their order, which is their chain order. A statement's events of one tenant then
@@ -434,26 +473,32 @@ impl EventSink {
             // as many events per second for a tenant among ten. It also takes the tenants' chain
             // locks in a fixed order: two such flushes over the same tenants, in transactions that
             // held none of those locks before, cannot deadlock on them.
-            let mut order: Vec<usize> = (0..self.details.len()).collect();
-            order.sort_by_key(|&i| self.tenants[i]);
-            appender.append(order.into_iter().map(|i| NewEvent {
-                tenant: self.tenants[i],
+            let mut order: Vec<&Pending> = self.pending.iter().collect();
+            order.sort_by_key(|p| p.tenant);
+            let (text, stored) = (&self.text, &self.stored);
+            appender.append(order.into_iter().map(|p| NewEvent {
+                tenant: p.tenant,
                 action: self.action,
                 entity_type: &self.entity_type,
-                entity_id: self.entity_ids[i].as_deref(),
-                details: &self.details[i],
-                details_stored: self.stored[i].as_deref(),
+                entity_id: p.entity_id.clone().map(|r| &text[r]),
+                details: &text[p.details.clone()],
+                details_stored: p.stored.clone().map(|r| &stored[r]),
             }));
-            self.tenants.clear();
-            self.entity_ids.clear();
-            self.details.clear();
-            self.stored.clear();
+            self.clear();
             return;
         }
-        self.stored.clear();
-        let tenants: Vec<_> = self.tenants.drain(..).map(pgrx::Uuid::from_bytes).collect();
-        let entity_ids = std::mem::take(&mut self.entity_ids);
-        let details = jsonb_array(&std::mem::take(&mut self.details));
+        let tenants: Vec<_> = self
+            .pending
+            .iter()
+            .map(|p| pgrx::Uuid::from_bytes(p.tenant))
+            .collect();
+        let entity_ids: Vec<Option<String>> = self
+            .pending
+            .iter()
+            .map(|p| p.entity_id.clone().map(|r| self.text[r].to_owned()))
+            .collect();
+        let details = jsonb_array(self.pending.iter().map(|p| &self.text[p.details.clone()]));
+        self.clear();
         // The INSERT writes events of any tenant (row-level security would confine it to the
         // current one), so it runs as the superuser; capture itself runs as the writer.
         let written = crate::tenancy::as_superuser(|| {
@@ -503,14 +548,19 @@ impl EventSink {
     }
 }
 
+impl EventSink {
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.text.clear();
+        self.stored.clear();
+    }
+}
+
 /// The documents as a jsonb[] datum, parsed by custos' JSON-to-jsonb path rather than
 /// `jsonb_in` (a document per changed row makes that cost show).
-fn jsonb_array(documents: &[String]) -> pg_sys::Datum {
-    let mut datums: Vec<pg_sys::Datum> = documents
-        .iter()
-        .map(|d| crate::jsonb::from_json_text(d))
-        .collect();
-    // SAFETY: datums holds documents.len() jsonb datums; jsonb is a 4-aligned varlena.
+fn jsonb_array<'d>(documents: impl Iterator<Item = &'d str>) -> pg_sys::Datum {
+    let mut datums: Vec<pg_sys::Datum> = documents.map(crate::jsonb::from_json_text).collect();
+    // SAFETY: datums holds jsonb datums only; jsonb is a 4-aligned varlena.
     unsafe {
         pg_sys::Datum::from(pg_sys::construct_array(
             datums.as_mut_ptr(),
@@ -550,14 +600,14 @@ impl Groups<'_> {
         group.push(key, old, new, flag);
         if group.rows() >= self.rows_per_event || group.len() >= self.max_bytes {
             let full = std::mem::replace(group, GroupDetails::new(self.table));
-            sink.add(tenant, None, full.finish(), None);
+            sink.add(tenant, None, |out| out.push_str(&full.finish()), |_| None);
         }
     }
 
     fn finish(self, sink: &mut EventSink) {
         for (tenant, group) in self.open {
             if !group.is_empty() {
-                sink.add(tenant, None, group.finish(), None);
+                sink.add(tenant, None, |out| out.push_str(&group.finish()), |_| None);
             }
         }
     }
@@ -569,10 +619,17 @@ struct TransitionScan {
     store: *mut pg_sys::Tuplestorestate,
     pointer: i32,
     slot: *mut pg_sys::TupleTableSlot,
+    /// Whether another scan of the same statement's tables runs alongside (an update reads old
+    /// and new rows in step): then each read selects this scan's pointer again.
+    alongside: bool,
 }
 
 impl TransitionScan {
-    unsafe fn new(store: *mut pg_sys::Tuplestorestate, tupdesc: pg_sys::TupleDesc) -> Self {
+    unsafe fn new(
+        store: *mut pg_sys::Tuplestorestate,
+        tupdesc: pg_sys::TupleDesc,
+        alongside: bool,
+    ) -> Self {
         unsafe {
             let pointer = pg_sys::tuplestore_alloc_read_pointer(store, 0);
             pg_sys::tuplestore_select_read_pointer(store, pointer);
@@ -582,6 +639,7 @@ impl TransitionScan {
                 store,
                 pointer,
                 slot,
+                alongside,
             }
         }
     }
@@ -589,7 +647,9 @@ impl TransitionScan {
     /// The next row, valid until the next call.
     unsafe fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
         unsafe {
-            pg_sys::tuplestore_select_read_pointer(self.store, self.pointer);
+            if self.alongside {
+                pg_sys::tuplestore_select_read_pointer(self.store, self.pointer);
+            }
             pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot).then_some(self.slot)
         }
     }
@@ -649,7 +709,7 @@ fn capture_changes<'a>(
             if store.is_null() {
                 protocol_violation()
             }
-            TransitionScan::new(store, tupdesc)
+            TransitionScan::new(store, tupdesc, change == Change::Update)
         };
         let mut news = (change != Change::Delete).then(|| store_of(td.tg_newtable));
         let mut olds = (change != Change::Insert).then(|| store_of(td.tg_oldtable));
@@ -661,11 +721,9 @@ fn capture_changes<'a>(
             },
             entity_type: entity_type.clone(),
             appender: None,
-            tenants: Vec::new(),
-            entity_ids: Vec::new(),
-            details: Vec::new(),
+            pending: Vec::new(),
+            text: String::new(),
             stored: Vec::new(),
-            bytes: 0,
         };
         let mut groups = (rows_per_event > 1).then(|| Groups {
             table: &table.label,
@@ -684,6 +742,7 @@ fn capture_changes<'a>(
         );
         let mut old = CapturedRow::default();
         let mut new = CapturedRow::default();
+        let (mut rows_in_memory, mut bytes_in_memory) = (0, 0);
         loop {
             // Fetched in the caller's context: a tuple read back from disk belongs to the slot,
             // which frees it on the next fetch. Only the encoding happens in row_memory.
@@ -703,7 +762,15 @@ fn capture_changes<'a>(
                 new.encode(&table, slot);
             }
             pg_sys::MemoryContextSwitchTo(caller_memory);
-            pg_sys::MemoryContextReset(row_memory);
+            // What output functions and detoasting left behind, freed every 64 rows or 1 MB of
+            // row text (a proxy for it) rather than after every row.
+            rows_in_memory += 1;
+            bytes_in_memory += old_slot.map_or(0, |_| old.json.text.len())
+                + new_slot.map_or(0, |_| new.json.text.len());
+            if rows_in_memory == 64 || bytes_in_memory >= 1 << 20 {
+                pg_sys::MemoryContextReset(row_memory);
+                (rows_in_memory, bytes_in_memory) = (0, 0);
+            }
             let old_row = old_slot.is_some().then_some(&old);
             let new_row = new_slot.is_some().then_some(&new);
             record(&table, &mut sink, groups.as_mut(), old_row, new_row);
@@ -784,24 +851,25 @@ fn one_row_event(
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) {
-    let details = changes::row_details(
-        &table.label,
-        old.map(|r| &r.json),
-        new.map(|r| &r.json),
-        changed,
-        flag,
-    );
     // Some(None): no such version; None: a version without its stored form.
     fn object(row: Option<&CapturedRow>) -> Option<Option<&[u8]>> {
         match row {
-            Some(r) => r.object.as_deref().map(Some),
+            Some(r) => r.has_object.then_some(Some(&r.object[..])),
             None => Some(None),
         }
     }
-    let stored = object(old)
-        .zip(object(new))
-        .and_then(|(old, new)| changes::row_details_stored(&table.label, old, new, changed, flag));
-    sink.add(of.tenant, Some(of.key.clone()), details, stored);
+    sink.add(
+        of.tenant,
+        Some(&of.key),
+        |out| {
+            let (old, new) = (old.map(|r| &r.json), new.map(|r| &r.json));
+            changes::row_details_into(out, &table.label, old, new, changed, flag)
+        },
+        |out| {
+            let (old, new) = object(old).zip(object(new))?;
+            changes::row_details_stored_into(out, &table.label, old, new, changed, flag)
+        },
+    );
 }
 
 #[cfg(test)]

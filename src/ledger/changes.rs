@@ -44,23 +44,32 @@ pub fn push_value(value: JsonValue<'_>, out: &mut String) {
     }
 }
 
+/// `"name": `, as a row writes a column's key: escaped once per statement, not once per row.
+pub fn json_key(name: &str) -> String {
+    let mut key = String::with_capacity(name.len() + 4);
+    push_json_string(name, &mut key);
+    key.push_str(": ");
+    key
+}
+
 /// One captured row as a JSON object, with where each column's value sits in the text so two
 /// versions of a row can be compared column by column without parsing. Beside the text, the
 /// values as jsonb stores them, so that the event's jsonb is assembled rather than parsed.
+/// Its buffers are reused from row to row.
 #[derive(Debug, Default, Clone)]
 pub struct RowJson {
     pub text: String,
     values: Vec<Range<usize>>,
-    /// Each value's JEntry type and the end of its bytes in `stored`.
-    stored_values: Vec<(u32, usize)>,
+    /// Each value's JEntry type and where its bytes sit in `stored`.
+    stored_values: Vec<(u32, Range<usize>)>,
     stored: Vec<u8>,
     /// False once a value came without its stored form (then the text is parsed instead).
     has_stored: bool,
 }
 
 impl RowJson {
-    /// Starts a row; `push` each column in order (with `push_stored` or `no_stored` for its
-    /// stored form), then `finish`.
+    /// Starts a row; `push` each column in order (with `push_stored`, `push_stored_numeric`,
+    /// `push_stored_integer` or `no_stored` for its stored form), then `finish`.
     pub fn begin(&mut self) {
         self.text.clear();
         self.values.clear();
@@ -70,51 +79,81 @@ impl RowJson {
         self.text.push('{');
     }
 
-    /// The value just pushed as jsonb stores it: a JEntry type and its bytes (a numeric with
-    /// its 4-byte header; nothing for null and booleans).
+    /// The value just pushed as jsonb stores it: a JEntry type and its bytes (nothing for null
+    /// and booleans).
     pub fn push_stored(&mut self, kind: u32, data: &[u8]) {
+        let start = self.stored.len();
         self.stored.extend_from_slice(data);
-        self.stored_values.push((kind, self.stored.len()));
+        self.stored_values.push((kind, start..self.stored.len()));
+    }
+
+    /// A numeric value, from the numeric's bytes after its varlena header (jsonb stores it with
+    /// a 4-byte header, whatever header it had in the row).
+    pub fn push_stored_numeric(&mut self, body: &[u8]) {
+        let start = self.stored.len();
+        let len = pg_sys::VARHDRSZ + body.len();
+        self.stored
+            .extend_from_slice(&jsonb::varlena_header_4b(len));
+        self.stored.extend_from_slice(body);
+        self.stored_values
+            .push((pg_sys::JENTRY_ISNUMERIC, start..self.stored.len()));
+    }
+
+    /// An integer value, stored as the numeric of the same value.
+    pub fn push_stored_integer(&mut self, value: i64) {
+        let start = self.stored.len();
+        crate::numeric::push_integer(value, &mut self.stored);
+        self.stored_values
+            .push((pg_sys::JENTRY_ISNUMERIC, start..self.stored.len()));
     }
 
     pub fn no_stored(&mut self) {
         self.has_stored = false;
     }
 
-    /// The row as a jsonb object container, its keys `names` (the pushed columns' names, in
-    /// jsonb's key order); None when some value had no stored form.
-    pub fn stored_object<'n>(&self, names: impl Iterator<Item = &'n str>) -> Option<Vec<u8>> {
+    /// The row as a jsonb object container written to `out` (cleared first), its keys `names`
+    /// (the pushed columns' names, in jsonb's key order); false when some value had no stored
+    /// form.
+    pub fn stored_object_into<'n>(
+        &self,
+        names: impl Iterator<Item = &'n str> + Clone,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
         if !self.has_stored || self.stored_values.len() != self.values.len() {
-            return None;
+            return false;
         }
-        let keys: Vec<Child<'_>> = names
-            .map(|n| Child {
-                kind: pg_sys::JENTRY_ISSTRING,
-                data: n.as_bytes(),
-            })
-            .collect();
-        let mut start = 0;
-        let values: Vec<Child<'_>> = self
-            .stored_values
-            .iter()
-            .map(|&(kind, end)| {
-                let child = Child {
-                    kind,
-                    data: &self.stored[start..end],
-                };
-                start = end;
-                child
-            })
-            .collect();
-        jsonb::object(&keys, &values).ok()
+        let keys = names.map(|n| Child {
+            kind: pg_sys::JENTRY_ISSTRING,
+            data: n.as_bytes(),
+        });
+        let values = self.stored_values.iter().map(|(kind, range)| Child {
+            kind: *kind,
+            data: &self.stored[range.clone()],
+        });
+        let n = self.values.len();
+        jsonb::container_into(out, pg_sys::JB_FOBJECT, n, 2 * n, keys.chain(values)).is_ok()
+    }
+
+    /// [`RowJson::stored_object_into`] in a new buffer.
+    pub fn stored_object<'n>(
+        &self,
+        names: impl Iterator<Item = &'n str> + Clone,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.stored_object_into(names, &mut out).then_some(out)
     }
 
     pub fn push(&mut self, column: &str, value: JsonValue<'_>) {
+        self.push_keyed(&json_key(column), value);
+    }
+
+    /// [`RowJson::push`] with the column's key as [`json_key`] writes it.
+    pub fn push_keyed(&mut self, key: &str, value: JsonValue<'_>) {
         if !self.values.is_empty() {
             self.text.push_str(", ");
         }
-        push_json_string(column, &mut self.text);
-        self.text.push_str(": ");
+        self.text.push_str(key);
         let start = self.text.len();
         push_value(value, &mut self.text);
         self.values.push(start..self.text.len());
@@ -177,7 +216,21 @@ pub fn row_details(
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) -> String {
-    let mut out = String::with_capacity(
+    let mut out = String::new();
+    row_details_into(&mut out, table, old, new, changed, flag);
+    out
+}
+
+/// [`row_details`] appended to `out`.
+pub fn row_details_into(
+    out: &mut String,
+    table: &str,
+    old: Option<&RowJson>,
+    new: Option<&RowJson>,
+    changed: Option<&[&str]>,
+    flag: Option<(&str, bool)>,
+) {
+    out.reserve(
         32 + table.len()
             + old.map_or(0, |r| r.text.len() + 9)
             + new.map_or(0, |r| r.text.len() + 9),
@@ -193,22 +246,21 @@ pub fn row_details(
         }
     }
     out.push_str("\"table\": ");
-    push_json_string(table, &mut out);
+    push_json_string(table, out);
     if let Some(changed) = changed {
         out.push_str(", \"changed\": [");
         for (i, column) in changed.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
-            push_json_string(column, &mut out);
+            push_json_string(column, out);
         }
         out.push(']');
     }
     if let Some((name, value)) = flag {
-        push_member(&mut out, name, if value { "true" } else { "false" });
+        push_member(out, name, if value { "true" } else { "false" });
     }
     out.push('}');
-    out
 }
 
 /// [`row_details`] as a jsonb value (varlena header included), from the rows'
@@ -220,6 +272,21 @@ pub fn row_details_stored(
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    row_details_stored_into(&mut out, table, old, new, changed, flag)?;
+    Some(out)
+}
+
+/// [`row_details_stored`] appended to `out` at the next multiple of 4; returns where it starts.
+/// On None `out` is left as it was.
+pub fn row_details_stored_into(
+    out: &mut Vec<u8>,
+    table: &str,
+    old: Option<&[u8]>,
+    new: Option<&[u8]>,
+    changed: Option<&[&str]>,
+    flag: Option<(&str, bool)>,
+) -> Option<usize> {
     fn string(s: &str) -> Child<'_> {
         Child {
             kind: pg_sys::JENTRY_ISSTRING,
@@ -234,23 +301,30 @@ pub fn row_details_stored(
     }
     let changed_array = match changed {
         Some(columns) => {
-            let elements: Vec<Child<'_>> = columns.iter().map(|c| string(c)).collect();
-            let n = elements.len();
-            Some(jsonb::container(pg_sys::JB_FARRAY, n, n, elements.iter()).ok()?)
+            let n = columns.len();
+            let elements = columns.iter().map(|c| string(c));
+            Some(jsonb::container(pg_sys::JB_FARRAY, n, n, elements).ok()?)
         }
         None => None,
     };
-    // jsonb's key order, as row_details writes them.
-    let mut members: Vec<(&str, Child<'_>)> = Vec::with_capacity(5);
+    // jsonb's key order, as row_details writes them; at most five members.
+    let mut names = [""; 5];
+    let mut values = [string(""); 5];
+    let mut n = 0;
+    let mut member = |name, value| {
+        names[n] = name;
+        values[n] = value;
+        n += 1;
+    };
     if let Some(new) = new {
-        members.push(("new", nested(new)));
+        member("new", nested(new));
     }
     if let Some(old) = old {
-        members.push(("old", nested(old)));
+        member("old", nested(old));
     }
-    members.push(("table", string(table)));
+    member("table", string(table));
     if let Some(array) = &changed_array {
-        members.push(("changed", nested(array)));
+        member("changed", nested(array));
     }
     if let Some((name, value)) = flag {
         let kind = if value {
@@ -258,20 +332,13 @@ pub fn row_details_stored(
         } else {
             pg_sys::JENTRY_ISBOOL_FALSE
         };
-        members.push((name, Child { kind, data: &[] }));
+        member(name, Child { kind, data: &[] });
     }
-    let children: Vec<Child<'_>> = members
+    let children = names[..n]
         .iter()
-        .map(|(name, _)| string(name))
-        .chain(members.iter().map(|(_, value)| *value))
-        .collect();
-    jsonb::jsonb_varlena(
-        pg_sys::JB_FOBJECT,
-        members.len(),
-        children.len(),
-        children.iter(),
-    )
-    .ok()
+        .map(|name| string(name))
+        .chain(values[..n].iter().copied());
+    jsonb::jsonb_varlena_into(out, pg_sys::JB_FOBJECT, n, 2 * n, children).ok()
 }
 
 /// `details` of an event holding several rows of one statement and tenant, built a row at a time.

@@ -650,6 +650,43 @@ fn captured_events_of_a_statement_are_written_one_tenant_after_another() {
     assert!(verify(A).0 && verify(B).0);
 }
 
+/// Capture writes the primary key's entries itself when it is custos.events' only index; an index
+/// added to the table is written as well (through the executor's path), and both answer.
+#[pg_test]
+fn captured_events_enter_every_index_of_the_ledger() {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    let insert = |from: i64| {
+        Spi::run(&format!(
+            "INSERT INTO public.orders SELECT g, (ARRAY['{A}', '{B}']::uuid[])[1 + g % 2], 'item', g
+               FROM generate_series({from}, {from} + 99) g"
+        ))
+        .unwrap()
+    };
+    insert(1);
+    Spi::run("CREATE INDEX events_by_entity ON custos.events (tenant_id, entity_id)").unwrap();
+    insert(101);
+    Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
+    let by_key = count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}' AND seq > 0"));
+    let by_entity = count(&format!(
+        "SELECT count(*) FROM custos.events WHERE tenant_id = '{A}' AND entity_id > ''"
+    ));
+    // The index was built from the first 50 events of A; the next 50 entered it as written.
+    assert_eq!((by_key, by_entity), (100, 100));
+    let plan: Vec<String> = Spi::connect(|client| {
+        let query = format!(
+            "EXPLAIN SELECT count(*) FROM custos.events WHERE tenant_id = '{A}' AND entity_id > ''"
+        );
+        client
+            .select(&query, None, &[])
+            .unwrap()
+            .filter_map(|row| row.get::<String>(1).ok().flatten())
+            .collect()
+    });
+    assert!(plan.iter().any(|line| line.contains("events_by_entity")), "{plan:?}");
+    assert!(verify(A).0 && verify(B).0);
+}
+
 #[pg_test]
 fn track_table_records_truncate_per_tenant() {
     let (A, B) = fresh_tenants();
@@ -839,9 +876,10 @@ fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
 fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
     let (A, B) = fresh_tenants();
     Spi::run(&format!(
-        "CREATE TABLE public.typed (id int8 PRIMARY KEY, tenant_id uuid, small int2, mid int4, num numeric(20, 4),
+        "CREATE DOMAIN public.moment AS timestamptz;
+         CREATE TABLE public.typed (id int8 PRIMARY KEY, tenant_id uuid, small int2, mid int4, num numeric(20, 4),
                                     big numeric, flag bool, note text, code varchar(10), day date, at timestamptz,
-                                    ref uuid, tags text[], \"Odd \"\"name\"\"\" text);
+                                    ref uuid, tags text[], \"Odd \"\"name\"\"\" text, stamp public.moment, huge int8);
          CREATE TABLE public.loose (id int PRIMARY KEY, tenant_id uuid, ratio float8, meta jsonb, doc json);
          SELECT custos.track_table('public.typed');
          SELECT custos.track_table('public.loose');
@@ -851,7 +889,10 @@ fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
                            WHEN 3 THEN 1e-30 ELSE power(10::numeric, g) END,
                 g % 3 = 0, CASE WHEN g % 2 = 0 THEN E'q\"b\\\\t\\tn\\nc\\x01 é ☃ 😀 ' || g END,
                 'c' || g, date '2026-01-01' + g, timestamptz '2026-01-01 00:00:00.123456+00' + g * interval '1 hour',
-                gen_random_uuid(), ARRAY['a', 'b \"' || g], g::text
+                gen_random_uuid(), ARRAY['a', 'b \"' || g], g::text,
+                CASE WHEN g % 3 = 0 THEN timestamptz '2026-03-01 10:00+00' ELSE timestamptz '2026-03-02 11:30:00.5+00' END,
+                CASE g % 4 WHEN 0 THEN -9223372036854775808 WHEN 1 THEN 9223372036854775807 WHEN 2 THEN 0
+                           ELSE (g - 20) * 100000000 END
            FROM generate_series(1, 40) g;
          UPDATE public.typed SET note = 'changed', num = num + 1 WHERE id % 3 = 0;
          UPDATE public.typed SET id = id + 100 WHERE id IN (1, 2);
@@ -866,6 +907,15 @@ fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
             AND tests.jsonb_test_bytes(details) IS DISTINCT FROM tests.jsonb_test_bytes(details::text::jsonb)"
     ));
     assert_eq!(differ, 0);
+    // Rows sharing a timestamp print it once (remembered from row to row): each row still gets
+    // its own, a domain over timestamptz included.
+    let misdated = count(&format!(
+        "SELECT count(*) FROM custos.events WHERE tenant_id IN ('{A}', '{B}') AND entity_type = 'public.typed'
+            AND action = 'insert' AND (details->'new'->>'stamp')::timestamptz
+                <> CASE WHEN (details->'new'->>'id')::int % 3 = 0 THEN timestamptz '2026-03-01 10:00+00'
+                        ELSE timestamptz '2026-03-02 11:30:00.5+00' END"
+    ));
+    assert_eq!(misdated, 0);
     let recorded = count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id IN ('{A}', '{B}') AND entity_type IN ('public.typed', 'public.loose')"));
     // 40 inserts, 13 updates, 2 key changes and 1 tenant change (two events each), 5 deletes, 3 inserts.
     assert_eq!(recorded, 40 + 13 + 4 + 2 + 5 + 3);

@@ -68,10 +68,8 @@ pub fn cached(tenant: &TenantKey) -> Option<Head> {
     STATE.with(|s| s.borrow().heads.get(tenant).copied())
 }
 
-/// Records the new head after an event was chained.
-pub fn advance(tenant: &TenantKey, head: Head) {
-    // SAFETY: plain read of the current subtransaction id, backend thread.
-    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+/// Records the new head after an event was chained in subtransaction `subid` (the current one).
+pub fn advance(subid: pg_sys::SubTransactionId, tenant: &TenantKey, head: Head) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         // The top level needs no undo: a transaction abort forgets everything anyway.

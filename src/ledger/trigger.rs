@@ -3,7 +3,7 @@
 //! the new row once and forms the result once; pgrx's per-field setters would copy the row for
 //! every field.
 
-use super::chain::{event_hash, genesis_hash, HASH_LEN};
+use super::chain::{event_hash, genesis_hash, EventFields, HASH_LEN};
 use super::event_id::event_id;
 use super::head::{self, Head};
 use super::protect;
@@ -37,9 +37,15 @@ pub struct Caller {
     role_datum: OnceCell<Option<pg_sys::Datum>>,
     actor_datum: OnceCell<Option<pg_sys::Datum>>,
     info_datum: OnceCell<Option<pg_sys::Datum>>,
+    /// `recorded_at` of the events written in this call (a batch shares one).
+    recorded_at: OnceCell<pg_sys::TimestampTz>,
+    txid: OnceCell<i64>,
+    subtransaction: OnceCell<pg_sys::SubTransactionId>,
 }
 
 impl Caller {
+    /// The writer of the events of one call: a row of the trigger, or a batch of appends (no
+    /// subtransaction begins or ends within either).
     pub fn current() -> Caller {
         Caller {
             role: current_role_name(),
@@ -47,6 +53,9 @@ impl Caller {
             role_datum: OnceCell::new(),
             actor_datum: OnceCell::new(),
             info_datum: OnceCell::new(),
+            recorded_at: OnceCell::new(),
+            txid: OnceCell::new(),
+            subtransaction: OnceCell::new(),
         }
     }
 
@@ -145,18 +154,13 @@ pub fn check_event(fields: &super::chain::EventFields<'_>) {
 
 /// `details` must be a JSON object (checked on the stored jsonb, without printing it).
 fn check_details(details: crate::jsonb::Doc) {
-    let Some(object) = details.object() else {
-        check_failed(
+    match details.find_top_level_string(envelope::looks_sealed) {
+        Err(_) => check_failed(
             "custos.events.details must be a JSON object".into(),
             "wrap values in an object: {\"value\": ...}",
-        );
-    };
-    if let Some((key, _)) = object
-        .top_level_strings(envelope::looks_sealed)
-        .into_iter()
-        .next()
-    {
-        looks_sealed_failed(&format!("details.{key}"));
+        ),
+        Ok(Some(key)) => looks_sealed_failed(&format!("details.{}", String::from_utf8_lossy(key))),
+        Ok(None) => {}
     }
 }
 
@@ -207,8 +211,46 @@ unsafe fn chain_row<'a>(
     unsafe {
         let tupdesc = (*rel).rd_att;
         let mut row = Row::deform(tuple, tupdesc);
-        chain_event(rel, &Columns::of(rel), &Caller::current(), &mut row, None);
+        let mut made = Made::default();
+        chain_event(
+            rel,
+            &Columns::of(rel),
+            &Caller::current(),
+            &mut row,
+            None,
+            &mut made,
+        );
         row.form(tupdesc, "event")
+    }
+}
+
+/// The values [`chain_event`] assigns that are not stored in the row's datums themselves: the
+/// row points into this, so it must live until the row is formed. Kept by the caller and reused
+/// from event to event instead of a palloc per value.
+#[derive(Default)]
+pub struct Made {
+    id: [u8; 16],
+    prev_hash: HashDatum,
+    hash: HashDatum,
+}
+
+/// A bytea datum of one hash: a 4-byte varlena header, then the hash.
+#[repr(C, align(4))]
+struct HashDatum([u8; pg_sys::VARHDRSZ + HASH_LEN]);
+
+impl Default for HashDatum {
+    fn default() -> Self {
+        HashDatum([0; pg_sys::VARHDRSZ + HASH_LEN])
+    }
+}
+
+impl HashDatum {
+    fn set(&mut self, hash: &[u8; HASH_LEN]) -> pg_sys::Datum {
+        self.0[..pg_sys::VARHDRSZ].copy_from_slice(&crate::jsonb::varlena_header_4b(
+            pg_sys::VARHDRSZ + HASH_LEN,
+        ));
+        self.0[pg_sys::VARHDRSZ..].copy_from_slice(hash);
+        pg_sys::Datum::from(self.0.as_mut_ptr())
     }
 }
 
@@ -219,13 +261,14 @@ unsafe fn chain_row<'a>(
 /// # Safety
 /// `rel` must be the open `custos.events` and `c` its columns; `row` must hold valid datums for
 /// them. `printed_details`, when given, must be exactly what jsonb prints for the details datum.
-/// The datums made here are allocated in the current memory context.
+/// The datums made here point into `made` or are allocated in the current memory context.
 pub unsafe fn chain_event(
     rel: pg_sys::Relation,
     c: &Columns,
     caller: &Caller,
     row: &mut Row,
     printed_details: Option<&[u8]>,
+    made: &mut Made,
 ) {
     unsafe {
         for (i, name) in [
@@ -259,7 +302,9 @@ pub unsafe fn chain_event(
                 "every event needs an entity_type, such as 'user' or 'invoice'",
             );
         }
-        let recorded_at = pg_sys::GetCurrentTimestamp();
+        let recorded_at = *caller
+            .recorded_at
+            .get_or_init(|| pg_sys::GetCurrentTimestamp());
         row.set(c.recorded_at, Some(pg_sys::Datum::from(recorded_at)));
         if row.nulls[c.occurred_at] {
             row.set(c.occurred_at, Some(pg_sys::Datum::from(recorded_at)));
@@ -274,12 +319,10 @@ pub unsafe fn chain_event(
             .role_datum
             .get_or_init(|| caller.role.as_str().into_datum());
         row.set(c.db_role, *role);
-        row.set(
-            c.txid,
-            Some(pg_sys::Datum::from(
-                pg_sys::GetTopFullTransactionId().value as i64,
-            )),
-        );
+        let txid = *caller
+            .txid
+            .get_or_init(|| pg_sys::GetTopFullTransactionId().value as i64);
+        row.set(c.txid, Some(pg_sys::Datum::from(txid)));
         if row.nulls[c.severity] {
             row.set(
                 c.severity,
@@ -299,7 +342,8 @@ pub unsafe fn chain_event(
         let mut placeholder_id = [0u8; 16];
         row.set(c.id, Some(pg_sys::Datum::from(placeholder_id.as_mut_ptr())));
         normalise_ip(c, row);
-        check_event(&event_fields_with_details(c, &row.values, &row.nulls, b""));
+        let given = event_fields_with_details(c, &row.values, &row.nulls, b"");
+        check_event(&given);
         check_details(crate::jsonb::Doc::of(row.values[c.details]));
 
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
@@ -314,12 +358,12 @@ pub unsafe fn chain_event(
             }
         };
         let seq = prev.seq + 1;
-        let id = event_id(seq, crate::crypto::keys::random_bytes::<16>());
+        made.id = event_id(seq, crate::crypto::keys::random_bytes::<16>());
         row.set(c.seq, Some(pg_sys::Datum::from(seq)));
-        row.set(c.id, pgrx::Uuid::from_bytes(id).into_datum());
+        row.set(c.id, Some(pg_sys::Datum::from(made.id.as_mut_ptr())));
         // Sealing binds each value to the event id, so it comes after the id is known.
         let given_details = row.values[c.details];
-        seal_row(c, row);
+        let sealed = seal_row(c, row);
         // The hash covers details as jsonb prints them, as stored (sealed values included):
         // printed here once, unless the writer already has that text and sealing changed nothing.
         let details_text = match printed_details {
@@ -337,9 +381,24 @@ pub unsafe fn chain_event(
                 Some("store large documents elsewhere and reference them from details"),
             );
         }
-        let fields = event_fields_with_details(c, &row.values, &row.nulls, details_text);
+        // Read back from the row only if sealing changed it; else the fields checked above, with
+        // what was assigned since.
+        let fields = if sealed {
+            event_fields_with_details(c, &row.values, &row.nulls, details_text)
+        } else {
+            EventFields {
+                seq,
+                id: made.id,
+                details: details_text,
+                ..given
+            }
+        };
         let hash = event_hash(&prev.hash, &fields);
+        let subtransaction = *caller
+            .subtransaction
+            .get_or_init(|| pg_sys::GetCurrentSubTransactionId());
         head::advance(
+            subtransaction,
             &tenant,
             Head {
                 seq: fields.seq,
@@ -347,8 +406,8 @@ pub unsafe fn chain_event(
             },
         );
 
-        row.set(c.prev_hash, (&prev.hash[..HASH_LEN]).into_datum());
-        row.set(c.hash, (&hash[..]).into_datum());
+        row.set(c.prev_hash, Some(made.prev_hash.set(&prev.hash)));
+        row.set(c.hash, Some(made.hash.set(&hash)));
     }
 }
 
@@ -404,13 +463,13 @@ unsafe fn normalise_ip(c: &Columns, row: &mut Row) {
 
 /// When the tenant's policy says so, replaces the actor by the subject's pseudonym and seals
 /// ip_address, user_agent and the configured details keys with the subject's key, before the row
-/// is hashed.
-unsafe fn seal_row(c: &Columns, row: &mut Row) {
+/// is hashed. Whether the tenant seals events (then the row may have changed).
+unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
     unsafe {
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
         let policy = protect::policy(&tenant);
         if !policy.encrypt {
-            return;
+            return false;
         }
         // Borrowed from the row's datums (stored text is valid UTF-8, so nothing is copied).
         let text =
@@ -443,6 +502,7 @@ unsafe fn seal_row(c: &Columns, row: &mut Row) {
                 .collect();
             row.set(c.details, Some(details.with_values(&replace)));
         }
+        true
     }
 }
 

@@ -275,7 +275,9 @@ pub(crate) fn invalidate_caches() {
 }
 
 /// Per-tenant values (settings) kept across transactions until custos' caches are invalidated.
-pub(crate) struct TenantCache<P>(std::cell::RefCell<std::collections::HashMap<[u8; 16], (u64, P)>>);
+/// Looked up for every event: FxHash, as for chain heads (a writer choosing tenant ids to collide
+/// could only slow itself).
+pub(crate) struct TenantCache<P>(std::cell::RefCell<rustc_hash::FxHashMap<[u8; 16], (u64, P)>>);
 
 impl<P: Clone> TenantCache<P> {
     pub(crate) fn new() -> Self {
