@@ -158,21 +158,9 @@ pub fn container<'c>(
     Ok(out)
 }
 
-/// A whole jsonb value (varlena header, then the container) laid out by [`container`], to be
-/// used as a datum in place.
-pub fn jsonb_varlena<'c>(
-    kind: u32,
-    count: usize,
-    entries: usize,
-    children: impl Iterator<Item = Child<'c>> + Clone,
-) -> Result<Vec<u8>, Malformed> {
-    let mut out = Vec::new();
-    jsonb_varlena_into(&mut out, kind, count, entries, children)?;
-    Ok(out)
-}
-
-/// [`jsonb_varlena`] appended to `out` at the next multiple of 4 (a jsonb datum is 4-aligned
-/// when `out`'s buffer is); returns where it starts. On error `out` is left as it was.
+/// A whole jsonb value (varlena header, then the container laid out by [`container`]), to be
+/// used as a datum in place, appended to `out` at the next multiple of 4 (a jsonb datum is
+/// 4-aligned when `out`'s buffer is); returns where it starts. On error `out` is left as it was.
 pub fn jsonb_varlena_into<'c>(
     out: &mut Vec<u8>,
     kind: u32,
