@@ -1061,9 +1061,9 @@ fn capture_inserts_through_the_executor_when_the_ledger_has_other_insert_trigger
     Spi::run("LOCK TABLE custos.events IN SHARE ROW EXCLUSIVE MODE").unwrap();
     let (A, B) = fresh_tenants();
     Spi::run(&format!(
-        "CREATE TABLE public.events_seen (tenant_id uuid, seq bigint);
+        "CREATE TABLE public.events_seen (n bigserial, tenant_id uuid, seq bigint);
          CREATE FUNCTION public.note_event() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN INSERT INTO public.events_seen VALUES (NEW.tenant_id, NEW.seq); RETURN NULL; END $$;
+             $$ BEGIN INSERT INTO public.events_seen (tenant_id, seq) VALUES (NEW.tenant_id, NEW.seq); RETURN NULL; END $$;
          CREATE TABLE public.captured_docs (id int PRIMARY KEY, tenant_id uuid, v int);
          SELECT custos.track_table('public.captured_docs');
          INSERT INTO public.captured_docs (id, tenant_id) SELECT g, CASE WHEN g % 3 = 0 THEN '{B}'::uuid ELSE '{A}' END
@@ -1085,6 +1085,12 @@ fn capture_inserts_through_the_executor_when_the_ledger_has_other_insert_trigger
     assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'")), 1667 + 14);
     assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{B}'")), 833 + 6);
     assert_eq!(count("SELECT count(*) FROM public.events_seen"), 20, "only the events written after the trigger existed");
+    // Rows of A and B alternate in the statement; the INSERT writes them one tenant after another.
+    assert_eq!(
+        count("SELECT count(*) FILTER (WHERE switched) FROM
+                 (SELECT tenant_id <> lag(tenant_id) OVER (ORDER BY n) AS switched FROM public.events_seen) s"),
+        1
+    );
     assert_eq!(
         count(&format!("SELECT min(seq) FROM public.events_seen WHERE tenant_id = '{A}'")),
         1668,
