@@ -15,8 +15,8 @@ use crate::gucs;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, PgSqlErrorCode};
+use rustc_hash::FxHashMap;
 use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::ops::Range;
 
@@ -337,12 +337,19 @@ impl CapturedRow {
                                         std::ptr::null(),
                                     );
                                     let text = cstr_str(iso, &mut scratch);
-                                    match bits {
-                                        Some(bits) => {
-                                            let memo = memo.insert((bits, text.to_owned()));
-                                            JsonValue::Text(&memo.1)
+                                    match (bits, memo) {
+                                        // The remembered text's buffer is reused: rows with
+                                        // distinct times allocate nothing more.
+                                        (Some(bits), Some((last, remembered))) => {
+                                            *last = bits;
+                                            remembered.clear();
+                                            remembered.push_str(text);
+                                            JsonValue::Text(remembered)
                                         }
-                                        None => JsonValue::Text(text),
+                                        (Some(bits), memo) => {
+                                            JsonValue::Text(&memo.insert((bits, text.to_owned())).1)
+                                        }
+                                        (None, _) => JsonValue::Text(text),
                                     }
                                 }
                             }
@@ -577,7 +584,7 @@ struct Groups<'t> {
     table: &'t str,
     rows_per_event: usize,
     max_bytes: usize,
-    index: HashMap<[u8; 16], usize>,
+    index: FxHashMap<[u8; 16], usize>,
     open: Vec<([u8; 16], GroupDetails)>,
 }
 
@@ -728,7 +735,7 @@ fn capture_changes<'a>(
             table: &table.label,
             rows_per_event,
             max_bytes: (gucs::MAX_DETAILS_BYTES.get().max(0) as usize) / 4 * 3,
-            index: HashMap::new(),
+            index: FxHashMap::default(),
             open: Vec::new(),
         });
 
