@@ -182,40 +182,159 @@ pub fn jsonb_varlena_into<'c>(
 
 /// [`container`] appended to `out`. Numerics and containers are aligned relative to the data
 /// start, as PostgreSQL aligns them (their absolute alignment follows when the container does).
+/// On error `out` is left as it was.
 pub fn container_into<'c>(
     out: &mut Vec<u8>,
     kind: u32,
     count: usize,
     entries: usize,
-    children: impl Iterator<Item = Child<'c>> + Clone,
+    children: impl Iterator<Item = Child<'c>>,
 ) -> Result<(), Malformed> {
-    let base = out.len();
-    let data_start = base + HEADER_LEN + entries * ENTRY_LEN;
-    let data_len: usize = children.clone().map(|c| c.data.len() + 3).sum();
-    out.reserve(data_start - base + data_len);
-    out.resize(data_start, 0);
-    out[base..base + 4].copy_from_slice(&(count as u32 | kind).to_ne_bytes());
-    let mut end = 0usize;
-    for (i, child) in children.enumerate() {
-        let start = end;
-        if child.is_aligned_kind() {
-            out.resize(data_start + int_align(start), 0);
+    let mut writer = ContainerWriter::begin(out, kind, count, entries);
+    for child in children {
+        writer.push(out, child)?;
+    }
+    writer.finish(out)
+}
+
+/// A container being appended to a buffer, one child after another: its header and JEntries
+/// are filled in as the children's data is written after them.
+pub struct ContainerWriter {
+    base: usize,
+    data_start: usize,
+    entries: usize,
+    next: usize,
+    /// The end of the data written so far, from the data start.
+    end: usize,
+}
+
+impl ContainerWriter {
+    /// Starts a container of `count` members and `entries` JEntries at the end of `out`.
+    pub fn begin(out: &mut Vec<u8>, kind: u32, count: usize, entries: usize) -> Self {
+        let base = out.len();
+        let data_start = base + HEADER_LEN + entries * ENTRY_LEN;
+        out.resize(data_start, 0);
+        out[base..base + HEADER_LEN].copy_from_slice(&(count as u32 | kind).to_ne_bytes());
+        ContainerWriter {
+            base,
+            data_start,
+            entries,
+            next: 0,
+            end: 0,
         }
-        out.extend_from_slice(child.data);
-        end = out.len() - data_start;
-        if end > pg_sys::JENTRY_OFFLENMASK as usize {
-            out.truncate(base);
+    }
+
+    /// The next child, copied.
+    pub fn push(&mut self, out: &mut Vec<u8>, child: Child<'_>) -> Result<(), Malformed> {
+        self.push_written(out, child.kind, |out| {
+            out.extend_from_slice(child.data);
+            Ok(())
+        })
+    }
+
+    /// The next child, of JEntry type `kind`, its data appended to `out` by `write`.
+    pub fn push_written(
+        &mut self,
+        out: &mut Vec<u8>,
+        kind: u32,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), Malformed>,
+    ) -> Result<(), Malformed> {
+        let written = (|| {
+            if self.next == self.entries {
+                return Err(Malformed);
+            }
+            let start = self.end;
+            if kind == pg_sys::JENTRY_ISNUMERIC || kind == pg_sys::JENTRY_ISCONTAINER {
+                out.resize(self.data_start + int_align(start), 0);
+            }
+            write(out)?;
+            let end = out.len() - self.data_start;
+            if end > pg_sys::JENTRY_OFFLENMASK as usize {
+                return Err(Malformed);
+            }
+            let entry = if self.next.is_multiple_of(pg_sys::JB_OFFSET_STRIDE as usize) {
+                kind | end as u32 | pg_sys::JENTRY_HAS_OFF
+            } else {
+                kind | (end - start) as u32
+            };
+            let at = self.base + HEADER_LEN + self.next * ENTRY_LEN;
+            out[at..at + ENTRY_LEN].copy_from_slice(&entry.to_ne_bytes());
+            self.next += 1;
+            self.end = end;
+            Ok(())
+        })();
+        if written.is_err() {
+            out.truncate(self.base);
+        }
+        written
+    }
+
+    /// Ends the container; every JEntry must have been written.
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<(), Malformed> {
+        if self.next != self.entries {
+            out.truncate(self.base);
             return Err(Malformed);
         }
-        let entry = if i % pg_sys::JB_OFFSET_STRIDE as usize == 0 {
-            child.kind | end as u32 | pg_sys::JENTRY_HAS_OFF
-        } else {
-            child.kind | (end - start) as u32
-        };
-        let at = base + HEADER_LEN + i * ENTRY_LEN;
-        out[at..at + ENTRY_LEN].copy_from_slice(&entry.to_ne_bytes());
+        Ok(())
     }
-    Ok(())
+}
+
+/// The keys of objects that share them, laid out once (header, key JEntries, key bytes): each
+/// object is then written with its values only. Capture writes one per changed row.
+pub struct ObjectLayout {
+    count: usize,
+    /// The container as it starts: header, key JEntries, zeroed value JEntries, key bytes.
+    start: Vec<u8>,
+}
+
+impl ObjectLayout {
+    /// `keys` in jsonb's order (shorter first, then bytewise), without duplicates.
+    pub fn new<'k>(keys: impl ExactSizeIterator<Item = &'k [u8]>) -> Result<Self, Malformed> {
+        let count = keys.len();
+        let mut start = Vec::new();
+        let mut writer = ContainerWriter::begin(&mut start, pg_sys::JB_FOBJECT, count, 2 * count);
+        for key in keys {
+            writer.push(
+                &mut start,
+                Child {
+                    kind: pg_sys::JENTRY_ISSTRING,
+                    data: key,
+                },
+            )?;
+        }
+        Ok(ObjectLayout { count, start })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends the object with `values`, one per key in the keys' order. On error `out` is left
+    /// as it was.
+    pub fn write<'v>(
+        &self,
+        out: &mut Vec<u8>,
+        values: impl Iterator<Item = Child<'v>>,
+    ) -> Result<(), Malformed> {
+        let base = out.len();
+        out.extend_from_slice(&self.start);
+        let data_start = base + HEADER_LEN + 2 * self.count * ENTRY_LEN;
+        let mut writer = ContainerWriter {
+            base,
+            data_start,
+            entries: 2 * self.count,
+            next: self.count,
+            end: out.len() - data_start,
+        };
+        for value in values {
+            writer.push(out, value)?;
+        }
+        writer.finish(out)
+    }
 }
 
 fn malformed() -> ! {
@@ -912,6 +1031,44 @@ mod unit {
             // SAFETY: a 4-aligned, 4-byte buffer.
             unsafe { pgrx::varlena::set_varsize_4b(aligned.as_mut_ptr().cast(), len as i32) };
             assert_eq!(aligned[0].to_ne_bytes(), varlena_header_4b(len), "{len}");
+        }
+    }
+
+    #[test]
+    fn laid_out_objects_are_the_objects_object_makes() {
+        let numeric = [9u8, 0, 0, 0, 1, 2];
+        for n in [0usize, 1, 5, 31, 32, 33, 40] {
+            let names: Vec<String> = (0..n).map(|i| format!("k{i:02}")).collect();
+            let keys: Vec<_> = names.iter().map(|k| string(k)).collect();
+            let values: Vec<_> = (0..n)
+                .map(|i| match i % 3 {
+                    0 => string(&names[i][..1 + i % 3]),
+                    1 => Child {
+                        kind: pg_sys::JENTRY_ISNUMERIC,
+                        data: &numeric,
+                    },
+                    _ => Child {
+                        kind: pg_sys::JENTRY_ISNULL,
+                        data: &[],
+                    },
+                })
+                .collect();
+            let layout = ObjectLayout::new(names.iter().map(String::as_bytes)).unwrap();
+            assert_eq!(layout.len(), n);
+            // Written after other bytes, as in a buffer of several documents.
+            let mut out = vec![7u8; 4];
+            layout.write(&mut out, values.iter().copied()).unwrap();
+            assert_eq!(out[4..], object(&keys, &values).unwrap()[..], "{n} keys");
+            // One value too few or too many leaves the buffer as it was.
+            if n > 0 {
+                let mut out = vec![7u8; 4];
+                assert!(layout.write(&mut out, values[1..].iter().copied()).is_err());
+                assert_eq!(out, [7u8; 4]);
+            }
+            let mut out = vec![7u8; 4];
+            let extra = values.iter().copied().chain([string("x")]);
+            assert!(layout.write(&mut out, extra).is_err());
+            assert_eq!(out, [7u8; 4]);
         }
     }
 

@@ -12,6 +12,7 @@ use super::changes::{self, GroupDetails, JsonValue, RowJson};
 use super::row::bytes_of;
 use crate::error::raise;
 use crate::gucs;
+use crate::jsonb::ObjectLayout;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -125,17 +126,12 @@ struct Table {
     json_order: Vec<usize>,
     /// Where each column's value sits in a row's JSON (the inverse of `json_order`).
     json_position: Vec<usize>,
-    /// Whether rows are also assembled as jsonb: for one-row events (grouped ones are parsed),
-    /// in a UTF-8 database, where the values' text is what jsonb stores.
-    assemble_jsonb: bool,
-}
-
-impl Table {
-    fn json_names(&self) -> impl Iterator<Item = &str> + Clone {
-        self.json_order
-            .iter()
-            .map(|&i| self.columns[i].name.as_str())
-    }
+    /// The label as a JSON string.
+    label_json: String,
+    /// How a row's jsonb object is laid out, when rows are also assembled as jsonb: for one-row
+    /// events (grouped ones are parsed), in a UTF-8 database, where the values' text is what
+    /// jsonb stores.
+    layout: Option<ObjectLayout>,
 }
 
 impl Table {
@@ -164,10 +160,9 @@ impl Table {
                 pg_sys::getTypeOutputInfo((*attr).atttypid, &mut output_fn, &mut varlena);
                 let mut output = pg_sys::FmgrInfo::default();
                 pg_sys::fmgr_info(output_fn, &mut output);
-                let name = cstr_text((*attr).attname.data.as_ptr());
                 columns.push(Column {
-                    json_key: changes::json_key(&name),
-                    name,
+                    name: cstr_text((*attr).attname.data.as_ptr()),
+                    json_key: String::new(),
                     attr: i,
                     typid: (*attr).atttypid,
                     base: pg_sys::getBaseType((*attr).atttypid),
@@ -204,16 +199,26 @@ impl Table {
             let mut json_position = vec![0; columns.len()];
             for (position, &column) in json_order.iter().enumerate() {
                 json_position[column] = position;
+                columns[column].json_key = changes::json_key(&columns[column].name, position == 0);
             }
+            let assemble_jsonb = rows_per_event == 1
+                && pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32;
+            let layout = if assemble_jsonb {
+                ObjectLayout::new(json_order.iter().map(|&i| columns[i].name.as_bytes())).ok()
+            } else {
+                None
+            };
+            let mut label_json = String::new();
+            changes::push_json_string(&label, &mut label_json);
             Table {
                 label,
+                label_json,
+                layout,
                 columns,
                 tenant,
                 key,
                 json_order,
                 json_position,
-                assemble_jsonb: rows_per_event == 1
-                    && pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32,
             }
         }
     }
@@ -231,9 +236,6 @@ unsafe fn cstr_text(ptr: *const std::ffi::c_char) -> String {
 #[derive(Default)]
 struct CapturedRow {
     json: RowJson,
-    /// The row as a jsonb object container, when `has_object` (every value had its stored form).
-    object: Vec<u8>,
-    has_object: bool,
     /// Room for a value's text, reused from column to column.
     scratch: String,
     /// Per column, the last date/time datum printed and its text: a statement's rows often share
@@ -254,7 +256,9 @@ unsafe fn push_stored(
 ) {
     match (value, column.encoding) {
         (JsonValue::Null, _) => row.push_stored(pg_sys::JENTRY_ISNULL, &[]),
-        (JsonValue::Text(text), _) => row.push_stored(pg_sys::JENTRY_ISSTRING, text.as_bytes()),
+        (JsonValue::Text(text) | JsonValue::Plain(text), _) => {
+            row.push_stored(pg_sys::JENTRY_ISSTRING, text.as_bytes())
+        }
         (JsonValue::Raw(_), Encoding::Bool) => {
             let kind = if datum.value() != 0 {
                 pg_sys::JENTRY_ISBOOL_TRUE
@@ -318,7 +322,7 @@ impl CapturedRow {
                         }
                         Encoding::Uuid => {
                             push_uuid(&*datum.cast_mut_ptr::<[u8; 16]>(), &mut scratch);
-                            JsonValue::Text(&scratch)
+                            JsonValue::Plain(&scratch)
                         }
                         Encoding::PlainText => {
                             JsonValue::Text(utf8_or_lossy(bytes_of(datum), &mut scratch))
@@ -380,12 +384,14 @@ impl CapturedRow {
                     }
                 };
                 if single_key == Some(index) {
-                    if let JsonValue::Raw(text) | JsonValue::Text(text) = value {
+                    if let JsonValue::Raw(text) | JsonValue::Text(text) | JsonValue::Plain(text) =
+                        value
+                    {
                         self.key.push_str(text);
                     }
                 }
                 self.json.push_keyed(&column.json_key, value);
-                if table.assemble_jsonb {
+                if table.layout.is_some() {
                     push_stored(&mut self.json, column, datum, value);
                 } else {
                     self.json.no_stored();
@@ -393,9 +399,6 @@ impl CapturedRow {
                 self.scratch = scratch;
             }
             self.json.finish();
-            self.has_object = self
-                .json
-                .stored_object_into(table.json_names(), &mut self.object);
             if single_key.is_none() {
                 let positions: Vec<usize> =
                     table.key.iter().map(|&k| table.json_position[k]).collect();
@@ -857,23 +860,14 @@ fn one_row_event(
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) {
-    // Some(None): no such version; None: a version without its stored form.
-    fn object(row: Option<&CapturedRow>) -> Option<Option<&[u8]>> {
-        match row {
-            Some(r) => r.has_object.then_some(Some(&r.object[..])),
-            None => Some(None),
-        }
-    }
+    let (old, new) = (old.map(|r| &r.json), new.map(|r| &r.json));
     sink.add(
         of.tenant,
         Some(&of.key),
+        |out| changes::row_details_into(out, &table.label_json, old, new, changed, flag),
         |out| {
-            let (old, new) = (old.map(|r| &r.json), new.map(|r| &r.json));
-            changes::row_details_into(out, &table.label, old, new, changed, flag)
-        },
-        |out| {
-            let (old, new) = object(old).zip(object(new))?;
-            changes::row_details_stored_into(out, &table.label, old, new, changed, flag)
+            let layout = table.layout.as_ref()?;
+            changes::row_details_stored_into(out, layout, &table.label, old, new, changed, flag)
         },
     );
 }

@@ -11,8 +11,8 @@
 //! - grouped: `{"table": T, "rows": [{"key": K, "old": {...}, "new": {...}, "key_changed": b}, ...]}`,
 //!   a moved row again as two items.
 
-use super::chain::push_json_string;
-use crate::jsonb::{self, Child};
+pub(crate) use super::chain::push_json_string;
+use crate::jsonb::{self, Child, ContainerWriter, ObjectLayout};
 use pgrx::pg_sys;
 use std::ops::Range;
 
@@ -24,6 +24,8 @@ pub enum JsonValue<'a> {
     Raw(&'a str),
     /// Anything else, as a JSON string.
     Text(&'a str),
+    /// A JSON string whose characters need no escaping (a uuid's text, as custos prints it).
+    Plain(&'a str),
 }
 
 /// Numbers go into JSON as they print, except NaN and the infinities, which JSON cannot hold.
@@ -41,12 +43,21 @@ pub fn push_value(value: JsonValue<'_>, out: &mut String) {
         JsonValue::Null => out.push_str("null"),
         JsonValue::Raw(text) => out.push_str(text),
         JsonValue::Text(text) => push_json_string(text, out),
+        JsonValue::Plain(text) => {
+            out.push('"');
+            out.push_str(text);
+            out.push('"');
+        }
     }
 }
 
-/// `"name": `, as a row writes a column's key: escaped once per statement, not once per row.
-pub fn json_key(name: &str) -> String {
-    let mut key = String::with_capacity(name.len() + 4);
+/// `"name": `, as a row writes a column's key (`, "name": ` after the first): escaped once per
+/// statement, not once per row.
+pub fn json_key(name: &str, first: bool) -> String {
+    let mut key = String::with_capacity(name.len() + 6);
+    if !first {
+        key.push_str(", ");
+    }
     push_json_string(name, &mut key);
     key.push_str(": ");
     key
@@ -111,48 +122,23 @@ impl RowJson {
         self.has_stored = false;
     }
 
-    /// The row as a jsonb object container written to `out` (cleared first), its keys `names`
-    /// (the pushed columns' names, in jsonb's key order); false when some value had no stored
-    /// form.
-    pub fn stored_object_into<'n>(
-        &self,
-        names: impl Iterator<Item = &'n str> + Clone,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        out.clear();
-        if !self.has_stored || self.stored_values.len() != self.values.len() {
-            return false;
-        }
-        let keys = names.map(|n| Child {
-            kind: pg_sys::JENTRY_ISSTRING,
-            data: n.as_bytes(),
-        });
-        let values = self.stored_values.iter().map(|(kind, range)| Child {
-            kind: *kind,
-            data: &self.stored[range.clone()],
-        });
-        let n = self.values.len();
-        jsonb::container_into(out, pg_sys::JB_FOBJECT, n, 2 * n, keys.chain(values)).is_ok()
-    }
-
-    /// [`RowJson::stored_object_into`] in a new buffer.
-    pub fn stored_object<'n>(
-        &self,
-        names: impl Iterator<Item = &'n str> + Clone,
-    ) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        self.stored_object_into(names, &mut out).then_some(out)
+    /// The values as jsonb stores them, in order; None when some value had no stored form.
+    pub fn stored_values(&self) -> Option<impl Iterator<Item = Child<'_>> + Clone> {
+        let complete = self.has_stored && self.stored_values.len() == self.values.len();
+        complete.then(|| {
+            self.stored_values.iter().map(|(kind, range)| Child {
+                kind: *kind,
+                data: &self.stored[range.clone()],
+            })
+        })
     }
 
     pub fn push(&mut self, column: &str, value: JsonValue<'_>) {
-        self.push_keyed(&json_key(column), value);
+        self.push_keyed(&json_key(column, self.values.is_empty()), value);
     }
 
-    /// [`RowJson::push`] with the column's key as [`json_key`] writes it.
+    /// [`RowJson::push`] with the column's key as [`json_key`] writes it, separator included.
     pub fn push_keyed(&mut self, key: &str, value: JsonValue<'_>) {
-        if !self.values.is_empty() {
-            self.text.push_str(", ");
-        }
         self.text.push_str(key);
         let start = self.text.len();
         push_value(value, &mut self.text);
@@ -216,22 +202,25 @@ pub fn row_details(
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) -> String {
+    let mut table_json = String::new();
+    push_json_string(table, &mut table_json);
     let mut out = String::new();
-    row_details_into(&mut out, table, old, new, changed, flag);
+    row_details_into(&mut out, &table_json, old, new, changed, flag);
     out
 }
 
-/// [`row_details`] appended to `out`.
+/// [`row_details`] appended to `out`, the table's name given as a JSON string (escaped once per
+/// statement).
 pub fn row_details_into(
     out: &mut String,
-    table: &str,
+    table_json: &str,
     old: Option<&RowJson>,
     new: Option<&RowJson>,
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) {
     out.reserve(
-        32 + table.len()
+        32 + table_json.len()
             + old.map_or(0, |r| r.text.len() + 9)
             + new.map_or(0, |r| r.text.len() + 9),
     );
@@ -246,7 +235,7 @@ pub fn row_details_into(
         }
     }
     out.push_str("\"table\": ");
-    push_json_string(table, out);
+    out.push_str(table_json);
     if let Some(changed) = changed {
         out.push_str(", \"changed\": [");
         for (i, column) in changed.iter().enumerate() {
@@ -263,27 +252,30 @@ pub fn row_details_into(
     out.push('}');
 }
 
-/// [`row_details`] as a jsonb value (varlena header included), from the rows'
-/// [`RowJson::stored_object`]s; None if it would be larger than jsonb allows.
+/// [`row_details`] as a jsonb value (varlena header included), the rows' objects laid out by
+/// `layout` (their columns' names); None when a row's values have no stored form or the document
+/// would be larger than jsonb allows.
 pub fn row_details_stored(
+    layout: &ObjectLayout,
     table: &str,
-    old: Option<&[u8]>,
-    new: Option<&[u8]>,
+    old: Option<&RowJson>,
+    new: Option<&RowJson>,
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    row_details_stored_into(&mut out, table, old, new, changed, flag)?;
+    row_details_stored_into(&mut out, layout, table, old, new, changed, flag)?;
     Some(out)
 }
 
-/// [`row_details_stored`] appended to `out` at the next multiple of 4; returns where it starts.
-/// On None `out` is left as it was.
+/// [`row_details_stored`] appended to `out` at the next multiple of 4, each row's object written
+/// in place; returns where it starts. On None `out` is left as it was.
 pub fn row_details_stored_into(
     out: &mut Vec<u8>,
+    layout: &ObjectLayout,
     table: &str,
-    old: Option<&[u8]>,
-    new: Option<&[u8]>,
+    old: Option<&RowJson>,
+    new: Option<&RowJson>,
     changed: Option<&[&str]>,
     flag: Option<(&str, bool)>,
 ) -> Option<usize> {
@@ -293,52 +285,63 @@ pub fn row_details_stored_into(
             data: s.as_bytes(),
         }
     }
-    fn nested(data: &[u8]) -> Child<'_> {
-        Child {
-            kind: pg_sys::JENTRY_ISCONTAINER,
-            data,
+    let old_values = old.map(RowJson::stored_values);
+    let new_values = new.map(RowJson::stored_values);
+    if matches!(old_values, Some(None)) || matches!(new_values, Some(None)) {
+        return None;
+    }
+    // jsonb's key order, as row_details writes them.
+    let names = [
+        new.map(|_| "new"),
+        old.map(|_| "old"),
+        Some("table"),
+        changed.map(|_| "changed"),
+        flag.map(|(name, _)| name),
+    ];
+    let count = names.iter().flatten().count();
+    let before = out.len();
+    let start = before.next_multiple_of(4);
+    out.resize(start + pg_sys::VARHDRSZ, 0);
+    let written = (|| {
+        let mut writer = ContainerWriter::begin(out, pg_sys::JB_FOBJECT, count, 2 * count);
+        for name in names.iter().flatten() {
+            writer.push(out, string(name))?;
         }
-    }
-    let changed_array = match changed {
-        Some(columns) => {
-            let n = columns.len();
-            let elements = columns.iter().map(|c| string(c));
-            Some(jsonb::container(pg_sys::JB_FARRAY, n, n, elements).ok()?)
+        for values in [new_values, old_values].into_iter().flatten().flatten() {
+            writer.push_written(out, pg_sys::JENTRY_ISCONTAINER, |out| {
+                layout.write(out, values)
+            })?;
         }
-        None => None,
-    };
-    // jsonb's key order, as row_details writes them; at most five members.
-    let mut names = [""; 5];
-    let mut values = [string(""); 5];
-    let mut n = 0;
-    let mut member = |name, value| {
-        names[n] = name;
-        values[n] = value;
-        n += 1;
-    };
-    if let Some(new) = new {
-        member("new", nested(new));
+        writer.push(out, string(table))?;
+        if let Some(columns) = changed {
+            writer.push_written(out, pg_sys::JENTRY_ISCONTAINER, |out| {
+                let n = columns.len();
+                jsonb::container_into(
+                    out,
+                    pg_sys::JB_FARRAY,
+                    n,
+                    n,
+                    columns.iter().map(|c| string(c)),
+                )
+            })?;
+        }
+        if let Some((_, value)) = flag {
+            let kind = if value {
+                pg_sys::JENTRY_ISBOOL_TRUE
+            } else {
+                pg_sys::JENTRY_ISBOOL_FALSE
+            };
+            writer.push(out, Child { kind, data: &[] })?;
+        }
+        writer.finish(out)
+    })();
+    if written.is_err() {
+        out.truncate(before);
+        return None;
     }
-    if let Some(old) = old {
-        member("old", nested(old));
-    }
-    member("table", string(table));
-    if let Some(array) = &changed_array {
-        member("changed", nested(array));
-    }
-    if let Some((name, value)) = flag {
-        let kind = if value {
-            pg_sys::JENTRY_ISBOOL_TRUE
-        } else {
-            pg_sys::JENTRY_ISBOOL_FALSE
-        };
-        member(name, Child { kind, data: &[] });
-    }
-    let children = names[..n]
-        .iter()
-        .map(|name| string(name))
-        .chain(values[..n].iter().copied());
-    jsonb::jsonb_varlena_into(out, pg_sys::JB_FOBJECT, n, 2 * n, children).ok()
+    let size = out.len() - start;
+    out[start..start + pg_sys::VARHDRSZ].copy_from_slice(&jsonb::varlena_header_4b(size));
+    Some(start)
 }
 
 /// `details` of an event holding several rows of one statement and tenant, built a row at a time.

@@ -1007,9 +1007,8 @@ fn assembled_capture_documents_print_as_their_text() {
             _ => (Some(&old), None, None, Some(("tenant_changed", true))),
         };
         let text = row_details(&table, old, new, changed, flag);
-        let object = |r: Option<&RowJson>| r.map(|r| r.stored_object(names.iter().map(String::as_str)).unwrap());
-        let (old_object, new_object) = (object(old), object(new));
-        let stored = row_details_stored(&table, old_object.as_deref(), new_object.as_deref(), changed, flag).unwrap();
+        let layout = crate::jsonb::ObjectLayout::new(names.iter().map(String::as_bytes)).unwrap();
+        let stored = row_details_stored(&layout, &table, old, new, changed, flag).unwrap();
         let mut printed = Vec::new();
         crate::jsonb::print_container(&stored[pg_sys::VARHDRSZ..], &mut printed).unwrap();
         assert_eq!(String::from_utf8(printed).unwrap(), text, "case {case}");
