@@ -252,24 +252,10 @@ pub fn row_details_into(
     out.push('}');
 }
 
-/// [`row_details`] as a jsonb value (varlena header included), the rows' objects laid out by
-/// `layout` (their columns' names); None when a row's values have no stored form or the document
-/// would be larger than jsonb allows.
-pub fn row_details_stored(
-    layout: &ObjectLayout,
-    table: &str,
-    old: Option<&RowJson>,
-    new: Option<&RowJson>,
-    changed: Option<&[&str]>,
-    flag: Option<(&str, bool)>,
-) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    row_details_stored_into(&mut out, layout, table, old, new, changed, flag)?;
-    Some(out)
-}
-
-/// [`row_details_stored`] appended to `out` at the next multiple of 4, each row's object written
-/// in place; returns where it starts. On None `out` is left as it was.
+/// [`row_details`] as a jsonb value (varlena header included), appended to `out` at the next
+/// multiple of 4, each row's object written in place as `layout` (their columns' names) lays it
+/// out; returns where it starts. None, with `out` left as it was, when a row's values have no
+/// stored form or the document would be larger than jsonb allows.
 pub fn row_details_stored_into(
     out: &mut Vec<u8>,
     layout: &ObjectLayout,

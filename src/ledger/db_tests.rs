@@ -964,7 +964,7 @@ fn generated_word(state: &mut u64, min: u64, max: u64) -> String {
 /// captured_documents_are_stored_exactly_as_jsonb_in_stores_them). 500 generated documents.
 #[pg_test]
 fn assembled_capture_documents_print_as_their_text() {
-    use crate::ledger::changes::{row_details, row_details_stored, JsonValue, RowJson};
+    use crate::ledger::changes::{row_details, row_details_stored_into, JsonValue, RowJson};
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     for case in 0..500u32 {
         let mut names: Vec<String> = (0..1 + xorshift(&mut state) % 40)
@@ -1008,7 +1008,8 @@ fn assembled_capture_documents_print_as_their_text() {
         };
         let text = row_details(&table, old, new, changed, flag);
         let layout = crate::jsonb::ObjectLayout::new(names.iter().map(String::as_bytes)).unwrap();
-        let stored = row_details_stored(&layout, &table, old, new, changed, flag).unwrap();
+        let mut stored = Vec::new();
+        row_details_stored_into(&mut stored, &layout, &table, old, new, changed, flag).unwrap();
         let mut printed = Vec::new();
         crate::jsonb::print_container(&stored[pg_sys::VARHDRSZ..], &mut printed).unwrap();
         assert_eq!(String::from_utf8(printed).unwrap(), text, "case {case}");
