@@ -22,8 +22,13 @@ pub struct Child<'a> {
 
 impl Child<'_> {
     fn is_aligned_kind(&self) -> bool {
-        self.kind == pg_sys::JENTRY_ISNUMERIC || self.kind == pg_sys::JENTRY_ISCONTAINER
+        is_aligned_kind(self.kind)
     }
+}
+
+/// Whether children of this JEntry type start 4-aligned (numerics and containers).
+fn is_aligned_kind(kind: u32) -> bool {
+    kind == pg_sys::JENTRY_ISNUMERIC || kind == pg_sys::JENTRY_ISCONTAINER
 }
 
 #[derive(Debug, PartialEq)]
@@ -158,20 +163,17 @@ pub fn container<'c>(
     Ok(out)
 }
 
-/// A whole jsonb value (varlena header, then the container laid out by [`container`]), to be
+/// A whole jsonb value (varlena header, then the container `write_container` appends), to be
 /// used as a datum in place, appended to `out` at the next multiple of 4 (a jsonb datum is
 /// 4-aligned when `out`'s buffer is); returns where it starts. On error `out` is left as it was.
-pub fn jsonb_varlena_into<'c>(
+pub fn jsonb_varlena_into(
     out: &mut Vec<u8>,
-    kind: u32,
-    count: usize,
-    entries: usize,
-    children: impl Iterator<Item = Child<'c>> + Clone,
+    write_container: impl FnOnce(&mut Vec<u8>) -> Result<(), Malformed>,
 ) -> Result<usize, Malformed> {
     let before = out.len();
     let start = int_align(before);
     out.resize(start + pg_sys::VARHDRSZ, 0);
-    if let Err(e) = container_into(out, kind, count, entries, children) {
+    if let Err(e) = write_container(out) {
         out.truncate(before);
         return Err(e);
     }
@@ -244,7 +246,7 @@ impl ContainerWriter {
                 return Err(Malformed);
             }
             let start = self.end;
-            if kind == pg_sys::JENTRY_ISNUMERIC || kind == pg_sys::JENTRY_ISCONTAINER {
+            if is_aligned_kind(kind) {
                 out.resize(self.data_start + int_align(start), 0);
             }
             write(out)?;

@@ -328,35 +328,25 @@ impl CapturedRow {
                             JsonValue::Text(utf8_or_lossy(bytes_of(datum), &mut scratch))
                         }
                         Encoding::DateTime => {
-                            // timetz is the one passed by reference: not remembered.
-                            let bits = (column.base != pg_sys::TIMETZOID).then(|| datum.value());
+                            // The text of the column's last datum, kept in a buffer of its own,
+                            // serves while the datum repeats (timetz, passed by reference, is
+                            // printed every time).
                             let memo = &mut self.datetime_memo[index];
-                            match memo {
-                                Some((last, text)) if Some(*last) == bits => JsonValue::Text(text),
-                                _ => {
-                                    let iso = pg_sys::JsonEncodeDateTime(
-                                        std::ptr::null_mut(),
-                                        datum,
-                                        column.base,
-                                        std::ptr::null(),
-                                    );
-                                    let text = cstr_str(iso, &mut scratch);
-                                    match (bits, memo) {
-                                        // The remembered text's buffer is reused: rows with
-                                        // distinct times allocate nothing more.
-                                        (Some(bits), Some((last, remembered))) => {
-                                            *last = bits;
-                                            remembered.clear();
-                                            remembered.push_str(text);
-                                            JsonValue::Text(remembered)
-                                        }
-                                        (Some(bits), memo) => {
-                                            JsonValue::Text(&memo.insert((bits, text.to_owned())).1)
-                                        }
-                                        (None, _) => JsonValue::Text(text),
-                                    }
-                                }
+                            let repeated = column.base != pg_sys::TIMETZOID
+                                && matches!(memo, Some((last, _)) if *last == datum.value());
+                            let (last, text) = memo.get_or_insert_with(Default::default);
+                            if !repeated {
+                                let iso = pg_sys::JsonEncodeDateTime(
+                                    std::ptr::null_mut(),
+                                    datum,
+                                    column.base,
+                                    std::ptr::null(),
+                                );
+                                *last = datum.value();
+                                text.clear();
+                                text.push_str(cstr_str(iso, &mut scratch));
                             }
+                            JsonValue::Text(text)
                         }
                         // Printed in Rust: NaN and the infinities go through numeric_out.
                         Encoding::Number
@@ -442,6 +432,12 @@ struct EventSink {
 }
 
 impl EventSink {
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.text.clear();
+        self.stored.clear();
+    }
+
     /// Adds an event: `details` appends its text to the buffer it is given, `stored` its jsonb
     /// (returning where that starts) if it can.
     fn add(
@@ -554,14 +550,6 @@ impl EventSink {
                 None,
             );
         }
-    }
-}
-
-impl EventSink {
-    fn clear(&mut self) {
-        self.pending.clear();
-        self.text.clear();
-        self.stored.clear();
     }
 }
 

@@ -285,10 +285,7 @@ pub fn row_details_stored_into(
         flag.map(|(name, _)| name),
     ];
     let count = names.iter().flatten().count();
-    let before = out.len();
-    let start = before.next_multiple_of(4);
-    out.resize(start + pg_sys::VARHDRSZ, 0);
-    let written = (|| {
+    jsonb::jsonb_varlena_into(out, |out| {
         let mut writer = ContainerWriter::begin(out, pg_sys::JB_FOBJECT, count, 2 * count);
         for name in names.iter().flatten() {
             writer.push(out, string(name))?;
@@ -302,13 +299,8 @@ pub fn row_details_stored_into(
         if let Some(columns) = changed {
             writer.push_written(out, pg_sys::JENTRY_ISCONTAINER, |out| {
                 let n = columns.len();
-                jsonb::container_into(
-                    out,
-                    pg_sys::JB_FARRAY,
-                    n,
-                    n,
-                    columns.iter().map(|c| string(c)),
-                )
+                let elements = columns.iter().map(|c| string(c));
+                jsonb::container_into(out, pg_sys::JB_FARRAY, n, n, elements)
             })?;
         }
         if let Some((_, value)) = flag {
@@ -320,14 +312,8 @@ pub fn row_details_stored_into(
             writer.push(out, Child { kind, data: &[] })?;
         }
         writer.finish(out)
-    })();
-    if written.is_err() {
-        out.truncate(before);
-        return None;
-    }
-    let size = out.len() - start;
-    out[start..start + pg_sys::VARHDRSZ].copy_from_slice(&jsonb::varlena_header_4b(size));
-    Some(start)
+    })
+    .ok()
 }
 
 /// `details` of an event holding several rows of one statement and tenant, built a row at a time.
