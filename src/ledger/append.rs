@@ -151,21 +151,27 @@ impl Appender {
         // SAFETY: the relation, executor state and slots were made by `open` for this relation;
         // every datum is made in batch_memory, which outlives the writes below.
         unsafe {
-            let caller_memory = pg_sys::MemoryContextSwitchTo(self.batch_memory);
+            // Made before the switch: what it keeps for every event stays in the caller's memory.
             let caller = Caller::current();
+            let caller_memory = pg_sys::MemoryContextSwitchTo(self.batch_memory);
             let natts = (*self.tupdesc).natts as usize;
             let c = &self.columns;
-            // Most batches repeat the same action and entity type: one datum serves them all.
-            let mut constants: Vec<(String, pg_sys::Datum)> = Vec::new();
-            let mut text_of = |s: &str| match constants.iter().find(|(k, _)| *k == s) {
-                Some((_, d)) => *d,
-                None => {
-                    let d = text_datum(s);
-                    if constants.len() < 8 {
-                        constants.push((s.to_owned(), d));
-                    }
-                    d
+            // Most batches repeat the same action and entity type: one datum serves them all,
+            // kept in buffers of its own (batch_memory is reset after every write). The last
+            // buffer is for a value that is not among the constants.
+            let mut constants: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut other = Vec::new();
+            let mut text_of = |s: &str, buffer: &mut Vec<u8>| {
+                if let Some(i) = constants.iter().position(|(k, _)| *k == s) {
+                    return pg_sys::Datum::from(constants[i].1.as_ptr());
                 }
+                if constants.len() < 8 {
+                    let mut kept = Vec::new();
+                    let d = text_datum_in(s, &mut kept);
+                    constants.push((s.to_owned(), kept));
+                    return d;
+                }
+                text_datum_in(s, buffer)
             };
             // One row buffer for every event, cleared before each, and the storage of the datums
             // made for it (valid until the row is formed).
@@ -175,6 +181,7 @@ impl Appender {
             };
             let mut made = Made::default();
             let mut entity_id = Vec::new();
+            let mut entity_type = Vec::new();
             // Each row's primary key, for its index entry.
             let mut keys = [([0u8; 16], 0i64); SLOTS];
             while events.peek().is_some() {
@@ -196,8 +203,11 @@ impl Appender {
                     row.nulls.fill(true);
                     let mut tenant = event.tenant;
                     row.set(c.tenant_id, Some(pg_sys::Datum::from(tenant.as_mut_ptr())));
-                    row.set(c.action, Some(text_of(event.action)));
-                    row.set(c.entity_type, Some(text_of(event.entity_type)));
+                    row.set(c.action, Some(text_of(event.action, &mut other)));
+                    row.set(
+                        c.entity_type,
+                        Some(text_of(event.entity_type, &mut entity_type)),
+                    );
                     row.set(
                         c.entity_id,
                         event.entity_id.map(|id| text_datum_in(id, &mut entity_id)),
@@ -265,9 +275,12 @@ impl Appender {
                 if !per_tuple.is_null() {
                     pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
                 }
+                // The rows are written: their memory serves the next ones. Reset only at the end
+                // of a 1,000-event flush, the context grew by fresh blocks each time, and first
+                // touching them (page faults) cost more than forming the rows.
+                pg_sys::MemoryContextReset(self.batch_memory);
             }
             pg_sys::MemoryContextSwitchTo(caller_memory);
-            pg_sys::MemoryContextReset(self.batch_memory);
         }
     }
 }
@@ -300,17 +313,6 @@ fn text_datum_in(s: &str, buffer: &mut Vec<u8>) -> pg_sys::Datum {
     buffer.extend_from_slice(&crate::jsonb::varlena_header_4b(pg_sys::VARHDRSZ + s.len()));
     buffer.extend_from_slice(s.as_bytes());
     pg_sys::Datum::from(buffer.as_mut_ptr())
-}
-
-/// A text datum of `s` in the current memory context.
-fn text_datum(s: &str) -> pg_sys::Datum {
-    // SAFETY: cstring_to_text_with_len copies len bytes into a new varlena.
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            s.as_ptr().cast(),
-            s.len() as i32,
-        ))
-    }
 }
 
 /// The executor checks NOT NULL before writing; the chain fills every such column of

@@ -17,7 +17,7 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use rustc_hash::FxHashMap;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::ffi::CStr;
 use std::ops::Range;
 
@@ -29,8 +29,14 @@ const INSERT_EVENTS: &str =
     "INSERT INTO custos.events (tenant_id, action, entity_type, entity_id, details)
      SELECT t, $4, $5, e, d FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(t, e, d)";
 
+/// A statement's sink buffers are kept for the next statement up to this capacity each (a
+/// 1,000-row statement of narrow rows needs about a quarter of it).
+const KEPT_BUFFER_BYTES: usize = 1024 * 1024;
+
 thread_local! {
     static INSERT_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    /// The buffers of the last statement's [`EventSink`], emptied.
+    static SPARE_BUFFERS: Cell<Option<SinkBuffers>> = const { Cell::new(None) };
 }
 
 /// How a column's value becomes JSON. The common types are written from the datum in Rust;
@@ -417,13 +423,9 @@ struct Pending {
     stored: Option<Range<usize>>,
 }
 
-/// Events waiting to be inserted. Their texts share two buffers, kept from flush to flush, instead
-/// of a few allocations per event.
-struct EventSink {
-    action: &'static str,
-    entity_type: String,
-    /// Decided at the first write: `None` inside when custos.events needs the executor.
-    appender: Option<Option<Appender>>,
+/// Where an [`EventSink`]'s events wait.
+#[derive(Default)]
+struct SinkBuffers {
     pending: Vec<Pending>,
     /// Entity ids and details, one after another.
     text: String,
@@ -431,11 +433,51 @@ struct EventSink {
     stored: Vec<u8>,
 }
 
-impl EventSink {
+impl SinkBuffers {
     fn clear(&mut self) {
         self.pending.clear();
         self.text.clear();
         self.stored.clear();
+    }
+
+    /// The last statement's buffers, else new ones. Growing new buffers to a statement's size
+    /// each time costs page faults on memory the allocator had just given back.
+    fn reuse() -> SinkBuffers {
+        SPARE_BUFFERS.with(Cell::take).unwrap_or_default()
+    }
+
+    /// Keeps the buffers for the next statement, unless one grew large.
+    fn keep(mut self) {
+        let small = self.text.capacity() <= KEPT_BUFFER_BYTES
+            && self.stored.capacity() <= KEPT_BUFFER_BYTES
+            && self.pending.capacity() * std::mem::size_of::<Pending>() <= KEPT_BUFFER_BYTES;
+        if small {
+            self.clear();
+            // (try_with: the thread-local may be gone when the backend exits)
+            let _ = SPARE_BUFFERS.try_with(|spare| spare.set(Some(self)));
+        }
+    }
+}
+
+/// Events waiting to be inserted. Their texts share two buffers, kept from flush to flush (and
+/// statement to statement), instead of a few allocations per event.
+struct EventSink {
+    action: &'static str,
+    entity_type: String,
+    /// Decided at the first write: `None` inside when custos.events needs the executor.
+    appender: Option<Option<Appender>>,
+    buffers: SinkBuffers,
+}
+
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.buffers).keep();
+    }
+}
+
+impl EventSink {
+    fn clear(&mut self) {
+        self.buffers.clear();
     }
 
     /// Adds an event: `details` appends its text to the buffer it is given, `stored` its jsonb
@@ -448,27 +490,29 @@ impl EventSink {
         stored: impl FnOnce(&mut Vec<u8>) -> Option<usize>,
     ) {
         let entity_id = entity_id.map(|id| {
-            let start = self.text.len();
-            self.text.push_str(id);
-            start..self.text.len()
+            let start = self.buffers.text.len();
+            self.buffers.text.push_str(id);
+            start..self.buffers.text.len()
         });
-        let start = self.text.len();
-        details(&mut self.text);
-        let details = start..self.text.len();
-        let stored = stored(&mut self.stored).map(|start| start..self.stored.len());
-        self.pending.push(Pending {
+        let start = self.buffers.text.len();
+        details(&mut self.buffers.text);
+        let details = start..self.buffers.text.len();
+        let stored = stored(&mut self.buffers.stored).map(|start| start..self.buffers.stored.len());
+        self.buffers.pending.push(Pending {
             tenant,
             entity_id,
             details,
             stored,
         });
-        if self.pending.len() >= EVENTS_PER_INSERT || self.text.len() >= BYTES_PER_INSERT {
+        if self.buffers.pending.len() >= EVENTS_PER_INSERT
+            || self.buffers.text.len() >= BYTES_PER_INSERT
+        {
             self.flush();
         }
     }
 
     fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.buffers.pending.is_empty() {
             return;
         }
         // Written one tenant after another, by either path; the sort is stable, so each tenant's
@@ -478,10 +522,10 @@ impl EventSink {
         // 2.5-3x as many events per second for a tenant among ten. It also takes the tenants'
         // chain locks in a fixed order: two such flushes over the same tenants, in transactions
         // that held none of those locks before, cannot deadlock on them.
-        let mut order: Vec<&Pending> = self.pending.iter().collect();
+        let mut order: Vec<&Pending> = self.buffers.pending.iter().collect();
         order.sort_by_key(|p| p.tenant);
         if let Some(appender) = self.appender.get_or_insert_with(Appender::open) {
-            let (text, stored) = (&self.text, &self.stored);
+            let (text, stored) = (&self.buffers.text, &self.buffers.stored);
             appender.append(order.into_iter().map(|p| NewEvent {
                 tenant: p.tenant,
                 action: self.action,
@@ -500,9 +544,9 @@ impl EventSink {
             .collect();
         let entity_ids: Vec<Option<String>> = order
             .iter()
-            .map(|p| p.entity_id.clone().map(|r| self.text[r].to_owned()))
+            .map(|p| p.entity_id.clone().map(|r| self.buffers.text[r].to_owned()))
             .collect();
-        let details = jsonb_array(order.iter().map(|p| &self.text[p.details.clone()]));
+        let details = jsonb_array(order.iter().map(|p| &self.buffers.text[p.details.clone()]));
         self.clear();
         // The INSERT writes events of any tenant (row-level security would confine it to the
         // current one), so it runs as the superuser; capture itself runs as the writer.
@@ -718,9 +762,7 @@ fn capture_changes<'a>(
             },
             entity_type: entity_type.clone(),
             appender: None,
-            pending: Vec::new(),
-            text: String::new(),
-            stored: Vec::new(),
+            buffers: SinkBuffers::reuse(),
         };
         let mut groups = (rows_per_event > 1).then(|| Groups {
             table: &table.label,

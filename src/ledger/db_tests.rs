@@ -844,9 +844,18 @@ fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
     assert_eq!(b.len(), 1);
     assert!(b[0].2.get("old").is_none(), "B never sees A's version of the row");
     assert_eq!(b[0].2["new"]["price"], 5);
-    // A row without a tenant is refused, and the statement with it.
-    assert_error("INSERT INTO public.docs (id) VALUES (2)", "23502", "has no tenant in column tenant_id");
+    // A row without a tenant is refused, and the statement with it, rows before it included:
+    // none of them reaches the events of the next statement (whose sink reuses the buffers).
+    assert_error(
+        &format!("INSERT INTO public.docs (id, tenant_id) VALUES (2, '{A}'), (3, NULL)"),
+        "23502",
+        "has no tenant in column tenant_id",
+    );
     assert_eq!(count("SELECT count(*) FROM public.docs"), 1);
+    Spi::run(&format!("INSERT INTO public.docs (id, tenant_id) VALUES (4, '{A}')")).unwrap();
+    let a = events_of(A);
+    assert_eq!(a.len(), 3, "only the row of the statement that succeeded");
+    assert_eq!(a[2].2["new"]["id"], 4);
 
     // Transition tables larger than work_mem are read back from disk.
     Spi::run(&format!(

@@ -41,6 +41,9 @@ pub struct Caller {
     recorded_at: OnceCell<pg_sys::TimestampTz>,
     txid: OnceCell<i64>,
     subtransaction: OnceCell<pg_sys::SubTransactionId>,
+    /// Where the datums above are made: the context current when the caller was, which outlives
+    /// the per-row memory its events may be made in.
+    memory: pg_sys::MemoryContext,
 }
 
 impl Caller {
@@ -56,11 +59,32 @@ impl Caller {
             recorded_at: OnceCell::new(),
             txid: OnceCell::new(),
             subtransaction: OnceCell::new(),
+            // SAFETY: backend thread.
+            memory: unsafe { pg_sys::CurrentMemoryContext },
         }
     }
 
     fn default_actor(&self) -> &str {
         self.actor.get_or_init(|| default_actor(&self.role))
+    }
+
+    /// A text datum made once in the caller's memory.
+    fn kept_text(
+        &self,
+        cell: &OnceCell<Option<pg_sys::Datum>>,
+        text: impl FnOnce() -> String,
+    ) -> Option<pg_sys::Datum> {
+        *cell.get_or_init(|| {
+            let text = text();
+            // SAFETY: backend thread; the context is the one current when the caller was made,
+            // still alive while its events are written.
+            unsafe {
+                let current = pg_sys::MemoryContextSwitchTo(self.memory);
+                let datum = text.as_str().into_datum();
+                pg_sys::MemoryContextSwitchTo(current);
+                datum
+            }
+        })
     }
 }
 
@@ -310,15 +334,11 @@ pub unsafe fn chain_event(
             row.set(c.occurred_at, Some(pg_sys::Datum::from(recorded_at)));
         }
         if row.nulls[c.actor] {
-            let actor = caller
-                .actor_datum
-                .get_or_init(|| caller.default_actor().into_datum());
-            row.set(c.actor, *actor);
+            let actor = caller.kept_text(&caller.actor_datum, || caller.default_actor().to_owned());
+            row.set(c.actor, actor);
         }
-        let role = caller
-            .role_datum
-            .get_or_init(|| caller.role.as_str().into_datum());
-        row.set(c.db_role, *role);
+        let role = caller.kept_text(&caller.role_datum, || caller.role.clone());
+        row.set(c.db_role, role);
         let txid = *caller
             .txid
             .get_or_init(|| pg_sys::GetTopFullTransactionId().value as i64);
@@ -326,7 +346,7 @@ pub unsafe fn chain_event(
         if row.nulls[c.severity] {
             row.set(
                 c.severity,
-                *caller.info_datum.get_or_init(|| "info".into_datum()),
+                caller.kept_text(&caller.info_datum, || "info".to_owned()),
             );
         }
         if row.nulls[c.details] {
