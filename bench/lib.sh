@@ -10,6 +10,21 @@ bench_db() {
   cpsql -d "$1" -c "CREATE EXTENSION custos CASCADE" >/dev/null 2>&1
 }
 
+# bench_warm_up: brings a new cluster to the state of one that has been writing for a while, so
+# that no contender pays for what only a fresh cluster costs. Every shared buffer is written once
+# (the kernel zero-fills a page of shared memory the first time it is touched: 4-5x as often per
+# row for a contender that writes 4-5x the bytes), and WAL segments of min_wal_size are made in
+# advance (a new segment is zero-filled and fsynced in the foreground by whoever needs it, 16 MB
+# at a time: again in proportion to the WAL a contender writes). Written through a table of
+# shared_buffers' size, with WAL, then dropped; the checkpoint recycles the segments.
+bench_warm_up() {
+  cpsql -d postgres -q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS bench_warm_up" \
+    -c "CREATE TABLE bench_warm_up (pad text)" -c "ALTER TABLE bench_warm_up ALTER pad SET STORAGE PLAIN" \
+    -c "INSERT INTO bench_warm_up SELECT repeat('x', 1900)
+          FROM generate_series(1, pg_size_bytes(current_setting('shared_buffers')) / 1950)" \
+    -c "DROP TABLE bench_warm_up" -c "CHECKPOINT" >/dev/null
+}
+
 # pgbench_tps DB USER CLIENTS SCRIPT_FILE [extra pgbench args]: transactions per second.
 pgbench_tps() {
   local db=$1 user=$2 clients=$3 script=$4; shift 4
