@@ -233,9 +233,9 @@ impl Appender {
                         row.values.as_mut_ptr(),
                         row.nulls.as_mut_ptr(),
                     );
-                    // Not the slot's to free: batch_memory holds it, and is reset below. So the
-                    // slot needs no clearing before it takes the next batch's row.
-                    pg_sys::ExecStoreHeapTuple(tuple, self.slots[n], false);
+                    // The slot's to free (cleared below, before batch_memory is reset): a tuple
+                    // the slot does not own, heap_multi_insert would first copy into the slot.
+                    pg_sys::ExecStoreHeapTuple(tuple, self.slots[n], true);
                     n += 1;
                 }
                 let cid = pg_sys::GetCurrentCommandId(true);
@@ -278,6 +278,9 @@ impl Appender {
                 // The rows are written: their memory serves the next ones. Reset only at the end
                 // of a 1,000-event flush, the context grew by fresh blocks each time, and first
                 // touching them (page faults) cost more than forming the rows.
+                for &slot in &self.slots[..n] {
+                    pg_sys::ExecClearTuple(slot);
+                }
                 pg_sys::MemoryContextReset(self.batch_memory);
             }
             pg_sys::MemoryContextSwitchTo(caller_memory);
