@@ -650,6 +650,33 @@ fn captured_events_of_a_statement_are_written_one_tenant_after_another() {
     assert!(verify(A).0 && verify(B).0);
 }
 
+/// The appender writes a flush's events 64 at a time and reuses the memory of each write for the
+/// next: the values every event shares (action, entity type, role, actor, severity) are kept
+/// apart from it, so the 200th event of a statement carries them as the first does.
+#[pg_test]
+fn every_event_of_a_long_flush_carries_its_own_fields() {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    Spi::run(&format!(
+        "INSERT INTO public.orders SELECT g, (ARRAY['{A}', '{B}']::uuid[])[1 + g % 2], 'item ' || g, g FROM generate_series(1, 200) g"
+    ))
+    .unwrap();
+    let odd = count(&format!(
+        "SELECT count(*) FROM custos.events
+          WHERE tenant_id IN ('{A}', '{B}') AND action = 'insert' AND entity_type = 'public.orders'
+            AND severity = 'info' AND db_role = current_user AND actor = current_user
+            AND details->'new'->>'item' = 'item ' || entity_id AND (details->'new'->>'qty')::int = entity_id::int"
+    ));
+    assert_eq!(odd, 200, "every event names its own row and shares the statement's fields");
+    let ids = Spi::get_one::<String>(&format!(
+        "SELECT string_agg(DISTINCT (seq = (SELECT count(*) FROM custos.events e2 WHERE e2.tenant_id = e.tenant_id AND e2.seq <= e.seq))::text, ',')
+           FROM custos.events e WHERE tenant_id IN ('{A}', '{B}')"
+    ))
+    .unwrap();
+    assert_eq!(ids.as_deref(), Some("true"), "seqs run from 1 without a gap in each tenant");
+    assert!(verify(A).0 && verify(B).0);
+}
+
 /// Capture writes the primary key's entries itself when it is custos.events' only index; an index
 /// added to the table is written as well (through the executor's path), and both answer.
 #[pg_test]
