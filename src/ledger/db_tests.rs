@@ -628,16 +628,23 @@ fn track_table_records_every_change_in_the_rows_tenant() {
     assert_eq!(entity.as_deref(), Some("public.orders"));
 }
 
+/// Two new tenants, and one statement of 200 tracked orders (item 'item <id>', qty id) that
+/// alternate between them.
+fn two_tenants_of_200_tracked_orders() -> (&'static str, &'static str) {
+    let (A, B) = fresh_tenants();
+    tracked_orders();
+    Spi::run(&format!(
+        "INSERT INTO public.orders SELECT g, (ARRAY['{A}', '{B}']::uuid[])[1 + g % 2], 'item ' || g, g FROM generate_series(1, 200) g"
+    ))
+    .unwrap();
+    (A, B)
+}
+
 /// A statement's captured events are written one tenant after another, so that a chain's
 /// consecutive events share heap pages (which pages a batch lands on is the heap's choice).
 #[pg_test]
 fn captured_events_of_a_statement_are_written_one_tenant_after_another() {
-    let (A, B) = fresh_tenants();
-    tracked_orders();
-    Spi::run(&format!(
-        "INSERT INTO public.orders SELECT g, (ARRAY['{A}', '{B}']::uuid[])[1 + g % 2], 'item', g FROM generate_series(1, 200) g"
-    ))
-    .unwrap();
+    let (A, B) = two_tenants_of_200_tracked_orders();
     // Written in row order, both tenants' events would share every one of these pages.
     let (pages, shared) = Spi::get_two::<i64, i64>(&format!(
         "SELECT count(*), count(*) FILTER (WHERE tenants = 2)
@@ -655,12 +662,7 @@ fn captured_events_of_a_statement_are_written_one_tenant_after_another() {
 /// apart from it, so the 200th event of a statement carries them as the first does.
 #[pg_test]
 fn every_event_of_a_long_flush_carries_its_own_fields() {
-    let (A, B) = fresh_tenants();
-    tracked_orders();
-    Spi::run(&format!(
-        "INSERT INTO public.orders SELECT g, (ARRAY['{A}', '{B}']::uuid[])[1 + g % 2], 'item ' || g, g FROM generate_series(1, 200) g"
-    ))
-    .unwrap();
+    let (A, B) = two_tenants_of_200_tracked_orders();
     let odd = count(&format!(
         "SELECT count(*) FROM custos.events
           WHERE tenant_id IN ('{A}', '{B}') AND action = 'insert' AND entity_type = 'public.orders'
