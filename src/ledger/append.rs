@@ -157,10 +157,10 @@ impl Appender {
             let natts = (*self.tupdesc).natts as usize;
             let c = &self.columns;
             // Most batches repeat the same action and entity type: one datum serves them all,
-            // kept in buffers of its own (batch_memory is reset after every write). The last
-            // buffer is for a value that is not among the constants.
+            // kept in a buffer of its own (batch_memory is reset after every write). A value
+            // past the first eight goes into the buffer given for its column.
             let mut constants: Vec<(String, Vec<u8>)> = Vec::new();
-            let mut other = Vec::new();
+            let mut action = Vec::new();
             let mut text_of = |s: &str, buffer: &mut Vec<u8>| {
                 if let Some(i) = constants.iter().position(|(k, _)| *k == s) {
                     return pg_sys::Datum::from(constants[i].1.as_ptr());
@@ -203,7 +203,7 @@ impl Appender {
                     row.nulls.fill(true);
                     let mut tenant = event.tenant;
                     row.set(c.tenant_id, Some(pg_sys::Datum::from(tenant.as_mut_ptr())));
-                    row.set(c.action, Some(text_of(event.action, &mut other)));
+                    row.set(c.action, Some(text_of(event.action, &mut action)));
                     row.set(
                         c.entity_type,
                         Some(text_of(event.entity_type, &mut entity_type)),
@@ -275,9 +275,9 @@ impl Appender {
                 if !per_tuple.is_null() {
                     pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
                 }
-                // The rows are written: their memory serves the next ones. Reset only at the end
-                // of a 1,000-event flush, the context grew by fresh blocks each time, and first
-                // touching them (page faults) cost more than forming the rows.
+                // The rows are written: their memory serves the next ones. (Reset once a flush, the
+                // context grew by fresh blocks for every 1,000 events, and first touching them,
+                // page faults, cost more than forming the rows.)
                 for &slot in &self.slots[..n] {
                     pg_sys::ExecClearTuple(slot);
                 }

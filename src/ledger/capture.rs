@@ -489,24 +489,23 @@ impl EventSink {
         details: impl FnOnce(&mut String),
         stored: impl FnOnce(&mut Vec<u8>) -> Option<usize>,
     ) {
+        let b = &mut self.buffers;
         let entity_id = entity_id.map(|id| {
-            let start = self.buffers.text.len();
-            self.buffers.text.push_str(id);
-            start..self.buffers.text.len()
+            let start = b.text.len();
+            b.text.push_str(id);
+            start..b.text.len()
         });
-        let start = self.buffers.text.len();
-        details(&mut self.buffers.text);
-        let details = start..self.buffers.text.len();
-        let stored = stored(&mut self.buffers.stored).map(|start| start..self.buffers.stored.len());
-        self.buffers.pending.push(Pending {
+        let start = b.text.len();
+        details(&mut b.text);
+        let details = start..b.text.len();
+        let stored = stored(&mut b.stored).map(|start| start..b.stored.len());
+        b.pending.push(Pending {
             tenant,
             entity_id,
             details,
             stored,
         });
-        if self.buffers.pending.len() >= EVENTS_PER_INSERT
-            || self.buffers.text.len() >= BYTES_PER_INSERT
-        {
+        if b.pending.len() >= EVENTS_PER_INSERT || b.text.len() >= BYTES_PER_INSERT {
             self.flush();
         }
     }
