@@ -4,7 +4,7 @@
 use custos_integration_tests::{connect, fresh_db, postgrest_request, postgrest_roles, sqlstate};
 use postgres::IsolationLevel;
 use serde_json::json;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 const T1: &str = "c1000000-0000-4000-8000-000000000001";
@@ -23,7 +23,9 @@ fn verify(c: &mut postgres::Client, tenant: &str) -> (bool, i64, Option<String>)
 /// Eight writers hammer two tenants, each transaction recording 1-3 events, some rolled back
 /// whole, some losing a savepoint. Events come from `record_event` and from rows of a table
 /// tracked by `track_table` (whose capture writes events straight to the heap). Every committed
-/// event must be in a gap-free verified chain.
+/// event must be in a gap-free verified chain. Meanwhile an auditor verifies both chains again and
+/// again: a writer may never become visible before the writer it chained onto, so what a reader
+/// sees while tenants commit is always a whole chain.
 fn hammer(isolation: IsolationLevel, name: &str) {
     let (db, mut setup) = fresh_db(name);
     setup
@@ -113,10 +115,37 @@ fn hammer(isolation: IsolationLevel, name: &str) {
             })
         })
         .collect();
+    let writing = Arc::new(AtomicBool::new(true));
+    let auditor = {
+        let (db, writing) = (db.clone(), writing.clone());
+        std::thread::spawn(move || {
+            let mut c = connect(&db, "postgres");
+            let mut rounds = 0;
+            while writing.load(Ordering::SeqCst) || rounds == 0 {
+                for tenant in [T1, T2] {
+                    let (ok, checked, reason) = verify(&mut c, tenant);
+                    assert!(ok, "{checked} events verified, then: {reason:?}");
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
     for t in threads {
         t.join().unwrap();
     }
+    writing.store(false, Ordering::SeqCst);
+    let rounds = auditor.join().unwrap();
+    assert!(
+        rounds > 1,
+        "the auditor verified while the writers wrote ({rounds} rounds)"
+    );
     let mut c = connect(&db, "postgres");
+    let alerts: i64 = c
+        .query_one("SELECT count(*) FROM custos.alerts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(alerts, 0, "no verification raised an alert");
     for (t, tenant) in [T1, T2].iter().enumerate() {
         let row = c
             .query_one(
