@@ -2,6 +2,9 @@
 //! the exact per-request protocol PostgREST speaks.
 
 use postgres::{Client, IsolationLevel, NoTls, Row};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 fn host() -> String {
     std::env::var("CUSTOS_TEST_HOST").expect(
@@ -17,6 +20,39 @@ pub fn connect(db: &str, user: &str) -> Client {
         NoTls,
     )
     .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
+}
+
+/// A client of its own that runs rounds of work beside a test until stopped: a writer under a
+/// reader, an auditor beside writers.
+pub struct Beside {
+    stop: Arc<AtomicBool>,
+    rounds: JoinHandle<u64>,
+}
+
+impl Beside {
+    /// Starts running `round` (given the round's number) on a new superuser connection to `db`.
+    pub fn start(db: &str, mut round: impl FnMut(&mut Client, u64) + Send + 'static) -> Beside {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (db, stopping) = (db.to_owned(), stop.clone());
+        let rounds = std::thread::spawn(move || {
+            let mut c = connect(&db, "postgres");
+            let mut n = 0;
+            while !stopping.load(Ordering::SeqCst) {
+                round(&mut c, n);
+                n += 1;
+            }
+            n
+        });
+        Beside { stop, rounds }
+    }
+
+    /// Stops after the round under way; how many rounds ran. A round's panic fails the caller.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.rounds
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
 }
 
 /// Creates a new database named `it_<name>` with custos installed and returns a superuser client.

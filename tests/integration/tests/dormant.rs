@@ -1,11 +1,11 @@
 //! Dormant identities on a live server: tenant isolation through PostgREST's protocol, paging
 //! stability while another connection keeps inserting, and bad input.
 
-use custos_integration_tests::{connect, fresh_db, postgrest_request, postgrest_roles, sqlstate};
+use custos_integration_tests::{
+    connect, fresh_db, postgrest_request, postgrest_roles, sqlstate, Beside,
+};
 use serde_json::json;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 const ACME: &str = "f1000000-0000-4000-8000-000000000001";
 const GLOBEX: &str = "f2000000-0000-4000-8000-000000000002";
@@ -89,28 +89,20 @@ fn each_tenant_sees_only_its_accounts_through_postgrest() {
 fn cursor_pages_neither_overlap_nor_skip_under_concurrent_inserts() {
     let (db, mut su) = fresh_db("dormant_paging");
     load(&mut su, ACME, "base", 500);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (db, stop) = (db.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut c = connect(&db, "postgres");
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                // New accounts of every risk, landing before, between and after the pages read so far.
-                let batch: Vec<_> = (0..5)
-                    .map(|k| json!({"user_id": format!("new{i:05}-{k}"), "is_privileged": k % 2 == 0,
-                                    "last_active_at": format!("2025-{:02}-01T00:00:00Z", 1 + (i + k) % 12)}))
-                    .collect();
-                c.batch_execute(&format!(
-                    "SELECT custos.set_tenant('{ACME}'); SELECT custos.upsert_identities($j${}$j$)",
-                    serde_json::Value::Array(batch)
-                ))
-                .unwrap();
-                i += 1;
-            }
-            i
-        })
-    };
+    let writer = Beside::start(&db, |c, i| {
+        // New accounts of every risk, landing before, between and after the pages read so far.
+        let batch: Vec<_> = (0..5)
+            .map(|k| {
+                json!({"user_id": format!("new{i:05}-{k}"), "is_privileged": k % 2 == 0,
+                            "last_active_at": format!("2025-{:02}-01T00:00:00Z", 1 + (i + k) % 12)})
+            })
+            .collect();
+        c.batch_execute(&format!(
+            "SELECT custos.set_tenant('{ACME}'); SELECT custos.upsert_identities($j${}$j$)",
+            serde_json::Value::Array(batch)
+        ))
+        .unwrap();
+    });
     let mut reader = connect(&db, "postgres");
     // Start paging once the writer is under way.
     while reader
@@ -144,8 +136,7 @@ fn cursor_pages_neither_overlap_nor_skip_under_concurrent_inserts() {
         seen.extend(rows.iter().map(|r| r.get::<_, String>(0)));
         std::thread::sleep(std::time::Duration::from_millis(40));
     }
-    stop.store(true, Ordering::SeqCst);
-    let batches = writer.join().unwrap();
+    let batches = writer.stop();
     assert!(
         batches > 3,
         "the writer inserted while we paged ({batches} batches)"

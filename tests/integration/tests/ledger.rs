@@ -1,10 +1,12 @@
 //! The ledger on a live server: concurrent writers at every isolation level, PostgREST's protocol,
 //! and bad input from a real client.
 
-use custos_integration_tests::{connect, fresh_db, postgrest_request, postgrest_roles, sqlstate};
+use custos_integration_tests::{
+    connect, fresh_db, postgrest_request, postgrest_roles, sqlstate, Beside,
+};
 use postgres::IsolationLevel;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 const T1: &str = "c1000000-0000-4000-8000-000000000001";
@@ -115,27 +117,16 @@ fn hammer(isolation: IsolationLevel, name: &str) {
             })
         })
         .collect();
-    let writing = Arc::new(AtomicBool::new(true));
-    let auditor = {
-        let (db, writing) = (db.clone(), writing.clone());
-        std::thread::spawn(move || {
-            let mut c = connect(&db, "postgres");
-            let mut rounds = 0;
-            while writing.load(Ordering::SeqCst) || rounds == 0 {
-                for tenant in [T1, T2] {
-                    let (ok, checked, reason) = verify(&mut c, tenant);
-                    assert!(ok, "{checked} events verified, then: {reason:?}");
-                }
-                rounds += 1;
-            }
-            rounds
-        })
-    };
+    let auditor = Beside::start(&db, |c, _| {
+        for tenant in [T1, T2] {
+            let (ok, checked, reason) = verify(c, tenant);
+            assert!(ok, "{checked} events verified, then: {reason:?}");
+        }
+    });
     for t in threads {
         t.join().unwrap();
     }
-    writing.store(false, Ordering::SeqCst);
-    let rounds = auditor.join().unwrap();
+    let rounds = auditor.stop();
     assert!(
         rounds > 1,
         "the auditor verified while the writers wrote ({rounds} rounds)"
