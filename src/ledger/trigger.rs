@@ -69,10 +69,10 @@ impl Caller {
     }
 
     /// A text datum made once in the caller's memory.
-    fn kept_text(
-        &self,
+    fn kept_text<'a>(
+        &'a self,
         cell: &OnceCell<Option<pg_sys::Datum>>,
-        text: impl FnOnce() -> String,
+        text: impl FnOnce() -> &'a str,
     ) -> Option<pg_sys::Datum> {
         *cell.get_or_init(|| {
             let text = text();
@@ -80,7 +80,7 @@ impl Caller {
             // still alive while its events are written.
             unsafe {
                 let current = pg_sys::MemoryContextSwitchTo(self.memory);
-                let datum = text.as_str().into_datum();
+                let datum = text.into_datum();
                 pg_sys::MemoryContextSwitchTo(current);
                 datum
             }
@@ -334,20 +334,17 @@ pub unsafe fn chain_event(
             row.set(c.occurred_at, Some(pg_sys::Datum::from(recorded_at)));
         }
         if row.nulls[c.actor] {
-            let actor = caller.kept_text(&caller.actor_datum, || caller.default_actor().to_owned());
+            let actor = caller.kept_text(&caller.actor_datum, || caller.default_actor());
             row.set(c.actor, actor);
         }
-        let role = caller.kept_text(&caller.role_datum, || caller.role.clone());
+        let role = caller.kept_text(&caller.role_datum, || &caller.role);
         row.set(c.db_role, role);
         let txid = *caller
             .txid
             .get_or_init(|| pg_sys::GetTopFullTransactionId().value as i64);
         row.set(c.txid, Some(pg_sys::Datum::from(txid)));
         if row.nulls[c.severity] {
-            row.set(
-                c.severity,
-                caller.kept_text(&caller.info_datum, || "info".to_owned()),
-            );
+            row.set(c.severity, caller.kept_text(&caller.info_datum, || "info"));
         }
         if row.nulls[c.details] {
             row.set(
