@@ -25,6 +25,18 @@ bench_warm_up() {
     -c "DROP TABLE bench_warm_up" -c "CHECKPOINT" >/dev/null
 }
 
+# bench_restart_with [SETTING ...]: restarts the cluster with these settings on top of its own
+# (none: as it started), then warms it up again (a restart gives back shared memory).
+bench_restart_with() {
+  cpsql -d postgres -q -c "ALTER SYSTEM RESET ALL" >/dev/null
+  local line
+  for line in "$@"; do
+    cpsql -d postgres -q -c "ALTER SYSTEM SET ${line%% =*} = ${line#*= }" >/dev/null
+  done
+  cluster_restart
+  bench_warm_up
+}
+
 # pgbench_tps DB USER CLIENTS SCRIPT_FILE [extra pgbench args]: transactions per second.
 pgbench_tps() {
   local db=$1 user=$2 clients=$3 script=$4; shift 4

@@ -7,7 +7,7 @@ bash "$ROOT/scripts/setup.sh"
 source "$ROOT/scripts/lib/cluster.sh"
 echo "[demo] building and installing custos (release)"
 PROFILE=release install_extension
-cluster_start
+cluster_start "track_commit_timestamp = on"  # recommended for the ledger (README, Concurrency)
 cpsql -d postgres -c "CREATE DATABASE custos_demo"
 echo "[demo] cluster in $CLUSTER_DIR; running demo/demo.sql"
 echo

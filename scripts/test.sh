@@ -34,7 +34,12 @@ rm -rf "$PGRX_TEST_DATA"
 
 step "integration tests against a live server"
 install_extension
-cluster_start "max_prepared_transactions = 10"
+# track_commit_timestamp lets same-tenant writers commit without waiting for each other's flush
+# (src/ledger/head.rs). A synchronous standby that never answers lets a test hold one commit
+# between its WAL record and its visibility: sessions commit with synchronous_commit = local
+# unless a test asks for the standby.
+cluster_start "max_prepared_transactions = 10" "track_commit_timestamp = on" \
+  "synchronous_standby_names = 'custos_absent_standby'" "synchronous_commit = local"
 CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" \
   cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=4 2>&1 | tee -a "$RESULTS"
 

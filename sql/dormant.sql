@@ -212,7 +212,8 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('custos.activity:' || t::text, 0));
     SELECT folded_seq INTO from_seq FROM @extschema@.activity_watermarks w WHERE w.tenant_id = t;
     from_seq := coalesce(from_seq, 0);
-    SELECT max(seq) INTO to_seq FROM @extschema@.events e WHERE e.tenant_id = t;
+    -- Not max(seq): the watermark must not step over an event that is still becoming visible.
+    to_seq := @extschema@.settled_seq(t, from_seq);
     IF to_seq IS NULL OR to_seq <= from_seq THEN
         RETURN 0;
     END IF;

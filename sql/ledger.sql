@@ -250,6 +250,8 @@ COMMENT ON FUNCTION @extschema@.events_chain() IS
 'BEFORE INSERT trigger of custos.events: assigns seq, id, times, actor, role and transaction, and links the row into its tenant''s SHA-256 chain.';
 COMMENT ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint) IS
 'Recomputes a tenant''s hash chain from from_seq to to_seq (default: its end) and returns ok, how many events were checked, and the first broken seq with the reason (content changed, hash altered, link broken, gap, reordered, truncated, rewritten). A break also raises a critical alert.';
+COMMENT ON FUNCTION @extschema@.settled_seq(uuid, bigint) IS
+'The highest seq of the tenant''s chain, from after_seq on, through which the caller''s snapshot sees every event. With track_commit_timestamp on, a writer may become visible an instant before the writer its events follow in the chain; a consumer that keeps a watermark ("done through seq n") reads up to settled_seq, not max(seq), so that it never steps over such an event.';
 COMMENT ON FUNCTION @extschema@.checkpoint(uuid) IS
 'Signs the tenant''s current chain head (tenant, seq, head hash, time) with Ed25519 and returns the one-line text; keep it outside the database. Also stored in custos.checkpoints.';
 COMMENT ON FUNCTION @extschema@.checkpoint_public_key() IS
@@ -261,9 +263,9 @@ REVOKE EXECUTE ON FUNCTION @extschema@.record_event(text, text, text, jsonb, tex
                             @extschema@.record_events(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.record_event(text, text, text, jsonb, text, timestamptz, text, inet, text),
                            @extschema@.record_events(jsonb) TO custos_writer;
-REVOKE EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extschema@.checkpoint(uuid),
+REVOKE EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extschema@.settled_seq(uuid, bigint), @extschema@.checkpoint(uuid),
                             @extschema@.verify_checkpoint(text, text), @extschema@.checkpoint_public_key() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extschema@.checkpoint(uuid),
+GRANT EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extschema@.settled_seq(uuid, bigint), @extschema@.checkpoint(uuid),
                            @extschema@.verify_checkpoint(text, text), @extschema@.checkpoint_public_key() TO custos_auditor;
 
 ------------------------------------------------------------------------------------------------

@@ -381,6 +381,9 @@ BEGIN
     -- Retention removes a prefix of the chain: everything before the first event recorded since the cutoff.
     cut := coalesce((SELECT min(e.seq) - 1 FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.recorded_at >= cutoff),
                     (SELECT max(e.seq) FROM @extschema@.events e WHERE e.tenant_id = tenant), 0);
+    -- Rows of the newest writers may still be becoming visible (see custos.settled_seq): cut at a
+    -- row this snapshot sees. Any row above such a hole is new, so this stays below them all.
+    cut := coalesce((SELECT max(e.seq) FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.seq <= cut), 0);
     IF cut <= previous THEN
         RETURN QUERY SELECT 0::bigint, previous, NULL::text;
         RETURN;

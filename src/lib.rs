@@ -83,6 +83,7 @@ extension_sql_file!(
         ledger::trigger::events_chain,
         ledger::capture::capture_changes,
         ledger::api::verify_chain,
+        ledger::api::settled_seq,
         ledger::api::checkpoint,
         ledger::api::verify_checkpoint,
         ledger::api::checkpoint_public_key

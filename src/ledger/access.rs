@@ -81,7 +81,7 @@ fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned:
     // SAFETY: the relation is opened and closed here; the tenant's access-log lock is held.
     let prev = unsafe {
         let rel = open_custos_table(c"access_log", pg_sys::RowExclusiveLock);
-        let h = head::read_head(rel, head_columns(rel), &t);
+        let h = head::read_head(rel, head_columns(rel), &t, head::Succession::AfterEnd);
         pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         h
     }

@@ -2,9 +2,9 @@
 //! SECURITY DEFINER with a pinned search_path, so they read every row of the tenant whatever RLS
 //! shows the caller; each one first checks that the caller works in that tenant.
 
-use super::chain::{event_hash, genesis_hash, Hash, HASH_LEN};
+use super::chain::{event_hash, genesis_hash, hash_from_bytes, Hash, HASH_LEN};
 use super::checkpoint::{self, Checkpoint, CheckpointError};
-use super::row::scan_chain;
+use super::row::{scan_chain, settled_hash};
 use super::verify::{Break, Row, Verifier};
 use crate::error::raise;
 use crate::gucs;
@@ -40,14 +40,6 @@ fn require_tenant_access(tenant: pgrx::Uuid) {
     authorize_tenant(to_uuid(tenant));
 }
 
-fn to_hash(bytes: &[u8]) -> Hash {
-    let mut h = [0u8; HASH_LEN];
-    if bytes.len() == HASH_LEN {
-        h.copy_from_slice(bytes);
-    }
-    h
-}
-
 fn spi_failed(e: pgrx::spi::Error) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -56,14 +48,10 @@ fn spi_failed(e: pgrx::spi::Error) -> ! {
     )
 }
 
-/// The stored hash of one row, if that row exists.
+/// The stored hash of one row, if that row exists: committed, or settling (see `head`), whether or
+/// not the caller's snapshot sees it yet.
 fn stored_hash(tenant: pgrx::Uuid, seq: i64) -> Option<Hash> {
-    Spi::get_one_with_args::<Vec<u8>>(
-        "SELECT hash FROM custos.events WHERE tenant_id = $1 AND seq = $2",
-        &[tenant.into(), seq.into()],
-    )
-    .unwrap_or_else(|e| spi_failed(e))
-    .map(|b| to_hash(&b))
+    settled_hash(tenant.as_bytes(), seq)
 }
 
 fn last_seq(tenant: pgrx::Uuid) -> i64 {
@@ -100,7 +88,7 @@ pub fn retention_anchor(tenant: pgrx::Uuid) -> Option<Anchor> {
         for r in rows {
             found = Some(Anchor {
                 through_seq: r.get::<i64>(1)?.unwrap_or_default(),
-                hash: to_hash(&r.get::<Vec<u8>>(2)?.unwrap_or_default()),
+                hash: hash_from_bytes(&r.get::<Vec<u8>>(2)?.unwrap_or_default()),
                 event_seq: r.get::<i64>(3)?.unwrap_or_default(),
                 matches_its_event: r.get::<bool>(4)?.unwrap_or(false),
             });
@@ -185,7 +173,7 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
             seq: row.fields.seq,
             prev_hash: row.prev_hash,
             hash: row.hash,
-            recomputed: event_hash(&to_hash(row.prev_hash), &row.fields),
+            recomputed: event_hash(&hash_from_bytes(row.prev_hash), &row.fields),
         });
         if let Err(b) = pushed {
             broken = Some(b);
@@ -242,28 +230,32 @@ fn check_recorded_checkpoints(tenant: pgrx::Uuid, outcome: &Outcome) -> Option<B
     .unwrap_or_else(|e| spi_failed(e));
     for (seq, head) in checkpoints {
         // A checkpoint inside the removed part can only be checked at the anchor itself.
-        if let Some(a) = outcome.anchor.as_ref().filter(|a| seq <= a.through_seq) {
-            if seq == a.through_seq && a.hash.to_vec() != head {
-                return Some(Break::Rewritten { seq });
-            }
+        if outcome.anchor.as_ref().is_some_and(|a| seq < a.through_seq) {
             continue;
         }
-        if seq > outcome.last_seq {
-            return Some(Break::Truncated {
-                last: outcome.last_seq,
-                expected: seq,
-            });
-        }
-        let current = if seq == 0 {
-            Some(genesis_hash(tenant.as_bytes()))
-        } else {
-            stored_hash(tenant, seq)
-        };
-        if current.map(|h| h.to_vec()) != Some(head) {
-            return Some(Break::Rewritten { seq });
+        if let Some(b) = checkpoint_break(tenant, outcome, seq, &head) {
+            return Some(b);
         }
     }
     None
+}
+
+/// Whether the walked chain fails a checkpoint of (`seq`, `head`): it ends before `seq` (a row
+/// there committed after the walk's snapshot counts), or the row there has another hash.
+fn checkpoint_break(tenant: pgrx::Uuid, outcome: &Outcome, seq: i64, head: &[u8]) -> Option<Break> {
+    let current = match &outcome.anchor {
+        Some(a) if a.through_seq == seq => Some(a.hash),
+        _ if seq == 0 => Some(genesis_hash(tenant.as_bytes())),
+        _ => stored_hash(tenant, seq),
+    };
+    match current {
+        None if seq > outcome.last_seq => Some(Break::Truncated {
+            last: outcome.last_seq,
+            expected: seq,
+        }),
+        Some(h) if h[..] == *head => None,
+        _ => Some(Break::Rewritten { seq }),
+    }
 }
 
 fn raise_alert(tenant: pgrx::Uuid, b: &Break) {
@@ -279,6 +271,28 @@ fn raise_alert(tenant: pgrx::Uuid, b: &Break) {
         ],
     )
     .unwrap_or_else(|e| spi_failed(e));
+}
+
+/// Consumers that follow a tenant's chain by seq (a watermark: "everything through seq n is
+/// done") must not step over an event that is still becoming visible; see `head`.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn settled_seq(tenant: pgrx::Uuid, after_seq: default!(i64, 0)) -> i64 {
+    authorize_tenant(to_uuid(tenant));
+    let mut settled = after_seq;
+    scan_chain(
+        tenant.as_bytes(),
+        after_seq.saturating_add(1),
+        None,
+        |row| {
+            if row.settling {
+                return false;
+            }
+            settled = row.fields.seq;
+            true
+        },
+    );
+    settled
 }
 
 #[pg_extern(volatile, security_definer)]
@@ -450,20 +464,10 @@ fn verify_checkpoint(
             )),
         ));
     }
-    let broken = outcome.broken.clone().or_else(|| {
-        if outcome.last_seq < cp.seq {
-            return Some(Break::Truncated {
-                last: outcome.last_seq,
-                expected: cp.seq,
-            });
-        }
-        let current = match anchor {
-            Some(a) if a.through_seq == cp.seq => Some(a.hash),
-            _ if cp.seq == 0 => Some(genesis_hash(tenant.as_bytes())),
-            _ => stored_hash(tenant, cp.seq),
-        };
-        (current != Some(cp.head)).then_some(Break::Rewritten { seq: cp.seq })
-    });
+    let broken = outcome
+        .broken
+        .clone()
+        .or_else(|| checkpoint_break(tenant, &outcome, cp.seq, &cp.head));
     if let Some(b) = &broken {
         raise_alert(tenant, b);
     }

@@ -7,6 +7,16 @@ use sha2::{Digest, Sha256};
 pub const HASH_LEN: usize = 32;
 pub type Hash = [u8; HASH_LEN];
 
+/// A stored hash as [`Hash`]; a value of another length (only a tampered row has one) becomes
+/// zeros, which no chain links to.
+pub fn hash_from_bytes(bytes: &[u8]) -> Hash {
+    let mut h = [0u8; HASH_LEN];
+    if bytes.len() == HASH_LEN {
+        h.copy_from_slice(bytes);
+    }
+    h
+}
+
 const DOMAIN_EVENT: &[u8] = b"custos/ledger/event/v1\0";
 const DOMAIN_GENESIS: &[u8] = b"custos/ledger/genesis/v1\0";
 

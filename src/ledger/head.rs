@@ -21,6 +21,18 @@
 //! a commit record is never durable before its predecessor's. At SERIALIZABLE, where commit-time
 //! serialization failures are ordinary, the lock is held until the end instead, so that such a
 //! failure cannot take the next writer with it.
+//!
+//! Commit records in chain order: waiting for the predecessor's end means waiting for its WAL
+//! flush, so the successor's commit record cannot join that flush. With `track_commit_timestamp`
+//! on, the ledger's writers wait only until the predecessor's commit record is written (its commit
+//! timestamp is set right after, inside the commit's critical section: from then on it cannot roll
+//! back, and any later commit record follows it in the WAL, so a crash that keeps the successor
+//! keeps the predecessor too). The successor may then become visible an instant before its
+//! predecessor (or, with a synchronous standby, long before it, if it commits with
+//! `synchronous_commit = local`). The chain's readers therefore fill such holes with the rows of
+//! writers whose commit record is written ([`super::row::scan_chain`]), and consumers that follow
+//! the chain by seq stop below them ([`super::api`]'s `settled_seq`). The access log, whose
+//! readers take their snapshot as it is, keeps waiting for its predecessors' end.
 
 use super::chain::{Hash, HASH_LEN};
 use pgrx::pg_sys;
@@ -33,6 +45,16 @@ pub const LEDGER_LOCK_FIELD4: u16 = 0xC5;
 
 /// `TopSubTransactionId` of xact.h (a macro, so not in the bindings).
 const TOP_SUBXACT: pg_sys::SubTransactionId = 1;
+
+/// How much of a predecessor's commit its successor waits for before committing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Succession {
+    /// Its commit record (when `track_commit_timestamp` tells), else its end: for the ledger,
+    /// whose readers fill the holes this leaves (see the module notes).
+    AfterCommitRecord,
+    /// Its end: for chains read with the snapshot as it is.
+    AfterEnd,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -50,8 +72,8 @@ struct State {
     /// Every chain lock this transaction acquired, once per acquisition, to release at pre-commit.
     locks: Vec<pg_sys::LOCKTAG>,
     /// Transactions that were committing when we chained onto their rows; ours may commit only
-    /// after they did.
-    predecessors: Vec<pg_sys::TransactionId>,
+    /// after them (see [`Succession`]).
+    predecessors: Vec<(pg_sys::TransactionId, Succession)>,
     /// Set at pre-commit once the locks were handed over: the transaction may chain no more.
     handed_off: bool,
     /// (subtransaction, tenant, head before that subtransaction first changed it)
@@ -148,7 +170,10 @@ pub(crate) fn hand_off() {
 /// Waits for each transaction whose rows this one chained onto, and fails if one did not commit.
 fn await_predecessors() {
     let predecessors = STATE.with(|s| std::mem::take(&mut s.borrow_mut().predecessors));
-    for xid in predecessors {
+    for (xid, succession) in predecessors {
+        if succession == Succession::AfterCommitRecord && commit_record_written(xid) {
+            continue;
+        }
         // SAFETY: backend thread inside a transaction; waiting on a transaction id is what a
         // unique-index check does too. The predecessor is committing and waits for nothing of ours.
         let committed = unsafe {
@@ -170,6 +195,21 @@ fn await_predecessors() {
                 Some("retry the transaction"),
             );
         }
+    }
+}
+
+/// Whether `xid` has written its commit record: its commit timestamp is set right after, inside
+/// the commit's critical section, so it can no longer roll back. Known only on a primary with
+/// `track_commit_timestamp` on; false otherwise.
+pub(crate) fn commit_record_written(xid: pg_sys::TransactionId) -> bool {
+    // SAFETY: backend thread; reads a setting and the commit-timestamp SLRU, which is active on a
+    // primary whenever the setting is on (it takes a restart to change).
+    unsafe {
+        if !pg_sys::track_commit_timestamp || pg_sys::RecoveryInProgress() {
+            return false;
+        }
+        let mut ts: pg_sys::TimestampTz = 0;
+        pg_sys::TransactionIdGetCommitTsData(xid, &mut ts, std::ptr::null_mut())
     }
 }
 
@@ -326,6 +366,7 @@ pub unsafe fn read_head(
     rel: pg_sys::Relation,
     cols: HeadColumns,
     tenant: &TenantKey,
+    succession: Succession,
 ) -> Option<Head> {
     let relid = unsafe { (*rel).rd_id };
     let hint = SEEN.with(|s| s.borrow().get(&(relid, *tenant)).copied());
@@ -336,8 +377,10 @@ pub unsafe fn read_head(
     if let Some(xid) = writer {
         STATE.with(|s| {
             let mut s = s.borrow_mut();
-            if !s.predecessors.contains(&xid) {
-                s.predecessors.push(xid);
+            match s.predecessors.iter_mut().find(|p| p.0 == xid) {
+                Some(p) if succession == Succession::AfterEnd => p.1 = succession,
+                Some(_) => {}
+                None => s.predecessors.push((xid, succession)),
             }
         });
     }

@@ -2,7 +2,8 @@
 //! [`EventFields`] with the same function, so what is hashed at insert is what is checked later,
 //! and the verifier scans the primary-key index directly (no SPI, no per-column allocation).
 
-use super::chain::EventFields;
+use super::chain::{hash_from_bytes, EventFields, Hash};
+use super::head;
 use super::head::HeadColumns;
 use crate::error::raise;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -221,11 +222,16 @@ pub struct StoredRow<'a> {
     pub fields: EventFields<'a>,
     pub prev_hash: &'a [u8],
     pub hash: &'a [u8],
+    /// Not visible to the snapshot yet, though its writer has committed or is committing: a hole
+    /// that a later writer of the tenant left by becoming visible first (see `head`).
+    pub settling: bool,
 }
 
 /// Calls `f` for each row of `tenant` with `seq >= from_seq` (and `<= to_seq`), in seq order,
-/// through the primary key with the statement's snapshot. Each row's memory is freed before the
-/// next, so the scan runs in constant memory. `f` returns false to stop.
+/// through the primary key with the statement's snapshot, and fills the holes that snapshot may
+/// show below a visible row with the rows of writers that are committing (`settling`). A seq that
+/// nobody wrote stays missing. Each row's memory is freed before the next, so the scan runs in
+/// constant memory. `f` returns false to stop.
 pub fn scan_chain(
     tenant: &[u8; 16],
     from_seq: i64,
@@ -243,21 +249,7 @@ pub fn scan_chain(
         );
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetActiveSnapshot());
         let mut tenant_key = *tenant;
-        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-        pg_sys::ScanKeyInit(
-            &mut keys[0],
-            (c.tenant_id + 1) as pg_sys::AttrNumber,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
-            pg_sys::Datum::from(tenant_key.as_mut_ptr()),
-        );
-        pg_sys::ScanKeyInit(
-            &mut keys[1],
-            (c.seq + 1) as pg_sys::AttrNumber,
-            pg_sys::BTGreaterEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::Oid::from(pg_sys::F_INT8GE),
-            pg_sys::Datum::from(from_seq),
-        );
+        let mut keys = tenant_seq_keys(&c, &mut tenant_key, from_seq, false);
         let scan = pg_sys::systable_beginscan_ordered(rel, index, snapshot, 2, keys.as_mut_ptr());
         let row_cx = pg_sys::AllocSetContextCreateInternal(
             pg_sys::CurrentMemoryContext,
@@ -270,6 +262,10 @@ pub fn scan_chain(
         let natts = (*tupdesc).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![true; natts];
+        let mut hole_values = values.clone();
+        let mut hole_nulls = nulls.clone();
+        let mut expected = from_seq;
+        let in_range = |seq: i64| to_seq.is_none_or(|to| seq <= to);
         loop {
             let tuple =
                 pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
@@ -279,16 +275,23 @@ pub fn scan_chain(
             let old_cx = pg_sys::MemoryContextSwitchTo(row_cx);
             pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
             let seq = values[c.seq].value() as i64;
-            let go_on = if to_seq.is_some_and(|to| seq > to) {
-                false
-            } else {
-                let row = StoredRow {
-                    fields: event_fields(&c, &values, &nulls),
-                    prev_hash: bytes_of(values[c.prev_hash]),
-                    hash: bytes_of(values[c.hash]),
-                };
-                f(&row)
-            };
+            let mut go_on = true;
+            while go_on && expected < seq && in_range(expected) {
+                let hole = settled_tuple(rel, index, &c, tenant, expected);
+                if hole.is_null() {
+                    break;
+                }
+                pg_sys::heap_deform_tuple(
+                    hole,
+                    tupdesc,
+                    hole_values.as_mut_ptr(),
+                    hole_nulls.as_mut_ptr(),
+                );
+                go_on = f(&stored_row(&c, &hole_values, &hole_nulls, true));
+                expected += 1;
+            }
+            go_on = go_on && in_range(seq) && f(&stored_row(&c, &values, &nulls, false));
+            expected = seq + 1;
             pg_sys::MemoryContextSwitchTo(old_cx);
             pg_sys::MemoryContextReset(row_cx);
             if !go_on {
@@ -300,5 +303,123 @@ pub fn scan_chain(
         pg_sys::UnregisterSnapshot(snapshot);
         pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// # Safety
+/// `values`/`nulls` hold a deformed `custos.events` row that outlives the result.
+unsafe fn stored_row<'a>(
+    c: &Columns,
+    values: &'a [pg_sys::Datum],
+    nulls: &'a [bool],
+    settling: bool,
+) -> StoredRow<'a> {
+    // SAFETY: as the caller promised.
+    unsafe {
+        StoredRow {
+            fields: event_fields(c, values, nulls),
+            prev_hash: bytes_of(values[c.prev_hash]),
+            hash: bytes_of(values[c.hash]),
+            settling,
+        }
+    }
+}
+
+/// Scan keys on the primary key: `tenant_id = tenant` and `seq >= seq` (or `= seq`). The tenant
+/// key points at `tenant`, which must outlive the scan.
+unsafe fn tenant_seq_keys(
+    c: &Columns,
+    tenant: &mut [u8; 16],
+    seq: i64,
+    exact: bool,
+) -> [pg_sys::ScanKeyData; 2] {
+    // SAFETY: plain initialisation of scan keys with built-in btree operators.
+    unsafe {
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut keys[0],
+            (c.tenant_id + 1) as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+            pg_sys::Datum::from(tenant.as_mut_ptr()),
+        );
+        let (strategy, proc) = if exact {
+            (pg_sys::BTEqualStrategyNumber, pg_sys::F_INT8EQ)
+        } else {
+            (pg_sys::BTGreaterEqualStrategyNumber, pg_sys::F_INT8GE)
+        };
+        pg_sys::ScanKeyInit(
+            &mut keys[1],
+            (c.seq + 1) as pg_sys::AttrNumber,
+            strategy as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(proc),
+            pg_sys::Datum::from(seq),
+        );
+        keys
+    }
+}
+
+/// The row at (`tenant`, `seq`) whose writer has committed or written its commit record, whether
+/// or not the statement's snapshot sees it, copied into the current memory context; null if there
+/// is none. A writer still in progress before that point may yet roll back: its row is not taken.
+///
+/// # Safety
+/// `rel` and `index` are the open ledger relation and its primary key.
+unsafe fn settled_tuple(
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    c: &Columns,
+    tenant: &[u8; 16],
+    seq: i64,
+) -> pg_sys::HeapTuple {
+    // SAFETY: as the caller promised; the scan is closed before returning.
+    unsafe {
+        // InitDirtySnapshot: the visibility check sets xmin to the writer of a row it accepts when
+        // that writer is another transaction still in progress.
+        let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let mut tenant_key = *tenant;
+        let mut keys = tenant_seq_keys(c, &mut tenant_key, seq, true);
+        let scan = pg_sys::systable_beginscan_ordered(rel, index, &mut dirty, 2, keys.as_mut_ptr());
+        let mut found = std::ptr::null_mut();
+        loop {
+            let tuple =
+                pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let writer = dirty.xmin;
+            if writer == pg_sys::InvalidTransactionId || head::commit_record_written(writer) {
+                found = pg_sys::heap_copytuple(tuple);
+                break;
+            }
+        }
+        pg_sys::systable_endscan_ordered(scan);
+        found
+    }
+}
+
+/// The stored hash of the row at (`tenant`, `seq`), visible or settling (see [`settled_tuple`]).
+pub fn settled_hash(tenant: &[u8; 16], seq: i64) -> Option<Hash> {
+    // SAFETY: backend thread; the relations are closed and the copy freed before returning.
+    unsafe {
+        let rel = open_events(pg_sys::AccessShareLock);
+        let c = Columns::of(rel);
+        let index = pg_sys::index_open(
+            pg_sys::RelationGetPrimaryKeyIndex(rel),
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        let tuple = settled_tuple(rel, index, &c, tenant, seq);
+        let hash = (!tuple.is_null()).then(|| {
+            let mut is_null = false;
+            let d = pg_sys::heap_getattr(tuple, (c.hash + 1) as i32, (*rel).rd_att, &mut is_null);
+            hash_from_bytes(if is_null { &[] } else { bytes_of(d) })
+        });
+        if !tuple.is_null() {
+            pg_sys::heap_freetuple(tuple);
+        }
+        pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        hash
     }
 }

@@ -5,7 +5,7 @@
 
 use super::chain::{event_hash, genesis_hash, EventFields, HASH_LEN};
 use super::event_id::event_id;
-use super::head::{self, Head};
+use super::head::{self, Head, Succession};
 use super::protect;
 use super::row::{bytes_of, event_fields_with_details, Columns};
 use crate::crypto::envelope;
@@ -368,7 +368,13 @@ pub unsafe fn chain_event(
             Some(h) => h,
             None => {
                 head::lock_tenant(&tenant);
-                head::read_head(rel, c.head_columns(), &tenant).unwrap_or(Head {
+                head::read_head(
+                    rel,
+                    c.head_columns(),
+                    &tenant,
+                    Succession::AfterCommitRecord,
+                )
+                .unwrap_or(Head {
                     seq: 0,
                     hash: genesis_hash(&tenant),
                 })

@@ -13,7 +13,8 @@ const EXPORT: &str = "SELECT row_to_json(e)::text FROM (SELECT tenant_id, seq, i
       actor, db_role, txid, action, entity_type, entity_id, severity, details::text AS details,
       CASE WHEN ip_address IS NOT NULL THEN format('%s', ip_address) END AS ip_address,
       user_agent, encode(prev_hash, 'hex') AS prev_hash, encode(hash, 'hex') AS hash
-    FROM custos.events WHERE tenant_id = $1::text::uuid ORDER BY seq) e";
+    FROM custos.events WHERE tenant_id = $1::text::uuid
+      AND seq <= custos.settled_seq($1::text::uuid) ORDER BY seq) e";
 
 fn run_tool(export: &str) -> (bool, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/verify_export.py");

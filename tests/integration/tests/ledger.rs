@@ -12,7 +12,7 @@ use std::sync::Arc;
 const T1: &str = "c1000000-0000-4000-8000-000000000001";
 const T2: &str = "c2000000-0000-4000-8000-000000000002";
 
-fn verify(c: &mut postgres::Client, tenant: &str) -> (bool, i64, Option<String>) {
+fn verify(c: &mut impl postgres::GenericClient, tenant: &str) -> (bool, i64, Option<String>) {
     let row = c
         .query_one(
             &format!("SELECT ok, checked, reason FROM custos.verify_chain('{tenant}')"),
@@ -288,6 +288,152 @@ fn a_writer_whose_predecessor_rolls_back_fails_instead_of_committing_a_broken_li
         .unwrap()
         .get(0);
     assert!(ok);
+}
+
+/// With track_commit_timestamp on, a writer waits for its predecessor's commit record, not for its
+/// end; so it may become visible first. Here the predecessor is held between the two for as long as
+/// the test likes: it commits waiting for a synchronous standby that never answers (the test
+/// cluster names one), while its successor commits with synchronous_commit = local. The successor
+/// must commit at once, and every reader must treat the held row as the chain's: verification,
+/// checkpoints, and the watermark that `settled_seq` gives.
+#[test]
+fn a_writer_commits_while_its_predecessor_waits_for_a_standby_and_readers_fill_the_hole() {
+    let (db, mut reader) = fresh_db("ledger_hole");
+    let settings: (String, String) = {
+        let r = reader
+            .query_one(
+                "SELECT current_setting('track_commit_timestamp'), current_setting('synchronous_standby_names')",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        settings.0 == "on" && !settings.1.is_empty(),
+        "run against the cluster of scripts/test.sh (track_commit_timestamp on, a synchronous standby named): {settings:?}"
+    );
+    let mut held = connect(&db, "postgres");
+    let held_pid: i32 = held
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let holding = std::thread::spawn(move || {
+        held.batch_execute(&format!(
+            "SET synchronous_commit = on;
+             INSERT INTO custos.events (tenant_id, action, entity_type, actor) VALUES ('{T1}', 'held', 'x', 'ann')"
+        ))
+    });
+    let waiting_for_standby = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        reader
+            .query_one(
+                "SELECT coalesce(wait_event = 'SyncRep', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&held_pid],
+            )
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+    assert!(waiting_for_standby, "the held commit waits for the standby");
+
+    let db_name = db.clone();
+    let successor = std::thread::spawn(move || {
+        connect(&db_name, "postgres").batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO custos.events (tenant_id, action, entity_type, actor) VALUES ('{T1}', 'after', 'x', 'bob'), ('{T1}', 'after', 'x', 'bob');
+             COMMIT;"
+        ))
+    });
+    let committed_at_once = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        successor.is_finished()
+    });
+    let release = |reader: &mut postgres::Client| {
+        reader
+            .execute("SELECT pg_cancel_backend($1)", &[&held_pid])
+            .unwrap();
+    };
+    if !committed_at_once {
+        release(&mut reader);
+    }
+    assert!(
+        committed_at_once,
+        "the successor commits without waiting for its predecessor to become visible"
+    );
+    successor.join().unwrap().unwrap();
+
+    let visible: Vec<i64> = reader
+        .query(
+            &format!("SELECT seq FROM custos.events WHERE tenant_id = '{T1}' ORDER BY seq"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(visible, [2, 3], "seq 1 is committed but not visible yet");
+    assert_eq!(verify(&mut reader, T1), (true, 3, None));
+    let settled = |c: &mut postgres::Client| -> i64 {
+        c.query_one(&format!("SELECT custos.settled_seq('{T1}')"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(settled(&mut reader), 0, "a watermark stops below the hole");
+    let folded = |c: &mut postgres::Client| -> Option<i64> {
+        c.execute(
+            &format!("SELECT custos.sync_activity_from_ledger('{T1}')"),
+            &[],
+        )
+        .unwrap();
+        c.query_opt(
+            &format!("SELECT folded_seq FROM custos.activity_watermarks WHERE tenant_id = '{T1}'"),
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    };
+    assert_eq!(
+        folded(&mut reader),
+        None,
+        "activity is not folded past the hole"
+    );
+    reader
+        .batch_execute(&format!(
+            "SET custos.checkpoint_signing_key = '{}'",
+            "11".repeat(32)
+        ))
+        .unwrap();
+    let checkpoint: String = reader
+        .query_one(&format!("SELECT custos.checkpoint('{T1}')"), &[])
+        .unwrap()
+        .get(0);
+    let (ok, seq): (bool, Option<i64>) = {
+        let r = reader
+            .query_one(
+                "SELECT ok, seq FROM custos.verify_checkpoint($1)",
+                &[&checkpoint],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((ok, seq), (true, Some(3)));
+    let mut repeatable = reader
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    assert_eq!(verify(&mut repeatable, T1), (true, 3, None));
+    repeatable.commit().unwrap();
+
+    release(&mut reader);
+    holding.join().unwrap().unwrap();
+    assert_eq!(settled(&mut reader), 3);
+    assert_eq!(folded(&mut reader), Some(3));
+    assert_eq!(verify(&mut reader, T1), (true, 3, None));
+    let alerts: i64 = reader
+        .query_one("SELECT count(*) FROM custos.alerts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(alerts, 0);
 }
 
 /// A prepared transaction keeps its tenant's chain lock (it is not handed over at PREPARE): the
