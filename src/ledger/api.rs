@@ -277,8 +277,15 @@ fn raise_alert(tenant: pgrx::Uuid, b: &Break) {
 /// done") must not step over an event that is still becoming visible; see `head`.
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn settled_seq(tenant: pgrx::Uuid, after_seq: default!(i64, 0)) -> i64 {
+pub(crate) fn settled_seq(tenant: pgrx::Uuid, after_seq: default!(i64, 0)) -> i64 {
     authorize_tenant(to_uuid(tenant));
+    if after_seq < 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("after_seq must be 0 or more, not {after_seq}"),
+            None,
+        );
+    }
     let mut settled = after_seq;
     scan_chain(
         tenant.as_bytes(),

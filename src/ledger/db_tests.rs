@@ -296,6 +296,41 @@ fn tamper_deleted_middle_row() {
     assert!(reason.unwrap().starts_with("gap"));
 }
 
+/// A row the reading snapshot does not see, below rows it does (a writer that became visible before
+/// its predecessor, see `head`), is read from the table when its writer has committed or written
+/// its commit record; here the writer is the reader itself, in a later command than its snapshot.
+/// The chain then verifies, and `settled_seq` stops below the hole.
+#[pg_test]
+fn readers_fill_a_hole_below_visible_rows_with_the_settled_row() {
+    let (A, _) = tamper_test_tenants();
+    as_tenant(A);
+    record(4);
+    tamper(&format!(
+        "CREATE TEMP TABLE moved AS SELECT * FROM custos.events WHERE tenant_id = '{A}' AND seq = 2;
+         DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq = 2;"
+    ));
+    // This snapshot sees seq 2 deleted, and not the copy written back after it.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    Spi::run("INSERT INTO custos.events SELECT * FROM moved").unwrap();
+    let visible = Spi::get_one::<i64>(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'"));
+    let mut seen = Vec::new();
+    scan_chain(&tenant_bytes(A), 1, None, |r| {
+        seen.push((r.fields.seq, r.settling));
+        true
+    });
+    let outcome = crate::ledger::api::walk_chain(pgrx::Uuid::from_bytes(tenant_bytes(A)), 1, None);
+    let settled = crate::ledger::api::settled_seq(pgrx::Uuid::from_bytes(tenant_bytes(A)), 0);
+    unsafe { pg_sys::PopActiveSnapshot() };
+    assert_eq!(visible, Ok(Some(4)), "SPI reads with a snapshot of its own, which sees the copy");
+    assert_eq!(seen, [(1, false), (2, true), (3, false), (4, false)]);
+    assert_eq!((outcome.checked, outcome.last_seq, outcome.broken), (4, 4, None));
+    assert_eq!(settled, 1);
+    assert_eq!(Spi::get_one::<i64>(&format!("SELECT custos.settled_seq('{A}')")), Ok(Some(4)));
+}
+
 #[pg_test]
 fn tamper_swapped_rows() {
     let (A, B) = tamper_test_tenants();
@@ -411,6 +446,7 @@ fn verify_chain_arguments_are_checked() {
     as_tenant(A);
     record(3);
     assert_error(&format!("SELECT * FROM custos.verify_chain('{A}', 0)"), "22023", "from_seq must be 1 or more");
+    assert_error(&format!("SELECT custos.settled_seq('{A}', -1)"), "22023", "after_seq must be 0 or more");
     assert_error(&format!("SELECT * FROM custos.verify_chain('{A}', 3, 2)"), "22023", "to_seq (2) is before from_seq (3)");
     let checked = count(&format!("SELECT checked FROM custos.verify_chain('{A}', 2, 3)"));
     assert_eq!(checked, 2);
