@@ -273,19 +273,23 @@ fn raise_alert(tenant: pgrx::Uuid, b: &Break) {
     .unwrap_or_else(|e| spi_failed(e));
 }
 
+fn require_at_least(argument: &str, value: i64, least: i64) {
+    if value < least {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{argument} must be {least} or more, not {value}"),
+            None,
+        );
+    }
+}
+
 /// Consumers that follow a tenant's chain by seq (a watermark: "everything through seq n is
 /// done") must not step over an event that is still becoming visible; see `head`.
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 pub(crate) fn settled_seq(tenant: pgrx::Uuid, after_seq: default!(i64, 0)) -> i64 {
     authorize_tenant(to_uuid(tenant));
-    if after_seq < 0 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("after_seq must be 0 or more, not {after_seq}"),
-            None,
-        );
-    }
+    require_at_least("after_seq", after_seq, 0);
     let mut settled = after_seq;
     scan_chain(
         tenant.as_bytes(),
@@ -318,13 +322,7 @@ fn verify_chain(
     ),
 > {
     authorize_tenant(to_uuid(tenant));
-    if from_seq < 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("from_seq must be 1 or more, not {from_seq}"),
-            None,
-        );
-    }
+    require_at_least("from_seq", from_seq, 1);
     if let Some(to) = to_seq {
         if to < from_seq {
             raise(

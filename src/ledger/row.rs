@@ -241,12 +241,7 @@ pub fn scan_chain(
     // SAFETY: backend thread; every resource opened here is closed before returning, and on ERROR
     // the transaction's resource owner releases the scan, snapshot, locks and memory context.
     unsafe {
-        let rel = open_events(pg_sys::AccessShareLock);
-        let c = Columns::of(rel);
-        let index = pg_sys::index_open(
-            pg_sys::RelationGetPrimaryKeyIndex(rel),
-            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
-        );
+        let (rel, c, index) = open_events_for_reading();
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetActiveSnapshot());
         let mut tenant_key = *tenant;
         let mut keys = tenant_seq_keys(&c, &mut tenant_key, from_seq, false);
@@ -301,6 +296,26 @@ pub fn scan_chain(
         pg_sys::MemoryContextDelete(row_cx);
         pg_sys::systable_endscan_ordered(scan);
         pg_sys::UnregisterSnapshot(snapshot);
+        close_events_for_reading(rel, index);
+    }
+}
+
+/// `custos.events`, its columns and its primary key, opened for reading.
+fn open_events_for_reading() -> (pg_sys::Relation, Columns, pg_sys::Relation) {
+    let rel = open_events(pg_sys::AccessShareLock);
+    // SAFETY: `rel` is the open ledger relation; it has a primary key (custos creates it).
+    unsafe {
+        let index = pg_sys::index_open(
+            pg_sys::RelationGetPrimaryKeyIndex(rel),
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        (rel, Columns::of(rel), index)
+    }
+}
+
+fn close_events_for_reading(rel: pg_sys::Relation, index: pg_sys::Relation) {
+    // SAFETY: both were opened by `open_events_for_reading` and are closed once.
+    unsafe {
         pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
     }
@@ -403,12 +418,7 @@ unsafe fn settled_tuple(
 pub fn settled_hash(tenant: &[u8; 16], seq: i64) -> Option<Hash> {
     // SAFETY: backend thread; the relations are closed and the copy freed before returning.
     unsafe {
-        let rel = open_events(pg_sys::AccessShareLock);
-        let c = Columns::of(rel);
-        let index = pg_sys::index_open(
-            pg_sys::RelationGetPrimaryKeyIndex(rel),
-            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
-        );
+        let (rel, c, index) = open_events_for_reading();
         let tuple = settled_tuple(rel, index, &c, tenant, seq);
         let hash = (!tuple.is_null()).then(|| {
             let mut is_null = false;
@@ -418,8 +428,7 @@ pub fn settled_hash(tenant: &[u8; 16], seq: i64) -> Option<Hash> {
         if !tuple.is_null() {
             pg_sys::heap_freetuple(tuple);
         }
-        pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        close_events_for_reading(rel, index);
         hash
     }
 }

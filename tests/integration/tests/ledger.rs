@@ -22,6 +22,22 @@ fn verify(c: &mut impl postgres::GenericClient, tenant: &str) -> (bool, i64, Opt
     (row.get(0), row.get(1), row.get(2))
 }
 
+/// One column of a tenant's events as the client's snapshot shows them, in seq order.
+fn in_seq_order<T: postgres::types::FromSqlOwned>(
+    c: &mut postgres::Client,
+    column: &str,
+    tenant: &str,
+) -> Vec<T> {
+    c.query(
+        &format!("SELECT {column} FROM custos.events WHERE tenant_id = '{tenant}' ORDER BY seq"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 /// Eight writers hammer two tenants, each transaction recording 1-3 events, some rolled back
 /// whole, some losing a savepoint. Events come from `record_event` and from rows of a table
 /// tracked by `track_table` (whose capture writes events straight to the heap). Every committed
@@ -361,15 +377,7 @@ fn a_writer_commits_while_its_predecessor_waits_for_a_standby_and_readers_fill_t
     );
     successor.join().unwrap().unwrap();
 
-    let visible: Vec<i64> = reader
-        .query(
-            &format!("SELECT seq FROM custos.events WHERE tenant_id = '{T1}' ORDER BY seq"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let visible: Vec<i64> = in_seq_order(&mut reader, "seq", T1);
     assert_eq!(visible, [2, 3], "seq 1 is committed but not visible yet");
     assert_eq!(verify(&mut reader, T1), (true, 3, None));
     let settled = |c: &mut postgres::Client| -> i64 {
@@ -463,15 +471,7 @@ fn a_prepared_transaction_holds_the_chain_until_it_is_resolved() {
             .unwrap();
         writer.join().unwrap().unwrap();
     }
-    let actions: Vec<String> = a
-        .query(
-            &format!("SELECT action FROM custos.events WHERE tenant_id = '{T1}' ORDER BY seq"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let actions: Vec<String> = in_seq_order(&mut a, "action", T1);
     assert_eq!(
         actions,
         [
