@@ -296,39 +296,49 @@ fn tamper_deleted_middle_row() {
     assert!(reason.unwrap().starts_with("gap"));
 }
 
-/// A row the reading snapshot does not see, below rows it does (a writer that became visible before
-/// its predecessor, see `head`), is read from the table when its writer has committed or written
-/// its commit record; here the writer is the reader itself, in a later command than its snapshot.
-/// The chain then verifies, and `settled_seq` stops below the hole.
+/// Rows the reading snapshot does not see, below rows it does (writers that became visible before
+/// their predecessors, see `head`), are read from the table when their writer has committed or
+/// written its commit record; here the writer is the reader itself, in a later command than its
+/// snapshot. The chain then verifies, in whole or in part, and `settled_seq` stops below the
+/// first hole.
 #[pg_test]
-fn readers_fill_a_hole_below_visible_rows_with_the_settled_row() {
+fn readers_fill_holes_below_visible_rows_with_the_settled_rows() {
     let (A, _) = tamper_test_tenants();
     as_tenant(A);
-    record(4);
+    record(6);
     tamper(&format!(
-        "CREATE TEMP TABLE moved AS SELECT * FROM custos.events WHERE tenant_id = '{A}' AND seq = 2;
-         DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq = 2;"
+        "CREATE TEMP TABLE moved AS SELECT * FROM custos.events WHERE tenant_id = '{A}' AND seq IN (2, 4);
+         DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq IN (2, 4);"
     ));
-    // This snapshot sees seq 2 deleted, and not the copy written back after it.
+    // This snapshot sees seqs 2 and 4 deleted, and not the copies written back after it.
     unsafe {
         pg_sys::CommandCounterIncrement();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     Spi::run("INSERT INTO custos.events SELECT * FROM moved").unwrap();
     let visible = Spi::get_one::<i64>(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'"));
+    let tenant = pgrx::Uuid::from_bytes(tenant_bytes(A));
     let mut seen = Vec::new();
     scan_chain(&tenant_bytes(A), 1, None, |r| {
         seen.push((r.fields.seq, r.settling));
         true
     });
-    let outcome = crate::ledger::api::walk_chain(pgrx::Uuid::from_bytes(tenant_bytes(A)), 1, None);
-    let settled = crate::ledger::api::settled_seq(pgrx::Uuid::from_bytes(tenant_bytes(A)), 0);
+    let mut ranged = Vec::new();
+    scan_chain(&tenant_bytes(A), 2, Some(4), |r| {
+        ranged.push(r.fields.seq);
+        true
+    });
+    let whole = crate::ledger::api::walk_chain(tenant, 1, None);
+    let part = crate::ledger::api::walk_chain(tenant, 3, Some(4));
+    let settled = [0, 2, 5].map(|after| crate::ledger::api::settled_seq(tenant, after));
     unsafe { pg_sys::PopActiveSnapshot() };
-    assert_eq!(visible, Ok(Some(4)), "SPI reads with a snapshot of its own, which sees the copy");
-    assert_eq!(seen, [(1, false), (2, true), (3, false), (4, false)]);
-    assert_eq!((outcome.checked, outcome.last_seq, outcome.broken), (4, 4, None));
-    assert_eq!(settled, 1);
-    assert_eq!(Spi::get_one::<i64>(&format!("SELECT custos.settled_seq('{A}')")), Ok(Some(4)));
+    assert_eq!(visible, Ok(Some(6)), "SPI reads with a snapshot of its own, which sees the copies");
+    assert_eq!(seen, [(1, false), (2, true), (3, false), (4, true), (5, false), (6, false)]);
+    assert_eq!(ranged, [2, 3, 4]);
+    assert_eq!((whole.checked, whole.last_seq, whole.broken), (6, 6, None));
+    assert_eq!((part.checked, part.last_seq, part.broken), (2, 4, None));
+    assert_eq!(settled, [1, 3, 6]);
+    assert_eq!(Spi::get_one::<i64>(&format!("SELECT custos.settled_seq('{A}')")), Ok(Some(6)));
 }
 
 #[pg_test]
