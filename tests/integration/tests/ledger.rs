@@ -444,6 +444,74 @@ fn a_writer_commits_while_its_predecessor_waits_for_a_standby_and_readers_fill_t
     assert_eq!(alerts, 0);
 }
 
+/// The other side of the test above: a writer still before its commit record can yet roll back, so
+/// its successor waits for it, and fails when it does. The predecessor is held after custos hands
+/// its chain over and before its commit record: its NOTIFY needs the lock that a commit waiting for
+/// the absent standby holds. Cancelling it there rolls it back.
+#[test]
+fn a_writer_waits_for_a_predecessor_held_before_its_commit_record_and_fails_if_it_rolls_back() {
+    let (db, mut admin) = fresh_db("ledger_held_before_commit");
+    let spawn = |sql: String| {
+        let mut c = connect(&db, "postgres");
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        (
+            pid,
+            std::thread::spawn(move || c.batch_execute(&sql).map_err(|e| sqlstate(&e))),
+        )
+    };
+    let wait_event = |admin: &mut postgres::Client, pid: i32, event: &str| {
+        (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            admin
+                .query_one(
+                    "SELECT coalesce(wait_event = $2, false) FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid, &event],
+                )
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+        })
+    };
+    let (notify_holder, holding) = spawn(
+        "SET synchronous_commit = on; BEGIN; CREATE TEMP TABLE hold (x int); NOTIFY custos_it; COMMIT;"
+            .to_string(),
+    );
+    assert!(wait_event(&mut admin, notify_holder, "SyncRep"));
+    let (predecessor, predecessor_done) = spawn(format!(
+        "BEGIN;
+         INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'first', 'x');
+         NOTIFY custos_it;
+         COMMIT;"
+    ));
+    assert!(
+        wait_event(&mut admin, predecessor, "object"),
+        "the predecessor waits for the NOTIFY lock, after handing its chain over"
+    );
+    let (successor, successor_done) = spawn(format!(
+        "INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'second', 'x')"
+    ));
+    assert!(
+        wait_event(&mut admin, successor, "transactionid"),
+        "the successor chained onto the predecessor's rows and waits for it to commit"
+    );
+    admin
+        .execute("SELECT pg_cancel_backend($1)", &[&predecessor])
+        .unwrap();
+    assert_eq!(predecessor_done.join().unwrap(), Err("57014".to_string()));
+    assert_eq!(successor_done.join().unwrap(), Err("40001".to_string()));
+    admin
+        .execute("SELECT pg_cancel_backend($1)", &[&notify_holder])
+        .unwrap();
+    holding.join().unwrap().unwrap();
+    assert_eq!(verify(&mut admin, T1), (true, 0, None));
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'third', 'x')"
+        ))
+        .unwrap();
+    assert_eq!(in_seq_order::<i64>(&mut admin, "seq", T1), [1]);
+    assert_eq!(verify(&mut admin, T1), (true, 1, None));
+}
+
 /// A prepared transaction keeps its tenant's chain lock (it is not handed over at PREPARE): the
 /// next writer waits until COMMIT PREPARED or ROLLBACK PREPARED, then chains onto what committed.
 #[test]
