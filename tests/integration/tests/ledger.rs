@@ -8,6 +8,7 @@ use postgres::IsolationLevel;
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 const T1: &str = "c1000000-0000-4000-8000-000000000001";
 const T2: &str = "c2000000-0000-4000-8000-000000000002";
@@ -36,6 +37,41 @@ fn in_seq_order<T: postgres::types::FromSqlOwned>(
     .iter()
     .map(|r| r.get(0))
     .collect()
+}
+
+/// Runs `sql` in a session of its own on a thread: the session's backend pid, and how it ended
+/// (the SQLSTATE of its error).
+fn run_aside(db: &str, sql: String) -> (i32, JoinHandle<Result<(), String>>) {
+    let mut c = connect(db, "postgres");
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let run = std::thread::spawn(move || c.batch_execute(&sql).map_err(|e| sqlstate(&e)));
+    (pid, run)
+}
+
+/// Whether `pass` holds within 10 s, checked every 50 ms.
+fn within_10s(mut pass: impl FnMut() -> bool) -> bool {
+    (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        pass()
+    })
+}
+
+/// Whether backend `pid` comes to wait on `event` (pg_stat_activity.wait_event) within 10 s.
+fn comes_to_wait(c: &mut postgres::Client, pid: i32, event: &str) -> bool {
+    within_10s(|| {
+        c.query_one(
+            "SELECT coalesce(wait_event = $2, false) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid, &event],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    })
+}
+
+fn alert_count(c: &mut postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM custos.alerts", &[])
+        .unwrap()
+        .get(0)
 }
 
 /// Eight writers hammer two tenants, each transaction recording 1-3 events, some rolled back
@@ -148,11 +184,7 @@ fn hammer(isolation: IsolationLevel, name: &str) {
         "the auditor verified while the writers wrote ({rounds} rounds)"
     );
     let mut c = connect(&db, "postgres");
-    let alerts: i64 = c
-        .query_one("SELECT count(*) FROM custos.alerts", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(alerts, 0, "no verification raised an alert");
+    assert_eq!(alert_count(&mut c), 0, "no verification raised an alert");
     for (t, tenant) in [T1, T2].iter().enumerate() {
         let row = c
             .query_one(
@@ -328,41 +360,27 @@ fn a_writer_commits_while_its_predecessor_waits_for_a_standby_and_readers_fill_t
         settings.0 == "on" && !settings.1.is_empty(),
         "run against the cluster of scripts/test.sh (track_commit_timestamp on, a synchronous standby named): {settings:?}"
     );
-    let mut held = connect(&db, "postgres");
-    let held_pid: i32 = held
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let holding = std::thread::spawn(move || {
-        held.batch_execute(&format!(
+    let (held_pid, holding) = run_aside(
+        &db,
+        format!(
             "SET synchronous_commit = on;
              INSERT INTO custos.events (tenant_id, action, entity_type, actor) VALUES ('{T1}', 'held', 'x', 'ann')"
-        ))
-    });
-    let waiting_for_standby = (0..200).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        reader
-            .query_one(
-                "SELECT coalesce(wait_event = 'SyncRep', false) FROM pg_stat_activity WHERE pid = $1",
-                &[&held_pid],
-            )
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-    });
-    assert!(waiting_for_standby, "the held commit waits for the standby");
+        ),
+    );
+    assert!(
+        comes_to_wait(&mut reader, held_pid, "SyncRep"),
+        "the held commit waits for the standby"
+    );
 
-    let db_name = db.clone();
-    let successor = std::thread::spawn(move || {
-        connect(&db_name, "postgres").batch_execute(&format!(
+    let (_, successor) = run_aside(
+        &db,
+        format!(
             "BEGIN;
              INSERT INTO custos.events (tenant_id, action, entity_type, actor) VALUES ('{T1}', 'after', 'x', 'bob'), ('{T1}', 'after', 'x', 'bob');
              COMMIT;"
-        ))
-    });
-    let committed_at_once = (0..200).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        successor.is_finished()
-    });
+        ),
+    );
+    let committed_at_once = within_10s(|| successor.is_finished());
     let release = |reader: &mut postgres::Client| {
         reader
             .execute("SELECT pg_cancel_backend($1)", &[&held_pid])
@@ -437,11 +455,7 @@ fn a_writer_commits_while_its_predecessor_waits_for_a_standby_and_readers_fill_t
     assert_eq!(settled(&mut reader), 3);
     assert_eq!(folded(&mut reader), Some(3));
     assert_eq!(verify(&mut reader, T1), (true, 3, None));
-    let alerts: i64 = reader
-        .query_one("SELECT count(*) FROM custos.alerts", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(alerts, 0);
+    assert_eq!(alert_count(&mut reader), 0);
 }
 
 /// The other side of the test above: a writer still before its commit record can yet roll back, so
@@ -451,46 +465,33 @@ fn a_writer_commits_while_its_predecessor_waits_for_a_standby_and_readers_fill_t
 #[test]
 fn a_writer_waits_for_a_predecessor_held_before_its_commit_record_and_fails_if_it_rolls_back() {
     let (db, mut admin) = fresh_db("ledger_held_before_commit");
-    let spawn = |sql: String| {
-        let mut c = connect(&db, "postgres");
-        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-        (
-            pid,
-            std::thread::spawn(move || c.batch_execute(&sql).map_err(|e| sqlstate(&e))),
-        )
-    };
-    let wait_event = |admin: &mut postgres::Client, pid: i32, event: &str| {
-        (0..200).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            admin
-                .query_one(
-                    "SELECT coalesce(wait_event = $2, false) FROM pg_stat_activity WHERE pid = $1",
-                    &[&pid, &event],
-                )
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false)
-        })
-    };
-    let (notify_holder, holding) = spawn(
+    let (notify_holder, holding) = run_aside(
+        &db,
         "SET synchronous_commit = on; BEGIN; CREATE TEMP TABLE hold (x int); NOTIFY custos_it; COMMIT;"
             .to_string(),
     );
-    assert!(wait_event(&mut admin, notify_holder, "SyncRep"));
-    let (predecessor, predecessor_done) = spawn(format!(
-        "BEGIN;
+    assert!(comes_to_wait(&mut admin, notify_holder, "SyncRep"));
+    let (predecessor, predecessor_done) = run_aside(
+        &db,
+        format!(
+            "BEGIN;
          INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'first', 'x');
          NOTIFY custos_it;
          COMMIT;"
-    ));
+        ),
+    );
     assert!(
-        wait_event(&mut admin, predecessor, "object"),
+        comes_to_wait(&mut admin, predecessor, "object"),
         "the predecessor waits for the NOTIFY lock, after handing its chain over"
     );
-    let (successor, successor_done) = spawn(format!(
+    let (successor, successor_done) = run_aside(
+        &db,
+        format!(
         "INSERT INTO custos.events (tenant_id, action, entity_type) VALUES ('{T1}', 'second', 'x')"
-    ));
+    ),
+    );
     assert!(
-        wait_event(&mut admin, successor, "transactionid"),
+        comes_to_wait(&mut admin, successor, "transactionid"),
         "the successor chained onto the predecessor's rows and waits for it to commit"
     );
     admin
