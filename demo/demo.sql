@@ -111,6 +111,8 @@ SELECT seq, actor, db_role, action, entity_type, entity_id, severity,
 SELECT seq, details->'old'->>'amount' AS old_amount, details->'new'->>'amount' AS new_amount, details->'changed' AS changed
   FROM custos.events WHERE action = 'update';
 SELECT * FROM custos.verify_chain('a1000000-0000-4000-8000-000000000001');
+\echo '   where a consumer that follows the chain by seq may read up to (every event below it is visible):'
+SELECT custos.settled_seq('a1000000-0000-4000-8000-000000000001') AS settled_seq;
 COMMIT;
 
 \echo
