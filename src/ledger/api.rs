@@ -170,16 +170,16 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
     let mut next_progress = PROGRESS_EVERY;
     scan_chain(&tenant_bytes, from_seq, to_seq, |row| {
         let pushed = verifier.push(&Row {
-            seq: row.fields.seq,
+            seq: row.seq,
             prev_hash: row.prev_hash,
             hash: row.hash,
-            recomputed: event_hash(&hash_from_bytes(row.prev_hash), &row.fields),
+            recomputed: event_hash(&hash_from_bytes(row.prev_hash), &row.fields()),
         });
         if let Err(b) = pushed {
             broken = Some(b);
             return false;
         }
-        last_seq = row.fields.seq;
+        last_seq = row.seq;
         if verifier.checked() >= next_progress {
             pgrx::notice!(
                 "custos.verify_chain: {} events checked, at seq {last_seq}",
@@ -299,7 +299,7 @@ pub(crate) fn settled_seq(tenant: pgrx::Uuid, after_seq: default!(i64, 0)) -> i6
             if row.settling {
                 return false;
             }
-            settled = row.fields.seq;
+            settled = row.seq;
             true
         },
     );

@@ -71,10 +71,10 @@ fn rows(t: &str) -> Vec<Stored> {
     scan_now(t, |r| {
         let prev: [u8; 32] = r.prev_hash.try_into().unwrap();
         out.push(Stored {
-            seq: r.fields.seq,
+            seq: r.seq,
             prev_hash: r.prev_hash.to_vec(),
             hash: r.hash.to_vec(),
-            recomputed: event_hash(&prev, &r.fields).to_vec(),
+            recomputed: event_hash(&prev, &r.fields()).to_vec(),
         });
         true
     });
@@ -320,12 +320,12 @@ fn readers_fill_holes_below_visible_rows_with_the_settled_rows() {
     let tenant = pgrx::Uuid::from_bytes(tenant_bytes(A));
     let mut seen = Vec::new();
     scan_chain(&tenant_bytes(A), 1, None, |r| {
-        seen.push((r.fields.seq, r.settling));
+        seen.push((r.seq, r.settling));
         true
     });
     let mut ranged = Vec::new();
     scan_chain(&tenant_bytes(A), 2, Some(4), |r| {
-        ranged.push(r.fields.seq);
+        ranged.push(r.seq);
         true
     });
     let whole = crate::ledger::api::walk_chain(tenant, 1, None);
@@ -396,8 +396,8 @@ fn tamper_recomputed_whole_chain_is_caught_by_checkpoint() {
     let mut rewritten = Vec::new();
     let mut prev = genesis_hash(&tenant_bytes(A));
     scan_now(A, |r| {
-        let h = event_hash(&prev, &r.fields);
-        rewritten.push((r.fields.seq, prev, h));
+        let h = event_hash(&prev, &r.fields());
+        rewritten.push((r.seq, prev, h));
         prev = h;
         true
     });

@@ -219,12 +219,23 @@ pub fn open_custos_table(name: &std::ffi::CStr, lockmode: u32) -> pg_sys::Relati
 
 /// One stored row as the verifier sees it.
 pub struct StoredRow<'a> {
-    pub fields: EventFields<'a>,
+    pub seq: i64,
     pub prev_hash: &'a [u8],
     pub hash: &'a [u8],
     /// Not visible to the snapshot yet, though its writer has committed or is committing: a hole
     /// that a later writer of the tenant left by becoming visible first (see `head`).
     pub settling: bool,
+    columns: &'a Columns,
+    values: &'a [pg_sys::Datum],
+    nulls: &'a [bool],
+}
+
+impl StoredRow<'_> {
+    /// The hashed fields. Prints `details`, so readers that only follow seqs do not call it.
+    pub fn fields(&self) -> EventFields<'_> {
+        // SAFETY: the row was deformed from `custos.events` with these columns (`stored_row`).
+        unsafe { event_fields(self.columns, self.values, self.nulls) }
+    }
 }
 
 /// Calls `f` for each row of `tenant` with `seq >= from_seq` (and `<= to_seq`), in seq order,
@@ -324,7 +335,7 @@ fn close_events_for_reading(rel: pg_sys::Relation, index: pg_sys::Relation) {
 /// # Safety
 /// `values`/`nulls` hold a deformed `custos.events` row that outlives the result.
 unsafe fn stored_row<'a>(
-    c: &Columns,
+    c: &'a Columns,
     values: &'a [pg_sys::Datum],
     nulls: &'a [bool],
     settling: bool,
@@ -332,10 +343,13 @@ unsafe fn stored_row<'a>(
     // SAFETY: as the caller promised.
     unsafe {
         StoredRow {
-            fields: event_fields(c, values, nulls),
+            seq: values[c.seq].value() as i64,
             prev_hash: bytes_of(values[c.prev_hash]),
             hash: bytes_of(values[c.hash]),
             settling,
+            columns: c,
+            values,
+            nulls,
         }
     }
 }
