@@ -38,8 +38,11 @@ install_extension
 # (src/ledger/head.rs). A synchronous standby that never answers lets a test hold one commit
 # between its WAL record and its visibility: sessions commit with synchronous_commit = local
 # unless a test asks for the standby.
-cluster_start "max_prepared_transactions = 10" "track_commit_timestamp = on" \
-  "synchronous_standby_names = 'custos_absent_standby'" "synchronous_commit = local"
+# Preloaded, as the README recommends (the security tests need custos' settings defined in every
+# session); RUST_BACKTRACE on, which custos must keep out of error DETAILs.
+CLUSTER_ENV="RUST_BACKTRACE=1" cluster_start "max_prepared_transactions = 10" "track_commit_timestamp = on" \
+  "synchronous_standby_names = 'custos_absent_standby'" "synchronous_commit = local" \
+  "shared_preload_libraries = 'custos'"
 CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" \
   cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=4 2>&1 | tee -a "$RESULTS"
 

@@ -39,9 +39,6 @@ REVOKE ALL ON @extschema@.data_keys, @extschema@.subject_keys FROM PUBLIC;
 
 COMMENT ON FUNCTION @extschema@.rotate_data_key(uuid) IS
 'Makes a new data key version for the tenant and retires its subjects'' current keys, so new values are sealed under fresh keys; values sealed before stay readable. Returns the new version.';
-REVOKE EXECUTE ON FUNCTION @extschema@.rotate_data_key(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.rotate_data_key(uuid) TO custos_admin;
 
 COMMENT ON FUNCTION @extschema@.rewrap_data_keys(uuid) IS
 'Master-key rotation: rewraps the data keys of a tenant (NULL: every tenant) that custos.master_key_previous wrapped under custos.master_key, in one transaction. Returns how many were rewrapped, how many were already under the configured key, and its id. Superusers only.';
-REVOKE EXECUTE ON FUNCTION @extschema@.rewrap_data_keys(uuid) FROM PUBLIC;

@@ -8,7 +8,11 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
     ('dormant.privileged_threshold_days', 'integer', '0', 0, 3650,
      'Inactivity threshold for privileged accounts; 0 means dormant.threshold_days.'),
     ('dormant.service_threshold_days', 'integer', '0', 0, 3650,
-     'Inactivity threshold for service accounts; 0 means dormant.threshold_days.');
+     'Inactivity threshold for service accounts; 0 means dormant.threshold_days.'),
+    ('dormant.activity_actions', 'text', '"login,user.login,auth.login,session.start"', NULL, NULL,
+     'Comma-separated ledger actions that count as an account''s activity (its actor signed in); * counts every action. A writer can name any actor, so keep this to sign-in events.'),
+    ('dormant.activity_roles', 'text', '"*"', NULL, NULL,
+     'Comma-separated database roles whose events count as activity (* any). Name the roles of your sign-in path to make ledger activity unforgeable by other writers.');
 
 CREATE TABLE @extschema@.identities (
     -- What the report and summary read comes first: rows are decoded only up to the last column a
@@ -203,13 +207,16 @@ DECLARE
     from_seq bigint;
     to_seq bigint;
     n bigint;
+    actions text[];
+    roles text[];
 BEGIN
     IF t IS NULL OR (t IS DISTINCT FROM @extschema@.current_tenant()
                      AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role())) THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'activity can be synced for the current tenant only';
     END IF;
     -- One fold at a time per tenant; a concurrent caller waits, then finds little left to do.
-    PERFORM pg_advisory_xact_lock(hashtextextended('custos.activity:' || t::text, 0));
+    -- (A lock SQL's advisory-lock functions cannot take: no role can block the report with it.)
+    PERFORM @extschema@.lock_activity_fold(t);
     SELECT folded_seq INTO from_seq FROM @extschema@.activity_watermarks w WHERE w.tenant_id = t;
     from_seq := coalesce(from_seq, 0);
     -- Not max(seq): the watermark must not step over an event that is still becoming visible.
@@ -218,17 +225,29 @@ BEGIN
         RETURN 0;
     END IF;
     -- Actors of encrypted tenants are stored as pseudonyms: name them (forgotten ones match nobody).
+    -- Only events the tenant trusts as activity count: a writer can name any actor, so an event
+    -- counts only if its action is one of dormant.activity_actions and, when the tenant names
+    -- them, it was written by one of dormant.activity_roles.
+    actions := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_actions') #>> '{}', ' ', ''), ',');
+    roles := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_roles') #>> '{}', ' ', ''), ',');
     WITH latest AS (
         SELECT @extschema@.reveal_actor(t, g.actor) AS actor, g.at
           FROM (SELECT e.actor, max(e.occurred_at) AS at
                   FROM @extschema@.events e
                  WHERE e.tenant_id = t AND e.seq > from_seq AND e.seq <= to_seq
+                   AND ('*' = ANY (actions) OR e.action = ANY (actions))
+                   AND ('*' = ANY (roles) OR e.db_role = ANY (roles))
                  GROUP BY e.actor) g
     ), matched AS (
-        SELECT i.user_id, max(l.at) AS at
-          FROM latest l JOIN @extschema@.identities i
-            ON i.tenant_id = t AND (i.user_id = l.actor OR lower(i.email) = lower(l.actor))
-         GROUP BY i.user_id
+        -- Two equi-joins, not one join on an OR of both keys: that could only be a nested loop,
+        -- minutes for tens of thousands of actors and accounts.
+        SELECT m.user_id, max(m.at) AS at
+          FROM (SELECT i.user_id, l.at
+                  FROM latest l JOIN @extschema@.identities i ON i.tenant_id = t AND i.user_id = l.actor
+                UNION ALL
+                SELECT i.user_id, l.at
+                  FROM latest l JOIN @extschema@.identities i ON i.tenant_id = t AND lower(i.email) = lower(l.actor)) m
+         GROUP BY m.user_id
     )
     UPDATE @extschema@.identities i
        SET last_active_at = m.at, last_active_source = 'ledger', updated_at = now()
@@ -472,7 +491,7 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     tenant uuid := @extschema@.require_tenant();
-    who text := coalesce(nullif(current_setting('custos.actor', true), ''), @extschema@.caller_role());
+    who text := @extschema@.current_actor();
 BEGIN
     IF decision IS NULL OR decision NOT IN ('keep', 'disable', 'delete', 'false_positive') THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown decision "%s"', decision),
@@ -504,6 +523,7 @@ AS $fn$
 DECLARE
     t uuid := coalesce(NEW.tenant_id, OLD.tenant_id);
 BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.dormant_settings_changed');
     IF coalesce(NEW.key, OLD.key) LIKE 'dormant.%' THEN
         UPDATE @extschema@.identities SET updated_at = updated_at WHERE tenant_id = t;
     END IF;
@@ -518,7 +538,3 @@ COMMENT ON FUNCTION @extschema@.explain_risk(boolean, boolean, boolean, boolean,
 COMMENT ON FUNCTION @extschema@.risk_level_of(double precision) IS 'Risk level (low, medium, high, critical) of a raw risk score.';
 COMMENT ON FUNCTION @extschema@.risk_level_bounds() IS 'Raw scores at which medium, high and critical begin (the level bounds of the risk score, as raw values).';
 COMMENT ON FUNCTION @extschema@.peer_score(double precision, bigint) IS 'Peer contribution (0 to 0.6 in 0.2 steps) from the share of department peers who are active.';
-REVOKE EXECUTE ON FUNCTION @extschema@.upsert_identities(jsonb), @extschema@.touch_activity(uuid, text, timestamptz, text),
-                            @extschema@.mark_reviewed(text, text, text), @extschema@.refresh_peer_scores(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.upsert_identities(jsonb), @extschema@.touch_activity(uuid, text, timestamptz, text),
-                           @extschema@.mark_reviewed(text, text, text), @extschema@.refresh_peer_scores(uuid) TO custos_admin;

@@ -18,7 +18,6 @@ COMMENT ON TABLE @extschema@.alerts IS
 'Alerts raised by custos: a broken audit chain (source ledger.verify), later anomalies. Tenant-isolated.';
 SELECT @extschema@.enable_tenant_isolation('@extschema@.alerts');
 GRANT SELECT ON @extschema@.alerts TO custos_auditor;
-GRANT UPDATE (status) ON @extschema@.alerts TO custos_auditor;
 
 ------------------------------------------------------------------------------------------------
 -- Events
@@ -73,6 +72,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
+    IF TG_TABLE_SCHEMA <> '@extschema@' THEN
+        RAISE EXCEPTION USING ERRCODE = '39P01',
+            MESSAGE = 'custos.refuse_ledger_change is a trigger of custos'' own tables only';
+    END IF;
     -- The one way out: custos.apply_retention, which sets this superuser-only setting for its
     -- own DELETE (and the AFTER DELETE check holds it to the tenant and seq it named).
     IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'events'
@@ -103,7 +106,6 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.make_append_only(regclass) IS 'Internal: puts custos'' append-only triggers on one of its tables.';
-REVOKE EXECUTE ON FUNCTION @extschema@.make_append_only(regclass) FROM PUBLIC;
 
 SELECT @extschema@.make_append_only('@extschema@.events');
 ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER zz_chain;
@@ -259,14 +261,6 @@ COMMENT ON FUNCTION @extschema@.checkpoint_public_key() IS
 COMMENT ON FUNCTION @extschema@.verify_checkpoint(text, text) IS
 'Checks a checkpoint''s signature (with public_key, else the configured key) and that the current chain verifies and still has the checkpoint''s head at its seq: a rewritten or cut-off chain fails even if every hash was recomputed.';
 
-REVOKE EXECUTE ON FUNCTION @extschema@.record_event(text, text, text, jsonb, text, timestamptz, text, inet, text),
-                            @extschema@.record_events(jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.record_event(text, text, text, jsonb, text, timestamptz, text, inet, text),
-                           @extschema@.record_events(jsonb) TO custos_writer;
-REVOKE EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extschema@.settled_seq(uuid, bigint), @extschema@.checkpoint(uuid),
-                            @extschema@.verify_checkpoint(text, text), @extschema@.checkpoint_public_key() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint), @extschema@.settled_seq(uuid, bigint), @extschema@.checkpoint(uuid),
-                           @extschema@.verify_checkpoint(text, text), @extschema@.checkpoint_public_key() TO custos_auditor;
 
 ------------------------------------------------------------------------------------------------
 -- Capture of business tables: every INSERT, UPDATE, DELETE and TRUNCATE becomes ledger events.
@@ -293,6 +287,21 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
+    -- Runs as custos' owner on a table its caller owns: nothing of the caller's may run here.
+    -- Only the trigger track_table made; and the tenant column read only if it is exactly uuid
+    -- (not a domain or a type of the caller's with casts and operators of its own), so the
+    -- DISTINCT and the INSERT use PostgreSQL's built-in uuid operators and no cast at all.
+    IF TG_NAME <> 'custos_track_truncate' OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'STATEMENT' OR TG_NARGS < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '39P01',
+            MESSAGE = 'custos.capture_truncate runs only as the TRUNCATE trigger custos.track_table creates';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = TG_RELID AND a.attname = TG_ARGV[0] AND a.attnum > 0
+                      AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype) THEN
+        RAISE EXCEPTION USING ERRCODE = '42804',
+            MESSAGE = format('tenant column %I of %s is no longer a uuid: the TRUNCATE cannot be recorded', TG_ARGV[0], TG_RELID::regclass),
+            HINT = 'the tenant column of a tracked table must stay of type uuid; untrack the table before changing it';
+    END IF;
     EXECUTE format('INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
                     SELECT DISTINCT t.%1$I, ''truncate'', $1, jsonb_build_object(''table'', $2)
                       FROM %2$s t WHERE t.%1$I IS NOT NULL', TG_ARGV[0], TG_RELID::regclass)
@@ -310,7 +319,6 @@ COMMENT ON FUNCTION @extschema@.capture_truncate() IS
 -- statement a GUC save and restore and a new namespace search path.
 COMMENT ON FUNCTION @extschema@.capture_changes() IS
 'AFTER ... FOR EACH STATEMENT trigger of tables tracked by custos.track_table: reads the statement''s transition tables and records each changed row (or group of rows) as an event in the row''s tenant.';
-REVOKE EXECUTE ON FUNCTION @extschema@.capture_changes(), @extschema@.capture_truncate() FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL,
                                         rows_per_event integer DEFAULT 1)
@@ -417,6 +425,36 @@ SELECT t.tgrelid::regclass AS table_name, a.args[1]::name AS tenant_column, a.ar
  CROSS JOIN LATERAL (SELECT string_to_array(replace(regexp_replace(encode(t.tgargs, 'escape'), '\\000$', ''), '\\', '\'), '\000') AS args) a
  WHERE t.tgname = 'custos_track_insert';
 COMMENT ON VIEW @extschema@.tracked_tables IS 'Tables whose changes custos records in the audit ledger.';
-GRANT SELECT ON @extschema@.tracked_tables TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text, integer), @extschema@.untrack_table(regclass) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.track_table(regclass, name, text, integer), @extschema@.untrack_table(regclass) TO custos_admin;
+GRANT SELECT ON @extschema@.tracked_tables TO custos_admin, custos_auditor;
+
+------------------------------------------------------------------------------------------------
+-- Alert triage: only through this function, and on the record.
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.set_alert_status(alert_id bigint, status text, note text DEFAULT NULL)
+RETURNS TABLE (id bigint, previous_status text, new_status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    before text;
+BEGIN
+    IF status IS NULL OR status NOT IN ('open', 'acknowledged', 'resolved', 'false_positive') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown alert status "%s"', status),
+            HINT = 'one of open, acknowledged, resolved, false_positive';
+    END IF;
+    SELECT a.status INTO before FROM @extschema@.alerts a
+     WHERE a.id = alert_id AND a.tenant_id = tenant FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no alert %s in the current tenant', alert_id);
+    END IF;
+    UPDATE @extschema@.alerts a SET status = set_alert_status.status WHERE a.id = alert_id AND a.tenant_id = tenant;
+    -- Who closed which alert, and why, is part of the audit trail.
+    INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, 'custos.alert_status', 'alert', alert_id::text, 'info',
+            jsonb_strip_nulls(jsonb_build_object('from', before, 'to', set_alert_status.status, 'note', note)));
+    RETURN QUERY SELECT alert_id, before, set_alert_status.status;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.set_alert_status(bigint, text, text) IS
+'Moves an alert of the current tenant to open, acknowledged, resolved or false_positive, and records the change (with the note) as a custos.alert_status event in the ledger. For custos_admin; auditors read alerts but cannot close them.';

@@ -13,6 +13,26 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
     ('ledger.legal_hold', 'boolean', 'false', NULL, NULL,
      'While on, custos.apply_retention removes nothing.');
 
+-- Encryption cannot be switched on for a tenant without a master key to wrap its keys.
+CREATE FUNCTION @extschema@.ledger_settings_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.ledger_settings_check');
+    IF NEW.key = 'ledger.encrypt' AND NEW.value = 'true'::jsonb THEN
+        PERFORM @extschema@.require_master_key();
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.ledger_settings_check() IS
+'BEFORE trigger of custos.tenant_settings: refuses ledger.encrypt = true while no master key is configured.';
+CREATE TRIGGER ledger_settings_check BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.ledger_settings_check();
+COMMENT ON FUNCTION @extschema@.require_master_key() IS
+'Raises 55000 unless a usable master key is configured (custos.master_key_file, or custos.master_key in the session).';
+
 COMMENT ON FUNCTION @extschema@.require_tenant_access(uuid) IS
 'Raises 42501 unless the caller works in the given tenant (its current tenant); superusers work in any.';
 COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
@@ -24,9 +44,6 @@ COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
 COMMENT ON FUNCTION @extschema@.reveal_actor(uuid, text) IS
 'Internal: the actor of an event as the tenant''s reader sees it (the subject''s name for a pseudonym, NULL once forgotten).';
 COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
-REVOKE EXECUTE ON FUNCTION @extschema@.reveal(uuid, uuid, text, text), @extschema@.reveal_details(uuid, uuid, jsonb),
-                            @extschema@.reveal_actor(uuid, text),
-                            @extschema@.is_erased(uuid, text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------------
 -- Access log
@@ -56,8 +73,6 @@ COMMENT ON FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) IS
 'Internal: appends one read to the tenant''s access log (chained); called by custos'' read functions.';
 COMMENT ON FUNCTION @extschema@.verify_access_log(uuid) IS
 'Recomputes the tenant''s access-log chain: ok, rows checked, the first broken seq and why.';
-REVOKE EXECUTE ON FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.verify_access_log(uuid) TO custos_auditor, custos_admin;
 
 ------------------------------------------------------------------------------------------------
 -- Logged reads
@@ -126,7 +141,6 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
 'Internal: the filtered, opened events behind custos.timeline and custos.export_events.';
-REVOKE EXECUTE ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.timeline(since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
                                      of_type text DEFAULT NULL, of_entity text DEFAULT NULL, by_actor text DEFAULT NULL,
@@ -235,12 +249,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN value IS NULL THEN '' ELSE '"' || replace(value, '"', '""') || '"' END $$;
 COMMENT ON FUNCTION @extschema@.csv_field(text) IS 'A value as one RFC 4180 CSV field (quoted; NULL as empty).';
 
-REVOKE EXECUTE ON FUNCTION @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer),
-                            @extschema@.event(uuid),
-                            @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer),
-                           @extschema@.event(uuid) TO custos_reader, custos_auditor, custos_admin;
-GRANT EXECUTE ON FUNCTION @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) TO custos_exporter;
 
 ------------------------------------------------------------------------------------------------
 -- GDPR
@@ -310,9 +318,6 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@.forget_subject(uuid, text) IS
 'Erases a person (GDPR): destroys their keys so every field sealed for them becomes unreadable (crypto-shredding), removes their identity record, and records the erasure as a ledger event (naming the key, not the person). The chain still verifies.';
-REVOKE EXECUTE ON FUNCTION @extschema@.export_subject(uuid, text), @extschema@.forget_subject(uuid, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.export_subject(uuid, text) TO custos_exporter;
-GRANT EXECUTE ON FUNCTION @extschema@.forget_subject(uuid, text) TO custos_admin;
 
 ------------------------------------------------------------------------------------------------
 -- Retention
@@ -341,6 +346,7 @@ AS $fn$
 DECLARE
     allowed text := current_setting('custos.retention_through', true);
 BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.retention_delete_check');
     IF coalesce(allowed, '') !~ '^[0-9a-f-]{36}:[0-9]+$'
        OR EXISTS (SELECT 1 FROM custos_removed r
                    WHERE r.tenant_id::text <> split_part(allowed, ':', 1) OR r.seq > split_part(allowed, ':', 2)::bigint) THEN
@@ -406,5 +412,3 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@.apply_retention(uuid) IS
 'Removes the tenant''s events recorded before its archive horizon (ledger.archive_years, default 7), refused under ledger.legal_hold. Leaves a chained anchor (custos.chain_anchors and a custos.retention event) so the remaining chain still verifies. The only way rows leave the ledger.';
-REVOKE EXECUTE ON FUNCTION @extschema@.apply_retention(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.apply_retention(uuid) TO custos_admin;

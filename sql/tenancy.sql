@@ -4,8 +4,6 @@ COMMENT ON FUNCTION @extschema@.current_tenant() IS
 'The tenant of the current request: the value of custos.set_tenant() in this transaction, else the tenant_id claim of request.jwt.claims (as PostgREST sets it). NULL when neither holds a valid UUID, so tenant-isolated tables show no rows.';
 COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
 'Sets the tenant for the rest of the current transaction (NULL clears it) and returns it. For application servers that connect directly; PostgREST requests carry the tenant in their JWT instead.';
-REVOKE EXECUTE ON FUNCTION @extschema@.set_tenant(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.set_tenant(uuid) TO custos_reader;
 
 ------------------------------------------------------------------------------------------------
 -- Row-level security helpers
@@ -225,11 +223,27 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.validate_setting(text, jsonb) IS
 'Returns the value if it is valid for the setting; otherwise raises an error naming what is wrong (unknown key, wrong type, out of range).';
 
+-- Trigger functions refuse every table but their own (custos.require_trigger_on).
+CREATE FUNCTION @extschema@.require_trigger_on(fired_on oid, own regclass, fn text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF fired_on IS DISTINCT FROM own::oid THEN
+        RAISE EXCEPTION USING ERRCODE = '39P01',
+            MESSAGE = format('%s is the trigger of %s and runs on no other table', fn, own);
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.require_trigger_on(oid, regclass, text) IS
+'Internal: raises 39P01 unless a trigger function fires on its own table.';
+
 CREATE FUNCTION @extschema@.tenant_settings_validate() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_validate');
     NEW.value := @extschema@.validate_setting(NEW.key, NEW.value);
     NEW.updated_at := now();
     NEW.updated_by := current_user;
@@ -247,6 +261,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_invalidate');
     PERFORM @extschema@.invalidate_caches();
     RETURN NULL;
 END
@@ -255,7 +270,6 @@ CREATE TRIGGER cache_invalidation AFTER INSERT OR UPDATE OR DELETE ON @extschema
     FOR EACH ROW EXECUTE FUNCTION @extschema@.tenant_settings_invalidate();
 COMMENT ON FUNCTION @extschema@.invalidate_caches() IS
 'Ages the cached settings and keys of every session (they are read again on next use); custos calls it when settings change, keys rotate or a subject is forgotten.';
-REVOKE EXECUTE ON FUNCTION @extschema@.invalidate_caches() FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.tenant_setting(tenant uuid, key text)
 RETURNS jsonb
@@ -341,11 +355,7 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
     ('dormant.threshold_days', 'integer', '30', 1, 3650,
      'Days without activity after which an identity counts as dormant.');
 
-GRANT SELECT ON @extschema@.setting_definitions TO PUBLIC;
+GRANT SELECT ON @extschema@.setting_definitions TO custos_reader;
 -- Row-level security decides which rows: without a tenant, none.
-GRANT SELECT ON @extschema@.tenant_settings TO PUBLIC;
+GRANT SELECT ON @extschema@.tenant_settings TO custos_reader;
 GRANT INSERT, UPDATE, DELETE ON @extschema@.tenant_settings TO custos_admin;
-REVOKE EXECUTE ON FUNCTION @extschema@.set_setting(text, jsonb), @extschema@.reset_setting(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.set_setting(text, jsonb), @extschema@.reset_setting(text) TO custos_admin;
-REVOKE EXECUTE ON FUNCTION @extschema@.enable_tenant_isolation(regclass, name) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.enable_tenant_isolation(regclass, name) TO custos_admin;

@@ -65,6 +65,11 @@ pub static MASTER_KEY_PREVIOUS_FILE: GucSetting<Option<CString>> =
 pub static RETENTION_THROUGH: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 
+/// Session users whose `request.jwt.claims` custos trusts (comma-separated role names; PostgREST
+/// connects as its authenticator and switches role per request). Superuser-only.
+pub static JWT_AUTHENTICATORS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"authenticator"));
+
 /// Lets a superuser drop the extension, and with it the ledger. Off by default.
 pub static ALLOW_LEDGER_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -87,6 +92,16 @@ Only superusers may SET it directly; everyone else calls custos.set_tenant(uuid)
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
+        c"custos.jwt_authenticators",
+        c"Roles whose request.jwt.claims custos trusts (comma-separated session users).",
+        c"Default 'authenticator' (PostgREST's convention). Claims count only when the session user \
+is one of these roles (or a superuser) and the claims were set for the current transaction \
+(set_config(..., true)); otherwise custos ignores them. Superuser-only.",
+        &JWT_AUTHENTICATORS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
         c"custos.actor",
         c"Application user recorded as the actor of ledger events (set with custos.set_actor).",
         c"Transaction-local when set by custos.set_actor. When empty, the sub claim of \
@@ -105,13 +120,13 @@ request.jwt.claims is used, then the database role.",
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
+    define_secret(
         c"custos.checkpoint_signing_key",
         c"Ed25519 key that signs ledger checkpoints (32-byte seed, hex or base64).",
-        c"Superuser-only and hidden from SHOW ALL and pg_settings. Alternatively custos.checkpoint_key_file.",
+        c"Superuser-only; shown masked to everyone. Only SET in a session or the server's command line \
+may give it: configuration files, ALTER SYSTEM, ALTER DATABASE and ALTER ROLE are refused, because \
+PostgreSQL logs and catalogs what they hold. Prefer custos.checkpoint_key_file.",
         &CHECKPOINT_SIGNING_KEY,
-        GucContext::Suset,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_string_guc(
         c"custos.checkpoint_key_file",
@@ -121,13 +136,13 @@ request.jwt.claims is used, then the database role.",
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_string_guc(
+    define_secret(
         c"custos.master_key",
         c"AES-256-GCM master key wrapping the tenants' data keys (32 bytes, hex or base64).",
-        c"Superuser-only and hidden from SHOW ALL and pg_settings. Alternatively custos.master_key_file.",
+        c"Superuser-only; shown masked to everyone. Only SET in a session or the server's command line \
+may give it: configuration files, ALTER SYSTEM, ALTER DATABASE and ALTER ROLE are refused. Prefer \
+custos.master_key_file.",
         &MASTER_KEY,
-        GucContext::Suset,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_string_guc(
         c"custos.master_key_file",
@@ -137,13 +152,12 @@ request.jwt.claims is used, then the database role.",
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_string_guc(
+    define_secret(
         c"custos.master_key_previous",
         c"The master key being replaced: during a rotation, data keys it wrapped are still opened with it.",
-        c"Superuser-only and hidden. Set it with the new custos.master_key, run custos.rewrap_data_keys(), then clear it.",
+        c"Superuser-only; shown masked. Set it with the new custos.master_key, run \
+custos.rewrap_data_keys(), then clear it. Prefer custos.master_key_previous_file.",
         &MASTER_KEY_PREVIOUS,
-        GucContext::Suset,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_string_guc(
         c"custos.master_key_previous_file",
@@ -171,4 +185,137 @@ request.jwt.claims is used, then the database role.",
     );
     // SAFETY: called from _PG_init on the backend thread; the prefix is a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"custos".as_ptr()) };
+}
+
+/// Defines a secret setting: superuser-only, hidden from SHOW ALL, shown masked to whoever may read
+/// it (members of pg_read_all_settings included), and refused from every source that PostgreSQL
+/// writes to its log or catalogs (configuration files, ALTER SYSTEM, ALTER DATABASE/ROLE ... SET):
+/// a reload logs "parameter ... changed to <value>", and pg_db_role_setting is readable by all.
+fn define_secret(
+    name: &'static std::ffi::CStr,
+    short: &'static std::ffi::CStr,
+    long: &'static std::ffi::CStr,
+    setting: &'static GucSetting<Option<CString>>,
+) {
+    // SAFETY: _PG_init on the backend thread; the storage is a static that lives as long as the
+    // library, as DefineCustomStringVariable requires.
+    unsafe {
+        pgrx::pg_sys::DefineCustomStringVariable(
+            name.as_ptr(),
+            short.as_ptr(),
+            long.as_ptr(),
+            setting.as_ptr(),
+            std::ptr::null(),
+            pgrx::pg_sys::GucContext::PGC_SUSET,
+            (GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL).bits(),
+            Some(check_secret_source),
+            None,
+            Some(SECRET_SHOW_HOOKS[secret_index(setting)]),
+        );
+    }
+}
+
+/// Secrets in definition order; their show hooks below must follow the same order.
+fn secret_index(setting: &'static GucSetting<Option<CString>>) -> usize {
+    [&CHECKPOINT_SIGNING_KEY, &MASTER_KEY, &MASTER_KEY_PREVIOUS]
+        .iter()
+        .position(|s| std::ptr::eq(*s, setting))
+        .unwrap_or_else(|| unreachable!("every secret is listed"))
+}
+
+/// What a secret shows as: whether it is set, never its value.
+pub fn masked(value: Option<&[u8]>) -> &'static std::ffi::CStr {
+    match value {
+        Some(v) if !v.is_empty() => c"(set, hidden)",
+        _ => c"",
+    }
+}
+
+macro_rules! show_masked {
+    ($name:ident, $setting:ident) => {
+        unsafe extern "C-unwind" fn $name() -> *const std::ffi::c_char {
+            // SAFETY: the setting's storage is a static C string or NULL, read on the backend thread.
+            let raw = unsafe { *$setting.as_ptr() };
+            let value =
+                (!raw.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(raw) }.to_bytes());
+            masked(value).as_ptr()
+        }
+    };
+}
+show_masked!(show_checkpoint_signing_key, CHECKPOINT_SIGNING_KEY);
+show_masked!(show_master_key, MASTER_KEY);
+show_masked!(show_master_key_previous, MASTER_KEY_PREVIOUS);
+const SECRET_SHOW_HOOKS: [unsafe extern "C-unwind" fn() -> *const std::ffi::c_char; 3] = [
+    show_checkpoint_signing_key,
+    show_master_key,
+    show_master_key_previous,
+];
+
+/// Whether a secret may come from `source`: a session's SET, the server's command line or
+/// environment, a client's startup options. Not from files or catalogs, which logs and other
+/// roles can read.
+pub fn secret_source_allowed(source: pgrx::pg_sys::GucSource::Type) -> bool {
+    use pgrx::pg_sys::GucSource::*;
+    !matches!(
+        source,
+        PGC_S_FILE | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER | PGC_S_TEST
+    )
+}
+
+unsafe extern "C-unwind" fn check_secret_source(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value (NULL or a C string).
+    let empty = unsafe { (*newval).is_null() || **newval == 0 };
+    if empty || secret_source_allowed(source) {
+        return true;
+    }
+    // SAFETY: GUC_check_errmsg/hint, as the GUC_check_errmsg() macro sets them: strings in the
+    // current memory context. The message must not carry the value (PostgreSQL's default does).
+    unsafe {
+        pgrx::pg_sys::GUC_check_errcode(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32,
+        );
+        pgrx::pg_sys::GUC_check_errmsg_string = pgrx::pg_sys::pstrdup(
+            c"custos keys cannot be stored in configuration files or catalogs, where logs and other roles can read them".as_ptr(),
+        );
+        pgrx::pg_sys::GUC_check_errhint_string = pgrx::pg_sys::pstrdup(
+            c"put the key in a file readable only by the server (custos.master_key_file, custos.master_key_previous_file, custos.checkpoint_key_file)".as_ptr(),
+        );
+    }
+    false
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use pgrx::pg_sys::GucSource::*;
+
+    #[test]
+    fn secrets_are_masked_and_refused_from_logged_sources() {
+        assert_eq!(masked(None), c"");
+        assert_eq!(masked(Some(b"")), c"");
+        assert_eq!(masked(Some(b"00112233")), c"(set, hidden)");
+        for refused in [
+            PGC_S_FILE,
+            PGC_S_GLOBAL,
+            PGC_S_DATABASE,
+            PGC_S_USER,
+            PGC_S_DATABASE_USER,
+            PGC_S_TEST,
+        ] {
+            assert!(!secret_source_allowed(refused), "{refused}");
+        }
+        for allowed in [
+            PGC_S_SESSION,
+            PGC_S_ARGV,
+            PGC_S_ENV_VAR,
+            PGC_S_CLIENT,
+            PGC_S_DEFAULT,
+        ] {
+            assert!(secret_source_allowed(allowed), "{allowed}");
+        }
+    }
 }

@@ -60,7 +60,8 @@ extension_sql_file!(
         ledger::event_id::event_seq,
         ledger::access::log_access,
         ledger::access::verify_access_log,
-        ledger::api::require_tenant_access
+        ledger::api::require_tenant_access,
+        crypto::require_master_key
     ]
 );
 extension_sql_file!(
@@ -70,6 +71,8 @@ extension_sql_file!(
         "ledger",
         "ledger_protection",
         dormant::identities_derive,
+        dormant::lock_activity_fold,
+        ledger::trigger::current_actor,
         dormant::explain_risk,
         dormant::risk_level_of,
         dormant::peer_score
@@ -90,8 +93,14 @@ extension_sql_file!(
     ]
 );
 
+// Every function's EXECUTE privilege, in one place (the README's privilege table mirrors it).
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Errors never carry a Rust backtrace in DETAIL, whatever RUST_BACKTRACE the server was
+    // started with: they would show internals to every client. (Read once, before any capture.)
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
     ledger::head::init();
     tenancy::init();

@@ -1,9 +1,12 @@
 //! A row being rewritten by a BEFORE trigger: deformed once into datums, changed in place, formed
-//! once. (pgrx's `PgHeapTuple::set_by_name` copies the whole row on every call.)
+//! once. (pgrx's `PgHeapTuple::set_by_name` copies the whole row on every call.) And the checks
+//! that come before any datum is read: the trigger runs on its own custos table, and each column
+//! has the type it is read as.
 
 use crate::error::raise;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, PgTupleDesc};
+use std::ffi::CStr;
 
 pub struct Row {
     pub values: Vec<pg_sys::Datum>,
@@ -60,6 +63,125 @@ impl Row {
                     None,
                 )
             })
+        }
+    }
+}
+
+/// The oid of table `name` in schema custos; InvalidOid if there is none.
+pub fn custos_relid(name: &CStr) -> pg_sys::Oid {
+    // SAFETY: catalog lookups inside a transaction; missing objects give InvalidOid.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return pg_sys::InvalidOid;
+        }
+        pg_sys::get_relname_relid(name.as_ptr(), nsp)
+    }
+}
+
+/// Refuses to run a custos trigger function on any table but `custos.<name>`: attached to a
+/// look-alike table (a temporary one, say), it would read and chain what an attacker chose.
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn require_custos_table(rel: pg_sys::Relation, name: &CStr, function: &str) {
+    // SAFETY: the caller passes an open relation.
+    let relid = unsafe { (*rel).rd_id };
+    if relid != custos_relid(name) {
+        raise(
+            PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            format!(
+                "{function} is the trigger of custos.{} and runs on no other table",
+                name.to_string_lossy()
+            ),
+            None,
+        );
+    }
+}
+
+/// The position of each named column in `tupdesc`, refusing a missing column or one of another
+/// type than expected.
+///
+/// # Safety
+/// `tupdesc` must be a valid tuple descriptor.
+pub unsafe fn typed_columns<const N: usize>(
+    tupdesc: pg_sys::TupleDesc,
+    table: &str,
+    expected: &[(&str, pg_sys::Oid); N],
+) -> [usize; N] {
+    let mut pos = [usize::MAX; N];
+    // SAFETY: the caller passes a valid descriptor; natts attributes follow it.
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        for (i, a) in (*tupdesc).attrs.as_slice(natts).iter().enumerate() {
+            if a.attisdropped {
+                continue;
+            }
+            let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+            if let Some(k) = expected.iter().position(|(n, _)| n.as_bytes() == name) {
+                if a.atttypid != expected[k].1 {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                        format!(
+                            "column \"{}\" of {table} has an unexpected type",
+                            expected[k].0
+                        ),
+                        Some("custos' tables must keep the column types custos created them with"),
+                    );
+                }
+                pos[k] = i;
+            }
+        }
+    }
+    if let Some(missing) = pos.iter().position(|p| *p == usize::MAX) {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("{table} has no column \"{}\"", expected[missing].0),
+            None,
+        );
+    }
+    pos
+}
+
+/// Column positions of a custos table, checked once per relation and tuple descriptor (any ALTER
+/// of the table makes a new descriptor, and so a new check).
+pub struct Layout<const N: usize>(std::cell::Cell<Option<(pg_sys::Oid, usize, [usize; N])>>);
+
+impl<const N: usize> Default for Layout<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Layout<N> {
+    pub const fn new() -> Self {
+        Layout(std::cell::Cell::new(None))
+    }
+
+    /// The positions of `expected`'s columns in `rel`, which must be `custos.<table>`.
+    ///
+    /// # Safety
+    /// `rel` must be an open relation.
+    pub unsafe fn of(
+        &self,
+        rel: pg_sys::Relation,
+        table: &CStr,
+        function: &str,
+        expected: &[(&str, pg_sys::Oid); N],
+    ) -> [usize; N] {
+        // SAFETY: the caller passes an open relation, whose descriptor is valid.
+        unsafe {
+            let (relid, key) = ((*rel).rd_id, (*rel).rd_att as usize);
+            if let Some((r, k, pos)) = self.0.get() {
+                if r == relid && k == key {
+                    return pos;
+                }
+            }
+            require_custos_table(rel, table, function);
+            let label = format!("custos.{}", table.to_string_lossy());
+            let pos = typed_columns((*rel).rd_att, &label, expected);
+            self.0.set(Some((relid, key, pos)));
+            pos
         }
     }
 }

@@ -21,8 +21,9 @@ cluster_start() {
     for line in "$@"; do echo "$line"; done
   } >>"$CLUSTER_DIR/data/postgresql.conf"
   trap cluster_stop EXIT
-  # RUST_BACKTRACE would add backtraces to error DETAILs.
-  env -u RUST_BACKTRACE runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" \
+  # Started without RUST_BACKTRACE unless CLUSTER_ENV says otherwise (the integration tests set it
+  # on purpose: custos must keep backtraces out of error DETAILs whatever the environment).
+  env -u RUST_BACKTRACE ${CLUSTER_ENV:-} runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" \
     -l "$CLUSTER_DIR/server.log" -w start >/dev/null \
     || { cat "$CLUSTER_DIR/server.log" >&2; return 1; }
   export PGHOST="$CLUSTER_DIR" PGPORT=5432 PGUSER=postgres

@@ -4,8 +4,11 @@
 //!
 //! Unwrapped data and subject keys stay in backend memory until custos' caches are invalidated
 //! (`custos.invalidate_caches`, which `forget_subject` and `rotate_data_key` call): a destroyed
-//! key is gone from every other session before its next statement touches a table. The master key
-//! is not kept; it is read from its setting whenever a data key must be unwrapped.
+//! key is gone from every other session before its next statement touches a table. Keys are read
+//! under a snapshot taken at the read, not the transaction's ([`fresh_rows`]), and cached only if
+//! no invalidation arrived meanwhile: a REPEATABLE READ transaction that began before an erasure
+//! cannot put the destroyed key back. The master key is not kept; it is read from its setting
+//! whenever a data key must be unwrapped.
 
 use super::envelope::{self, CryptoError, FieldSealer, KeyRef, SecretKey, KEY_LEN, NONCE_LEN};
 use crate::error::raise;
@@ -46,6 +49,85 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
         }
         f(&mut c)
     })
+}
+
+/// The rows of a query on custos' key tables, each turned into `R` by `each` (the datums are valid
+/// only inside it). Read as the superuser, with read-only SPI (no transaction id: it works on a
+/// hot standby and costs a primary nothing) and a snapshot taken now: a key destroyed by a
+/// committed erasure is never read back by a transaction whose own snapshot is older.
+fn fresh_rows<R>(
+    query: &std::ffi::CStr,
+    args: &[(pg_sys::Oid, pg_sys::Datum)],
+    mut each: impl FnMut(&[Option<pg_sys::Datum>]) -> R,
+) -> Vec<R> {
+    as_superuser(|| {
+        // SAFETY: backend thread inside a transaction. SPI is connected and finished here; an
+        // ERROR in between unwinds through the transaction abort, which cleans SPI up. The
+        // latest snapshot is pushed by SPI itself for the query; result rows are read before
+        // SPI_finish frees them.
+        unsafe {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                key_failed("SPI_connect failed");
+            }
+            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+            let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
+            let plan = pg_sys::SPI_prepare(query.as_ptr(), types.len() as i32, types.as_mut_ptr());
+            if plan.is_null() {
+                key_failed("SPI_prepare failed");
+            }
+            let status = pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                std::ptr::null(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                0,
+            );
+            if status != pg_sys::SPI_OK_SELECT as i32 {
+                key_failed(format!("query returned SPI status {status}"));
+            }
+            let table = pg_sys::SPI_tuptable;
+            let mut out = Vec::new();
+            for i in 0..pg_sys::SPI_processed as usize {
+                let tuple = *(*table).vals.add(i);
+                let natts = (*(*table).tupdesc).natts;
+                let row: Vec<Option<pg_sys::Datum>> = (1..=natts)
+                    .map(|col| {
+                        let mut null = false;
+                        let d = pg_sys::SPI_getbinval(tuple, (*table).tupdesc, col, &mut null);
+                        (!null).then_some(d)
+                    })
+                    .collect();
+                out.push(each(&row));
+            }
+            pg_sys::SPI_finish();
+            out
+        }
+    })
+}
+
+/// A column of a row from [`fresh_rows`], copied out of SPI's memory.
+fn column<T: FromDatum>(row: &[Option<pg_sys::Datum>], i: usize) -> Option<T> {
+    // SAFETY: the datum comes from a column of type T (each query below names its columns).
+    row.get(i)
+        .copied()
+        .flatten()
+        .and_then(|d| unsafe { T::from_datum(d, false) })
+}
+
+/// Caches what `load` read unless custos' caches were invalidated while it ran (the rows it read
+/// may then predate the change).
+fn load_then_cache<T>(load: impl FnOnce() -> T, store: impl FnOnce(&mut Cache, &T)) -> T {
+    let before = crate::tenancy::cache_generation();
+    let value = load();
+    with_cache(|c| {
+        if c.generation == before {
+            store(c, &value)
+        }
+    });
+    value
 }
 
 /// Bytes from the server's strong random source, drawn in blocks: each `pg_strong_random` call
@@ -172,6 +254,11 @@ fn uuid_arg(b: &[u8; 16]) -> pgrx::Uuid {
     pgrx::Uuid::from_bytes(*b)
 }
 
+/// A uuid argument for [`fresh_rows`]: a datum pointing at the 16 bytes, valid while `b` is.
+fn uuid_datum(b: &[u8; 16]) -> (pg_sys::Oid, pg_sys::Datum) {
+    (pg_sys::UUIDOID, pg_sys::Datum::from(b.as_ptr()))
+}
+
 fn key_failed(e: impl std::fmt::Display) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -196,46 +283,39 @@ pub fn data_key(tenant: &Tenant, version: i32) -> SecretKey {
     if let Some(k) = with_cache(|c| c.data_keys.get(&(*tenant, version)).copied()) {
         return k;
     }
-    let (wrapped, wrapped_by) = as_superuser(|| {
-        Spi::get_two_with_args::<Vec<u8>, String>(
-            "SELECT wrapped, master_key_id FROM custos.data_keys WHERE tenant_id = $1 AND version = $2",
-            &[uuid_arg(tenant).into(), version.into()],
-        )
-    })
-    .unwrap_or_else(|e| {
-        if matches!(e, pgrx::spi::Error::InvalidPosition) {
+    let load = || {
+        let found = fresh_rows(
+            c"SELECT wrapped, master_key_id FROM custos.data_keys WHERE tenant_id = $1 AND version = $2",
+            &[uuid_datum(tenant), (pg_sys::INT4OID, pg_sys::Datum::from(version))],
+            |r| (column::<Vec<u8>>(r, 0), column::<String>(r, 1)),
+        );
+        let Some((Some(wrapped), Some(wrapped_by))) = found.into_iter().next() else {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 format!("tenant has no data key version {version}"),
                 None,
             )
-        }
-        key_failed(e)
-    });
-    let (Some(wrapped), Some(wrapped_by)) = (wrapped, wrapped_by) else {
-        raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("tenant has no data key version {version}"),
-            None,
-        )
+        };
+        let master = master_for(tenant, version, &wrapped_by);
+        envelope::unwrap_data_key(&master.key, tenant, version, &wrapped)
+            .unwrap_or_else(|_| corrupt_data_key(tenant, version, &master.id))
     };
-    let master = master_for(tenant, version, &wrapped_by);
-    let key = envelope::unwrap_data_key(&master.key, tenant, version, &wrapped)
-        .unwrap_or_else(|_| corrupt_data_key(tenant, version, &master.id));
-    with_cache(|c| c.data_keys.insert((*tenant, version), key));
-    key
+    load_then_cache(load, |c, key| {
+        c.data_keys.insert((*tenant, version), *key);
+    })
 }
 
 /// The tenant's newest data key version, made (version 1) on first use.
 pub fn current_data_key_version(tenant: &Tenant) -> i32 {
     let latest = || {
-        as_superuser(|| {
-            Spi::get_one_with_args::<i32>(
-                "SELECT max(version) FROM custos.data_keys WHERE tenant_id = $1",
-                &[uuid_arg(tenant).into()],
-            )
-        })
-        .unwrap_or_else(|e| key_failed(e))
+        fresh_rows(
+            c"SELECT max(version) FROM custos.data_keys WHERE tenant_id = $1",
+            &[uuid_datum(tenant)],
+            |r| column::<i32>(r, 0),
+        )
+        .into_iter()
+        .next()
+        .flatten()
     };
     if let Some(v) = latest() {
         return v;
@@ -284,83 +364,82 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
     if let Some(writer) = cached {
         return writer;
     }
-    let live = || -> Option<(KeyId, i32, i32, Vec<u8>, KeyId)> {
-        as_superuser(|| {
-            Spi::connect(|client| {
-                let rows = client.select(
-                    "SELECT id, short_id, data_key_version, wrapped, subject_ref FROM custos.subject_keys
-                      WHERE tenant_id = $1 AND subject = $2 AND destroyed_at IS NULL AND retired_at IS NULL",
-                    None,
-                    &[uuid_arg(tenant).into(), subject.into()],
-                )?;
-                let mut found = None;
-                for r in rows {
-                    if let (Some(id), Some(short), Some(v), Some(w), Some(s)) = (
-                        r.get::<pgrx::Uuid>(1)?,
-                        r.get::<i32>(2)?,
-                        r.get::<i32>(3)?,
-                        r.get::<Vec<u8>>(4)?,
-                        r.get::<pgrx::Uuid>(5)?,
-                    ) {
-                        found = Some((*id.as_bytes(), short, v, w, *s.as_bytes()));
-                    }
-                }
-                Ok::<_, pgrx::spi::Error>(found)
-            })
-        })
-        .unwrap_or_else(|e| key_failed(e))
-    };
-    let (id, short_id, version, wrapped, subject_ref) = match live() {
-        Some(found) => found,
-        None => {
-            let version = current_data_key_version(tenant);
-            let id: KeyId = random_uuid_v4();
-            let key: SecretKey = random_bytes::<KEY_LEN>();
-            let wrapped = envelope::wrap_subject_key(
-                &data_key(tenant, version),
-                tenant,
-                &id,
-                &key,
-                &random_bytes::<NONCE_LEN>(),
-            );
-            // The short id is random, so that it tells nothing of other subjects or tenants; one
-            // already taken in the tenant (about one in 400,000 draws at 10,000 keys) makes the
-            // insert do nothing, and another is drawn. A concurrent session may have made the
-            // subject's key first: then whichever stands is used.
-            let mut found = None;
-            for _ in 0..SHORT_ID_DRAWS {
-                insert_subject_key(
+    let load = || {
+        let live = || -> Option<(KeyId, i32, i32, Vec<u8>, KeyId)> {
+            let subject_text = subject
+                .into_datum()
+                .unwrap_or_else(|| key_failed("subject"));
+            fresh_rows(
+            c"SELECT id, short_id, data_key_version, wrapped, subject_ref FROM custos.subject_keys
+               WHERE tenant_id = $1 AND subject = $2 AND destroyed_at IS NULL AND retired_at IS NULL",
+            &[uuid_datum(tenant), (pg_sys::TEXTOID, subject_text)],
+            |r| {
+                Some((
+                    *column::<pgrx::Uuid>(r, 0)?.as_bytes(),
+                    column::<i32>(r, 1)?,
+                    column::<i32>(r, 2)?,
+                    column::<Vec<u8>>(r, 3)?,
+                    *column::<pgrx::Uuid>(r, 4)?.as_bytes(),
+                ))
+            },
+        )
+        .into_iter()
+        .flatten()
+        .last()
+        };
+        let (id, short_id, version, wrapped, subject_ref) = match live() {
+            Some(found) => found,
+            None => {
+                let version = current_data_key_version(tenant);
+                let id: KeyId = random_uuid_v4();
+                let key: SecretKey = random_bytes::<KEY_LEN>();
+                let wrapped = envelope::wrap_subject_key(
+                    &data_key(tenant, version),
                     tenant,
                     &id,
-                    i32::from_be_bytes(random_bytes()),
-                    subject,
-                    version,
-                    &wrapped,
+                    &key,
+                    &random_bytes::<NONCE_LEN>(),
                 );
-                found = live();
-                if found.is_some() {
-                    break;
+                // The short id is random, so that it tells nothing of other subjects or tenants; one
+                // already taken in the tenant (about one in 400,000 draws at 10,000 keys) makes the
+                // insert do nothing, and another is drawn. A concurrent session may have made the
+                // subject's key first: then whichever stands is used.
+                let mut found = None;
+                for _ in 0..SHORT_ID_DRAWS {
+                    insert_subject_key(
+                        tenant,
+                        &id,
+                        i32::from_be_bytes(random_bytes()),
+                        subject,
+                        version,
+                        &wrapped,
+                    );
+                    found = live();
+                    if found.is_some() {
+                        break;
+                    }
                 }
+                found.unwrap_or_else(|| key_failed("no subject key could be stored"))
             }
-            found.unwrap_or_else(|| key_failed("no subject key could be stored"))
-        }
+        };
+        let key = envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
+            .unwrap_or_else(|_| corrupt_key(&id));
+        let writer = Rc::new(SubjectWriter {
+            sealer: FieldSealer::new(&key, short_id),
+            subject_ref,
+            pseudonym: crate::ledger::protect::actor_pseudonym(&subject_ref),
+        });
+        (writer, key, short_id)
     };
-    let key = envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
-        .unwrap_or_else(|_| corrupt_key(&id));
-    let writer = Rc::new(SubjectWriter {
-        sealer: FieldSealer::new(&key, short_id),
-        subject_ref,
-        pseudonym: crate::ledger::protect::actor_pseudonym(&subject_ref),
-    });
-    with_cache(|c| {
+    let (writer, _, _) = load_then_cache(load, |c, (writer, key, short_id)| {
         c.writing_keys
             .entry(*tenant)
             .or_default()
             .insert(subject.to_string(), writer.clone());
         c.subject_keys
-            .insert((*tenant, KeyRef::Short(short_id)), Some(key));
+            .insert((*tenant, KeyRef::Short(*short_id)), Some(*key));
         c.subject_names
-            .insert((*tenant, subject_ref), Some(subject.to_string()));
+            .insert((*tenant, writer.subject_ref), Some(subject.to_string()));
     });
     writer
 }
@@ -401,22 +480,22 @@ pub fn subject_name(tenant: &Tenant, subject_ref: &[u8; 16]) -> Option<String> {
     if let Some(name) = with_cache(|c| c.subject_names.get(&(*tenant, *subject_ref)).cloned()) {
         return name;
     }
-    let name = as_superuser(|| {
-        Spi::get_one_with_args::<String>(
-            "SELECT subject FROM custos.subject_keys WHERE tenant_id = $1 AND subject_ref = $2 AND subject IS NOT NULL LIMIT 1",
-            &[uuid_arg(tenant).into(), uuid_arg(subject_ref).into()],
-        )
-    })
-    .or_else(|e| match e {
-        pgrx::spi::Error::InvalidPosition => Ok(None),
-        e => Err(e),
-    })
-    .unwrap_or_else(|e| key_failed(e));
-    with_cache(|c| {
-        c.subject_names
-            .insert((*tenant, *subject_ref), name.clone())
-    });
-    name
+    load_then_cache(
+        || {
+            fresh_rows(
+                c"SELECT subject FROM custos.subject_keys WHERE tenant_id = $1 AND subject_ref = $2 AND subject IS NOT NULL LIMIT 1",
+                &[uuid_datum(tenant), uuid_datum(subject_ref)],
+                |r| column::<String>(r, 0),
+            )
+            .into_iter()
+            .next()
+            .flatten()
+        },
+        |c, name| {
+            c.subject_names
+                .insert((*tenant, *subject_ref), name.clone());
+        },
+    )
 }
 
 fn corrupt_key(id: &KeyId) -> ! {
@@ -444,38 +523,43 @@ pub fn subject_key(tenant: &Tenant, key_ref: &KeyRef) -> SubjectKey {
     if let Some(k) = with_cache(|c| c.subject_keys.get(&(*tenant, *key_ref)).copied()) {
         return k.map_or(SubjectKey::Destroyed, SubjectKey::Live);
     }
-    let (by, arg): (&str, pgrx::datum::DatumWithOid) = match key_ref {
-        KeyRef::Id(id) => ("id", uuid_arg(id).into()),
-        KeyRef::Short(short) => ("short_id", (*short).into()),
-    };
-    let row = as_superuser(|| {
-        Spi::connect(|client| {
-            let rows = client.select(
-                &format!("SELECT id, data_key_version, wrapped FROM custos.subject_keys WHERE tenant_id = $1 AND {by} = $2"),
-                None,
-                &[uuid_arg(tenant).into(), arg],
-            )?;
-            let mut found = None;
-            for r in rows {
-                found = Some((r.get::<pgrx::Uuid>(1)?, r.get::<i32>(2)?, r.get::<Vec<u8>>(3)?));
-            }
-            Ok::<_, pgrx::spi::Error>(found)
-        })
-    })
-    .unwrap_or_else(|e| key_failed(e));
-    let key = match row {
-        None => return SubjectKey::Unknown,
-        Some((Some(id), Some(version), Some(wrapped))) => {
-            let id = *id.as_bytes();
-            Some(
-                envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
-                    .unwrap_or_else(|_| corrupt_key(&id)),
-            )
+    let load = || {
+        let row = match key_ref {
+            KeyRef::Id(id) => fresh_rows(
+                c"SELECT id, data_key_version, wrapped FROM custos.subject_keys WHERE tenant_id = $1 AND id = $2",
+                &[uuid_datum(tenant), uuid_datum(id)],
+                |r| (column::<pgrx::Uuid>(r, 0), column::<i32>(r, 1), column::<Vec<u8>>(r, 2)),
+            ),
+            KeyRef::Short(short) => fresh_rows(
+                c"SELECT id, data_key_version, wrapped FROM custos.subject_keys WHERE tenant_id = $1 AND short_id = $2",
+                &[uuid_datum(tenant), (pg_sys::INT4OID, pg_sys::Datum::from(*short))],
+                |r| (column::<pgrx::Uuid>(r, 0), column::<i32>(r, 1), column::<Vec<u8>>(r, 2)),
+            ),
         }
-        Some(_) => None,
+        .into_iter()
+        .last();
+        match row {
+            None => SubjectKey::Unknown,
+            Some((Some(id), Some(version), Some(wrapped))) => {
+                let id = *id.as_bytes();
+                SubjectKey::Live(
+                    envelope::unwrap_subject_key(&data_key(tenant, version), tenant, &id, &wrapped)
+                        .unwrap_or_else(|_| corrupt_key(&id)),
+                )
+            }
+            Some(_) => SubjectKey::Destroyed,
+        }
     };
-    with_cache(|c| c.subject_keys.insert((*tenant, *key_ref), key));
-    key.map_or(SubjectKey::Destroyed, SubjectKey::Live)
+    load_then_cache(load, |c, key| match key {
+        SubjectKey::Live(k) => {
+            c.subject_keys.insert((*tenant, *key_ref), Some(*k));
+        }
+        SubjectKey::Destroyed => {
+            c.subject_keys.insert((*tenant, *key_ref), None);
+        }
+        // Not cached: a key made later under this reference must be found.
+        SubjectKey::Unknown => {}
+    })
 }
 
 /// Opens a stored value: Ok(None) when its key was destroyed.

@@ -35,6 +35,13 @@ fn rotate_data_key(tenant: pgrx::Uuid) -> i32 {
     version
 }
 
+/// Raises (55000, with the hint where a key comes from) unless a usable master key is configured:
+/// turning `ledger.encrypt` on without one would make every later write of the tenant fail.
+#[pg_extern(stable, parallel_safe)]
+fn require_master_key() {
+    keys::master_key();
+}
+
 /// Master-key rotation: rewraps the data keys of `tenant` (NULL: every tenant) that the previous
 /// master key wrapped under the configured one. Set the new key as custos.master_key and the old
 /// one as custos.master_key_previous first; clear the latter afterwards. Superusers only.

@@ -10,7 +10,6 @@ use crate::tuple::Row;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use risk::Factors;
-use std::ffi::CStr;
 
 const USECS_PER_DAY: i64 = 86_400_000_000;
 /// PostgreSQL timestamps count from 2000-01-01; Unix time from 1970-01-01.
@@ -104,25 +103,38 @@ fn load_policy(tenant: &[u8; 16]) -> Policy {
     p
 }
 
-unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> usize {
-    unsafe {
-        let natts = (*tupdesc).natts as usize;
-        (*tupdesc)
-            .attrs
-            .as_slice(natts)
-            .iter()
-            .position(|a| {
-                !a.attisdropped
-                    && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
-            })
-            .unwrap_or_else(|| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                    format!("custos.identities has no column \"{name}\""),
-                    None,
-                )
-            })
+/// The columns of custos.identities the derive trigger reads and writes, with their types.
+const DERIVE_COLUMNS: [(&str, pg_sys::Oid); 13] = [
+    ("tenant_id", pg_sys::UUIDOID),
+    ("last_active_at", pg_sys::TIMESTAMPTZOID),
+    ("created_at", pg_sys::TIMESTAMPTZOID),
+    ("status", pg_sys::TEXTOID),
+    ("peer_score", pg_sys::FLOAT4OID),
+    ("is_privileged", pg_sys::BOOLOID),
+    ("is_service_account", pg_sys::BOOLOID),
+    ("mfa_enabled", pg_sys::BOOLOID),
+    ("has_valid_credentials", pg_sys::BOOLOID),
+    ("threshold_days", pg_sys::INT4OID),
+    ("risk_static", pg_sys::FLOAT4OID),
+    ("dormant_at", pg_sys::TIMESTAMPTZOID),
+    ("risk_key", pg_sys::FLOAT8OID),
+];
+
+thread_local! {
+    static DERIVE_LAYOUT: crate::tuple::Layout<13> = const { crate::tuple::Layout::new() };
+}
+
+/// Refuses -infinity (it would make every later report of the tenant fail) and times ahead of
+/// ours (+infinity included).
+fn check_time(column: &str, at: i64, now: i64) {
+    if at == i64::MIN {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{column} of an identity cannot be -infinity"),
+            Some("leave last_active_at out (or null) for an account that was never active"),
+        );
     }
+    refuse_future(column, at, now);
 }
 
 fn refuse_future(column: &str, at: i64, now: i64) {
@@ -155,39 +167,39 @@ fn identities_derive<'a>(
             );
         }
         let tupdesc = (*td.tg_relation).rd_att;
+        let [tenant_i, last_active_i, created_i, status_i, peer_i, privileged_i, service_i, mfa_i, credentials_i, threshold_i, static_i, dormant_i, key_i] =
+            DERIVE_LAYOUT.with(|l| {
+                l.of(
+                    td.tg_relation,
+                    c"identities",
+                    "custos.identities_derive",
+                    &DERIVE_COLUMNS,
+                )
+            });
         let mut row = Row::deform(new_tuple, tupdesc);
-        let col = |name: &str| column(tupdesc, name);
         let (values, nulls) = (&row.values, &row.nulls);
-        let flag = |name: &str| -> bool {
-            let i = col(name);
-            !nulls[i] && values[i].value() != 0
-        };
-        let time = |name: &str| -> Option<i64> {
-            let i = col(name);
-            (!nulls[i]).then(|| values[i].value() as i64)
-        };
+        let flag = |i: usize| -> bool { !nulls[i] && values[i].value() != 0 };
+        let time = |i: usize| -> Option<i64> { (!nulls[i]).then(|| values[i].value() as i64) };
 
         let now = pg_sys::GetCurrentTimestamp();
-        let last_active = time("last_active_at");
-        let created = time("created_at").unwrap_or(now);
+        let last_active = time(last_active_i);
+        let created = time(created_i).unwrap_or(now);
         if let Some(at) = last_active {
-            refuse_future("last_active_at", at, now);
+            check_time("last_active_at", at, now);
         }
-        refuse_future("created_at", created, now);
-        let tenant: [u8; 16] = *values[col("tenant_id")].cast_mut_ptr::<[u8; 16]>();
-        let status_i = col("status");
+        check_time("created_at", created, now);
+        let tenant: [u8; 16] = *values[tenant_i].cast_mut_ptr::<[u8; 16]>();
         let status = if nulls[status_i] {
             "active".to_owned()
         } else {
             String::from_datum(values[status_i], false).unwrap_or_default()
         };
-        let peer_i = col("peer_score");
         let factors = Factors {
-            privileged: flag("is_privileged"),
+            privileged: flag(privileged_i),
             never_active: last_active.is_none(),
-            service_account: flag("is_service_account"),
-            mfa_enabled: flag("mfa_enabled"),
-            valid_credentials: flag("has_valid_credentials"),
+            service_account: flag(service_i),
+            mfa_enabled: flag(mfa_i),
+            valid_credentials: flag(credentials_i),
             disabled: matches!(status.as_str(), "suspended" | "deprovisioned"),
             peer_score: if nulls[peer_i] {
                 0.0
@@ -204,17 +216,26 @@ fn identities_derive<'a>(
         );
         let static_score = risk::static_score(&factors);
 
-        row.set(col("threshold_days"), (threshold as i32).into_datum());
-        row.set(col("risk_static"), (static_score as f32).into_datum());
-        row.set(col("dormant_at"), dormant_at.map(pg_sys::Datum::from));
+        row.set(threshold_i, (threshold as i32).into_datum());
+        row.set(static_i, (static_score as f32).into_datum());
+        row.set(dormant_i, dormant_at.map(pg_sys::Datum::from));
         row.set(
-            col("risk_key"),
+            key_i,
             dormant_at.and_then(|at| {
                 risk::risk_key(static_score, at as f64 / 1e6 + PG_EPOCH_UNIX_SECONDS).into_datum()
             }),
         );
         Ok(Some(row.form(tupdesc, "identity")))
     }
+}
+
+/// Takes the tenant's activity-fold lock until the end of the transaction: one fold at a time.
+#[pg_extern(volatile, parallel_unsafe)]
+fn lock_activity_fold(tenant: pgrx::Uuid) {
+    crate::ledger::head::lock_tenant_until_end(
+        tenant.as_bytes(),
+        crate::ledger::head::ACTIVITY_LOCK_FIELD4,
+    );
 }
 
 /// The score, level and reasons of one account at the moment of the call.

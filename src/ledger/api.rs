@@ -258,7 +258,18 @@ fn checkpoint_break(tenant: pgrx::Uuid, outcome: &Outcome, seq: i64, head: &[u8]
     }
 }
 
+/// Records a proven break as a critical alert. A hot standby cannot write: there the verdict
+/// alone reports it (and a WARNING says the alert is the primary's to raise).
 fn raise_alert(tenant: pgrx::Uuid, b: &Break) {
+    // SAFETY: reads shared state of the startup process, backend thread.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        pgrx::warning!(
+            "custos: chain of tenant {} broken at seq {}; no alert recorded on a standby (verify on the primary to raise it)",
+            to_uuid(tenant),
+            b.seq()
+        );
+        return;
+    }
     let details =
         serde_json::json!({"kind": b.kind(), "first_broken_seq": b.seq(), "reason": b.describe()});
     Spi::run_with_args(
@@ -333,34 +344,50 @@ fn verify_chain(
         }
     }
     let outcome = walk_chain(tenant, from_seq, to_seq);
-    let broken = outcome.broken.clone().or_else(|| match to_seq {
+    // What the stored rows and custos' own records prove is an alert; a to_seq past the end is
+    // only the caller's question, answered as truncated without one.
+    let proven = outcome.broken.clone().or_else(|| match to_seq {
+        Some(_) => None,
+        None => check_recorded_checkpoints(tenant, &outcome),
+    });
+    if let Some(b) = &proven {
+        raise_alert(tenant, b);
+    }
+    let asked_beyond_end = match to_seq {
         Some(to) if outcome.last_seq < to => Some(Break::Truncated {
             last: outcome.last_seq,
             expected: to,
         }),
-        Some(_) => None,
-        None => check_recorded_checkpoints(tenant, &outcome),
-    });
-    if let Some(b) = &broken {
-        raise_alert(tenant, b);
-    }
-    verdict(outcome.checked, broken)
+        _ => None,
+    };
+    verdict(outcome.checked, proven.or(asked_beyond_end))
 }
 
-fn signing_key() -> ed25519_dalek::SigningKey {
+/// The configured checkpoint key (setting or key file): None if none is configured, Err if it
+/// does not parse (the error never quotes the key).
+fn configured_signing_key() -> Option<Result<ed25519_dalek::SigningKey, String>> {
     let text = gucs::secret(
         &gucs::CHECKPOINT_SIGNING_KEY,
         &gucs::CHECKPOINT_KEY_FILE,
         "checkpoint key",
-    )
-    .unwrap_or_else(|| {
+    )?;
+    Some(checkpoint::parse_signing_key(&text).map_err(|e| e.to_string()))
+}
+
+/// The public half of the configured checkpoint key, if one is configured and valid.
+fn configured_public_key() -> Option<ed25519_dalek::VerifyingKey> {
+    configured_signing_key()?.ok().map(|k| k.verifying_key())
+}
+
+fn signing_key() -> ed25519_dalek::SigningKey {
+    let configured = configured_signing_key().unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "no checkpoint signing key is configured",
-            Some("a superuser sets custos.checkpoint_signing_key (32-byte seed, hex or base64) or custos.checkpoint_key_file"),
+            Some("a superuser sets custos.checkpoint_key_file (or custos.checkpoint_signing_key in the session): a 32-byte seed, hex or base64"),
         )
     });
-    checkpoint::parse_signing_key(&text).unwrap_or_else(|e| {
+    configured.unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("checkpoint signing key: {e}"),
@@ -444,6 +471,9 @@ fn verify_checkpoint(
         }),
         None => signing_key().verifying_key(),
     };
+    // Only a checkpoint signed with custos' own key is evidence worth an alert: anyone can sign a
+    // text claiming a longer chain with a key of their own.
+    let signed_by_custos = public_key.is_none() || configured_public_key() == Some(key);
     let cp = match checkpoint::verify(checkpoint, &key) {
         Ok(cp) => cp,
         Err(CheckpointError::Malformed(why)) => raise(
@@ -473,7 +503,10 @@ fn verify_checkpoint(
         .broken
         .clone()
         .or_else(|| checkpoint_break(tenant, &outcome, cp.seq, &cp.head));
-    if let Some(b) = &broken {
+    if let Some(b) = broken
+        .as_ref()
+        .filter(|_| signed_by_custos || outcome.broken.is_some())
+    {
         raise_alert(tenant, b);
     }
     TableIterator::once((

@@ -732,6 +732,10 @@ fn capture_changes<'a>(
     {
         protocol_violation();
     }
+    // Only the triggers custos.track_table made (it checked that the caller owns the table).
+    if !trigger.name()?.starts_with("custos_track_") {
+        protocol_violation();
+    }
     let args = trigger.extra_args()?;
     let [tenant_column, entity_type, rows_per_event, key_columns @ ..] = args.as_slice() else {
         protocol_violation()

@@ -1326,7 +1326,7 @@ fn sealed_fields_are_ciphertext_at_rest_and_plaintext_through_timeline() {
     assert_eq!(Spi::get_one::<bool>(&format!("SELECT ok FROM custos.verify_access_log('{A}')")).unwrap(), Some(true));
     // Another tenant cannot open it, even through the internal function.
     let sealed_ip = Spi::get_one::<String>(&format!("SELECT ip_address FROM custos.events WHERE id = '{id}'")).unwrap().unwrap();
-    Spi::run("CREATE ROLE custos_test_peer NOLOGIN; GRANT custos_reader TO custos_test_peer").unwrap();
+    Spi::run("CREATE ROLE custos_test_peer NOLOGIN; GRANT custos_auditor TO custos_test_peer").unwrap();
     Spi::run(&format!("SELECT custos.set_tenant('{B}'); SET LOCAL ROLE custos_test_peer")).unwrap();
     assert_eq!(count("SELECT count(*) FROM custos.timeline()"), 0);
     assert_error(

@@ -66,6 +66,9 @@ type TenantKey = [u8; 16];
 
 #[derive(Default)]
 struct State {
+    /// The relation the heads were read from (custos.events, whose oid changes if the extension
+    /// is made anew): heads of any other relation are never handed out.
+    relid: pg_sys::Oid,
     /// Looked up and updated for every event: hashed with FxHash, not SipHash. Tenant ids are
     /// random or chosen by a writer who could then only slow down its own transaction.
     heads: FxHashMap<TenantKey, Head>,
@@ -85,15 +88,28 @@ thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
 }
 
-/// The head this transaction already holds for `tenant`, if any.
-pub fn cached(tenant: &TenantKey) -> Option<Head> {
-    STATE.with(|s| s.borrow().heads.get(tenant).copied())
+/// The head this transaction already holds for `tenant` in relation `relid`, if any.
+pub fn cached(relid: pg_sys::Oid, tenant: &TenantKey) -> Option<Head> {
+    STATE.with(|s| {
+        let s = s.borrow();
+        (s.relid == relid).then(|| s.heads.get(tenant).copied())?
+    })
 }
 
-/// Records the new head after an event was chained in subtransaction `subid` (the current one).
-pub fn advance(subid: pg_sys::SubTransactionId, tenant: &TenantKey, head: Head) {
+/// Records the new head of `tenant` in relation `relid` after an event was chained in
+/// subtransaction `subid` (the current one).
+pub fn advance(
+    relid: pg_sys::Oid,
+    subid: pg_sys::SubTransactionId,
+    tenant: &TenantKey,
+    head: Head,
+) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
+        if s.relid != relid {
+            s.heads.clear();
+            s.relid = relid;
+        }
         // The top level needs no undo: a transaction abort forgets everything anyway.
         if subid != TOP_SUBXACT && s.undo_recorded.insert((subid, *tenant)) {
             let before = s.heads.get(tenant).copied();
@@ -333,6 +349,27 @@ pub fn lock_chain(tenant: &TenantKey, field4: u16) {
         }
     });
     STATE.with(|s| s.borrow_mut().locks.push(tag));
+}
+
+/// `objsubid` of the lock that lets one activity fold run per tenant (custos.dormant_users).
+pub const ACTIVITY_LOCK_FIELD4: u16 = 0xC7;
+
+/// Waits for and takes a tenant's lock of kind `field4` until the end of the transaction. SQL's
+/// advisory-lock functions cannot take it (they use objsubid 1 and 2), so no role can block it
+/// by guessing its key.
+pub fn lock_tenant_until_end(tenant: &TenantKey, field4: u16) {
+    // SAFETY: reading a backend global.
+    let tag = chain_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant, field4);
+    // SAFETY: backend thread inside a transaction; a transaction-level lock, released at its end
+    // by its resource owner; LockAcquire raises ERROR on deadlock.
+    unsafe {
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        );
+    }
 }
 
 /// Attribute numbers (1-based) of the columns the head lookup needs.

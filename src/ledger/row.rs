@@ -7,8 +7,6 @@ use super::head;
 use super::head::HeadColumns;
 use crate::error::raise;
 use pgrx::{pg_sys, PgSqlErrorCode};
-use std::cell::RefCell;
-use std::ffi::CStr;
 
 /// Column positions (0-based) in `custos.events`, found by name so that column order is free.
 #[derive(Clone, Copy)]
@@ -32,66 +30,41 @@ pub struct Columns {
     pub hash: usize,
 }
 
-const NAMES: [&str; 17] = [
-    "tenant_id",
-    "seq",
-    "id",
-    "occurred_at",
-    "recorded_at",
-    "actor",
-    "db_role",
-    "txid",
-    "action",
-    "entity_type",
-    "entity_id",
-    "severity",
-    "details",
-    "ip_address",
-    "user_agent",
-    "prev_hash",
-    "hash",
+/// Each column of `custos.events` with the type its datums are read as: a datum is never read as
+/// anything but what its column holds (an int8 read as a pointer would crash the server).
+const COLUMN_TYPES: [(&str, pg_sys::Oid); 17] = [
+    ("tenant_id", pg_sys::UUIDOID),
+    ("seq", pg_sys::INT8OID),
+    ("id", pg_sys::UUIDOID),
+    ("occurred_at", pg_sys::TIMESTAMPTZOID),
+    ("recorded_at", pg_sys::TIMESTAMPTZOID),
+    ("actor", pg_sys::TEXTOID),
+    ("db_role", pg_sys::TEXTOID),
+    ("txid", pg_sys::INT8OID),
+    ("action", pg_sys::TEXTOID),
+    ("entity_type", pg_sys::TEXTOID),
+    ("entity_id", pg_sys::TEXTOID),
+    ("severity", pg_sys::TEXTOID),
+    ("details", pg_sys::JSONBOID),
+    ("ip_address", pg_sys::TEXTOID),
+    ("user_agent", pg_sys::TEXTOID),
+    ("prev_hash", pg_sys::BYTEAOID),
+    ("hash", pg_sys::BYTEAOID),
 ];
 
 thread_local! {
-    /// Keyed by relation and tuple descriptor: any ALTER of the table rebuilds the descriptor.
-    static COLUMNS: RefCell<Option<(pg_sys::Oid, usize, Columns)>> = const { RefCell::new(None) };
+    static LAYOUT: crate::tuple::Layout<17> = const { crate::tuple::Layout::new() };
 }
 
 impl Columns {
+    /// The columns of `custos.events`; raises for any other relation.
+    ///
     /// # Safety
     /// `rel` must be an open relation.
     pub unsafe fn of(rel: pg_sys::Relation) -> Columns {
         unsafe {
-            let relid = (*rel).rd_id;
-            let tupdesc = (*rel).rd_att;
-            let key = tupdesc as usize;
-            if let Some(c) = COLUMNS.with(|c| {
-                c.borrow()
-                    .filter(|(r, k, _)| *r == relid && *k == key)
-                    .map(|e| e.2)
-            }) {
-                return c;
-            }
-            let natts = (*tupdesc).natts as usize;
-            let attrs = (*tupdesc).attrs.as_slice(natts);
-            let mut pos = [usize::MAX; 17];
-            for (i, a) in attrs.iter().enumerate() {
-                if a.attisdropped {
-                    continue;
-                }
-                let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
-                if let Some(k) = NAMES.iter().position(|n| n.as_bytes() == name) {
-                    pos[k] = i;
-                }
-            }
-            if let Some(missing) = pos.iter().position(|p| *p == usize::MAX) {
-                raise(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                    format!("ledger table has no column \"{}\"", NAMES[missing]),
-                    Some("the custos ledger trigger belongs on custos.events only"),
-                );
-            }
-            let c = Columns {
+            let pos = LAYOUT.with(|l| l.of(rel, c"events", "custos.events_chain", &COLUMN_TYPES));
+            Columns {
                 tenant_id: pos[0],
                 seq: pos[1],
                 id: pos[2],
@@ -109,9 +82,7 @@ impl Columns {
                 user_agent: pos[14],
                 prev_hash: pos[15],
                 hash: pos[16],
-            };
-            COLUMNS.with(|cell| *cell.borrow_mut() = Some((relid, key, c)));
-            c
+            }
         }
     }
 
@@ -202,19 +173,16 @@ pub fn open_events(lockmode: u32) -> pg_sys::Relation {
 
 /// Opens a table of the custos schema.
 pub fn open_custos_table(name: &std::ffi::CStr, lockmode: u32) -> pg_sys::Relation {
-    // SAFETY: backend thread inside a transaction; both lookups raise if the objects are missing.
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), false);
-        let relid = pg_sys::get_relname_relid(name.as_ptr(), nsp);
-        if relid == pg_sys::InvalidOid {
-            raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!("custos.{} does not exist", name.to_string_lossy()),
-                None,
-            );
-        }
-        pg_sys::table_open(relid, lockmode as pg_sys::LOCKMODE)
+    let relid = crate::tuple::custos_relid(name);
+    if relid == pg_sys::InvalidOid {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("custos.{} does not exist", name.to_string_lossy()),
+            None,
+        );
     }
+    // SAFETY: backend thread inside a transaction; the relation exists.
+    unsafe { pg_sys::table_open(relid, lockmode as pg_sys::LOCKMODE) }
 }
 
 /// One stored row as the verifier sees it.

@@ -19,9 +19,10 @@ use std::ffi::CStr;
 
 /// The actor of an event nobody named: `custos.set_actor`, else the JWT `sub`, else the role.
 /// `role` is the caller's role name, already looked up for `db_role`.
+/// Like the tenant, the actor counts only when set for the current transaction (`set_actor`).
 pub fn default_actor(role: &str) -> String {
     if let Some(a) = gucs::ACTOR.get() {
-        if !a.as_bytes().is_empty() {
+        if !a.as_bytes().is_empty() && crate::tenancy::set_for_transaction(c"custos.actor") {
             return a.to_string_lossy().into_owned();
         }
     }
@@ -86,6 +87,12 @@ impl Caller {
             }
         })
     }
+}
+
+/// The actor the current transaction's events record when they name none.
+#[pg_extern(stable, parallel_safe)]
+fn current_actor() -> String {
+    default_actor(&current_role_name())
 }
 
 /// The role that called in: after SET ROLE, but not the owner of a SECURITY DEFINER function.
@@ -364,7 +371,8 @@ pub unsafe fn chain_event(
         check_details(crate::jsonb::Doc::of(row.values[c.details]));
 
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
-        let prev = match head::cached(&tenant) {
+        let relid = (*rel).rd_id;
+        let prev = match head::cached(relid, &tenant) {
             Some(h) => h,
             None => {
                 head::lock_tenant(&tenant);
@@ -421,6 +429,7 @@ pub unsafe fn chain_event(
             .subtransaction
             .get_or_init(|| pg_sys::GetCurrentSubTransactionId());
         head::advance(
+            relid,
             subtransaction,
             &tenant,
             Head {

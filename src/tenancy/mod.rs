@@ -32,8 +32,91 @@ thread_local! {
     static CLAIMS: std::cell::RefCell<ClaimsCache> = std::cell::RefCell::new(ClaimsCache::default());
 }
 
-fn with_claims<R>(f: impl FnOnce(&ClaimsCache) -> R) -> R {
+/// Compares setting names as PostgreSQL's `guc_name_compare` does (ASCII case-insensitive), the
+/// order its array of settings is sorted in.
+fn guc_name_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.iter()
+        .map(u8::to_ascii_lowercase)
+        .cmp(b.iter().map(u8::to_ascii_lowercase))
+}
+
+/// Whether the value `name` holds now was set for the current transaction only (`SET LOCAL`,
+/// `set_config(..., true)`), not for the session: a session value outlives the request that set
+/// it on a pooled connection, so custos never takes a tenant or an actor from one.
+pub(crate) fn set_for_transaction(name: &CStr) -> bool {
+    // SAFETY: backend thread; PostgreSQL's array of settings (sorted by name) and each setting's
+    // stack of saved values are read, not changed.
+    unsafe {
+        let vars = pg_sys::get_guc_variables();
+        let count = usize::try_from(pg_sys::GetNumConfigOptions()).unwrap_or(0);
+        if vars.is_null() || count == 0 {
+            return false;
+        }
+        let vars = std::slice::from_raw_parts(vars, count);
+        let Ok(i) = vars.binary_search_by(|&v| {
+            guc_name_order(CStr::from_ptr((*v).name).to_bytes(), name.to_bytes())
+        }) else {
+            return false;
+        };
+        let stack = (*vars[i]).stack;
+        !stack.is_null()
+            && matches!(
+                (*stack).state,
+                pg_sys::GucStackState::GUC_LOCAL | pg_sys::GucStackState::GUC_SET_LOCAL
+            )
+    }
+}
+
+thread_local! {
+    /// (session user, custos.jwt_authenticators) and whether that user may set claims.
+    static TRUSTED_SESSION: std::cell::RefCell<Option<(pg_sys::Oid, String, bool)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the session user is one custos takes JWT claims from: an authenticator named in
+/// `custos.jwt_authenticators`, or a superuser (who may choose any tenant anyway).
+fn session_user_trusted() -> bool {
+    // SAFETY: backend thread; reads the session's user id.
+    let session = unsafe { pg_sys::GetSessionUserId() };
+    let authenticators = gucs::JWT_AUTHENTICATORS
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    TRUSTED_SESSION.with(|cell| {
+        if let Some((user, list, trusted)) = &*cell.borrow() {
+            if *user == session && *list == authenticators {
+                return *trusted;
+            }
+        }
+        // SAFETY: catalog lookups inside a transaction; a missing role gives NULL (noerr).
+        let trusted = unsafe {
+            pg_sys::superuser_arg(session) || {
+                let name = pg_sys::GetUserNameFromId(session, true);
+                !name.is_null() && is_listed(CStr::from_ptr(name).to_bytes(), &authenticators)
+            }
+        };
+        *cell.borrow_mut() = Some((session, authenticators, trusted));
+        trusted
+    })
+}
+
+/// Whether `role` is one of the comma-separated names of `list`.
+pub fn is_listed(role: &[u8], list: &str) -> bool {
+    list.split(',').any(|n| n.trim().as_bytes() == role)
+}
+
+/// The request's JWT claims as custos trusts them: set for this transaction by a trusted session
+/// user (see `custos.jwt_authenticators`), else empty.
+fn trusted_claims_text() -> String {
     let text = read_setting(c"request.jwt.claims").unwrap_or_default();
+    if text.is_empty() || !set_for_transaction(c"request.jwt.claims") || !session_user_trusted() {
+        return String::new();
+    }
+    text
+}
+
+fn with_claims<R>(f: impl FnOnce(&ClaimsCache) -> R) -> R {
+    let text = trusted_claims_text();
     let claim_name = gucs::JWT_TENANT_CLAIM
         .get()
         .map(|c| c.to_string_lossy().into_owned())
@@ -204,14 +287,7 @@ pub(crate) fn cache_generation() -> u64 {
 }
 
 fn tenant_settings_relid() -> pg_sys::Oid {
-    // SAFETY: catalog lookups inside a transaction; missing objects give InvalidOid.
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"custos".as_ptr(), true);
-        if nsp == pg_sys::InvalidOid {
-            return pg_sys::InvalidOid;
-        }
-        pg_sys::get_relname_relid(c"tenant_settings".as_ptr(), nsp)
-    }
+    crate::tuple::custos_relid(c"tenant_settings")
 }
 
 fn age_caches() {

@@ -97,15 +97,15 @@ pub fn ensure_grant(client: &mut Client, role: &str, member: &str) {
     }
 }
 
-/// PostgREST's roles: `it_authenticator` (LOGIN, NOINHERIT) may switch to `it_web_anon` and to
+/// PostgREST's roles: `authenticator` (LOGIN, NOINHERIT) may switch to `it_web_anon` and to
 /// each web role, and each web role is granted the custos role given with it.
 pub fn postgrest_roles(client: &mut Client, web_roles: &[(&str, &str)]) {
-    ensure_role(client, "it_authenticator", "LOGIN NOINHERIT");
+    ensure_role(client, "authenticator", "LOGIN NOINHERIT");
     ensure_role(client, "it_web_anon", "NOLOGIN");
-    ensure_grant(client, "it_web_anon", "it_authenticator");
+    ensure_grant(client, "it_web_anon", "authenticator");
     for (web_role, custos_role) in web_roles {
         ensure_role(client, web_role, "NOLOGIN");
-        ensure_grant(client, web_role, "it_authenticator");
+        ensure_grant(client, web_role, "authenticator");
         ensure_grant(client, custos_role, web_role);
     }
 }

@@ -33,7 +33,7 @@ fn each_tenant_sees_only_its_accounts_through_postgrest() {
     load(&mut su, ACME, "acme", 30);
     load(&mut su, GLOBEX, "globex", 20);
     postgrest_roles(&mut su, &[("it_web_user", "custos_reader")]);
-    let mut c = connect(&db, "it_authenticator");
+    let mut c = connect(&db, "authenticator");
     let rpc = "SELECT user_id, risk_level FROM custos.dormant_users(lim => 1000)";
     for (tenant, prefix, n) in [(ACME, "acme", 30), (GLOBEX, "globex", 20)] {
         let claims = json!({"role": "it_web_user", "tenant_id": tenant});
@@ -61,6 +61,7 @@ fn each_tenant_sees_only_its_accounts_through_postgrest() {
         .unwrap();
         assert_eq!(summary[0].get::<_, i64>(0), n as i64);
     }
+    // The anonymous role holds no custos role: the report is not even callable.
     let anon = postgrest_request(
         &mut c,
         "it_web_anon",
@@ -69,8 +70,19 @@ fn each_tenant_sees_only_its_accounts_through_postgrest() {
         "/rpc/dormant_users",
         rpc,
     )
+    .unwrap_err();
+    assert_eq!(sqlstate(&anon), "42501");
+    // A reader without a tenant gets no rows.
+    let none = postgrest_request(
+        &mut c,
+        "it_web_user",
+        &json!({"role": "it_web_user"}),
+        "POST",
+        "/rpc/dormant_users",
+        rpc,
+    )
     .unwrap();
-    assert!(anon.is_empty(), "no tenant, no accounts");
+    assert!(none.is_empty(), "no tenant, no accounts");
     // Readers cannot change identities or review them.
     let claims = json!({"role": "it_web_user", "tenant_id": ACME});
     let e = postgrest_request(

@@ -578,7 +578,7 @@ fn postgrest_writers_and_auditors_stay_in_their_tenant() {
             ("it_web_auditor", "custos_auditor"),
         ],
     );
-    let mut c = connect(&db, "it_authenticator");
+    let mut c = connect(&db, "authenticator");
     let claims =
         |t: &str, role: &str| json!({"role": role, "sub": format!("ana@{t}"), "tenant_id": t});
     for t in [T1, T1, T2] {

@@ -31,7 +31,7 @@ fn claims(tenant: &str) -> serde_json::Value {
 #[test]
 fn each_tenant_sees_only_its_rows_through_postgrest() {
     let db = postgrest_setup("postgrest_rows");
-    let mut c = connect(&db, "it_authenticator");
+    let mut c = connect(&db, "authenticator");
     let q = "SELECT name FROM public.projects ORDER BY id";
     let names = |rows: Vec<postgres::Row>| {
         rows.iter()
@@ -73,7 +73,7 @@ fn each_tenant_sees_only_its_rows_through_postgrest() {
 #[test]
 fn rpc_settings_show_each_tenants_overrides() {
     let db = postgrest_setup("postgrest_rpc");
-    let mut c = connect(&db, "it_authenticator");
+    let mut c = connect(&db, "authenticator");
     let rpc =
         "SELECT value::text, source FROM custos.settings() WHERE key = 'dormant.threshold_days'";
     for (tenant, expected) in [(ACME, "45"), (GLOBEX, "60")] {
@@ -89,10 +89,21 @@ fn rpc_settings_show_each_tenants_overrides() {
         assert_eq!(rows[0].get::<_, String>(0), expected);
         assert_eq!(rows[0].get::<_, String>(1), "tenant");
     }
-    // The anonymous role gets the defaults, never another tenant's values, and no override rows.
-    let rows = postgrest_request(
+    // The anonymous role holds no custos role: settings are not even callable.
+    let anon = postgrest_request(
         &mut c,
         "it_web_anon",
+        &json!({}),
+        "POST",
+        "/rpc/settings",
+        rpc,
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&anon), "42501");
+    // A reader without a tenant gets the defaults, never another tenant's values.
+    let rows = postgrest_request(
+        &mut c,
+        "it_web_user",
         &json!({}),
         "POST",
         "/rpc/settings",
@@ -118,7 +129,7 @@ fn rpc_settings_show_each_tenants_overrides() {
 #[test]
 fn forged_or_malformed_claims_see_nothing() {
     let db = postgrest_setup("postgrest_bad_claims");
-    let mut c = connect(&db, "it_authenticator");
+    let mut c = connect(&db, "authenticator");
     let q = "SELECT count(*) FROM public.projects";
     for bad in [
         json!({"tenant_id": "acme"}),

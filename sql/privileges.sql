@@ -1,0 +1,84 @@
+-- Who may execute each of custos' functions, in one place. The README's privilege table says the
+-- same, and a test (tests/integration/tests/security.rs) holds the catalog to that table.
+--
+-- PUBLIC keeps current_tenant(), which every tenant-isolated table's policy calls as whoever
+-- queries it, and the actor of its own transaction (set_actor, current_actor): writers of tracked
+-- tables need not hold a custos role, and custos.actor is theirs to SET LOCAL anyway. Roles form a ladder: custos_writer, custos_auditor and
+-- custos_exporter are members of custos_reader; custos_admin of all of them. Functions not named
+-- here are internal: they run inside custos' own SECURITY DEFINER functions (as their owner) or
+-- as triggers, which PostgreSQL fires without checking EXECUTE.
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+
+-- Everyone.
+GRANT EXECUTE ON FUNCTION
+    @extschema@.current_tenant(),
+    @extschema@.set_actor(text),
+    @extschema@.current_actor()
+TO PUBLIC;
+
+-- Every custos role: choosing the tenant and actor, reading settings, the dormant report.
+GRANT EXECUTE ON FUNCTION
+    @extschema@.set_tenant(uuid),
+    @extschema@.require_tenant(),
+    @extschema@.setting(text),
+    @extschema@.settings(),
+    @extschema@.tenant_setting(uuid, text),
+    @extschema@.validate_setting(text, jsonb),
+    @extschema@.check_json_batch(jsonb, text, text[], text),
+    @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text),
+    @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text),
+    @extschema@.dormant_row(@extschema@.identities, text),
+    @extschema@.dormant_summary(),
+    @extschema@.sync_activity_from_ledger(uuid),
+    @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer),
+    @extschema@.risk_level_of(double precision),
+    @extschema@.risk_level_bounds(),
+    @extschema@.peer_score(double precision, bigint)
+TO custos_reader;
+
+-- Writers: recording events.
+GRANT EXECUTE ON FUNCTION
+    @extschema@.record_event(text, text, text, jsonb, text, timestamptz, text, inet, text),
+    @extschema@.record_events(jsonb)
+TO custos_writer;
+
+-- Auditors: verification, checkpoints, logged reads of the ledger.
+GRANT EXECUTE ON FUNCTION
+    @extschema@.verify_chain(uuid, bigint, bigint),
+    @extschema@.settled_seq(uuid, bigint),
+    @extschema@.checkpoint(uuid),
+    @extschema@.verify_checkpoint(text, text),
+    @extschema@.checkpoint_public_key(),
+    @extschema@.verify_access_log(uuid),
+    @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer),
+    @extschema@.event(uuid),
+    @extschema@.event_seq(uuid)
+TO custos_auditor;
+
+-- Exporters: bulk and per-subject exports.
+GRANT EXECUTE ON FUNCTION
+    @extschema@.export_events(text, timestamptz, timestamptz, text, text, text),
+    @extschema@.export_subject(uuid, text)
+TO custos_exporter;
+
+-- Admins: settings, isolation, capture, identities, erasure, retention, keys, alert triage.
+-- (require_trigger_on: the checks of the settings triggers, which fire as the admin who writes.)
+GRANT EXECUTE ON FUNCTION
+    @extschema@.require_trigger_on(oid, regclass, text),
+    @extschema@.set_setting(text, jsonb),
+    @extschema@.reset_setting(text),
+    @extschema@.require_master_key(),
+    @extschema@.enable_tenant_isolation(regclass, name),
+    @extschema@.rls_coverage(),
+    @extschema@.track_table(regclass, name, text, integer),
+    @extschema@.untrack_table(regclass),
+    @extschema@.upsert_identities(jsonb),
+    @extschema@.touch_activity(uuid, text, timestamptz, text),
+    @extschema@.mark_reviewed(text, text, text),
+    @extschema@.refresh_peer_scores(uuid),
+    @extschema@.forget_subject(uuid, text),
+    @extschema@.apply_retention(uuid),
+    @extschema@.rotate_data_key(uuid),
+    @extschema@.set_alert_status(bigint, text, text)
+TO custos_admin;
