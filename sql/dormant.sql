@@ -503,11 +503,13 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no identity "%s" in this tenant', mark_reviewed.user_id);
     END IF;
-    -- The decision is part of the audit trail.
+    -- The decision is part of the audit trail. The note stays on the identity (erased with it);
+    -- the append-only ledger keeps only its SHA-256, which proves it without repeating it.
     INSERT INTO @extschema@.events (tenant_id, actor, action, entity_type, entity_id, severity, details)
     VALUES (tenant, who, 'identity.review', 'identity', mark_reviewed.user_id,
             CASE decision WHEN 'keep' THEN 'info' WHEN 'false_positive' THEN 'info' ELSE 'medium' END,
-            jsonb_build_object('decision', decision, 'note', note));
+            jsonb_strip_nulls(jsonb_build_object('decision', decision,
+                'note_sha256', encode(sha256(convert_to(note, 'UTF8')), 'hex'))));
     RETURN QUERY SELECT i.user_id, i.review_decision, i.reviewed_at, i.reviewed_by
                    FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = mark_reviewed.user_id;
 END

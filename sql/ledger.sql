@@ -174,9 +174,11 @@ CREATE EVENT TRIGGER custos_guard_ledger ON ddl_command_end
 CREATE FUNCTION @extschema@.guard_ledger_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'custos_guard_ledger_drop';
 COMMENT ON FUNCTION @extschema@.guard_ledger_drop() IS
-'Event trigger function: refuses DROP EXTENSION custos, DROP SCHEMA custos and ALTER EXTENSION custos DROP unless a superuser set custos.allow_ledger_drop.';
+'Event trigger function: refuses DROP EXTENSION custos, DROP SCHEMA custos and ALTER EXTENSION custos DROP unless a superuser set custos.allow_ledger_drop; firing for every DDL command, it also loads the hook that refuses drops cascading into the ledger.';
+-- Every DDL command: besides refusing the direct drops above, the call loads custos' library,
+-- whose object-access hook then refuses any drop that would cascade into the ledger
+-- (src/ledger/guard.rs).
 CREATE EVENT TRIGGER custos_guard_ledger_drop ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'ALTER EXTENSION')
     EXECUTE FUNCTION @extschema@.guard_ledger_drop();
 
 ------------------------------------------------------------------------------------------------

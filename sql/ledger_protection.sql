@@ -5,7 +5,9 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
     ('ledger.encrypt', 'boolean', 'false', NULL, NULL,
      'Seal ip_address, user_agent and the ledger.encrypted_detail_keys of new events with the actor''s key (AES-256-GCM). Needs custos.master_key.'),
     ('ledger.encrypted_detail_keys', 'text', '"email,phone,name,address"', NULL, NULL,
-     'Comma-separated top-level details keys sealed when ledger.encrypt is on.'),
+     'Comma-separated details keys sealed when ledger.encrypt is on, at any depth: a top-level value that holds one deeper is sealed whole.'),
+    ('ledger.subject_entity_types', 'text', '"user,identity,person,account,customer,employee,member"', NULL, NULL,
+     'Comma-separated entity types whose entity_id names a person: with ledger.encrypt on, that entity_id is sealed with the person''s key, so that forgetting them erases it.'),
     ('ledger.hot_retention_days', 'integer', '365', 1, 36500,
      'Events younger than this are what custos.timeline and custos.export_events return unless asked for an older time range.'),
     ('ledger.archive_years', 'integer', '7', 1, 100,
@@ -82,11 +84,12 @@ COMMENT ON FUNCTION @extschema@.verify_access_log(uuid) IS
 CREATE VIEW @extschema@.opened_events AS
 SELECT e.tenant_id, e.seq, e.id, e.occurred_at, e.recorded_at,
        @extschema@.reveal_actor(e.tenant_id, e.actor) AS actor, e.db_role, e.action, e.entity_type,
-       e.entity_id, e.severity,
+       @extschema@.reveal(e.tenant_id, e.id, 'entity_id', e.entity_id) AS entity_id, e.severity,
        @extschema@.reveal_details(e.tenant_id, e.id, e.details) AS details,
        @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address) AS ip_address,
        @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent) AS user_agent,
        @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
+       OR @extschema@.is_erased(e.tenant_id, e.entity_id)
        OR (starts_with(e.actor, 'subject:') AND @extschema@.reveal_actor(e.tenant_id, e.actor) IS NULL) AS erased
   FROM @extschema@.events e;
 COMMENT ON VIEW @extschema@.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
@@ -295,6 +298,8 @@ DECLARE
     destroyed integer;
     first_key uuid;
     identities_removed integer;
+    plaintext_events bigint;
+    plaintext_reads bigint;
 BEGIN
     PERFORM @extschema@.require_tenant_access(tenant);
     SELECT count(*), min(k.id::text)::uuid INTO destroyed, first_key
@@ -310,14 +315,26 @@ BEGIN
     UPDATE @extschema@.subject_keys k SET wrapped = NULL, subject = NULL, destroyed_at = now()
      WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
     PERFORM @extschema@.invalidate_caches();
+    -- What the append-only ledger still holds in plaintext (written before ledger.encrypt was on,
+    -- or on a tenant without it) cannot be erased without breaking the chain: say how much.
+    SELECT count(*) INTO plaintext_events FROM @extschema@.events e
+     WHERE e.tenant_id = tenant AND (e.actor = forget_subject.subject OR e.entity_id = forget_subject.subject);
+    SELECT count(*) INTO plaintext_reads FROM @extschema@.access_log a
+     WHERE a.tenant_id = tenant
+       AND forget_subject.subject IN (a.actor, a.filters->>'subject', a.filters->>'by_actor', a.filters->>'of_entity');
+    IF plaintext_events + plaintext_reads > 0 THEN
+        RAISE NOTICE 'custos: % ledger events and % access-log rows still name "%" in plaintext', plaintext_events, plaintext_reads, subject
+            USING HINT = 'the ledger is append-only and its chain covers them; turn ledger.encrypt on so that what is recorded from now on is sealed and erasable';
+    END IF;
     INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
     VALUES (tenant, 'custos.forget_subject', 'subject', coalesce(first_key::text, 'identity-only'), 'medium',
             jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed));
-    RETURN jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed);
+    RETURN jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed,
+                              'plaintext_events', plaintext_events, 'plaintext_access_log_rows', plaintext_reads);
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.forget_subject(uuid, text) IS
-'Erases a person (GDPR): destroys their keys so every field sealed for them becomes unreadable (crypto-shredding), removes their identity record, and records the erasure as a ledger event (naming the key, not the person). The chain still verifies.';
+'Erases a person (GDPR): destroys their keys so every field sealed for them becomes unreadable (crypto-shredding: actor, ip_address, user_agent, sealed details, a person''s entity_id, their pseudonyms in the access log), removes their identity record (with its review note), and records the erasure as a ledger event (naming the key, not the person). The chain still verifies. Returns how many were destroyed and removed, and how many ledger events and access-log rows still name the person in plaintext (recorded while ledger.encrypt was off: the append-only ledger keeps them).';
 
 ------------------------------------------------------------------------------------------------
 -- Retention

@@ -70,6 +70,11 @@ pub static RETENTION_THROUGH: GucSetting<Option<CString>> =
 pub static JWT_AUTHENTICATORS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"authenticator"));
 
+/// Marks a superuser's session as a restore (plain-SQL dumps loaded with psql): ledger rows that
+/// carry their chain fields are taken as they are, and capture records nothing. Off by default;
+/// pg_restore sessions and logical replication count as restores without it.
+pub static RESTORE_MODE: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Lets a superuser drop the extension, and with it the ledger. Off by default.
 pub static ALLOW_LEDGER_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -174,6 +179,16 @@ custos.rewrap_data_keys(), then clear it. Prefer custos.master_key_previous_file
         &RETENTION_THROUGH,
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_bool_guc(
+        c"custos.restore_mode",
+        c"Loads a dump: ledger rows keep the chain fields they carry, and capture records nothing.",
+        c"Default off. Superuser-only. pg_restore sessions (application_name pg_restore) and logical \
+replication (session_replication_role = replica) by a superuser count as restores without it; set it \
+for plain-SQL dumps: PGOPTIONS='-c custos.restore_mode=on' psql -f dump.sql.",
+        &RESTORE_MODE,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"custos.allow_ledger_drop",

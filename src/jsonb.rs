@@ -542,6 +542,23 @@ impl<'a> Object<'a> {
         Some(String::from_utf8_lossy(&text).into_owned())
     }
 
+    /// Top-level `(key, JSON text)` pairs whose value is an object or an array.
+    pub fn container_fields(&self) -> Vec<(String, String)> {
+        self.keys()
+            .iter()
+            .zip(self.values())
+            .filter(|(_, v)| v.kind == pg_sys::JENTRY_ISCONTAINER)
+            .map(|(k, v)| {
+                let mut text = Vec::with_capacity(v.data.len() + 2);
+                print_value(*v, &mut text).unwrap_or_else(|_| malformed());
+                (
+                    String::from_utf8_lossy(k.data).into_owned(),
+                    String::from_utf8_lossy(&text).into_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Top-level `(key, string value)` pairs of an object whose string value passes `keep`.
     pub fn top_level_strings(&self, keep: impl Fn(&[u8]) -> bool) -> Vec<(String, String)> {
         self.keys()

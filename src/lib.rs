@@ -103,6 +103,7 @@ pub extern "C-unwind" fn _PG_init() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
     ledger::head::init();
+    ledger::guard::init();
     tenancy::init();
 }
 

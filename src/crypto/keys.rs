@@ -475,6 +475,21 @@ fn insert_subject_key(
     .unwrap_or_else(|e| key_failed(e));
 }
 
+/// The pseudonym of a subject the tenant holds keys for; None if it holds none (never had, or
+/// forgot them). Makes no key.
+pub fn known_pseudonym(tenant: &Tenant, subject: &str) -> Option<String> {
+    let subject_text = subject.into_datum()?;
+    fresh_rows(
+        c"SELECT subject_ref FROM custos.subject_keys WHERE tenant_id = $1 AND subject = $2 LIMIT 1",
+        &[uuid_datum(tenant), (pg_sys::TEXTOID, subject_text)],
+        |r| column::<pgrx::Uuid>(r, 0),
+    )
+    .into_iter()
+    .flatten()
+    .next()
+    .map(|r| crate::ledger::protect::actor_pseudonym(r.as_bytes()))
+}
+
 /// The subject a pseudonym stands for; None once the subject was forgotten (or never existed).
 pub fn subject_name(tenant: &Tenant, subject_ref: &[u8; 16]) -> Option<String> {
     if let Some(name) = with_cache(|c| c.subject_names.get(&(*tenant, *subject_ref)).cloned()) {

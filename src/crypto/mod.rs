@@ -39,7 +39,10 @@ fn rotate_data_key(tenant: pgrx::Uuid) -> i32 {
 /// turning `ledger.encrypt` on without one would make every later write of the tenant fail.
 #[pg_extern(stable, parallel_safe)]
 fn require_master_key() {
-    keys::master_key();
+    // A restore brings settings before anyone configures keys on the new server.
+    if !crate::tenancy::restore_context() {
+        keys::master_key();
+    }
 }
 
 /// Master-key rotation: rewraps the data keys of `tenant` (NULL: every tenant) that the previous

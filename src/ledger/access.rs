@@ -71,6 +71,23 @@ unsafe fn head_columns(rel: pg_sys::Relation) -> HeadColumns {
     }
 }
 
+/// What a person filter that names no subject of the tenant is stored as.
+#[derive(Clone, Copy, PartialEq)]
+enum Unknown {
+    NotASubject,
+    AsGiven,
+}
+
+/// Filters of custos' read functions that may name a person.
+const PERSON_FILTERS: [(&str, Unknown); 3] = [
+    ("subject", Unknown::NotASubject),
+    ("by_actor", Unknown::NotASubject),
+    ("of_entity", Unknown::AsGiven),
+];
+
+/// What a sealing tenant's access log stores for a searched name that is no subject of it.
+const NOT_A_SUBJECT: &str = "(not a subject)";
+
 /// Appends one read to the tenant's access log and returns its seq. For custos' read functions.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -90,9 +107,33 @@ fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned:
         hash: access_genesis(&t),
     });
     let reader = super::trigger::current_role_name();
-    let actor = super::trigger::default_actor(&reader);
+    let mut actor = super::trigger::default_actor(&reader);
+    let mut filters = filters.0;
+    // On tenants that seal their events, the people a read names (who read, whom it searched
+    // for) are stored as pseudonyms: forgetting them leaves nothing readable here either. The
+    // reader gets a key like any actor. A searched name gets its pseudonym if it is a subject
+    // (every actor of a sealing tenant is, and every person an entity_id names); a search must
+    // not make a key, which would store the very name searched for. An actor or subject that is
+    // no subject is stored as such (it matches nothing); an entity id that is none is no person
+    // and stays as it is.
+    if super::protect::policy(&t).encrypt {
+        actor = crate::crypto::keys::writing_key(&t, &actor)
+            .pseudonym
+            .clone();
+        if let Some(object) = filters.as_object_mut() {
+            for (key, unknown) in PERSON_FILTERS {
+                if let Some(serde_json::Value::String(name)) = object.get_mut(key) {
+                    match crate::crypto::keys::known_pseudonym(&t, name) {
+                        Some(pseudonym) => *name = pseudonym,
+                        None if unknown == Unknown::NotASubject => *name = NOT_A_SUBJECT.to_owned(),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
     let mut filters_text = String::new();
-    super::chain::canonical_json(&filters.0, &mut filters_text);
+    super::chain::canonical_json(&filters, &mut filters_text);
     let id = crate::crypto::keys::random_uuid_v4();
     // SAFETY: plain read of the clock, backend thread.
     let accessed_at = unsafe { pg_sys::GetCurrentTimestamp() };

@@ -214,8 +214,9 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
     }
 }
 
-/// Stored checkpoints that the chain no longer agrees with: one it fell short of (truncation), or
-/// one whose head hash is gone (the chain was rewritten and recomputed).
+/// custos' own records that the chain no longer agrees with: a stored checkpoint it fell short of
+/// (truncation) or whose head hash is gone (the chain was rewritten and recomputed), or an
+/// activity watermark beyond its end.
 fn check_recorded_checkpoints(tenant: pgrx::Uuid, outcome: &Outcome) -> Option<Break> {
     let checkpoints: Vec<(i64, Vec<u8>)> = Spi::connect(|client| {
         client
@@ -237,7 +238,28 @@ fn check_recorded_checkpoints(tenant: pgrx::Uuid, outcome: &Outcome) -> Option<B
             return Some(b);
         }
     }
-    None
+    // The dormant fold's watermark says how far the chain reached when it last read it: an
+    // emptied or cut ledger (a restore that lost its rows, say) is truncated, not fine.
+    let folded: Option<i64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT folded_seq FROM custos.activity_watermarks WHERE tenant_id = $1",
+                None,
+                &[tenant.into()],
+            )?
+            .next()
+            .map(|r| r.get::<i64>(1))
+            .transpose()
+            .map(Option::flatten)
+    })
+    .unwrap_or_else(|e| spi_failed(e));
+    match folded {
+        Some(seq) if seq > outcome.last_seq => Some(Break::Truncated {
+            last: outcome.last_seq,
+            expected: seq,
+        }),
+        _ => None,
+    }
 }
 
 /// Whether the walked chain fails a checkpoint of (`seq`, `head`): it ends before `seq` (a row

@@ -736,6 +736,10 @@ fn capture_changes<'a>(
     if !trigger.name()?.starts_with("custos_track_") {
         protocol_violation();
     }
+    // A restore loads rows whose events the restored ledger already holds.
+    if crate::tenancy::restore_context() {
+        return Ok(None);
+    }
     let args = trigger.extra_args()?;
     let [tenant_column, entity_type, rows_per_event, key_columns @ ..] = args.as_slice() else {
         protocol_violation()

@@ -1267,7 +1267,7 @@ fn a_writers_search_path_cannot_supply_operators_to_key_lookups() {
     .unwrap();
     Spi::run("RESET search_path; RESET ROLE").unwrap();
     let stored = Spi::get_one::<String>(&format!(
-        "SELECT ip_address FROM custos.events WHERE tenant_id = '{A}' AND entity_id = 'mallory'"
+        "SELECT ip_address FROM custos.events WHERE tenant_id = '{A}' AND action = 'login' ORDER BY seq DESC LIMIT 1"
     ))
     .unwrap()
     .unwrap();

@@ -1,8 +1,14 @@
-//! Refuses statements that would take the ledger away: `DROP EXTENSION custos`,
-//! `DROP SCHEMA custos … CASCADE`, and `ALTER EXTENSION custos DROP …` (which would detach a ledger
-//! table so that it could be dropped). An event trigger on `ddl_command_start` written in C ABI,
-//! because only the parse tree says which extension or schema a DROP names; pgrx has no wrapper
-//! for event-trigger functions.
+//! Refuses statements that would take the ledger away, in two layers:
+//!
+//! - an event trigger on `ddl_command_start`, in C ABI (only the parse tree says which extension
+//!   or schema a DROP names; pgrx has no wrapper for event-trigger functions), refuses
+//!   `DROP EXTENSION custos`, `DROP SCHEMA custos … CASCADE` and `ALTER EXTENSION custos DROP …`
+//!   (which would detach a ledger table so that it could be dropped) with a clear message;
+//! - an object-access hook sees what a statement really drops, however it got there:
+//!   `DROP EXTENSION vector CASCADE`, `DROP SCHEMA public CASCADE`, `DROP OWNED BY` the role that
+//!   installed custos, a `DROP TYPE … CASCADE` that would take a column of a custos table. The
+//!   event trigger fires for every DDL command, so the library (and with it the hook) is loaded
+//!   before any drop runs, preloaded or not.
 
 use crate::error::raise;
 use crate::gucs;
@@ -73,5 +79,61 @@ pub unsafe extern "C-unwind" fn custos_guard_ledger_drop(
             );
         }
         pg_sys::Datum::from(0usize)
+    }
+}
+
+static mut PREVIOUS_OBJECT_ACCESS_HOOK: pg_sys::object_access_hook_type = None;
+
+/// Whether dropping this object takes the ledger away: the extension itself, or a relation (or a
+/// column of one) in schema custos. Drops by custos' own scripts (`ALTER EXTENSION custos
+/// UPDATE`) are custos' business.
+unsafe fn is_ledger_object(class_id: pg_sys::Oid, object_id: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups inside the transaction of the DROP; missing objects give InvalidOid.
+    unsafe {
+        if pg_sys::creating_extension {
+            return false;
+        }
+        if class_id == pg_sys::ExtensionRelationId {
+            return object_id == pg_sys::get_extension_oid(c"custos".as_ptr(), true);
+        }
+        if class_id == pg_sys::RelationRelationId {
+            let custos = pg_sys::get_namespace_oid(c"custos".as_ptr(), true);
+            return custos != pg_sys::InvalidOid && pg_sys::get_rel_namespace(object_id) == custos;
+        }
+        false
+    }
+}
+
+unsafe extern "C-unwind" fn on_object_access(
+    access: pg_sys::ObjectAccessType::Type,
+    class_id: pg_sys::Oid,
+    object_id: pg_sys::Oid,
+    sub_id: std::ffi::c_int,
+    arg: *mut std::ffi::c_void,
+) {
+    // SAFETY: the previous hook was saved at load time and is called as PostgreSQL would.
+    unsafe {
+        if let Some(previous) = PREVIOUS_OBJECT_ACCESS_HOOK {
+            previous(access, class_id, object_id, sub_id, arg);
+        }
+        if access == pg_sys::ObjectAccessType::OAT_DROP
+            && !gucs::ALLOW_LEDGER_DROP.get()
+            && is_ledger_object(class_id, object_id)
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "this statement would drop custos' audit ledger (directly or through a cascade)",
+                Some("custos depends on the objects being dropped; a superuser who really means to destroy the ledger sets custos.allow_ledger_drop = on in the session first"),
+            );
+        }
+    }
+}
+
+/// Installs the object-access hook, chaining any previous one; from `_PG_init`.
+pub fn init() {
+    // SAFETY: backend thread at load time; the previous hook is kept and called first.
+    unsafe {
+        PREVIOUS_OBJECT_ACCESS_HOOK = pg_sys::object_access_hook;
+        pg_sys::object_access_hook = Some(on_object_access);
     }
 }

@@ -119,6 +119,17 @@ pub fn advance(
     });
 }
 
+/// Forgets this transaction's head of `tenant` in relation `relid`: rows were added that did not
+/// go through the chain step (a restore); the next event reads the head from the table.
+pub fn forget(relid: pg_sys::Oid, tenant: &TenantKey) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.relid == relid {
+            s.heads.remove(tenant);
+        }
+    });
+}
+
 fn forget_all() {
     STATE.with(|s| *s.borrow_mut() = State::default());
 }

@@ -16,13 +16,16 @@ pub struct Policy {
     pub encrypt: bool,
     /// The sealed `details` keys, each with its field name in the associated data.
     pub detail_keys: Vec<(String, String)>,
+    /// Entity types whose `entity_id` names a person: sealed with that person's key.
+    pub subject_entity_types: Vec<String>,
 }
 
 thread_local! {
     static POLICIES: TenantCache<std::rc::Rc<Policy>> = TenantCache::new();
 }
 
-/// Parses the `ledger.encrypted_detail_keys` setting: a JSON string of comma-separated keys.
+/// Parses a comma-list setting (`ledger.encrypted_detail_keys`, `ledger.subject_entity_types`):
+/// a JSON string of comma-separated names.
 pub fn parse_detail_keys(json_text: &str) -> Vec<String> {
     let list = serde_json::from_str::<String>(json_text).unwrap_or_default();
     list.split(',')
@@ -43,6 +46,9 @@ pub fn policy(tenant: &[u8; 16]) -> std::rc::Rc<Policy> {
             for (key, value) in settings {
                 match key.as_str() {
                     "ledger.encrypt" => p.encrypt = value == "true",
+                    "ledger.subject_entity_types" => {
+                        p.subject_entity_types = parse_detail_keys(&value)
+                    }
                     "ledger.encrypted_detail_keys" => {
                         p.detail_keys = parse_detail_keys(&value)
                             .into_iter()
@@ -85,38 +91,88 @@ pub fn parse_pseudonym(stored: &str) -> Option<[u8; 16]> {
 }
 
 /// What the chain trigger stores for a sensitive event: the actor's pseudonym, sealed text for
-/// ip_address and user_agent, and for each configured `details` key present, its value (as JSON
-/// text) sealed.
-pub struct Sealed<'p> {
+/// ip_address and user_agent, for each configured `details` key present (or top-level value that
+/// holds one at any depth) its value (as JSON text) sealed, and the entity_id sealed with the key
+/// of the person it names when the entity type names people.
+pub struct Sealed {
     pub actor: String,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
-    pub details: Vec<(&'p str, String)>,
+    pub details: Vec<(String, String)>,
+    pub entity_id: Option<String>,
 }
 
-/// Seals an event's sensitive fields with the subject's key. `detail` gives the JSON text of a
-/// top-level `details` key (None when absent or null).
-pub fn seal_event<'p>(
-    policy: &'p Policy,
+/// The unsealed parts of an event that sealing reads.
+pub struct Plain<'a> {
+    pub actor: &'a str,
+    pub ip_address: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub entity_type: &'a str,
+    pub entity_id: Option<&'a str>,
+}
+
+/// Whether the JSON text holds, at any depth, an object key named in `keys`.
+pub fn holds_key_deep(json_text: &str, keys: &[(String, String)]) -> bool {
+    fn walk(v: &serde_json::Value, keys: &[(String, String)]) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .any(|(k, v)| keys.iter().any(|(name, _)| name == k) || walk(v, keys)),
+            serde_json::Value::Array(a) => a.iter().any(|v| walk(v, keys)),
+            _ => false,
+        }
+    }
+    serde_json::from_str::<serde_json::Value>(json_text).is_ok_and(|v| walk(&v, keys))
+}
+
+/// Seals an event's sensitive fields with the subject's key (the entity_id with the key of the
+/// person it names). `detail` gives the JSON text of a top-level `details` key (None when absent
+/// or null); `containers` the top-level keys whose values are objects or arrays, with their text.
+pub fn seal_event(
+    policy: &Policy,
     tenant: &[u8; 16],
     event_id: &[u8; 16],
-    subject: &str,
-    ip_address: Option<&str>,
-    user_agent: Option<&str>,
+    plain: &Plain<'_>,
     detail: impl Fn(&str) -> Option<String>,
-) -> Sealed<'p> {
-    let writer = keys::writing_key(tenant, subject);
-    let seal = |field: &str, plain: &str| writer.sealer.seal(tenant, event_id, field, plain);
-    let details = policy
+    containers: impl FnOnce() -> Vec<(String, String)>,
+) -> Sealed {
+    let writer = keys::writing_key(tenant, plain.actor);
+    let seal = |field: &str, text: &str| writer.sealer.seal(tenant, event_id, field, text);
+    let mut details: Vec<(String, String)> = policy
         .detail_keys
         .iter()
-        .filter_map(|(name, field)| detail(name).map(|plain| (name.as_str(), seal(field, &plain))))
+        .filter_map(|(name, field)| detail(name).map(|text| (name.clone(), seal(field, &text))))
         .collect();
+    // A listed key nested deeper seals the whole top-level value around it: readers open it
+    // like any sealed top-level value, and the person's data is gone with their key.
+    if !policy.detail_keys.is_empty() {
+        for (name, text) in containers() {
+            if details.iter().all(|(n, _)| *n != name) && holds_key_deep(&text, &policy.detail_keys)
+            {
+                let sealed = seal(&detail_field(&name), &text);
+                details.push((name, sealed));
+            }
+        }
+    }
+    let entity_id = plain
+        .entity_id
+        .filter(|_| {
+            policy
+                .subject_entity_types
+                .iter()
+                .any(|t| t == plain.entity_type)
+        })
+        .map(|person| {
+            keys::writing_key(tenant, person)
+                .sealer
+                .seal(tenant, event_id, "entity_id", person)
+        });
     Sealed {
         actor: writer.pseudonym.clone(),
-        ip_address: ip_address.map(|ip| seal("ip_address", ip)),
-        user_agent: user_agent.map(|ua| seal("user_agent", ua)),
+        ip_address: plain.ip_address.map(|ip| seal("ip_address", ip)),
+        user_agent: plain.user_agent.map(|ua| seal("user_agent", ua)),
         details,
+        entity_id,
     }
 }
 
@@ -244,6 +300,18 @@ mod tests {
         assert_eq!(parse_pseudonym("subject:WlpaWlpaWlpaWlpaWlpaWl"), None);
         assert_eq!(parse_pseudonym("alice@example.com"), None);
         assert_eq!(parse_pseudonym("subject:not-a-uuid"), None);
+    }
+
+    #[test]
+    fn listed_keys_are_found_at_any_depth() {
+        let keys = vec![("email".to_string(), "details.email".to_string())];
+        assert!(holds_key_deep(r#"{"customer": {"email": "a@x"}}"#, &keys));
+        assert!(holds_key_deep(r#"[{"x": [{"email": null}]}]"#, &keys));
+        assert!(!holds_key_deep(
+            r#"{"customer": {"mail": "a@x"}, "n": ["email"]}"#,
+            &keys
+        ));
+        assert!(!holds_key_deep("not json", &keys));
     }
 
     #[test]

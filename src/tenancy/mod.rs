@@ -204,6 +204,26 @@ unsafe fn set_guc(
     }
 }
 
+/// Whether the current work is a restore or replication by a superuser: a pg_restore session, a
+/// logical replication apply worker (session_replication_role = replica), or a session with
+/// `custos.restore_mode` on. There, ledger rows keep the chain fields they carry and capture
+/// records nothing; an ordinary role never gets here.
+pub fn restore_context() -> bool {
+    // SAFETY: backend globals read on the backend thread; superuser() looks up the current user.
+    unsafe {
+        if !pg_sys::superuser() {
+            return false;
+        }
+        if pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32
+            || gucs::RESTORE_MODE.get()
+        {
+            return true;
+        }
+        let app = pg_sys::application_name;
+        !app.is_null() && CStr::from_ptr(app).to_bytes() == b"pg_restore"
+    }
+}
+
 /// Runs SPI work as the bootstrap superuser: key tables are closed to every other role, capture
 /// writes events of any tenant, and the code that needs them (the ledger trigger, capture) runs as
 /// whoever inserts. The search_path is

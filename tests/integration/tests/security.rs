@@ -770,3 +770,94 @@ fn postgrest_clients_stay_in_their_tenant_for_every_role() {
     .unwrap_err();
     assert_eq!(sqlstate(&anon), "42501");
 }
+
+#[test]
+fn forgetting_a_person_leaves_no_readable_trace_on_a_sealing_tenant() {
+    let (db, mut su) = fresh_db("sec_erasure_coverage");
+    use_master_key_file(&mut su, &db);
+    let admin = login(&mut su, "erasure_coverage_admin", Some("custos_admin"));
+    let mut su = connect(&db, "postgres");
+    let mut a = connect(&db, &admin);
+    let in_a = format!("BEGIN; SELECT custos.set_tenant('{A}');");
+    a.batch_execute(&format!(
+        "{in_a}
+         SELECT custos.set_setting('ledger.encrypt', 'true');
+         SELECT custos.upsert_identities('[{{\"user_id\": \"alice\", \"email\": \"alice@a.example\"}}]');
+         SELECT custos.set_actor('alice');
+         SELECT custos.record_event('login', 'user', 'alice', ip_address => '198.51.100.9');
+         SELECT custos.set_actor('bob');
+         SELECT custos.record_event('user.update', 'user', 'alice', '{{\"field\": \"phone\"}}');
+         SELECT custos.record_event('invoice.send', 'invoice', 'inv-7',
+             '{{\"customer\": {{\"name\": \"Alice A\", \"email\": \"alice@a.example\"}}, \"total\": 12}}');
+         SELECT custos.mark_reviewed('alice', 'keep', 'alice asked to keep her account');
+         COMMIT"
+    ))
+    .unwrap();
+    // Reads name her too: an export, and a timeline searched by actor and entity.
+    a.batch_execute(&format!(
+        "{in_a}
+         SELECT custos.export_subject('{A}', 'alice');
+         SELECT count(*) FROM custos.timeline(by_actor => 'alice');
+         SELECT count(*) FROM custos.timeline(of_entity => 'alice');
+         COMMIT"
+    ))
+    .unwrap();
+    let readable: i64 = one(
+        &mut su,
+        &format!("SELECT count(*) FROM custos.opened_events WHERE tenant_id = '{A}' AND entity_id = 'alice'"),
+    );
+    assert_eq!(
+        readable, 3,
+        "her entity_id opens while she is known (login, update, review)"
+    );
+    let mut tx = a.transaction().unwrap();
+    tx.batch_execute(&format!("SELECT custos.set_tenant('{A}')"))
+        .unwrap();
+    let result: String = tx
+        .query_one(
+            &format!("SELECT custos.forget_subject('{A}', 'alice')::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(result["plaintext_events"], 0, "{result}");
+    assert_eq!(result["plaintext_access_log_rows"], 0, "{result}");
+    // Nothing custos stores names her any more, in any column.
+    for table in [
+        "events",
+        "access_log",
+        "identities",
+        "subject_keys",
+        "tenant_settings",
+        "alerts",
+    ] {
+        let n: i64 = one(
+            &mut su,
+            &format!("SELECT count(*) FROM custos.{table} t WHERE t::text LIKE '%alice%' OR t::text LIKE '%Alice%'"),
+        );
+        assert_eq!(n, 0, "custos.{table} still names her");
+    }
+    let mut tx = a.transaction().unwrap();
+    tx.batch_execute(&format!("SELECT custos.set_tenant('{A}')"))
+        .unwrap();
+    let e = tx
+        .query_one(
+            &format!("SELECT custos.export_subject('{A}', 'alice')"),
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "P0002", "the export agrees: nothing is left");
+    tx.rollback().unwrap();
+    let ok: bool = one(
+        &mut su,
+        &format!("SELECT ok FROM custos.verify_chain('{A}')"),
+    );
+    assert!(ok);
+    let ok: bool = one(
+        &mut su,
+        &format!("SELECT ok FROM custos.verify_access_log('{A}')"),
+    );
+    assert!(ok);
+}
