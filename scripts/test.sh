@@ -39,10 +39,11 @@ install_extension
 # between its WAL record and its visibility: sessions commit with synchronous_commit = local
 # unless a test asks for the standby.
 # Preloaded, as the README recommends (the security tests need custos' settings defined in every
-# session); RUST_BACKTRACE on, which custos must keep out of error DETAILs.
+# session); RUST_BACKTRACE on, which custos must keep out of error DETAILs; wal_level = logical
+# for the logical-replication test (the standby test takes a base backup of this cluster).
 CLUSTER_ENV="RUST_BACKTRACE=1" cluster_start "max_prepared_transactions = 10" "track_commit_timestamp = on" \
   "synchronous_standby_names = 'custos_absent_standby'" "synchronous_commit = local" \
-  "shared_preload_libraries = 'custos'"
+  "shared_preload_libraries = 'custos'" "wal_level = logical"
 CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" \
   cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=4 2>&1 | tee -a "$RESULTS"
 

@@ -35,6 +35,9 @@ COMMENT ON TABLE @extschema@.subject_keys IS
 
 SELECT @extschema@.enable_tenant_isolation('@extschema@.data_keys');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.subject_keys');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.data_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.subject_keys', '');
 REVOKE ALL ON @extschema@.data_keys, @extschema@.subject_keys FROM PUBLIC;
 
 COMMENT ON FUNCTION @extschema@.rotate_data_key(uuid) IS

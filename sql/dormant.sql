@@ -65,6 +65,8 @@ CREATE INDEX identities_dormant_at ON @extschema@.identities (tenant_id, dormant
 CREATE INDEX identities_summary ON @extschema@.identities (tenant_id, source, department, is_privileged)
     INCLUDE (dormant_at, risk_key);
 SELECT @extschema@.enable_tenant_isolation('@extschema@.identities');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.identities', '');
 GRANT SELECT ON @extschema@.identities TO custos_reader;
 GRANT INSERT, UPDATE, DELETE ON @extschema@.identities TO custos_admin;
 
@@ -197,6 +199,8 @@ CREATE TABLE @extschema@.activity_watermarks (
 );
 COMMENT ON TABLE @extschema@.activity_watermarks IS 'Up to which ledger seq each tenant''s events were folded into custos.identities.';
 SELECT @extschema@.enable_tenant_isolation('@extschema@.activity_watermarks');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.activity_watermarks', '');
 
 CREATE FUNCTION @extschema@.sync_activity_from_ledger(tenant uuid DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -213,6 +217,11 @@ BEGIN
     IF t IS NULL OR (t IS DISTINCT FROM @extschema@.current_tenant()
                      AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role())) THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'activity can be synced for the current tenant only';
+    END IF;
+    -- A read-only transaction (a hot standby, a PostgREST GET) reads the report as the last fold
+    -- left it: folding writes.
+    IF current_setting('transaction_read_only')::boolean THEN
+        RETURN 0;
     END IF;
     -- One fold at a time per tenant; a concurrent caller waits, then finds little left to do.
     -- (A lock SQL's advisory-lock functions cannot take: no role can block the report with it.)
@@ -262,7 +271,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.sync_activity_from_ledger(uuid) IS
-'Folds ledger events since the last fold into identities (actor matched to user_id or email): their last_active_at advances. Returns how many identities moved. custos.dormant_users() calls it first.';
+'Folds ledger events since the last fold into identities (actor matched to user_id or email; only the actions and roles the tenant trusts as activity, see dormant.activity_actions and dormant.activity_roles): their last_active_at advances. Returns how many identities moved; in a read-only transaction (a hot standby, a PostgREST GET) it folds nothing and returns 0. custos.dormant_users() calls it first.';
 
 ------------------------------------------------------------------------------------------------
 -- The report

@@ -17,6 +17,9 @@ CREATE INDEX alerts_tenant_created ON @extschema@.alerts (tenant_id, created_at 
 COMMENT ON TABLE @extschema@.alerts IS
 'Alerts raised by custos: a broken audit chain (source ledger.verify), later anomalies. Tenant-isolated.';
 SELECT @extschema@.enable_tenant_isolation('@extschema@.alerts');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts_id_seq', '');
 GRANT SELECT ON @extschema@.alerts TO custos_auditor;
 
 ------------------------------------------------------------------------------------------------
@@ -111,6 +114,8 @@ SELECT @extschema@.make_append_only('@extschema@.events');
 ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER zz_chain;
 
 SELECT @extschema@.enable_tenant_isolation('@extschema@.events');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.events', '');
 GRANT INSERT ON @extschema@.events TO custos_writer;
 GRANT SELECT ON @extschema@.events TO custos_auditor;
 
@@ -130,6 +135,8 @@ COMMENT ON TABLE @extschema@.checkpoints IS
 'Every checkpoint custos.checkpoint() signed. custos.verify_chain() checks the chain still reaches and agrees with them; keep the texts outside the database too, where a superuser cannot rewrite them.';
 SELECT @extschema@.make_append_only('@extschema@.checkpoints');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.checkpoints');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.checkpoints', '');
 GRANT SELECT ON @extschema@.checkpoints TO custos_auditor;
 
 ------------------------------------------------------------------------------------------------

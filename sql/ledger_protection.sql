@@ -68,6 +68,8 @@ COMMENT ON TABLE @extschema@.access_log IS
 'Who read the audit ledger through custos'' functions: when, which function, with which filters, how many rows. Append-only, its own per-tenant SHA-256 chain (custos.verify_access_log).';
 SELECT @extschema@.make_append_only('@extschema@.access_log');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.access_log');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.access_log', '');
 REVOKE ALL ON @extschema@.access_log FROM PUBLIC;
 GRANT SELECT ON @extschema@.access_log TO custos_auditor;
 
@@ -352,6 +354,8 @@ COMMENT ON TABLE @extschema@.chain_anchors IS
 'Where retention cut each tenant''s chain: events through through_seq were removed; anchor_hash is the hash of the last one, which the first remaining event links to. The retention event at event_seq records the same, inside the chain. Append-only.';
 SELECT @extschema@.make_append_only('@extschema@.chain_anchors');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.chain_anchors');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.chain_anchors', '');
 REVOKE ALL ON @extschema@.chain_anchors FROM PUBLIC;
 GRANT SELECT ON @extschema@.chain_anchors TO custos_auditor;
 

@@ -165,6 +165,8 @@ CREATE TABLE @extschema@.tenant_settings (
 COMMENT ON TABLE @extschema@.tenant_settings IS
 'Per-tenant overrides of custos.setting_definitions. Tenant-isolated; values are validated on write.';
 SELECT @extschema@.enable_tenant_isolation('@extschema@.tenant_settings');
+-- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_settings', '');
 
 CREATE FUNCTION @extschema@.validate_setting(key text, value jsonb)
 RETURNS jsonb

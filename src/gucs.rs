@@ -75,6 +75,11 @@ pub static JWT_AUTHENTICATORS: GucSetting<Option<CString>> =
 /// pg_restore sessions and logical replication count as restores without it.
 pub static RESTORE_MODE: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// What a hot standby does with a logged read (it cannot write the access log): `refuse` (the
+/// default) or `server_log`.
+pub static STANDBY_ACCESS_LOG: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"refuse"));
+
 /// Lets a superuser drop the extension, and with it the ledger. Off by default.
 pub static ALLOW_LEDGER_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -138,7 +143,7 @@ PostgreSQL logs and catalogs what they hold. Prefer custos.checkpoint_key_file."
         c"File holding the Ed25519 checkpoint signing key (32-byte seed, hex or base64).",
         c"Read by the server process when a checkpoint is signed; used when custos.checkpoint_signing_key is empty.",
         &CHECKPOINT_KEY_FILE,
-        GucContext::Sighup,
+        GucContext::Suset,
         GucFlags::SUPERUSER_ONLY,
     );
     define_secret(
@@ -179,6 +184,16 @@ custos.rewrap_data_keys(), then clear it. Prefer custos.master_key_previous_file
         &RETENTION_THROUGH,
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.standby_access_log",
+        c"What a hot standby does with reads custos logs: refuse (default) or server_log.",
+        c"A standby cannot append to custos.access_log. refuse: timeline, event and the exports fail \
+there with SQLSTATE 25006 and a hint; server_log: they run, and each read is written to the server \
+log (LOG level) with what the access log would have held.",
+        &STANDBY_ACCESS_LOG,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"custos.restore_mode",

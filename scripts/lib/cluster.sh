@@ -52,4 +52,7 @@ install_extension() {
   (cd "$ROOT" && cargo pgrx install "${profile_flag[@]}" --pg-config /usr/lib/postgresql/15/bin/pg_config >"$log" 2>&1) \
     || { cat "$log" >&2; rm -f "$log"; return 1; }
   rm -f "$log"
+  # Earlier releases' install scripts (frozen), so that an upgrade from each can be tested;
+  # cargo pgrx installs the current version's script and the upgrade scripts itself.
+  cp "$ROOT"/sql/releases/custos--*.sql "$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension/"
 }

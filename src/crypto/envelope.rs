@@ -41,6 +41,8 @@ pub enum CryptoError {
     Malformed,
     #[error("ciphertext does not open with this key here (tampered, moved to another row or tenant, or another key)")]
     Rejected,
+    #[error("the key that sealed it is not here: this database holds no subject keys (replicate or restore custos.subject_keys and custos.data_keys with the ledger)")]
+    KeyMissing,
 }
 
 fn seal(key: &SecretKey, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {

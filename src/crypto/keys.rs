@@ -577,6 +577,11 @@ pub fn subject_key(tenant: &Tenant, key_ref: &KeyRef) -> SubjectKey {
     })
 }
 
+/// Whether this database holds any subject key at all (of any tenant).
+fn server_has_keys() -> bool {
+    !fresh_rows(c"SELECT 1 FROM custos.subject_keys LIMIT 1", &[], |_| ()).is_empty()
+}
+
 /// Opens a stored value: Ok(None) when its key was destroyed.
 pub fn open_stored(
     tenant: &Tenant,
@@ -587,6 +592,9 @@ pub fn open_stored(
     let (kid, sealed) = envelope::parse_sealed(stored)?;
     match subject_key(tenant, &kid) {
         SubjectKey::Destroyed => Ok(None),
+        // A server with no subject keys at all lacks them (a subscriber or restore without the
+        // key tables); one with keys, but not this one, was handed a value from elsewhere.
+        SubjectKey::Unknown if !server_has_keys() => Err(CryptoError::KeyMissing),
         SubjectKey::Unknown => Err(CryptoError::Rejected),
         SubjectKey::Live(key) => {
             envelope::open_field(&key, tenant, event_id, field, &sealed).map(Some)

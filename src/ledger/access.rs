@@ -94,6 +94,10 @@ const NOT_A_SUBJECT: &str = "(not a subject)";
 fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned: i64) -> i64 {
     let t = *tenant.as_bytes();
     super::api::authorize_tenant(uuid::Uuid::from_bytes(t));
+    // SAFETY: reads shared state of the startup process, backend thread.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return log_on_standby(&t, function, filters.0, rows_returned);
+    }
     head::lock_chain(&t, ACCESS_LOCK_FIELD4);
     // SAFETY: the relation is opened and closed here; the tenant's access-log lock is held.
     let prev = unsafe {
@@ -107,33 +111,7 @@ fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned:
         hash: access_genesis(&t),
     });
     let reader = super::trigger::current_role_name();
-    let mut actor = super::trigger::default_actor(&reader);
-    let mut filters = filters.0;
-    // On tenants that seal their events, the people a read names (who read, whom it searched
-    // for) are stored as pseudonyms: forgetting them leaves nothing readable here either. The
-    // reader gets a key like any actor. A searched name gets its pseudonym if it is a subject
-    // (every actor of a sealing tenant is, and every person an entity_id names); a search must
-    // not make a key, which would store the very name searched for. An actor or subject that is
-    // no subject is stored as such (it matches nothing); an entity id that is none is no person
-    // and stays as it is.
-    if super::protect::policy(&t).encrypt {
-        actor = crate::crypto::keys::writing_key(&t, &actor)
-            .pseudonym
-            .clone();
-        if let Some(object) = filters.as_object_mut() {
-            for (key, unknown) in PERSON_FILTERS {
-                if let Some(serde_json::Value::String(name)) = object.get_mut(key) {
-                    match crate::crypto::keys::known_pseudonym(&t, name) {
-                        Some(pseudonym) => *name = pseudonym,
-                        None if unknown == Unknown::NotASubject => *name = NOT_A_SUBJECT.to_owned(),
-                        None => {}
-                    }
-                }
-            }
-        }
-    }
-    let mut filters_text = String::new();
-    super::chain::canonical_json(&filters, &mut filters_text);
+    let (actor, filters_text) = recorded_people(&t, &reader, filters.0, true);
     let id = crate::crypto::keys::random_uuid_v4();
     // SAFETY: plain read of the clock, backend thread.
     let accessed_at = unsafe { pg_sys::GetCurrentTimestamp() };
@@ -168,6 +146,68 @@ fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned:
     )
     .unwrap_or_else(|e| spi_failed(e));
     fields.seq
+}
+
+/// The actor and the canonical filters text a read is recorded with. On tenants that seal their
+/// events, the people a read names (who read, whom it searched for) are stored as pseudonyms:
+/// forgetting them leaves nothing readable here either. The reader gets a key like any actor
+/// (`may_make_keys`; a standby cannot, and records an unknown reader as not a subject). A
+/// searched name gets its pseudonym if it is a subject (every actor of a sealing tenant is, and
+/// every person an entity_id names); a search must not make a key, which would store the very
+/// name searched for. An actor or subject that is no subject is stored as such (it matches
+/// nothing); an entity id that is none is no person and stays as it is.
+fn recorded_people(
+    t: &[u8; 16],
+    reader: &str,
+    mut filters: serde_json::Value,
+    may_make_keys: bool,
+) -> (String, String) {
+    use crate::crypto::keys;
+    let mut actor = super::trigger::default_actor(reader);
+    if super::protect::policy(t).encrypt {
+        actor = if may_make_keys {
+            keys::writing_key(t, &actor).pseudonym.clone()
+        } else {
+            keys::known_pseudonym(t, &actor).unwrap_or_else(|| NOT_A_SUBJECT.to_owned())
+        };
+        if let Some(object) = filters.as_object_mut() {
+            for (key, unknown) in PERSON_FILTERS {
+                if let Some(serde_json::Value::String(name)) = object.get_mut(key) {
+                    match keys::known_pseudonym(t, name) {
+                        Some(pseudonym) => *name = pseudonym,
+                        None if unknown == Unknown::NotASubject => *name = NOT_A_SUBJECT.to_owned(),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut filters_text = String::new();
+    super::chain::canonical_json(&filters, &mut filters_text);
+    (actor, filters_text)
+}
+
+/// A logged read on a hot standby, which cannot append to the access log: refused, or written to
+/// the server log, as `custos.standby_access_log` says. Returns 0 (no access-log seq).
+fn log_on_standby(t: &[u8; 16], function: &str, filters: serde_json::Value, rows: i64) -> i64 {
+    let policy = crate::gucs::STANDBY_ACCESS_LOG
+        .get()
+        .map(|c| c.to_string_lossy().trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if policy != "server_log" {
+        raise(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("{function} records every read in custos.access_log, which a hot standby cannot write"),
+            Some("read on the primary, or have a superuser set custos.standby_access_log = 'server_log' on the standby to log such reads to its server log instead"),
+        );
+    }
+    let reader = super::trigger::current_role_name();
+    let (actor, filters_text) = recorded_people(t, &reader, filters, false);
+    pgrx::log!(
+        "custos access (standby): tenant={} reader={reader} actor={actor} function={function} filters={filters_text} rows={rows}",
+        uuid::Uuid::from_bytes(*t)
+    );
+    0
 }
 
 /// Recomputes a tenant's access-log chain; the same answer shape as custos.verify_chain.

@@ -194,10 +194,19 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
     }
     if let Some(Break::LinkBroken { seq, prev_hash }) = &broken {
         // Does the row link to some other row of the chain? Then rows were moved, not edited.
-        let links_to = Spi::get_one_with_args::<i64>(
-            "SELECT seq FROM custos.events WHERE tenant_id = $1 AND hash = $2 AND seq <> $3 - 1 LIMIT 1",
-            &[tenant.into(), prev_hash.clone().into(), (*seq).into()],
-        )
+        // Read-only SPI: verification takes no transaction id (it runs on hot standbys too).
+        let links_to: Option<i64> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT seq FROM custos.events WHERE tenant_id = $1 AND hash = $2 AND seq <> $3 - 1 LIMIT 1",
+                    None,
+                    &[tenant.into(), prev_hash.clone().into(), (*seq).into()],
+                )?
+                .next()
+                .map(|r| r.get::<i64>(1))
+                .transpose()
+                .map(Option::flatten)
+        })
         .unwrap_or_else(|e| spi_failed(e));
         if let Some(links_to) = links_to {
             broken = Some(Break::Reordered {

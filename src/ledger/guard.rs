@@ -104,6 +104,8 @@ unsafe fn is_ledger_object(class_id: pg_sys::Oid, object_id: pg_sys::Oid) -> boo
     }
 }
 
+/// Guarded: the refusal is a Rust panic that must become a PostgreSQL ERROR before it reaches C.
+#[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_object_access(
     access: pg_sys::ObjectAccessType::Type,
     class_id: pg_sys::Oid,

@@ -177,6 +177,16 @@ pub fn seal_event(
 }
 
 fn tampered(event: pgrx::Uuid, field: &str, e: envelope::CryptoError) -> ! {
+    if e == envelope::CryptoError::KeyMissing {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "sealed {field} of event {} cannot be opened: {e}",
+                uuid::Uuid::from_bytes(*event.as_bytes())
+            ),
+            Some("a subscriber or restored server needs custos.data_keys and custos.subject_keys too, and the same master key"),
+        );
+    }
     raise(
         PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
         format!(

@@ -1,0 +1,1706 @@
+-- custos 0.1.0 -> 0.2.0. Frozen once released, like every upgrade script.
+\echo Use "ALTER EXTENSION custos UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Functions written in Rust that 0.2.0 adds.
+CREATE  FUNCTION "current_actor"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'current_actor_wrapper';
+
+CREATE  FUNCTION "lock_activity_fold"(
+	"tenant" uuid /* pgrx :: Uuid */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_activity_fold_wrapper';
+
+CREATE  FUNCTION "require_master_key"() RETURNS void
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'require_master_key_wrapper';
+
+-- From sql/tenancy.sql: every function (replaced), comment, and table marked for pg_dump.
+COMMENT ON FUNCTION @extschema@.current_tenant() IS
+'The tenant of the current request: the value of custos.set_tenant() in this transaction, else the tenant_id claim of request.jwt.claims (as PostgREST sets it). NULL when neither holds a valid UUID, so tenant-isolated tables show no rows.';
+
+COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
+'Sets the tenant for the rest of the current transaction (NULL clears it) and returns it. For application servers that connect directly; PostgREST requests carry the tenant in their JWT instead.';
+
+CREATE OR REPLACE FUNCTION @extschema@.enable_tenant_isolation(tbl regclass, col name DEFAULT 'tenant_id')
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    col_type regtype;
+    kind "char";
+    pol name;
+BEGIN
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION USING ERRCODE = '42809',
+            MESSAGE = format('%s is not a table', tbl),
+            HINT = 'row-level security applies to ordinary and partitioned tables only';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF col_type IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42703',
+            MESSAGE = format('column %I does not exist in table %s', col, tbl),
+            HINT = 'pass the name of the tenant column as the second argument';
+    END IF;
+    IF col_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION USING ERRCODE = '42804',
+            MESSAGE = format('tenant column %I of %s has type %s, not uuid', col, tbl, col_type);
+    END IF;
+
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    -- FORCE: the table owner is filtered too (superusers and BYPASSRLS roles never are).
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    -- Re-running replaces the policies (quietly: IF EXISTS would print a notice per policy).
+    FOR pol IN SELECT p.polname FROM pg_policy p
+                WHERE p.polrelid = tbl AND p.polname IN ('custos_tenant_access', 'custos_tenant_isolation') LOOP
+        EXECUTE format('DROP POLICY %I ON %s', pol, tbl);
+    END LOOP;
+    -- The permissive policy grants a tenant its rows; the restrictive one makes sure no other
+    -- permissive policy a user adds later can widen access beyond the tenant.
+    -- (select ...) runs once per query as an InitPlan, so an index on the column is usable.
+    EXECUTE format($p$CREATE POLICY custos_tenant_access ON %s AS PERMISSIVE FOR ALL
+                      USING (%I = (SELECT @extschema@.current_tenant()))
+                      WITH CHECK (%I = (SELECT @extschema@.current_tenant()))$p$, tbl, col, col);
+    EXECUTE format($p$CREATE POLICY custos_tenant_isolation ON %s AS RESTRICTIVE FOR ALL
+                      USING (%I = (SELECT @extschema@.current_tenant()))
+                      WITH CHECK (%I = (SELECT @extschema@.current_tenant()))$p$, tbl, col, col);
+    RETURN format('%s isolated by %I', tbl, col);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.enable_tenant_isolation(regclass, name) IS
+'Enables and forces row-level security on a table, with policies that show and accept only rows whose tenant column equals custos.current_tenant(). Idempotent. The caller must own the table.';
+
+CREATE OR REPLACE FUNCTION @extschema@.rls_coverage()
+RETURNS TABLE (table_name regclass, tenant_column name, rls_enabled boolean, rls_forced boolean,
+               has_isolation_policy boolean, problem text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH candidates AS (
+        SELECT c.oid, a.attname,
+               c.relrowsecurity, c.relforcerowsecurity,
+               EXISTS (SELECT 1 FROM pg_policy p
+                        WHERE p.polrelid = c.oid AND p.polname = 'custos_tenant_isolation'
+                          AND NOT p.polpermissive) AS has_policy
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relkind IN ('r', 'p')
+           AND NOT c.relispartition
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg\_toast%'
+           AND a.attname = 'tenant_id'
+    )
+    SELECT oid::regclass, attname, relrowsecurity, relforcerowsecurity, has_policy,
+           CASE WHEN NOT relrowsecurity THEN 'row-level security is disabled'
+                WHEN NOT relforcerowsecurity THEN 'row-level security is not forced: the owner sees every tenant'
+                ELSE 'no custos tenant isolation policy' END
+      FROM candidates
+     WHERE NOT (relrowsecurity AND relforcerowsecurity AND has_policy)
+     ORDER BY oid::regclass::text
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.rls_coverage() IS
+'Tables with a tenant_id column that are not isolated by custos (RLS disabled, not forced, or without the isolation policy), with what is missing. Empty when every such table is covered.';
+
+CREATE OR REPLACE FUNCTION @extschema@.require_tenant() RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.current_tenant();
+BEGIN
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'no tenant is set',
+            HINT = 'call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim';
+    END IF;
+    RETURN tenant;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.require_tenant() IS 'The current tenant, or an error (42501) when none is set.';
+
+CREATE OR REPLACE FUNCTION @extschema@.check_json_batch(batch jsonb, what text, allowed_keys text[], example text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    bad text;
+BEGIN
+    IF batch IS NULL OR jsonb_typeof(batch) <> 'array' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('%s must be a JSON array of objects', what),
+            HINT = format('for example: %s', example);
+    END IF;
+    SELECT format('element %s is %s', i - 1, jsonb_typeof(e)) INTO bad
+      FROM jsonb_array_elements(batch) WITH ORDINALITY AS a(e, i) WHERE jsonb_typeof(e) <> 'object' LIMIT 1;
+    IF bad IS NULL THEN
+        SELECT format('element %s has unknown key "%s"', i - 1, k) INTO bad
+          FROM jsonb_array_elements(batch) WITH ORDINALITY AS a(e, i), jsonb_object_keys(e) AS k
+         WHERE k <> ALL (allowed_keys) LIMIT 1;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('invalid %s: %s', what, bad),
+            HINT = format('allowed keys: %s', array_to_string(allowed_keys, ', '));
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.check_json_batch(jsonb, text, text[], text) IS
+'Raises a clear error (22023) unless batch is a JSON array of objects using only allowed_keys; used by the batch functions (record_events, upsert_identities).';
+
+COMMENT ON TABLE @extschema@.setting_definitions IS
+'Every setting custos knows, with its type, allowed range and extension-wide default. Each capability adds its own rows.';
+
+COMMENT ON TABLE @extschema@.tenant_settings IS
+'Per-tenant overrides of custos.setting_definitions. Tenant-isolated; values are validated on write.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_settings', '');
+
+CREATE OR REPLACE FUNCTION @extschema@.validate_setting(key text, value jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    def @extschema@.setting_definitions;
+    actual text := jsonb_typeof(value);
+    num numeric;
+BEGIN
+    SELECT * INTO def FROM @extschema@.setting_definitions d WHERE d.key = validate_setting.key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('unknown setting "%s"', key),
+            HINT = format('known settings: %s',
+                          (SELECT string_agg(d.key, ', ' ORDER BY d.key) FROM @extschema@.setting_definitions d));
+    END IF;
+    IF value IS NULL OR actual = 'null' THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('setting "%s" cannot be null', key),
+            HINT = 'use custos.reset_setting(key) to go back to the default';
+    END IF;
+    IF def.value_type IN ('integer', 'number') THEN
+        IF actual <> 'number' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" takes %s %s, not %s', key,
+                                 CASE def.value_type WHEN 'integer' THEN 'an' ELSE 'a' END, def.value_type, actual),
+                HINT = format('for example: %s', def.default_value);
+        END IF;
+        num := value::text::numeric;
+        IF def.value_type = 'integer' AND num <> trunc(num) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" takes a whole number, not %s', key, num);
+        END IF;
+        IF num < def.min_value OR num > def.max_value THEN
+            RAISE EXCEPTION USING ERRCODE = '22003',
+                MESSAGE = format('setting "%s" must be between %s and %s, not %s', key, def.min_value, def.max_value, num);
+        END IF;
+    ELSIF def.value_type = 'boolean' AND actual <> 'boolean' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('setting "%s" takes true or false, not %s', key, actual);
+    ELSIF def.value_type = 'text' THEN
+        IF actual <> 'string' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" takes a string, not %s', key, actual);
+        END IF;
+        IF def.allowed_values IS NOT NULL AND NOT (value #>> '{}') = ANY (def.allowed_values) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('setting "%s" cannot be %s', key, value),
+                HINT = format('allowed values: %s', array_to_string(def.allowed_values, ', '));
+        END IF;
+    END IF;
+    RETURN value;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.validate_setting(text, jsonb) IS
+'Returns the value if it is valid for the setting; otherwise raises an error naming what is wrong (unknown key, wrong type, out of range).';
+
+CREATE OR REPLACE FUNCTION @extschema@.require_trigger_on(fired_on oid, own regclass, fn text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF fired_on IS DISTINCT FROM own::oid THEN
+        RAISE EXCEPTION USING ERRCODE = '39P01',
+            MESSAGE = format('%s is the trigger of %s and runs on no other table', fn, own);
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.require_trigger_on(oid, regclass, text) IS
+'Internal: raises 39P01 unless a trigger function fires on its own table.';
+
+CREATE OR REPLACE FUNCTION @extschema@.tenant_settings_validate() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_validate');
+    NEW.value := @extschema@.validate_setting(NEW.key, NEW.value);
+    NEW.updated_at := now();
+    NEW.updated_by := current_user;
+    RETURN NEW;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @extschema@.tenant_settings_invalidate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_invalidate');
+    PERFORM @extschema@.invalidate_caches();
+    RETURN NULL;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.invalidate_caches() IS
+'Ages the cached settings and keys of every session (they are read again on next use); custos calls it when settings change, keys rotate or a subject is forgotten.';
+
+CREATE OR REPLACE FUNCTION @extschema@.tenant_setting(tenant uuid, key text)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result jsonb;
+BEGIN
+    SELECT coalesce(
+             (SELECT s.value FROM @extschema@.tenant_settings s
+               WHERE s.tenant_id = tenant_setting.tenant AND s.key = tenant_setting.key),
+             d.default_value)
+      INTO result
+      FROM @extschema@.setting_definitions d
+     WHERE d.key = tenant_setting.key;
+    IF NOT FOUND THEN
+        PERFORM @extschema@.validate_setting(key, 'null');  -- raises "unknown setting" with the list
+    END IF;
+    RETURN result;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.tenant_setting(uuid, text) IS
+'Effective value of a setting for a tenant, as far as the caller may see that tenant''s overrides (row-level security): its override, else the default. Unknown keys raise an error listing the known ones.';
+
+CREATE OR REPLACE FUNCTION @extschema@.setting(key text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT @extschema@.tenant_setting(@extschema@.current_tenant(), key) $fn$;
+
+COMMENT ON FUNCTION @extschema@.setting(text) IS
+'Effective value of a setting for the current tenant: its override if it has one, else the default. Unknown keys raise an error listing the known ones.';
+
+CREATE OR REPLACE FUNCTION @extschema@.settings()
+RETURNS TABLE (key text, value jsonb, source text, value_type text, description text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT d.key, coalesce(s.value, d.default_value),
+           CASE WHEN s.value IS NULL THEN 'default' ELSE 'tenant' END,
+           d.value_type, d.description
+      FROM @extschema@.setting_definitions d
+      LEFT JOIN @extschema@.tenant_settings s
+        ON s.key = d.key AND s.tenant_id = (SELECT @extschema@.current_tenant())
+     ORDER BY d.key
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.settings() IS
+'Every setting with its effective value for the current tenant and where that value comes from (tenant or default).';
+
+CREATE OR REPLACE FUNCTION @extschema@.set_setting(key text, value jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+BEGIN
+    INSERT INTO @extschema@.tenant_settings AS s (tenant_id, key, value)
+    VALUES (tenant, set_setting.key, set_setting.value)
+    ON CONFLICT ON CONSTRAINT tenant_settings_pkey DO UPDATE SET value = excluded.value;
+    RETURN @extschema@.setting(key);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.set_setting(text, jsonb) IS
+'Overrides a setting for the current tenant after validating the value; returns the effective value.';
+
+CREATE OR REPLACE FUNCTION @extschema@.reset_setting(key text)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.setting(key);  -- unknown keys raise
+    DELETE FROM @extschema@.tenant_settings s
+     WHERE s.tenant_id = @extschema@.current_tenant() AND s.key = reset_setting.key;
+    RETURN @extschema@.setting(key);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.reset_setting(text) IS
+'Removes the current tenant''s override of a setting; returns the default now in effect.';
+
+-- From sql/crypto.sql: every function (replaced), comment, and table marked for pg_dump.
+COMMENT ON TABLE @extschema@.data_keys IS
+'Per-tenant AES-256 data keys, each version wrapped (AES-256-GCM) by the master key named in master_key_id, with the tenant and version as associated data. The newest version wraps new subject keys; older ones stay for reading. custos.rewrap_data_keys moves them to a new master key.';
+
+COMMENT ON TABLE @extschema@.subject_keys IS
+'Per-subject AES-256 keys that seal a person''s fields in the ledger, wrapped by a tenant data key. short_id (random, unique in the tenant) names the key in the values it sealed (enc3.<short_id>.<ciphertext>). subject_ref is the subject''s pseudonym, the same for all its keys: encrypted events store the actor as subject:<subject_ref in base64url>. custos.forget_subject destroys the keys (wrapped and subject become NULL): what they sealed can no longer be read and the pseudonym names nobody, while the chain still verifies.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.data_keys', '');
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.subject_keys', '');
+
+COMMENT ON FUNCTION @extschema@.rotate_data_key(uuid) IS
+'Makes a new data key version for the tenant and retires its subjects'' current keys, so new values are sealed under fresh keys; values sealed before stay readable. Returns the new version.';
+
+COMMENT ON FUNCTION @extschema@.rewrap_data_keys(uuid) IS
+'Master-key rotation: rewraps the data keys of a tenant (NULL: every tenant) that custos.master_key_previous wrapped under custos.master_key, in one transaction. Returns how many were rewrapped, how many were already under the configured key, and its id. Superusers only.';
+
+-- From sql/ledger.sql: every function (replaced), comment, and table marked for pg_dump.
+COMMENT ON TABLE @extschema@.alerts IS
+'Alerts raised by custos: a broken audit chain (source ledger.verify), later anomalies. Tenant-isolated.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts', '');
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts_id_seq', '');
+
+COMMENT ON TABLE @extschema@.events IS
+'The audit ledger. Append-only; each tenant''s rows form a SHA-256 hash chain (seq 1, 2, ...) computed at insert time. Clients insert tenant_id, occurred_at, actor, action, entity_type, entity_id, severity, details, ip_address, user_agent; custos fills the rest. See docs/ledger-format.md.';
+
+COMMENT ON COLUMN @extschema@.events.seq IS 'Position in the tenant''s chain: 1, 2, 3 ... with no gap.';
+
+COMMENT ON COLUMN @extschema@.events.actor IS 'Application user: as given, else custos.set_actor(), else the JWT sub claim, else the database role.';
+
+COMMENT ON COLUMN @extschema@.events.db_role IS 'Database role that inserted the row (after SET ROLE; the caller of a SECURITY DEFINER function).';
+
+COMMENT ON COLUMN @extschema@.events.prev_hash IS 'hash of the previous event of the tenant (seq - 1); for seq 1 the tenant''s genesis hash.';
+
+COMMENT ON COLUMN @extschema@.events.hash IS 'SHA-256 over the canonical encoding of this row and prev_hash (format v1).';
+
+CREATE OR REPLACE FUNCTION @extschema@.refuse_ledger_change() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF TG_TABLE_SCHEMA <> '@extschema@' THEN
+        RAISE EXCEPTION USING ERRCODE = '39P01',
+            MESSAGE = 'custos.refuse_ledger_change is a trigger of custos'' own tables only';
+    END IF;
+    -- The one way out: custos.apply_retention, which sets this superuser-only setting for its
+    -- own DELETE (and the AFTER DELETE check holds it to the tenant and seq it named).
+    IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'events'
+       AND coalesce(current_setting('custos.retention_through', true), '') <> '' THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = format('%I.%I is append-only: %s is not allowed', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP),
+        HINT = 'record a correcting event instead; old events leave only through custos.apply_retention';
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.refuse_ledger_change() IS
+'Trigger function that refuses UPDATE, DELETE and TRUNCATE on custos'' append-only tables.';
+
+CREATE OR REPLACE FUNCTION @extschema@.make_append_only(tbl regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+    EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only', tbl);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only_truncate', tbl);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.make_append_only(regclass) IS 'Internal: puts custos'' append-only triggers on one of its tables.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.events', '');
+
+COMMENT ON TABLE @extschema@.checkpoints IS
+'Every checkpoint custos.checkpoint() signed. custos.verify_chain() checks the chain still reaches and agrees with them; keep the texts outside the database too, where a superuser cannot rewrite them.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.checkpoints', '');
+
+CREATE OR REPLACE FUNCTION @extschema@.guard_ledger_ddl() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    problem text;
+BEGIN
+    SELECT format('%s on %s', t.expected, t.tbl) INTO problem
+      FROM (VALUES ('@extschema@.events'::regclass, 'zz_chain'),
+                   ('@extschema@.events'::regclass, 'append_only'),
+                   ('@extschema@.events'::regclass, 'append_only_truncate'),
+                   ('@extschema@.checkpoints'::regclass, 'append_only'),
+                   ('@extschema@.checkpoints'::regclass, 'append_only_truncate')) AS t(tbl, expected)
+     WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g
+                        WHERE g.tgrelid = t.tbl AND g.tgname = t.expected AND g.tgenabled = 'A')
+     LIMIT 1;
+    IF problem IS NULL THEN
+        SELECT format('row-level security of %s', c.oid::regclass) INTO problem
+          FROM pg_class c
+         WHERE c.oid IN ('@extschema@.events'::regclass, '@extschema@.checkpoints'::regclass)
+           AND NOT (c.relrowsecurity AND c.relforcerowsecurity)
+         LIMIT 1;
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('custos ledger protection cannot be removed or disabled (%s)', problem),
+            HINT = 'the audit ledger is append-only for every role; the statement was rolled back';
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.guard_ledger_ddl() IS
+'Event trigger function: refuses DDL that drops or disables the ledger''s triggers or row-level security.';
+
+CREATE OR REPLACE FUNCTION @extschema@.guard_ledger_drop() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'custos_guard_ledger_drop';
+
+COMMENT ON FUNCTION @extschema@.guard_ledger_drop() IS
+'Event trigger function: refuses DROP EXTENSION custos, DROP SCHEMA custos and ALTER EXTENSION custos DROP unless a superuser set custos.allow_ledger_drop; firing for every DDL command, it also loads the hook that refuses drops cascading into the ledger.';
+
+CREATE OR REPLACE FUNCTION @extschema@.set_actor(actor text) RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT set_config('custos.actor', coalesce(actor, ''), true) $fn$;
+
+COMMENT ON FUNCTION @extschema@.set_actor(text) IS
+'Names the application user for the rest of the transaction; ledger events record it as actor unless they name one.';
+
+CREATE OR REPLACE FUNCTION @extschema@.record_event(
+    action      text,
+    entity_type text,
+    entity_id   text DEFAULT NULL,
+    details     jsonb DEFAULT '{}',
+    severity    text DEFAULT 'info',
+    occurred_at timestamptz DEFAULT NULL,
+    actor       text DEFAULT NULL,
+    ip_address  inet DEFAULT NULL,
+    user_agent  text DEFAULT NULL
+) RETURNS TABLE (id uuid, seq bigint, recorded_at timestamptz, hash bytea)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    INSERT INTO @extschema@.events AS e
+           (tenant_id, action, entity_type, entity_id, details, severity, occurred_at, actor, ip_address, user_agent)
+    VALUES (@extschema@.require_tenant(), action, entity_type, entity_id, coalesce(details, '{}'),
+            coalesce(severity, 'info'), occurred_at, actor, ip_address, user_agent)
+    RETURNING e.id, e.seq, e.recorded_at, e.hash
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.record_event(text, text, text, jsonb, text, timestamptz, text, inet, text) IS
+'Records one event in the current tenant''s ledger and returns its id, seq, recorded_at and hash.';
+
+CREATE OR REPLACE FUNCTION @extschema@.record_events(events jsonb) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    bad text;
+    n bigint;
+BEGIN
+    PERFORM @extschema@.check_json_batch(events, 'event batch',
+        ARRAY['tenant_id', 'occurred_at', 'actor', 'action', 'entity_type', 'entity_id', 'severity', 'details',
+              'ip_address', 'user_agent'],
+        '[{"action": "login", "entity_type": "user", "entity_id": "u1"}]');
+    SELECT format('element %s belongs to tenant %s, not the current tenant', i - 1, e->>'tenant_id') INTO bad
+      FROM jsonb_array_elements(events) WITH ORDINALITY AS a(e, i)
+     WHERE e ? 'tenant_id' AND (e->>'tenant_id')::uuid IS DISTINCT FROM tenant LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('invalid event batch: %s', bad);
+    END IF;
+    INSERT INTO @extschema@.events
+           (tenant_id, occurred_at, actor, action, entity_type, entity_id, severity, details, ip_address, user_agent)
+    SELECT tenant, r.occurred_at, r.actor, r.action, r.entity_type, r.entity_id,
+           coalesce(r.severity, 'info'), coalesce(r.details, '{}'), r.ip_address, r.user_agent
+      FROM jsonb_to_recordset(events) AS r(occurred_at timestamptz, actor text, action text, entity_type text,
+                                           entity_id text, severity text, details jsonb, ip_address inet,
+                                           user_agent text);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.record_events(jsonb) IS
+'Records a JSON array of events in the current tenant''s ledger, all or nothing, in array order; returns how many. Each element: action, entity_type, and optionally entity_id, details, severity, occurred_at, actor, ip_address, user_agent.';
+
+COMMENT ON FUNCTION @extschema@.events_chain() IS
+'BEFORE INSERT trigger of custos.events: assigns seq, id, times, actor, role and transaction, and links the row into its tenant''s SHA-256 chain.';
+
+COMMENT ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint) IS
+'Recomputes a tenant''s hash chain from from_seq to to_seq (default: its end) and returns ok, how many events were checked, and the first broken seq with the reason (content changed, hash altered, link broken, gap, reordered, truncated, rewritten). A break also raises a critical alert.';
+
+COMMENT ON FUNCTION @extschema@.settled_seq(uuid, bigint) IS
+'The highest seq of the tenant''s chain, from after_seq on, through which the caller''s snapshot sees every event. With track_commit_timestamp on, a writer may become visible an instant before the writer its events follow in the chain; a consumer that keeps a watermark ("done through seq n") reads up to settled_seq, not max(seq), so that it never steps over such an event.';
+
+COMMENT ON FUNCTION @extschema@.checkpoint(uuid) IS
+'Signs the tenant''s current chain head (tenant, seq, head hash, time) with Ed25519 and returns the one-line text; keep it outside the database. Also stored in custos.checkpoints.';
+
+COMMENT ON FUNCTION @extschema@.checkpoint_public_key() IS
+'Hex public key that verifies custos checkpoints; give it to whoever verifies them outside the database.';
+
+COMMENT ON FUNCTION @extschema@.verify_checkpoint(text, text) IS
+'Checks a checkpoint''s signature (with public_key, else the configured key) and that the current chain verifies and still has the checkpoint''s head at its seq: a rewritten or cut-off chain fails even if every hash was recomputed.';
+
+CREATE OR REPLACE FUNCTION @extschema@.caller_role() RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    -- Inside SECURITY DEFINER, current_user is the owner; the caller is SET ROLE's, else the session's.
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role')::name END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.caller_role() IS
+'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
+
+CREATE OR REPLACE FUNCTION @extschema@.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    -- Runs as custos' owner on a table its caller owns: nothing of the caller's may run here.
+    -- Only the trigger track_table made; and the tenant column read only if it is exactly uuid
+    -- (not a domain or a type of the caller's with casts and operators of its own), so the
+    -- DISTINCT and the INSERT use PostgreSQL's built-in uuid operators and no cast at all.
+    IF TG_NAME <> 'custos_track_truncate' OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'STATEMENT' OR TG_NARGS < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '39P01',
+            MESSAGE = 'custos.capture_truncate runs only as the TRUNCATE trigger custos.track_table creates';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = TG_RELID AND a.attname = TG_ARGV[0] AND a.attnum > 0
+                      AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype) THEN
+        RAISE EXCEPTION USING ERRCODE = '42804',
+            MESSAGE = format('tenant column %I of %s is no longer a uuid: the TRUNCATE cannot be recorded', TG_ARGV[0], TG_RELID::regclass),
+            HINT = 'the tenant column of a tracked table must stay of type uuid; untrack the table before changing it';
+    END IF;
+    EXECUTE format('INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
+                    SELECT DISTINCT t.%1$I, ''truncate'', $1, jsonb_build_object(''table'', $2)
+                      FROM %2$s t WHERE t.%1$I IS NOT NULL', TG_ARGV[0], TG_RELID::regclass)
+        USING TG_ARGV[1], format('%s.%s', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    RETURN NULL;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.capture_truncate() IS
+'BEFORE TRUNCATE trigger of tables tracked by custos.track_table: records one truncate event per tenant that had rows.';
+
+COMMENT ON FUNCTION @extschema@.capture_changes() IS
+'AFTER ... FOR EACH STATEMENT trigger of tables tracked by custos.track_table: reads the statement''s transition tables and records each changed row (or group of rows) as an event in the row''s tenant.';
+
+CREATE OR REPLACE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL,
+                                        rows_per_event integer DEFAULT 1)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rel record;
+    pk_cols name[];
+    tenant_type regtype;
+    etype text;
+    args text;
+    trig name;
+BEGIN
+    SELECT c.relname, n.nspname, c.relkind, c.relowner INTO rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s is not a table', tbl);
+    END IF;
+    IF rows_per_event IS NULL OR rows_per_event NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('rows_per_event must be between 1 and 1000, not %s', rows_per_event);
+    END IF;
+    IF rel.nspname = '@extschema@' THEN
+        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s belongs to custos and cannot be tracked', tbl);
+    END IF;
+    IF NOT pg_has_role(@extschema@.caller_role(), rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to track it', tbl);
+    END IF;
+    SELECT a.atttypid::regtype INTO tenant_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF tenant_type IS DISTINCT FROM 'uuid'::regtype THEN
+        RAISE EXCEPTION USING ERRCODE = '42703',
+            MESSAGE = format('table %s has no uuid column %I to take the tenant from', tbl, tenant_column),
+            HINT = 'pass the tenant column as tenant_column';
+    END IF;
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO pk_cols
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = tbl AND i.indisprimary;
+    IF pk_cols IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('table %s has no primary key', tbl),
+            HINT = 'events name the changed row by its primary key; add one first';
+    END IF;
+    etype := coalesce(entity_type, format('%s.%s', rel.nspname, rel.relname));
+    IF length(etype) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'entity_type must be 1 to 200 characters';
+    END IF;
+    -- Trigger arguments of custos.capture_changes: tenant column, entity_type, rows per event, key.
+    args := format('%L, %L, %L', tenant_column, etype, rows_per_event)
+            || (SELECT string_agg(format(', %L', c), '') FROM unnest(pk_cols) c);
+
+    -- Tracking again replaces the triggers (quietly: IF EXISTS would print a notice per trigger).
+    FOR trig IN SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname LIKE 'custos\_track\_%' LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trig, tbl);
+    END LOOP;
+    EXECUTE format('CREATE TRIGGER custos_track_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS custos_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER custos_track_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS custos_old NEW TABLE AS custos_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER custos_track_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS custos_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER custos_track_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_truncate(%s)', tbl, args);
+    RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s%s', tbl, etype,
+                  CASE WHEN rows_per_event > 1 THEN format(', up to %s rows per event', rows_per_event) ELSE '' END);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.track_table(regclass, name, text, integer) IS
+'Records every INSERT, UPDATE, DELETE (old and new values, primary key, actor) and TRUNCATE of a table in the audit ledger, in the tenant named by each row''s tenant column. rows_per_event 1 (default) gives one event per row with the key as entity_id; more puts up to that many rows of a statement in one event (details.rows), for bulk-heavy tables. The caller must own the table; the table needs a primary key. Idempotent.';
+
+CREATE OR REPLACE FUNCTION @extschema@.untrack_table(tbl regclass) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT pg_has_role(@extschema@.caller_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to untrack it', tbl);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'custos_track_insert') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('%s is not tracked', tbl);
+    END IF;
+    -- Stopping the audit trail is itself worth a record, in the current tenant if there is one.
+    IF @extschema@.current_tenant() IS NOT NULL THEN
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+        VALUES (@extschema@.current_tenant(), 'custos.untrack_table', 'table', tbl::text, 'medium',
+                jsonb_build_object('table', tbl::text));
+    END IF;
+    EXECUTE format('DROP TRIGGER custos_track_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_truncate ON %s', tbl);
+    RETURN format('%s is no longer tracked', tbl);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.untrack_table(regclass) IS
+'Stops recording a table''s changes; records that it did so in the current tenant''s ledger when a tenant is set.';
+
+COMMENT ON VIEW @extschema@.tracked_tables IS 'Tables whose changes custos records in the audit ledger.';
+
+CREATE OR REPLACE FUNCTION @extschema@.set_alert_status(alert_id bigint, status text, note text DEFAULT NULL)
+RETURNS TABLE (id bigint, previous_status text, new_status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    before text;
+BEGIN
+    IF status IS NULL OR status NOT IN ('open', 'acknowledged', 'resolved', 'false_positive') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown alert status "%s"', status),
+            HINT = 'one of open, acknowledged, resolved, false_positive';
+    END IF;
+    SELECT a.status INTO before FROM @extschema@.alerts a
+     WHERE a.id = alert_id AND a.tenant_id = tenant FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no alert %s in the current tenant', alert_id);
+    END IF;
+    UPDATE @extschema@.alerts a SET status = set_alert_status.status WHERE a.id = alert_id AND a.tenant_id = tenant;
+    -- Who closed which alert, and why, is part of the audit trail.
+    INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, 'custos.alert_status', 'alert', alert_id::text, 'info',
+            jsonb_strip_nulls(jsonb_build_object('from', before, 'to', set_alert_status.status, 'note', note)));
+    RETURN QUERY SELECT alert_id, before, set_alert_status.status;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.set_alert_status(bigint, text, text) IS
+'Moves an alert of the current tenant to open, acknowledged, resolved or false_positive, and records the change (with the note) as a custos.alert_status event in the ledger. For custos_admin; auditors read alerts but cannot close them.';
+
+-- From sql/ledger_protection.sql: every function (replaced), comment, and table marked for pg_dump.
+CREATE OR REPLACE FUNCTION @extschema@.ledger_settings_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.ledger_settings_check');
+    IF NEW.key = 'ledger.encrypt' AND NEW.value = 'true'::jsonb THEN
+        PERFORM @extschema@.require_master_key();
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.ledger_settings_check() IS
+'BEFORE trigger of custos.tenant_settings: refuses ledger.encrypt = true while no master key is configured.';
+
+COMMENT ON FUNCTION @extschema@.require_master_key() IS
+'Raises 55000 unless a usable master key is configured (custos.master_key_file, or custos.master_key in the session).';
+
+COMMENT ON FUNCTION @extschema@.require_tenant_access(uuid) IS
+'Raises 42501 unless the caller works in the given tenant (its current tenant); superusers work in any.';
+
+COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
+'Internal: a stored event field as the tenant''s reader sees it (opened if sealed; NULL once its subject was forgotten). Used by custos'' logged read functions.';
+
+CREATE OR REPLACE FUNCTION @extschema@.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb
+LANGUAGE c STABLE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'custos_reveal_details';
+
+COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
+'Internal: details with sealed values opened (null where the subject was forgotten).';
+
+COMMENT ON FUNCTION @extschema@.reveal_actor(uuid, text) IS
+'Internal: the actor of an event as the tenant''s reader sees it (the subject''s name for a pseudonym, NULL once forgotten).';
+
+COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
+
+COMMENT ON TABLE @extschema@.access_log IS
+'Who read the audit ledger through custos'' functions: when, which function, with which filters, how many rows. Append-only, its own per-tenant SHA-256 chain (custos.verify_access_log).';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.access_log', '');
+
+COMMENT ON FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) IS
+'Internal: appends one read to the tenant''s access log (chained); called by custos'' read functions.';
+
+COMMENT ON FUNCTION @extschema@.verify_access_log(uuid) IS
+'Recomputes the tenant''s access-log chain: ok, rows checked, the first broken seq and why.';
+
+CREATE OR REPLACE VIEW @extschema@.opened_events AS
+SELECT e.tenant_id, e.seq, e.id, e.occurred_at, e.recorded_at,
+       @extschema@.reveal_actor(e.tenant_id, e.actor) AS actor, e.db_role, e.action, e.entity_type,
+       @extschema@.reveal(e.tenant_id, e.id, 'entity_id', e.entity_id) AS entity_id, e.severity,
+       @extschema@.reveal_details(e.tenant_id, e.id, e.details) AS details,
+       @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address) AS ip_address,
+       @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent) AS user_agent,
+       @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
+       OR @extschema@.is_erased(e.tenant_id, e.entity_id)
+       OR (starts_with(e.actor, 'subject:') AND @extschema@.reveal_actor(e.tenant_id, e.actor) IS NULL) AS erased
+  FROM @extschema@.events e;
+
+COMMENT ON VIEW @extschema@.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
+
+CREATE OR REPLACE FUNCTION @extschema@.severity_rank(severity text) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT array_position(ARRAY['info', 'low', 'medium', 'high', 'critical'], severity) $$;
+
+COMMENT ON FUNCTION @extschema@.severity_rank(text) IS 'Order of a severity: info 1, low 2, medium 3, high 4, critical 5; NULL if unknown.';
+
+CREATE OR REPLACE FUNCTION @extschema@.readable_events(tenant uuid, since timestamptz, until timestamptz, of_type text,
+                                            of_entity text, by_actor text, min_severity text, with_action text,
+                                            before_seq bigint, page_size integer, newest_first boolean)
+RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
+               action text, entity_type text, entity_id text, severity text, details jsonb, ip_address text,
+               user_agent text, erased boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    hot_days integer := @extschema@.tenant_setting(tenant, 'ledger.hot_retention_days');
+    floor_rank integer := coalesce(@extschema@.severity_rank(min_severity), 1);
+BEGIN
+    IF min_severity IS NOT NULL AND @extschema@.severity_rank(min_severity) IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown severity "%s"', min_severity),
+            HINT = 'one of info, low, medium, high, critical';
+    END IF;
+    IF page_size IS NOT NULL AND page_size NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('page_size must be between 1 and 10000, not %s', page_size);
+    END IF;
+    IF since IS NOT NULL AND until IS NOT NULL AND until < since THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'until is before since';
+    END IF;
+    since := coalesce(since, now() - make_interval(days => hot_days));
+    -- Built per call so that the plan walks the primary key in the direction asked for.
+    RETURN QUERY EXECUTE format($q$
+        SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
+               o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
+          FROM @extschema@.opened_events o
+         WHERE o.tenant_id = $1
+           AND o.occurred_at >= $2 AND ($3::timestamptz IS NULL OR o.occurred_at < $3)
+           AND ($4::text IS NULL OR o.entity_type = $4) AND ($5::text IS NULL OR o.entity_id = $5)
+           AND ($6::text IS NULL OR o.actor = $6) AND ($7::text IS NULL OR o.action = $7)
+           AND ($8 = 1 OR @extschema@.severity_rank(o.severity) >= $8)
+           AND ($9::bigint IS NULL OR o.seq < $9)
+         ORDER BY o.seq %s
+         LIMIT $10$q$, CASE WHEN newest_first THEN 'DESC' ELSE 'ASC' END)
+    USING tenant, since, until, of_type, of_entity, by_actor, with_action, floor_rank, before_seq, page_size;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
+'Internal: the filtered, opened events behind custos.timeline and custos.export_events.';
+
+CREATE OR REPLACE FUNCTION @extschema@.timeline(since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
+                                     of_type text DEFAULT NULL, of_entity text DEFAULT NULL, by_actor text DEFAULT NULL,
+                                     min_severity text DEFAULT NULL, with_action text DEFAULT NULL,
+                                     before_seq bigint DEFAULT NULL, page_size integer DEFAULT 100)
+RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
+               action text, entity_type text, entity_id text, severity text, details jsonb, ip_address text,
+               user_agent text, erased boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    n bigint;
+BEGIN
+    RETURN QUERY SELECT * FROM @extschema@.readable_events(tenant, since, until, of_type, of_entity, by_actor,
+                                                          min_severity, with_action, before_seq, coalesce(page_size, 100), true);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.log_access(tenant, 'custos.timeline',
+        jsonb_strip_nulls(jsonb_build_object('since', since, 'until', until, 'of_type', of_type, 'of_entity', of_entity,
+            'by_actor', by_actor, 'min_severity', min_severity, 'with_action', with_action, 'before_seq', before_seq,
+            'page_size', page_size)), n);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer) IS
+'The current tenant''s events, newest first, with sealed fields opened: filter by time (since defaults to the hot-retention window), entity type and id, actor, minimum severity and action; page with before_seq (the last seq of the previous page). Every call is recorded in custos.access_log.';
+
+CREATE OR REPLACE FUNCTION @extschema@.event(event_id uuid)
+RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
+               action text, entity_type text, entity_id text, severity text, details jsonb, ip_address text,
+               user_agent text, erased boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    n bigint;
+BEGIN
+    -- custos' ids carry their seq: one primary-key lookup. Ids that carry none (from the 2^48th
+    -- event of a tenant on) are searched for over the tenant's whole key range.
+    RETURN QUERY
+    SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
+           o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
+      FROM @extschema@.opened_events o
+     WHERE o.tenant_id = tenant AND o.id = event_id
+       AND o.seq BETWEEN coalesce(@extschema@.event_seq(event_id), 1)
+                     AND coalesce(@extschema@.event_seq(event_id), 9223372036854775807);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
+    IF n = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no event %s in the current tenant', event_id);
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.event_seq(uuid) IS
+'The seq an event id carries (custos makes ids as RFC 9562 version-8 UUIDs whose first 48 bits are the seq); NULL for other UUIDs.';
+
+COMMENT ON FUNCTION @extschema@.event(uuid) IS
+'One event of the current tenant by id, sealed fields opened; recorded in custos.access_log (also when it is not found).';
+
+CREATE OR REPLACE FUNCTION @extschema@.export_events(format text DEFAULT 'jsonl', since timestamptz DEFAULT NULL,
+                                          until timestamptz DEFAULT NULL, of_type text DEFAULT NULL,
+                                          by_actor text DEFAULT NULL, min_severity text DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    n bigint;
+BEGIN
+    IF NOT pg_has_role(@extschema@.caller_role(), 'custos_exporter', 'MEMBER') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'exporting the ledger needs the custos_exporter role';
+    END IF;
+    IF format NOT IN ('csv', 'jsonl') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown export format "%s"', format),
+            HINT = 'csv or jsonl';
+    END IF;
+    -- Rows go through a tuplestore that spills to disk past work_mem: memory stays flat.
+    IF format = 'csv' THEN
+        RETURN NEXT 'seq,id,occurred_at,recorded_at,actor,db_role,action,entity_type,entity_id,severity,details,ip_address,user_agent';
+        RETURN QUERY
+        SELECT concat_ws(',', r.seq, r.id, @extschema@.csv_field(r.occurred_at::text), @extschema@.csv_field(r.recorded_at::text),
+                         @extschema@.csv_field(r.actor), @extschema@.csv_field(r.db_role), @extschema@.csv_field(r.action),
+                         @extschema@.csv_field(r.entity_type), @extschema@.csv_field(r.entity_id), r.severity,
+                         @extschema@.csv_field(r.details::text), @extschema@.csv_field(r.ip_address), @extschema@.csv_field(r.user_agent))
+          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+    ELSE
+        RETURN QUERY
+        SELECT jsonb_build_object('seq', r.seq, 'id', r.id, 'occurred_at', r.occurred_at, 'recorded_at', r.recorded_at,
+                                  'actor', r.actor, 'db_role', r.db_role, 'action', r.action, 'entity_type', r.entity_type,
+                                  'entity_id', r.entity_id, 'severity', r.severity, 'details', r.details,
+                                  'ip_address', r.ip_address, 'user_agent', r.user_agent, 'erased', r.erased)::text
+          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.log_access(tenant, 'custos.export_events',
+        jsonb_strip_nulls(jsonb_build_object('format', format, 'since', since, 'until', until, 'of_type', of_type,
+                                             'by_actor', by_actor, 'min_severity', min_severity)), n);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) IS
+'The current tenant''s events in seq order as CSV lines (with a header) or JSON Lines, sealed fields opened. For custos_exporter; recorded in custos.access_log. Stream it with COPY (SELECT * FROM custos.export_events(''csv'')) TO STDOUT.';
+
+CREATE OR REPLACE FUNCTION @extschema@.csv_field(value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN value IS NULL THEN '' ELSE '"' || replace(value, '"', '""') || '"' END $$;
+
+COMMENT ON FUNCTION @extschema@.csv_field(text) IS 'A value as one RFC 4180 CSV field (quoted; NULL as empty).';
+
+CREATE OR REPLACE FUNCTION @extschema@.export_subject(tenant uuid, subject text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    doc jsonb;
+    n bigint;
+BEGIN
+    PERFORM @extschema@.require_tenant_access(tenant);
+    IF subject IS NULL OR subject = '' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'subject must not be empty';
+    END IF;
+    SELECT jsonb_build_object(
+        'tenant', tenant, 'subject', subject, 'exported_at', now(),
+        'events', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.seq)
+                              FROM @extschema@.readable_events(tenant, '-infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false) r
+                             WHERE r.actor = subject OR r.entity_id = subject), '[]'),
+        'identities', coalesce((SELECT jsonb_agg(to_jsonb(i) - 'risk_key') FROM @extschema@.identities i
+                                 WHERE i.tenant_id = tenant AND i.user_id = subject), '[]'),
+        'keys', coalesce((SELECT jsonb_agg(jsonb_build_object('id', k.id, 'created_at', k.created_at, 'retired_at', k.retired_at))
+                            FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = export_subject.subject), '[]'))
+      INTO doc;
+    n := jsonb_array_length(doc->'events') + jsonb_array_length(doc->'identities');
+    IF n = 0 AND jsonb_array_length(doc->'keys') = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s holds nothing about subject "%s"', tenant, subject),
+            HINT = 'subjects are matched on events.actor, events.entity_id and identities.user_id';
+    END IF;
+    PERFORM @extschema@.log_access(tenant, 'custos.export_subject', jsonb_build_object('subject', subject), n);
+    RETURN doc;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.export_subject(uuid, text) IS
+'Everything the tenant holds about a person (events they acted in or that name them, with sealed fields opened; their identity record; their keys) as one JSON document, for a GDPR access request. For custos_exporter; recorded in custos.access_log.';
+
+CREATE OR REPLACE FUNCTION @extschema@.forget_subject(tenant uuid, subject text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    destroyed integer;
+    first_key uuid;
+    identities_removed integer;
+    plaintext_events bigint;
+    plaintext_reads bigint;
+BEGIN
+    PERFORM @extschema@.require_tenant_access(tenant);
+    SELECT count(*), min(k.id::text)::uuid INTO destroyed, first_key
+      FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
+    DELETE FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = forget_subject.subject;
+    GET DIAGNOSTICS identities_removed = ROW_COUNT;
+    IF destroyed = 0 AND identities_removed = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s has no keys or records of subject "%s"', tenant, subject),
+            HINT = 'nothing was sealed for this subject: is ledger.encrypt on, and is the subject spelled as in events.actor?';
+    END IF;
+    -- Crypto-shredding: without the wrapped key nothing it sealed can be opened again. The
+    -- ledger rows stay as they were, so every chain still verifies.
+    UPDATE @extschema@.subject_keys k SET wrapped = NULL, subject = NULL, destroyed_at = now()
+     WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
+    PERFORM @extschema@.invalidate_caches();
+    -- What the append-only ledger still holds in plaintext (written before ledger.encrypt was on,
+    -- or on a tenant without it) cannot be erased without breaking the chain: say how much.
+    SELECT count(*) INTO plaintext_events FROM @extschema@.events e
+     WHERE e.tenant_id = tenant AND (e.actor = forget_subject.subject OR e.entity_id = forget_subject.subject);
+    SELECT count(*) INTO plaintext_reads FROM @extschema@.access_log a
+     WHERE a.tenant_id = tenant
+       AND forget_subject.subject IN (a.actor, a.filters->>'subject', a.filters->>'by_actor', a.filters->>'of_entity');
+    IF plaintext_events + plaintext_reads > 0 THEN
+        RAISE NOTICE 'custos: % ledger events and % access-log rows still name "%" in plaintext', plaintext_events, plaintext_reads, subject
+            USING HINT = 'the ledger is append-only and its chain covers them; turn ledger.encrypt on so that what is recorded from now on is sealed and erasable';
+    END IF;
+    INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, 'custos.forget_subject', 'subject', coalesce(first_key::text, 'identity-only'), 'medium',
+            jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed));
+    RETURN jsonb_build_object('keys_destroyed', destroyed, 'identities_removed', identities_removed,
+                              'plaintext_events', plaintext_events, 'plaintext_access_log_rows', plaintext_reads);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.forget_subject(uuid, text) IS
+'Erases a person (GDPR): destroys their keys so every field sealed for them becomes unreadable (crypto-shredding: actor, ip_address, user_agent, sealed details, a person''s entity_id, their pseudonyms in the access log), removes their identity record (with its review note), and records the erasure as a ledger event (naming the key, not the person). The chain still verifies. Returns how many were destroyed and removed, and how many ledger events and access-log rows still name the person in plaintext (recorded while ledger.encrypt was off: the append-only ledger keeps them).';
+
+COMMENT ON TABLE @extschema@.chain_anchors IS
+'Where retention cut each tenant''s chain: events through through_seq were removed; anchor_hash is the hash of the last one, which the first remaining event links to. The retention event at event_seq records the same, inside the chain. Append-only.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.chain_anchors', '');
+
+CREATE OR REPLACE FUNCTION @extschema@.retention_delete_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    allowed text := current_setting('custos.retention_through', true);
+BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.retention_delete_check');
+    IF coalesce(allowed, '') !~ '^[0-9a-f-]{36}:[0-9]+$'
+       OR EXISTS (SELECT 1 FROM custos_removed r
+                   WHERE r.tenant_id::text <> split_part(allowed, ':', 1) OR r.seq > split_part(allowed, ':', 2)::bigint) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'custos.events is append-only: DELETE is not allowed',
+            HINT = 'old events leave only through custos.apply_retention';
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION @extschema@.apply_retention(tenant uuid)
+RETURNS TABLE (removed bigint, through_seq bigint, anchor_hash text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    years integer;
+    hold boolean;
+    cutoff timestamptz;
+    cut bigint;
+    previous bigint;
+    anchor bytea;
+    retention_seq bigint;
+    n bigint;
+BEGIN
+    PERFORM @extschema@.require_tenant_access(tenant);
+    years := @extschema@.tenant_setting(tenant, 'ledger.archive_years');
+    hold := @extschema@.tenant_setting(tenant, 'ledger.legal_hold');
+    IF hold THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('tenant %s is under legal hold: retention removes nothing', tenant),
+            HINT = 'lift it with custos.set_setting(''ledger.legal_hold'', ''false'') once the hold ends';
+    END IF;
+    cutoff := now() - make_interval(years => years);
+    previous := coalesce((SELECT max(a.through_seq) FROM @extschema@.chain_anchors a WHERE a.tenant_id = tenant), 0);
+    -- Retention removes a prefix of the chain: everything before the first event recorded since the cutoff.
+    cut := coalesce((SELECT min(e.seq) - 1 FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.recorded_at >= cutoff),
+                    (SELECT max(e.seq) FROM @extschema@.events e WHERE e.tenant_id = tenant), 0);
+    -- Rows of the newest writers may still be becoming visible (see custos.settled_seq): cut at a
+    -- row this snapshot sees. Any row above such a hole is new, so this stays below them all.
+    cut := coalesce((SELECT max(e.seq) FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.seq <= cut), 0);
+    IF cut <= previous THEN
+        RETURN QUERY SELECT 0::bigint, previous, NULL::text;
+        RETURN;
+    END IF;
+    SELECT e.hash INTO anchor FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.seq = cut;
+    -- The retention event goes first, so the chain never empties and its head never moves back.
+    INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, 'custos.retention', 'ledger', 'events', 'medium',
+            jsonb_build_object('through_seq', cut, 'anchor_hash', encode(anchor, 'hex'), 'cutoff', cutoff,
+                               'archive_years', years, 'removed', cut - previous))
+    RETURNING seq INTO retention_seq;
+    PERFORM set_config('custos.retention_through', tenant::text || ':' || cut, true);
+    DELETE FROM @extschema@.events e WHERE e.tenant_id = tenant AND e.seq <= cut;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('custos.retention_through', '', true);
+    INSERT INTO @extschema@.chain_anchors (tenant_id, through_seq, anchor_hash, event_seq, removed)
+    VALUES (tenant, cut, anchor, retention_seq, n);
+    RETURN QUERY SELECT n, cut, encode(anchor, 'hex');
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.apply_retention(uuid) IS
+'Removes the tenant''s events recorded before its archive horizon (ledger.archive_years, default 7), refused under ledger.legal_hold. Leaves a chained anchor (custos.chain_anchors and a custos.retention event) so the remaining chain still verifies. The only way rows leave the ledger.';
+
+-- From sql/dormant.sql: every function (replaced), comment, and table marked for pg_dump.
+COMMENT ON TABLE @extschema@.identities IS
+'Accounts of each tenant (from Entra ID, Okta, Google, the application itself ...), their activity and review state. Tenant-isolated. peer_score, risk_static, dormant_at, risk_key and threshold_days are maintained by custos.';
+
+COMMENT ON COLUMN @extschema@.identities.status IS 'active, suspended, provisioned (provisioned but never activated), or deprovisioned.';
+
+COMMENT ON COLUMN @extschema@.identities.dormant_at IS 'When the account becomes (or became) dormant: last activity (or creation, for never-active accounts) plus its threshold. NULL: never reported.';
+
+COMMENT ON COLUMN @extschema@.identities.risk_key IS 'Clock-free ordering key: ordering by it is ordering by risk score at any moment.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.identities', '');
+
+COMMENT ON FUNCTION @extschema@.identities_derive() IS
+'BEFORE trigger of custos.identities: refuses future timestamps and computes threshold_days, dormant_at, risk_static and risk_key from the row and its tenant''s dormant.* settings.';
+
+CREATE OR REPLACE FUNCTION @extschema@.refresh_peer_scores(tenant uuid DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t uuid := coalesce(tenant, @extschema@.require_tenant());
+    n bigint;
+BEGIN
+    -- The accounts are joined only to the per-department counts (a few rows), never to themselves:
+    -- the plan stays linear whatever the statistics say right after a bulk load.
+    WITH counts AS (
+        SELECT department, count(*) AS members,
+               count(*) FILTER (WHERE dormant_at IS NULL OR dormant_at > now()) AS active
+          FROM @extschema@.identities WHERE tenant_id = t AND department IS NOT NULL
+         GROUP BY department
+    ), dept AS (
+        -- An account's peers are the other members: one fewer active peer if it is active itself.
+        SELECT department,
+               @extschema@.peer_score((active - 1)::float8 / greatest(members - 1, 1), members - 1) AS if_active,
+               @extschema@.peer_score(active::float8 / greatest(members - 1, 1), members - 1) AS if_idle
+          FROM counts
+    )
+    UPDATE @extschema@.identities i
+       SET peer_score = CASE WHEN i.dormant_at IS NULL OR i.dormant_at > now() THEN d.if_active ELSE d.if_idle END
+      FROM dept d
+     WHERE i.tenant_id = t AND i.department = d.department
+       AND i.peer_score IS DISTINCT FROM
+           CASE WHEN i.dormant_at IS NULL OR i.dormant_at > now() THEN d.if_active ELSE d.if_idle END;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.refresh_peer_scores(uuid) IS
+'Recomputes how unusual each account''s inactivity is among its department (peer_score, in 0.2 steps) and returns how many rows changed. Run after bulk changes and daily; custos.upsert_identities runs it.';
+
+CREATE OR REPLACE FUNCTION @extschema@.upsert_identities(identities jsonb) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    bad text;
+    n bigint;
+BEGIN
+    PERFORM @extschema@.check_json_batch(identities, 'identities',
+        ARRAY['user_id', 'email', 'display_name', 'source', 'status', 'is_privileged', 'is_service_account',
+              'mfa_enabled', 'has_valid_credentials', 'department', 'roles', 'created_at', 'last_active_at', 'attributes'],
+        '[{"user_id": "u1", "email": "ana@example.com", "last_active_at": "2026-01-31T09:00:00Z"}]');
+    SELECT format('element %s has no user_id', i - 1) INTO bad
+      FROM jsonb_array_elements(identities) WITH ORDINALITY AS a(e, i)
+     WHERE coalesce(e->>'user_id', '') = '' LIMIT 1;
+    IF bad IS NULL THEN
+        SELECT format('user_id "%s" appears more than once', e->>'user_id') INTO bad
+          FROM jsonb_array_elements(identities) AS a(e) GROUP BY e->>'user_id' HAVING count(*) > 1 LIMIT 1;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('invalid identities: %s', bad);
+    END IF;
+
+    INSERT INTO @extschema@.identities AS i
+           (tenant_id, user_id, email, display_name, source, status, is_privileged, is_service_account, mfa_enabled,
+            has_valid_credentials, department, roles, created_at, last_active_at, last_active_source, attributes)
+    SELECT tenant, r.user_id, r.email, r.display_name, coalesce(r.source, 'local'), coalesce(r.status, 'active'),
+           coalesce(r.is_privileged, false), coalesce(r.is_service_account, false), coalesce(r.mfa_enabled, false),
+           coalesce(r.has_valid_credentials, true), r.department, coalesce(r.roles, '{}'), coalesce(r.created_at, now()),
+           r.last_active_at, CASE WHEN r.last_active_at IS NOT NULL THEN coalesce(r.source, 'local') END,
+           coalesce(r.attributes, '{}')
+      FROM jsonb_to_recordset(identities) AS r(user_id text, email text, display_name text, source text, status text,
+           is_privileged boolean, is_service_account boolean, mfa_enabled boolean, has_valid_credentials boolean,
+           department text, roles text[], created_at timestamptz, last_active_at timestamptz, attributes jsonb)
+    ON CONFLICT ON CONSTRAINT identities_pkey DO UPDATE SET
+           email = excluded.email, display_name = excluded.display_name, source = excluded.source,
+           status = excluded.status, is_privileged = excluded.is_privileged,
+           is_service_account = excluded.is_service_account, mfa_enabled = excluded.mfa_enabled,
+           has_valid_credentials = excluded.has_valid_credentials, department = excluded.department,
+           roles = excluded.roles, created_at = excluded.created_at,
+           -- Activity only moves forward: an older sync must not make an account look idle.
+           last_active_at = greatest(i.last_active_at, excluded.last_active_at),
+           last_active_source = CASE WHEN excluded.last_active_at > i.last_active_at OR i.last_active_at IS NULL
+                                     THEN excluded.last_active_source ELSE i.last_active_source END,
+           attributes = excluded.attributes, updated_at = now();
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@.refresh_peer_scores(tenant);
+    RETURN n;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.upsert_identities(jsonb) IS
+'Inserts or updates the current tenant''s accounts from a JSON array of objects (keys user_id, email, display_name, source, status, is_privileged, is_service_account, mfa_enabled, has_valid_credentials, department, roles, created_at, last_active_at, attributes), all or nothing; returns how many. last_active_at never moves backwards.';
+
+CREATE OR REPLACE FUNCTION @extschema@.touch_activity(tenant uuid, user_id text, at timestamptz DEFAULT now(), source text DEFAULT 'api')
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result timestamptz;
+BEGIN
+    UPDATE @extschema@.identities i
+       SET last_active_at = greatest(i.last_active_at, touch_activity.at),
+           last_active_source = CASE WHEN i.last_active_at IS NULL OR touch_activity.at > i.last_active_at
+                                     THEN touch_activity.source ELSE i.last_active_source END,
+           updated_at = now()
+     WHERE i.tenant_id = touch_activity.tenant AND i.user_id = touch_activity.user_id
+    RETURNING i.last_active_at INTO result;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no identity "%s" in this tenant', user_id),
+            HINT = 'create it with custos.upsert_identities first';
+    END IF;
+    RETURN result;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.touch_activity(uuid, text, timestamptz, text) IS
+'Records activity of an account at a time (default now); its last_active_at only moves forward. Future times are refused.';
+
+COMMENT ON TABLE @extschema@.activity_watermarks IS 'Up to which ledger seq each tenant''s events were folded into custos.identities.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.activity_watermarks', '');
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_activity_from_ledger(tenant uuid DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t uuid := coalesce(tenant, @extschema@.current_tenant());
+    from_seq bigint;
+    to_seq bigint;
+    n bigint;
+    actions text[];
+    roles text[];
+BEGIN
+    IF t IS NULL OR (t IS DISTINCT FROM @extschema@.current_tenant()
+                     AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role())) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'activity can be synced for the current tenant only';
+    END IF;
+    -- A read-only transaction (a hot standby, a PostgREST GET) reads the report as the last fold
+    -- left it: folding writes.
+    IF current_setting('transaction_read_only')::boolean THEN
+        RETURN 0;
+    END IF;
+    -- One fold at a time per tenant; a concurrent caller waits, then finds little left to do.
+    -- (A lock SQL's advisory-lock functions cannot take: no role can block the report with it.)
+    PERFORM @extschema@.lock_activity_fold(t);
+    SELECT folded_seq INTO from_seq FROM @extschema@.activity_watermarks w WHERE w.tenant_id = t;
+    from_seq := coalesce(from_seq, 0);
+    -- Not max(seq): the watermark must not step over an event that is still becoming visible.
+    to_seq := @extschema@.settled_seq(t, from_seq);
+    IF to_seq IS NULL OR to_seq <= from_seq THEN
+        RETURN 0;
+    END IF;
+    -- Actors of encrypted tenants are stored as pseudonyms: name them (forgotten ones match nobody).
+    -- Only events the tenant trusts as activity count: a writer can name any actor, so an event
+    -- counts only if its action is one of dormant.activity_actions and, when the tenant names
+    -- them, it was written by one of dormant.activity_roles.
+    actions := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_actions') #>> '{}', ' ', ''), ',');
+    roles := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_roles') #>> '{}', ' ', ''), ',');
+    WITH latest AS (
+        SELECT @extschema@.reveal_actor(t, g.actor) AS actor, g.at
+          FROM (SELECT e.actor, max(e.occurred_at) AS at
+                  FROM @extschema@.events e
+                 WHERE e.tenant_id = t AND e.seq > from_seq AND e.seq <= to_seq
+                   AND ('*' = ANY (actions) OR e.action = ANY (actions))
+                   AND ('*' = ANY (roles) OR e.db_role = ANY (roles))
+                 GROUP BY e.actor) g
+    ), matched AS (
+        -- Two equi-joins, not one join on an OR of both keys: that could only be a nested loop,
+        -- minutes for tens of thousands of actors and accounts.
+        SELECT m.user_id, max(m.at) AS at
+          FROM (SELECT i.user_id, l.at
+                  FROM latest l JOIN @extschema@.identities i ON i.tenant_id = t AND i.user_id = l.actor
+                UNION ALL
+                SELECT i.user_id, l.at
+                  FROM latest l JOIN @extschema@.identities i ON i.tenant_id = t AND lower(i.email) = lower(l.actor)) m
+         GROUP BY m.user_id
+    )
+    UPDATE @extschema@.identities i
+       SET last_active_at = m.at, last_active_source = 'ledger', updated_at = now()
+      FROM matched m
+     WHERE i.tenant_id = t AND i.user_id = m.user_id
+       AND (i.last_active_at IS NULL OR i.last_active_at < m.at)
+       AND m.at <= clock_timestamp();
+    GET DIAGNOSTICS n = ROW_COUNT;
+    INSERT INTO @extschema@.activity_watermarks AS w (tenant_id, folded_seq) VALUES (t, to_seq)
+    ON CONFLICT (tenant_id) DO UPDATE SET folded_seq = excluded.folded_seq, folded_at = now();
+    RETURN n;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.sync_activity_from_ledger(uuid) IS
+'Folds ledger events since the last fold into identities (actor matched to user_id or email; only the actions and roles the tenant trusts as activity, see dormant.activity_actions and dormant.activity_roles): their last_active_at advances. Returns how many identities moved; in a read-only transaction (a hot standby, a PostgREST GET) it folds nothing and returns 0. custos.dormant_users() calls it first.';
+
+CREATE OR REPLACE FUNCTION @extschema@.dormant_row(i @extschema@.identities, cursor text)
+RETURNS TABLE (
+    user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
+    never_active boolean, status text, risk_score real, risk_level text, reasons text[],
+    review_decision text, cursor text
+)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT (i).user_id, (i).email, (i).display_name, (i).last_active_at,
+           CASE WHEN (i).last_active_at IS NOT NULL
+                THEN floor(extract(epoch FROM now() - (i).last_active_at) / 86400)::int END,
+           (i).last_active_at IS NULL, (i).status, x.risk_score, x.risk_level, x.reasons, (i).review_decision, $2
+      FROM @extschema@.explain_risk((i).is_privileged, (i).last_active_at IS NULL, (i).is_service_account,
+           (i).mfa_enabled, (i).has_valid_credentials, (i).status, (i).peer_score,
+           extract(epoch FROM now() - coalesce((i).last_active_at, (i).created_at)) / 86400, (i).threshold_days) x
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.dormant_row(@extschema@.identities, text) IS
+'One row of custos.dormant_users: days_inactive, risk score, level and reasons computed at the moment of the call.';
+
+CREATE OR REPLACE FUNCTION @extschema@.dormant_users_page(
+    p_inactive_days integer, p_skip integer, p_lim integer, p_risk_level text, p_only_privileged boolean,
+    p_order_by text, p_after text
+) RETURNS TABLE (
+    user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
+    never_active boolean, status text, risk_score real, risk_level text, reasons text[],
+    review_decision text, cursor text
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.current_tenant();
+    after_key double precision;
+    after_ts timestamptz;
+    after_user text;
+BEGIN
+    IF p_inactive_days IS NOT NULL AND p_inactive_days < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('inactive_days must be 1 or more, not %s', p_inactive_days);
+    END IF;
+    IF p_skip IS NULL OR p_skip < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('skip must be 0 or more, not %s', p_skip);
+    END IF;
+    IF p_lim IS NULL OR p_lim < 1 OR p_lim > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('lim must be between 1 and 1000, not %s', p_lim),
+            HINT = 'page through larger results with skip or after';
+    END IF;
+    IF p_order_by IS NULL OR p_order_by NOT IN ('risk', 'days_inactive', 'user_id') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown order_by "%s"', p_order_by),
+            HINT = 'order_by is one of risk, days_inactive, user_id';
+    END IF;
+    IF p_risk_level IS NOT NULL AND p_risk_level NOT IN ('low', 'medium', 'high', 'critical') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown risk_level "%s"', p_risk_level),
+            HINT = 'risk_level is one of low, medium, high, critical';
+    END IF;
+    IF tenant IS NULL THEN
+        RETURN;  -- fail closed: no tenant, no rows
+    END IF;
+    IF p_after IS NOT NULL THEN
+        BEGIN
+            CASE p_order_by
+                WHEN 'risk' THEN after_key := split_part(p_after, '|', 1)::double precision;
+                WHEN 'days_inactive' THEN after_ts := split_part(p_after, '|', 1)::timestamptz;
+                ELSE NULL;
+            END CASE;
+            after_user := substr(p_after, strpos(p_after, '|') + 1);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after is not a cursor returned by custos.dormant_users',
+                HINT = 'pass the cursor column of the last row of the previous page, with the same order_by';
+        END;
+        IF strpos(p_after, '|') = 0 THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after is not a cursor returned by custos.dormant_users';
+        END IF;
+    END IF;
+    -- Never a stale days_inactive: fold in ledger activity since the last report first.
+    PERFORM @extschema@.sync_activity_from_ledger(tenant);
+
+    IF p_inactive_days IS NOT NULL THEN
+        -- Ad hoc threshold: scored and ordered for this call, without the stored order (and cursor).
+        IF p_after IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after cannot be combined with inactive_days',
+                HINT = 'page an ad hoc threshold with skip';
+        END IF;
+        RETURN QUERY
+        SELECT d.*, NULL::text AS cursor
+          FROM (
+            SELECT i.user_id, i.email, i.display_name, i.last_active_at,
+                   CASE WHEN i.last_active_at IS NOT NULL
+                        THEN floor(extract(epoch FROM now() - i.last_active_at) / 86400)::int END,
+                   i.last_active_at IS NULL, i.status, x.risk_score, x.risk_level, x.reasons, i.review_decision
+              FROM @extschema@.identities i
+             CROSS JOIN LATERAL @extschema@.explain_risk(i.is_privileged, i.last_active_at IS NULL, i.is_service_account,
+                   i.mfa_enabled, i.has_valid_credentials, i.status, i.peer_score,
+                   extract(epoch FROM now() - coalesce(i.last_active_at, i.created_at)) / 86400, p_inactive_days) x
+             WHERE i.tenant_id = tenant
+               AND coalesce(i.last_active_at, i.created_at) <= now() - make_interval(days => p_inactive_days)
+               AND (NOT p_only_privileged OR i.is_privileged)
+               AND (p_risk_level IS NULL OR x.risk_level = p_risk_level)
+             ORDER BY CASE WHEN p_order_by = 'risk' THEN -x.risk_score END,
+                      CASE WHEN p_order_by = 'days_inactive' THEN coalesce(i.last_active_at, i.created_at) END,
+                      i.user_id
+             OFFSET p_skip LIMIT p_lim) d;
+        RETURN;
+    END IF;
+
+    -- One static query per order, so that each walks its index (no sort of the whole tenant).
+    -- The keys of the page come from an index-only scan; the rows are fetched for those keys only.
+    IF p_order_by = 'risk' THEN
+        RETURN QUERY
+        SELECT r.* FROM (
+            SELECT k.user_id, k.risk_key FROM @extschema@.identities k
+             WHERE k.tenant_id = tenant AND k.dormant_at <= now()
+               AND (NOT p_only_privileged OR k.is_privileged)
+               AND (p_risk_level IS NULL
+                    OR @extschema@.risk_level_of(k.risk_key + extract(epoch FROM now())::float8 / 8640000) = p_risk_level)
+               AND (after_key IS NULL OR (k.risk_key, k.user_id) < (after_key, after_user))
+             ORDER BY k.risk_key DESC, k.user_id DESC
+             OFFSET p_skip LIMIT p_lim) page
+        JOIN @extschema@.identities i ON i.tenant_id = tenant AND i.user_id = page.user_id,
+        LATERAL @extschema@.dormant_row(i, page.risk_key::text || '|' || page.user_id) r
+        ORDER BY page.risk_key DESC, page.user_id DESC;
+    ELSIF p_order_by = 'days_inactive' THEN
+        RETURN QUERY
+        SELECT r.* FROM (
+            SELECT k.user_id, k.dormant_at FROM @extschema@.identities k
+             WHERE k.tenant_id = tenant AND k.dormant_at <= now()
+               AND (NOT p_only_privileged OR k.is_privileged)
+               AND (p_risk_level IS NULL
+                    OR @extschema@.risk_level_of(k.risk_key + extract(epoch FROM now())::float8 / 8640000) = p_risk_level)
+               AND (after_ts IS NULL OR (k.dormant_at, k.user_id) > (after_ts, after_user))
+             ORDER BY k.dormant_at, k.user_id
+             OFFSET p_skip LIMIT p_lim) page
+        JOIN @extschema@.identities i ON i.tenant_id = tenant AND i.user_id = page.user_id,
+        LATERAL @extschema@.dormant_row(i, page.dormant_at::text || '|' || page.user_id) r
+        ORDER BY page.dormant_at, page.user_id;
+    ELSE
+        RETURN QUERY
+        SELECT r.* FROM @extschema@.identities i,
+        LATERAL @extschema@.dormant_row(i, '|' || i.user_id) r
+         WHERE i.tenant_id = tenant AND i.dormant_at <= now()
+           AND (NOT p_only_privileged OR i.is_privileged)
+           AND (p_risk_level IS NULL
+                OR @extschema@.risk_level_of(i.risk_key + extract(epoch FROM now())::float8 / 8640000) = p_risk_level)
+           AND (after_user IS NULL OR i.user_id > after_user)
+         ORDER BY i.user_id
+        OFFSET p_skip LIMIT p_lim;
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text) IS
+'The body of custos.dormant_users (PL/pgSQL cannot have an argument and a result column both named risk_level).';
+
+CREATE OR REPLACE FUNCTION @extschema@.dormant_users(
+    inactive_days   integer DEFAULT NULL,
+    skip            integer DEFAULT 0,
+    lim             integer DEFAULT 50,
+    risk_level      text DEFAULT NULL,
+    only_privileged boolean DEFAULT false,
+    order_by        text DEFAULT 'risk',
+    after           text DEFAULT NULL
+) RETURNS TABLE (
+    user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
+    never_active boolean, status text, risk_score real, risk_level text, reasons text[],
+    review_decision text, cursor text
+)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM @extschema@.dormant_users_page($1, $2, $3, $4, $5, $6, $7) $fn$;
+
+COMMENT ON FUNCTION @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text) IS
+'Dormant accounts of the current tenant, riskiest first (order_by risk, days_inactive or user_id), lim rows (1 to 1000) after skip rows or after a cursor from the previous page (stable under concurrent writes). Each row: days_inactive (whole days, NULL when never active), risk_score 0..1, risk_level and the reasons behind it. inactive_days overrides the tenant''s thresholds for this call.';
+
+CREATE OR REPLACE FUNCTION @extschema@.dormant_summary()
+RETURNS TABLE (dimension text, value text, identities bigint, dormant bigint, privileged_dormant bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET max_parallel_workers_per_gather = 0
+AS $fn$
+    -- One pass: each account's level (NULL when not dormant) from its raw score against bounds
+    -- computed once, counted per (source, department, level, privileged); the few resulting groups
+    -- are rolled up into the dimensions.
+    WITH base AS (
+        SELECT i.source, i.department, i.is_privileged AS priv,
+               -- 0 low .. 3 critical, NULL when not dormant (small integers hash faster than text)
+               CASE WHEN i.dormant_at > now() OR i.dormant_at IS NULL THEN NULL
+                    WHEN i.risk_key + (SELECT extract(epoch FROM now())::float8 / 8640000) >= (SELECT critical FROM @extschema@.risk_level_bounds()) THEN 3
+                    WHEN i.risk_key + (SELECT extract(epoch FROM now())::float8 / 8640000) >= (SELECT high FROM @extschema@.risk_level_bounds()) THEN 2
+                    WHEN i.risk_key + (SELECT extract(epoch FROM now())::float8 / 8640000) >= (SELECT medium FROM @extschema@.risk_level_bounds()) THEN 1
+                    ELSE 0 END AS level,
+               count(*) AS n
+          FROM @extschema@.identities i
+         WHERE i.tenant_id = (SELECT @extschema@.current_tenant())  -- once, not per row
+         GROUP BY 1, 2, 3, 4
+    )
+    SELECT 'total', 'all', sum(n)::bigint, (sum(n) FILTER (WHERE level IS NOT NULL))::bigint,
+           coalesce(sum(n) FILTER (WHERE level IS NOT NULL AND priv), 0)::bigint
+      FROM base HAVING count(*) > 0
+    UNION ALL
+    SELECT * FROM (
+        SELECT 'risk_level', (ARRAY['low', 'medium', 'high', 'critical'])[level + 1], sum(n)::bigint, sum(n)::bigint,
+               coalesce(sum(n) FILTER (WHERE priv), 0)::bigint
+          FROM base WHERE level IS NOT NULL GROUP BY level ORDER BY level) levels
+    UNION ALL
+    SELECT * FROM (
+        SELECT 'source', source, sum(n)::bigint, coalesce(sum(n) FILTER (WHERE level IS NOT NULL), 0)::bigint,
+               coalesce(sum(n) FILTER (WHERE level IS NOT NULL AND priv), 0)::bigint
+          FROM base GROUP BY source ORDER BY source) sources
+    UNION ALL
+    SELECT * FROM (
+        SELECT 'department', coalesce(department, '(none)'), sum(n)::bigint, coalesce(sum(n) FILTER (WHERE level IS NOT NULL), 0)::bigint,
+               coalesce(sum(n) FILTER (WHERE level IS NOT NULL AND priv), 0)::bigint
+          FROM base GROUP BY department ORDER BY department NULLS LAST) departments
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.dormant_summary() IS
+'Counts of the current tenant''s accounts: in total, by risk level of the dormant ones, by source and by department, each with how many are dormant and how many of those are privileged.';
+
+CREATE OR REPLACE FUNCTION @extschema@.mark_reviewed(user_id text, decision text, note text DEFAULT NULL)
+RETURNS TABLE (reviewed_user_id text, review_decision text, reviewed_at timestamptz, reviewed_by text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    who text := @extschema@.current_actor();
+BEGIN
+    IF decision IS NULL OR decision NOT IN ('keep', 'disable', 'delete', 'false_positive') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown decision "%s"', decision),
+            HINT = 'decision is one of keep, disable, delete, false_positive';
+    END IF;
+    UPDATE @extschema@.identities i
+       SET review_decision = decision, review_note = note, reviewed_at = now(), reviewed_by = who
+     WHERE i.tenant_id = tenant AND i.user_id = mark_reviewed.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no identity "%s" in this tenant', mark_reviewed.user_id);
+    END IF;
+    -- The decision is part of the audit trail. The note stays on the identity (erased with it);
+    -- the append-only ledger keeps only its SHA-256, which proves it without repeating it.
+    INSERT INTO @extschema@.events (tenant_id, actor, action, entity_type, entity_id, severity, details)
+    VALUES (tenant, who, 'identity.review', 'identity', mark_reviewed.user_id,
+            CASE decision WHEN 'keep' THEN 'info' WHEN 'false_positive' THEN 'info' ELSE 'medium' END,
+            jsonb_strip_nulls(jsonb_build_object('decision', decision,
+                'note_sha256', encode(sha256(convert_to(note, 'UTF8')), 'hex'))));
+    RETURN QUERY SELECT i.user_id, i.review_decision, i.reviewed_at, i.reviewed_by
+                   FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = mark_reviewed.user_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.mark_reviewed(text, text, text) IS
+'Records an analyst''s decision on an account (keep, disable, delete, false_positive) with a note, on the identity and as an identity.review event in the audit ledger.';
+
+CREATE OR REPLACE FUNCTION @extschema@.dormant_settings_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    t uuid := coalesce(NEW.tenant_id, OLD.tenant_id);
+BEGIN
+    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.dormant_settings_changed');
+    IF coalesce(NEW.key, OLD.key) LIKE 'dormant.%' THEN
+        UPDATE @extschema@.identities SET updated_at = updated_at WHERE tenant_id = t;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer) IS
+'The dormant risk score of an account, its level and the reasons (each with its contribution); see src/dormant/risk.rs for the formula.';
+
+COMMENT ON FUNCTION @extschema@.risk_level_of(double precision) IS 'Risk level (low, medium, high, critical) of a raw risk score.';
+
+COMMENT ON FUNCTION @extschema@.risk_level_bounds() IS 'Raw scores at which medium, high and critical begin (the level bounds of the risk score, as raw values).';
+
+COMMENT ON FUNCTION @extschema@.peer_score(double precision, bigint) IS 'Peer contribution (0 to 0.6 in 0.2 steps) from the share of department peers who are active.';
+
+-- Settings 0.2.0 adds or describes anew.
+INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
+    ('ledger.subject_entity_types', 'text', '"user,identity,person,account,customer,employee,member"', NULL, NULL,
+     'Comma-separated entity types whose entity_id names a person: with ledger.encrypt on, that entity_id is sealed with the person''s key, so that forgetting them erases it.'),
+    ('dormant.activity_actions', 'text', '"login,user.login,auth.login,session.start"', NULL, NULL,
+     'Comma-separated ledger actions that count as an account''s activity (its actor signed in); * counts every action. A writer can name any actor, so keep this to sign-in events.'),
+    ('dormant.activity_roles', 'text', '"*"', NULL, NULL,
+     'Comma-separated database roles whose events count as activity (* any). Name the roles of your sign-in path to make ledger activity unforgeable by other writers.');
+UPDATE @extschema@.setting_definitions
+   SET description = 'Comma-separated details keys sealed when ledger.encrypt is on, at any depth: a top-level value that holds one deeper is sealed whole.'
+ WHERE key = 'ledger.encrypted_detail_keys';
+
+-- Triggers and event triggers 0.2.0 adds or changes.
+CREATE TRIGGER ledger_settings_check BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.ledger_settings_check();
+DROP EVENT TRIGGER custos_guard_ledger_drop;
+CREATE EVENT TRIGGER custos_guard_ledger_drop ON ddl_command_start
+    EXECUTE FUNCTION @extschema@.guard_ledger_drop();
+
+-- Table privileges 0.2.0 narrows.
+REVOKE SELECT ON @extschema@.setting_definitions, @extschema@.tenant_settings FROM PUBLIC;
+GRANT SELECT ON @extschema@.setting_definitions TO custos_reader;
+GRANT SELECT ON @extschema@.tenant_settings TO custos_reader;
+REVOKE UPDATE (status) ON @extschema@.alerts FROM custos_auditor;
+REVOKE SELECT ON @extschema@.tracked_tables FROM PUBLIC;
+GRANT SELECT ON @extschema@.tracked_tables TO custos_admin, custos_auditor;
+
+-- Function privileges: all anew, as sql/privileges.sql sets them.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@
+  FROM custos_reader, custos_writer, custos_auditor, custos_exporter, custos_admin;
+
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.current_tenant(),
+    @extschema@.set_actor(text),
+    @extschema@.current_actor()
+TO PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.set_tenant(uuid),
+    @extschema@.require_tenant(),
+    @extschema@.setting(text),
+    @extschema@.settings(),
+    @extschema@.tenant_setting(uuid, text),
+    @extschema@.validate_setting(text, jsonb),
+    @extschema@.check_json_batch(jsonb, text, text[], text),
+    @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text),
+    @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text),
+    @extschema@.dormant_row(@extschema@.identities, text),
+    @extschema@.dormant_summary(),
+    @extschema@.sync_activity_from_ledger(uuid),
+    @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer),
+    @extschema@.risk_level_of(double precision),
+    @extschema@.risk_level_bounds(),
+    @extschema@.peer_score(double precision, bigint)
+TO custos_reader;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.record_event(text, text, text, jsonb, text, timestamptz, text, inet, text),
+    @extschema@.record_events(jsonb)
+TO custos_writer;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.verify_chain(uuid, bigint, bigint),
+    @extschema@.settled_seq(uuid, bigint),
+    @extschema@.checkpoint(uuid),
+    @extschema@.verify_checkpoint(text, text),
+    @extschema@.checkpoint_public_key(),
+    @extschema@.verify_access_log(uuid),
+    @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer),
+    @extschema@.event(uuid),
+    @extschema@.event_seq(uuid)
+TO custos_auditor;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.export_events(text, timestamptz, timestamptz, text, text, text),
+    @extschema@.export_subject(uuid, text)
+TO custos_exporter;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.require_trigger_on(oid, regclass, text),
+    @extschema@.set_setting(text, jsonb),
+    @extschema@.reset_setting(text),
+    @extschema@.require_master_key(),
+    @extschema@.enable_tenant_isolation(regclass, name),
+    @extschema@.rls_coverage(),
+    @extschema@.track_table(regclass, name, text, integer),
+    @extschema@.untrack_table(regclass),
+    @extschema@.upsert_identities(jsonb),
+    @extschema@.touch_activity(uuid, text, timestamptz, text),
+    @extschema@.mark_reviewed(text, text, text),
+    @extschema@.refresh_peer_scores(uuid),
+    @extschema@.forget_subject(uuid, text),
+    @extschema@.apply_retention(uuid),
+    @extschema@.rotate_data_key(uuid),
+    @extschema@.set_alert_status(bigint, text, text)
+TO custos_admin;
