@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PGRX_HOME="$ROOT/pgrx-config" PATH="$HOME/.cargo/bin:$PATH"
 unset RUST_BACKTRACE
-bash "$ROOT/scripts/setup.sh"
+bash "$ROOT/scripts/setup.sh" --pg18
 source "$ROOT/scripts/lib/cluster.sh"
 cd "$ROOT"
 
@@ -17,8 +17,9 @@ step "rustfmt"
 cargo fmt --check
 (cd tests/integration && cargo fmt --check)
 
-step "clippy (-D warnings)"
+step "clippy (-D warnings), for PostgreSQL 15 and 18"
 cargo clippy --quiet --features "pg15 pg_test" --tests -- -D warnings
+CC=clang cargo clippy --quiet --no-default-features --features "pg18 pg_test" --tests -- -D warnings
 
 # The fuzz targets build pure source files on their own (scripts/fuzz.sh runs them); a file that
 # starts using the rest of the crate breaks them, so they must at least compile.
@@ -32,20 +33,34 @@ trap 'rm -rf "$PGRX_TEST_DATA"' EXIT
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA/data" 2>&1 | tee -a "$RESULTS"
 rm -rf "$PGRX_TEST_DATA"
 
-step "integration tests against a live server"
-install_extension
+step "the same in-database tests on PostgreSQL 18 (cargo pgrx test pg18)"
+# The integration tests below run on PostgreSQL 15; on 18 the whole in-database suite runs, which
+# builds, installs and exercises every function in a PostgreSQL 18 cluster.
+PGRX_TEST_DATA=$(mktemp -d /tmp/custos-pgtest-XXXXXX)
+chown postgres: "$PGRX_TEST_DATA"
+CC=clang cargo pgrx test pg18 --runas postgres --pgdata "$PGRX_TEST_DATA/data" 2>&1 | tee -a "$RESULTS"
+rm -rf "$PGRX_TEST_DATA"
+
+# Integration tests against a live server, on each major: PostgreSQL 15, then 18.
 # track_commit_timestamp lets same-tenant writers commit without waiting for each other's flush
 # (src/ledger/head.rs). A synchronous standby that never answers lets a test hold one commit
 # between its WAL record and its visibility: sessions commit with synchronous_commit = local
-# unless a test asks for the standby.
-# Preloaded, as the README recommends (the security tests need custos' settings defined in every
-# session); RUST_BACKTRACE on, which custos must keep out of error DETAILs; wal_level = logical
-# for the logical-replication test (the standby test takes a base backup of this cluster).
-CLUSTER_ENV="RUST_BACKTRACE=1" cluster_start "max_prepared_transactions = 10" "track_commit_timestamp = on" \
-  "synchronous_standby_names = 'custos_absent_standby'" "synchronous_commit = local" \
-  "shared_preload_libraries = 'custos'" "wal_level = logical"
-CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" \
-  cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=4 2>&1 | tee -a "$RESULTS"
+# unless a test asks for the standby. Preloaded, as the README recommends (the security tests need
+# custos' settings defined in every session); RUST_BACKTRACE on, which custos must keep out of
+# error DETAILs; wal_level = logical for the logical-replication test.
+integration() {
+  step "integration tests against a live PostgreSQL $1 server"
+  PG_BIN=$2
+  install_extension
+  CLUSTER_ENV="RUST_BACKTRACE=1" cluster_start "max_prepared_transactions = 10" "track_commit_timestamp = on" \
+    "synchronous_standby_names = 'custos_absent_standby'" "synchronous_commit = local" \
+    "shared_preload_libraries = 'custos'" "wal_level = logical"
+  CUSTOS_TEST_HOST="$PGHOST" CUSTOS_TEST_PGDATA="$CLUSTER_DIR/data" CUSTOS_TEST_PG_BIN="$PG_BIN" \
+    cargo test --manifest-path tests/integration/Cargo.toml --tests -- --test-threads=4 2>&1 | tee -a "$RESULTS"
+  cluster_stop
+}
+integration 15 /usr/lib/postgresql/15/bin
+integration 18 "$(dirname "$(PGRX_HOME=$PGRX_HOME cargo pgrx info pg-config pg18)")"
 
 step "totals"
 awk '/^test result:/ {for (i = 1; i <= NF; i++) {if ($i ~ /^passed;?$/) p += $(i - 1); if ($i ~ /^failed;?$/) f += $(i - 1)}}

@@ -8,6 +8,41 @@ use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, PgTupleDesc};
 use std::ffi::CStr;
 
+/// The attributes of a tuple descriptor, in column order. (PostgreSQL 18 keeps compact
+/// attributes before the full ones, so the array is no field of the descriptor any more.)
+///
+/// # Safety
+/// `tupdesc` must be a valid tuple descriptor that outlives the slice.
+pub unsafe fn attributes<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: natts attributes follow one another in memory from the first.
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        if natts == 0 {
+            return &[];
+        }
+        #[cfg(feature = "pg18")]
+        let first = pg_sys::TupleDescAttr(tupdesc, 0).cast_const();
+        #[cfg(not(feature = "pg18"))]
+        let first = (*tupdesc).attrs.as_ptr();
+        std::slice::from_raw_parts(first, natts)
+    }
+}
+
+/// The oid of a relation's primary-key index (PostgreSQL 18 asks whether a deferrable one will
+/// do: not for custos, whose keys are immediate).
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
+    // SAFETY: the caller passes an open relation.
+    unsafe {
+        #[cfg(feature = "pg18")]
+        return pg_sys::RelationGetPrimaryKeyIndex(rel, false);
+        #[cfg(not(feature = "pg18"))]
+        return pg_sys::RelationGetPrimaryKeyIndex(rel);
+    }
+}
+
 pub struct Row {
     pub values: Vec<pg_sys::Datum>,
     pub nulls: Vec<bool>,
@@ -112,8 +147,7 @@ pub unsafe fn typed_columns<const N: usize>(
     let mut pos = [usize::MAX; N];
     // SAFETY: the caller passes a valid descriptor; natts attributes follow it.
     unsafe {
-        let natts = (*tupdesc).natts as usize;
-        for (i, a) in (*tupdesc).attrs.as_slice(natts).iter().enumerate() {
+        for (i, a) in attributes(tupdesc).iter().enumerate() {
             if a.attisdropped {
                 continue;
             }

@@ -1,8 +1,9 @@
-# Throwaway PostgreSQL 15 clusters for the demo, the integration tests and the benchmarks.
+# Throwaway PostgreSQL clusters for the demo, the integration tests and the benchmarks: 15 unless
+# PG_BIN names another major's programs (scripts/test.sh runs the integration tests on 18 too).
 # Source this file, then `cluster_start [extra postgresql.conf lines...]`; the cluster listens only
 # on a Unix socket in its own directory (no TCP port to collide with), and is stopped and removed
 # when the calling script exits.
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 
 cluster_start() {
   CLUSTER_DIR=$(mktemp -d /tmp/custos-cluster-XXXXXX)
@@ -43,16 +44,17 @@ cluster_stop() {
 # psql with the settings every script wants: stop at the first error, quiet, no psqlrc.
 cpsql() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
-# Builds and installs the extension into PostgreSQL 15. PROFILE=release for the demo and benchmarks.
+# Builds and installs the extension into the PostgreSQL of $PG_BIN. PROFILE=release for the demo
+# and benchmarks.
 install_extension() {
   local profile_flag=()
   [ "${PROFILE:-debug}" = release ] && profile_flag=(--release)
   local log
   log=$(mktemp)
-  (cd "$ROOT" && cargo pgrx install "${profile_flag[@]}" --pg-config /usr/lib/postgresql/15/bin/pg_config >"$log" 2>&1) \
+  (cd "$ROOT" && CC=clang cargo pgrx install "${profile_flag[@]}" --pg-config "$PG_BIN/pg_config" >"$log" 2>&1) \
     || { cat "$log" >&2; rm -f "$log"; return 1; }
   rm -f "$log"
   # Earlier releases' install scripts (frozen), so that an upgrade from each can be tested;
   # cargo pgrx installs the current version's script and the upgrade scripts itself.
-  cp "$ROOT"/sql/releases/custos--*.sql "$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension/"
+  cp "$ROOT"/sql/releases/custos--*.sql "$("$PG_BIN/pg_config" --sharedir)/extension/"
 }

@@ -322,8 +322,7 @@ fn text_datum_in(s: &str, buffer: &mut Vec<u8>) -> pg_sys::Datum {
 /// `custos.events`, but a column made NOT NULL later must not be written null either.
 unsafe fn check_not_null(tupdesc: pg_sys::TupleDesc, row: &Row) {
     unsafe {
-        let natts = (*tupdesc).natts as usize;
-        for (i, attr) in (*tupdesc).attrs.as_slice(natts).iter().enumerate() {
+        for (i, attr) in crate::tuple::attributes(tupdesc).iter().enumerate() {
             if attr.attnotnull && row.nulls[i] {
                 raise(
                     PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,

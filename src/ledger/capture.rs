@@ -156,23 +156,22 @@ impl Table {
                 cstr_text((*(*rel).rd_rel).relname.data.as_ptr())
             );
             let mut columns = Vec::new();
-            for i in 0..(*tupdesc).natts as usize {
-                let attr = (*tupdesc).attrs.as_ptr().add(i);
-                if (*attr).attisdropped {
+            for (i, attr) in crate::tuple::attributes(tupdesc).iter().enumerate() {
+                if attr.attisdropped {
                     continue;
                 }
                 let mut output_fn = pg_sys::InvalidOid;
                 let mut varlena = false;
-                pg_sys::getTypeOutputInfo((*attr).atttypid, &mut output_fn, &mut varlena);
+                pg_sys::getTypeOutputInfo(attr.atttypid, &mut output_fn, &mut varlena);
                 let mut output = pg_sys::FmgrInfo::default();
                 pg_sys::fmgr_info(output_fn, &mut output);
                 columns.push(Column {
-                    name: cstr_text((*attr).attname.data.as_ptr()),
+                    name: cstr_text(attr.attname.data.as_ptr()),
                     json_key: String::new(),
                     attr: i,
-                    typid: (*attr).atttypid,
-                    base: pg_sys::getBaseType((*attr).atttypid),
-                    encoding: encoding_of(pg_sys::getBaseType((*attr).atttypid)),
+                    typid: attr.atttypid,
+                    base: pg_sys::getBaseType(attr.atttypid),
+                    encoding: encoding_of(pg_sys::getBaseType(attr.atttypid)),
                     output,
                 });
             }

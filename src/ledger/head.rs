@@ -451,7 +451,7 @@ unsafe fn scan_head(
     from_seq: Option<i64>,
 ) -> Option<(Head, Option<pg_sys::TransactionId>)> {
     unsafe {
-        let index_oid = pg_sys::RelationGetPrimaryKeyIndex(rel);
+        let index_oid = crate::tuple::primary_key_index(rel);
         if index_oid == pg_sys::InvalidOid {
             crate::error::raise(
                 pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -285,7 +285,7 @@ fn open_events_for_reading() -> (pg_sys::Relation, Columns, pg_sys::Relation) {
     // SAFETY: `rel` is the open ledger relation; it has a primary key (custos creates it).
     unsafe {
         let index = pg_sys::index_open(
-            pg_sys::RelationGetPrimaryKeyIndex(rel),
+            crate::tuple::primary_key_index(rel),
             pg_sys::AccessShareLock as pg_sys::LOCKMODE,
         );
         (rel, Columns::of(rel), index)

@@ -34,6 +34,7 @@ thread_local! {
 
 /// Compares setting names as PostgreSQL's `guc_name_compare` does (ASCII case-insensitive), the
 /// order its array of settings is sorted in.
+#[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
 fn guc_name_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.iter()
         .map(u8::to_ascii_lowercase)
@@ -44,26 +45,46 @@ fn guc_name_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 /// `set_config(..., true)`), not for the session: a session value outlives the request that set
 /// it on a pooled connection, so custos never takes a tenant or an actor from one.
 pub(crate) fn set_for_transaction(name: &CStr) -> bool {
-    // SAFETY: backend thread; PostgreSQL's array of settings (sorted by name) and each setting's
-    // stack of saved values are read, not changed.
+    // SAFETY: backend thread; the setting's stack of saved values is read, not changed.
     unsafe {
-        let vars = pg_sys::get_guc_variables();
-        let count = usize::try_from(pg_sys::GetNumConfigOptions()).unwrap_or(0);
-        if vars.is_null() || count == 0 {
+        let var = find_setting(name);
+        if var.is_null() {
             return false;
         }
-        let vars = std::slice::from_raw_parts(vars, count);
-        let Ok(i) = vars.binary_search_by(|&v| {
-            guc_name_order(CStr::from_ptr((*v).name).to_bytes(), name.to_bytes())
-        }) else {
-            return false;
-        };
-        let stack = (*vars[i]).stack;
+        let stack = (*var).stack;
         !stack.is_null()
             && matches!(
                 (*stack).state,
                 pg_sys::GucStackState::GUC_LOCAL | pg_sys::GucStackState::GUC_SET_LOCAL
             )
+    }
+}
+
+/// PostgreSQL's record of a setting (a placeholder included), or null if there is none.
+#[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+unsafe fn find_setting(name: &CStr) -> *mut pg_sys::config_generic {
+    // SAFETY: skip_errors: a missing setting gives null, never an ERROR.
+    unsafe { pg_sys::find_option(name.as_ptr(), false, true, pgrx::PgLogLevel::ERROR as i32) }
+}
+
+/// PostgreSQL's record of a setting (a placeholder included), or null if there is none: found by
+/// binary search in PostgreSQL 15's array of settings, sorted by name.
+#[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+unsafe fn find_setting(name: &CStr) -> *mut pg_sys::config_generic {
+    // SAFETY: the array holds GetNumConfigOptions() valid pointers.
+    unsafe {
+        let vars = pg_sys::get_guc_variables();
+        let count = usize::try_from(pg_sys::GetNumConfigOptions()).unwrap_or(0);
+        if vars.is_null() || count == 0 {
+            return std::ptr::null_mut();
+        }
+        let vars = std::slice::from_raw_parts(vars, count);
+        match vars.binary_search_by(|&v| {
+            guc_name_order(CStr::from_ptr((*v).name).to_bytes(), name.to_bytes())
+        }) {
+            Ok(i) => vars[i],
+            Err(_) => std::ptr::null_mut(),
+        }
     }
 }
 

@@ -75,7 +75,11 @@ fn kill_9_during_ingest_then_restart_and_verify() {
                 "-u",
                 "postgres",
                 "--",
-                "/usr/lib/postgresql/15/bin/pg_ctl",
+                &format!(
+                    "{}/pg_ctl",
+                    std::env::var("CUSTOS_TEST_PG_BIN")
+                        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+                ),
                 "-D",
                 &pgdata,
                 "-w",

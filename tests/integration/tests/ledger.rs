@@ -467,7 +467,9 @@ fn a_writer_waits_for_a_predecessor_held_before_its_commit_record_and_fails_if_i
     let (db, mut admin) = fresh_db("ledger_held_before_commit");
     let (notify_holder, holding) = run_aside(
         &db,
-        "SET synchronous_commit = on; BEGIN; CREATE TEMP TABLE hold (x int); NOTIFY custos_it; COMMIT;"
+        // Transaction-local, and the table dropped at commit: once cancelled, the session leaves
+        // nothing that would wait for the absent standby again when it exits.
+        "BEGIN; SET LOCAL synchronous_commit = on; CREATE TEMP TABLE hold (x int) ON COMMIT DROP; NOTIFY custos_it; COMMIT;"
             .to_string(),
     );
     assert!(comes_to_wait(&mut admin, notify_holder, "SyncRep"));

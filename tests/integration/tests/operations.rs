@@ -11,7 +11,10 @@ const A: &str = "a6000000-0000-4000-8000-000000000001";
 const B: &str = "b6000000-0000-4000-8000-000000000002";
 const MASTER: &str = "0be7a7100be7a7100be7a7100be7a7100be7a7100be7a7100be7a7100be7a710";
 const SIGNER: &str = "7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e";
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The PostgreSQL programs of the cluster under test (scripts/test.sh runs 15, then 18).
+fn pg_bin() -> String {
+    std::env::var("CUSTOS_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+}
 
 fn host() -> String {
     std::env::var("CUSTOS_TEST_HOST").expect("CUSTOS_TEST_HOST")
@@ -24,7 +27,7 @@ fn port() -> String {
 /// Runs one of PostgreSQL's client programs against the test cluster; panics with its output if
 /// it fails.
 fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(format!("{PG_BIN}/{program}"))
+    let out = Command::new(format!("{}/{program}", pg_bin()))
         .args(["-h", &host(), "-p", &port(), "-U", "postgres"])
         .args(args)
         .output()
@@ -39,7 +42,7 @@ fn tool(program: &str, args: &[&str]) -> String {
 
 /// psql with a file, in restore mode or not; returns stderr.
 fn psql_file(db: &str, file: &Path, pgoptions: Option<&str>) -> String {
-    let mut cmd = Command::new(format!("{PG_BIN}/psql"));
+    let mut cmd = Command::new(format!("{}/psql", pg_bin()));
     cmd.args([
         "-h",
         &host(),
@@ -280,7 +283,7 @@ fn dumps_and_restores_keep_the_whole_ledger_verifiable() {
 
     // Without restore mode, loading chain fields is refused, and an ordinary role never can.
     let (target, t) = fresh_target("ops_dump_refused", &keys);
-    let out = Command::new(format!("{PG_BIN}/psql"))
+    let out = Command::new(format!("{}/psql", pg_bin()))
         .args([
             "-h",
             &host(),
@@ -445,7 +448,13 @@ struct Cluster {
 impl Cluster {
     fn pg_ctl(&self, args: &[&str]) -> bool {
         Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D"])
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{}/pg_ctl", pg_bin()),
+                "-D",
+            ])
             .arg(self.dir.join("data"))
             .args(["-l"])
             .arg(self.dir.join("server.log"))
@@ -506,7 +515,12 @@ fn a_hot_standby_audits() {
     };
     let data = standby.dir.join("data");
     let ok = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_basebackup")])
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{}/pg_basebackup", pg_bin()),
+        ])
         .args([
             "-h",
             &host(),
@@ -517,6 +531,8 @@ fn a_hot_standby_audits() {
             "-R",
             "-X",
             "stream",
+            // A spread checkpoint would take minutes on a cluster that has been written to.
+            "--checkpoint=fast",
             "-D",
         ])
         .arg(&data)
@@ -645,7 +661,13 @@ fn an_upgrade_from_0_1_0_gives_the_schema_of_a_fresh_install_and_keeps_the_ledge
 fn new_cluster(name: &str) -> Cluster {
     let cluster = Cluster { dir: scratch(name) };
     let ok = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{PG_BIN}/initdb"), "-D"])
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{}/initdb", pg_bin()),
+            "-D",
+        ])
         .arg(cluster.dir.join("data"))
         .args([
             "-U",
