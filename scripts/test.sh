@@ -13,18 +13,26 @@ step() { printf '\n== %s\n' "$*"; }
 # Every cargo test run's output also goes to a log, for the totals printed at the end.
 RESULTS=$(mktemp)
 
-step "rustfmt"
+step "rustfmt (the workspace, the integration tests, the fuzz targets, and the in-database tests"
+# that are pulled in with include!, which cargo fmt does not reach)"
 cargo fmt --check
 (cd tests/integration && cargo fmt --check)
+cargo fmt --check --manifest-path fuzz/Cargo.toml
+rustfmt --edition 2021 --check src/*/db_tests.rs
 
-step "clippy (-D warnings), for PostgreSQL 15 and 18"
+step "clippy (-D warnings), for PostgreSQL 15 and 18, and the pure core"
 cargo clippy --quiet --features "pg15 pg_test" --tests -- -D warnings
+cargo clippy --quiet -p custos-core --tests -- -D warnings
+(cd tests/integration && cargo clippy --quiet --tests -- -D warnings)
 CC=clang cargo clippy --quiet --no-default-features --features "pg18 pg_test" --tests -- -D warnings
 
 # The fuzz targets build pure source files on their own (scripts/fuzz.sh runs them); a file that
 # starts using the rest of the crate breaks them, so they must at least compile.
 step "fuzz targets compile"
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+
+step "unit and property tests of the pure core (custos-core)"
+cargo test -p custos-core 2>&1 | tee -a "$RESULTS"
 
 step "unit, property and in-database tests (cargo pgrx test)"
 PGRX_TEST_DATA=$(mktemp -d /tmp/custos-pgtest-XXXXXX)

@@ -737,7 +737,7 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.set_alert_status(bigint, text, text) IS
 'Moves an alert of the current tenant to open, acknowledged, resolved or false_positive, and records the change (with the note) as a custos.alert_status event in the ledger. For custos_admin; auditors read alerts but cannot close them.';
 
--- From sql/ledger_protection.sql: every function (replaced), comment, and table marked for pg_dump.
+-- From sql/protection.sql (then ledger_protection.sql): every function (replaced), comment, and table marked for pg_dump.
 CREATE OR REPLACE FUNCTION @extschema@.ledger_settings_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1597,7 +1597,7 @@ END
 $fn$;
 
 COMMENT ON FUNCTION @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer) IS
-'The dormant risk score of an account, its level and the reasons (each with its contribution); see src/dormant/risk.rs for the formula.';
+'The dormant risk score of an account, its level and the reasons (each with its contribution); see crates/core/src/dormant/risk.rs for the formula.';
 
 COMMENT ON FUNCTION @extschema@.risk_level_of(double precision) IS 'Risk level (low, medium, high, critical) of a raw risk score.';
 

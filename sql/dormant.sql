@@ -38,7 +38,7 @@ CREATE TABLE @extschema@.identities (
     attributes            jsonb NOT NULL DEFAULT '{}',
     updated_at            timestamptz NOT NULL DEFAULT now(),
     -- Kept current by custos (trigger custos.identities_derive, custos.refresh_peer_scores); see
-    -- src/dormant/risk.rs. dormant_at and risk_key above are derived too.
+    -- crates/core/src/dormant/risk.rs. dormant_at and risk_key above are derived too.
     peer_score            real NOT NULL DEFAULT 0,
     risk_static           real NOT NULL DEFAULT 0,
     threshold_days        integer NOT NULL DEFAULT 30,
@@ -545,7 +545,7 @@ CREATE TRIGGER dormant_settings_changed AFTER INSERT OR UPDATE OR DELETE ON @ext
     FOR EACH ROW EXECUTE FUNCTION @extschema@.dormant_settings_changed();
 
 COMMENT ON FUNCTION @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer) IS
-'The dormant risk score of an account, its level and the reasons (each with its contribution); see src/dormant/risk.rs for the formula.';
+'The dormant risk score of an account, its level and the reasons (each with its contribution); see crates/core/src/dormant/risk.rs for the formula.';
 COMMENT ON FUNCTION @extschema@.risk_level_of(double precision) IS 'Risk level (low, medium, high, critical) of a raw risk score.';
 COMMENT ON FUNCTION @extschema@.risk_level_bounds() IS 'Raw scores at which medium, high and critical begin (the level bounds of the risk score, as raw values).';
 COMMENT ON FUNCTION @extschema@.peer_score(double precision, bigint) IS 'Peer contribution (0 to 0.6 in 0.2 steps) from the share of department peers who are active.';

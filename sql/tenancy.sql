@@ -95,6 +95,16 @@ COMMENT ON FUNCTION @extschema@.rls_coverage() IS
 ------------------------------------------------------------------------------------------------
 -- Helpers for the SQL interface of every capability
 ------------------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.caller_role() RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    -- Inside SECURITY DEFINER, current_user is the owner; the caller is SET ROLE's, else the session's.
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role')::name END
+$fn$;
+COMMENT ON FUNCTION @extschema@.caller_role() IS
+'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
+
 CREATE FUNCTION @extschema@.require_tenant() RETURNS uuid
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp

@@ -19,15 +19,16 @@ macro_rules! fmgr_v1_info {
 }
 pub(crate) use fmgr_v1_info;
 
+pub mod alerts;
+pub mod capture;
 pub mod crypto;
 pub mod dormant;
 pub mod error;
 pub mod gucs;
-pub mod jsonb;
 pub mod ledger;
-pub mod numeric;
+pub mod pg;
+pub mod protection;
 pub mod tenancy;
-pub mod tuple;
 
 ::pgrx::pg_module_magic!();
 
@@ -49,14 +50,33 @@ extension_sql_file!(
     requires = ["tenancy", crypto::rotate_data_key, crypto::rewrap_data_keys]
 );
 extension_sql_file!(
-    "../sql/ledger_protection.sql",
-    name = "ledger_protection",
+    "../sql/ledger.sql",
+    name = "ledger",
+    requires = [
+        "tenancy",
+        ledger::trigger::events_chain,
+        ledger::api::verify_chain,
+        ledger::api::settled_seq,
+        ledger::api::checkpoint,
+        ledger::api::verify_checkpoint,
+        ledger::api::checkpoint_public_key
+    ]
+);
+extension_sql_file!("../sql/alerts.sql", name = "alerts", requires = ["ledger"]);
+extension_sql_file!(
+    "../sql/capture.sql",
+    name = "capture",
+    requires = ["ledger", capture::capture_changes]
+);
+extension_sql_file!(
+    "../sql/protection.sql",
+    name = "protection",
     requires = [
         "ledger",
         "crypto",
-        ledger::protect::reveal,
-        ledger::protect::reveal_actor,
-        ledger::protect::is_erased,
+        protection::reveal,
+        protection::reveal_actor,
+        protection::is_erased,
         ledger::event_id::event_seq,
         ledger::access::log_access,
         ledger::access::verify_access_log,
@@ -69,27 +89,13 @@ extension_sql_file!(
     name = "dormant",
     requires = [
         "ledger",
-        "ledger_protection",
+        "protection",
         dormant::identities_derive,
         dormant::lock_activity_fold,
         ledger::trigger::current_actor,
         dormant::explain_risk,
         dormant::risk_level_of,
         dormant::peer_score
-    ]
-);
-extension_sql_file!(
-    "../sql/ledger.sql",
-    name = "ledger",
-    requires = [
-        "tenancy",
-        ledger::trigger::events_chain,
-        ledger::capture::capture_changes,
-        ledger::api::verify_chain,
-        ledger::api::settled_seq,
-        ledger::api::checkpoint,
-        ledger::api::verify_checkpoint,
-        ledger::api::checkpoint_public_key
     ]
 );
 

@@ -1,8 +1,6 @@
 //! Canonical JSON of any document parses back to a document with the same canonical form.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/ledger/chain.rs"]
-mod chain;
+use custos_core::ledger::chain;
 
 use libfuzzer_sys::fuzz_target;
 

@@ -1,12 +1,7 @@
 //! Checkpoint texts come from outside the database: parsing must never panic, and only a text
 //! signed by the key verifies.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/ledger/chain.rs"]
-mod chain;
-#[allow(dead_code)]
-#[path = "../../src/ledger/checkpoint.rs"]
-mod checkpoint;
+use custos_core::ledger::checkpoint;
 
 use libfuzzer_sys::fuzz_target;
 

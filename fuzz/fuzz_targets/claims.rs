@@ -1,9 +1,7 @@
 //! `request.jwt.claims` and `custos.tenant_id` are untrusted text: resolving a tenant must never
 //! panic, and a tenant may only come from a UUID that is actually in the input.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/tenancy/claims.rs"]
-mod claims;
+use custos_core::tenancy::claims;
 
 use libfuzzer_sys::fuzz_target;
 

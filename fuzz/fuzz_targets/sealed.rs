@@ -1,9 +1,7 @@
 //! Sealed values are read back from table rows a superuser could have edited: parsing must never
 //! panic, and nothing but a value sealed with the key opens with it.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/crypto/envelope.rs"]
-mod envelope;
+use custos_core::crypto::envelope;
 
 use libfuzzer_sys::fuzz_target;
 

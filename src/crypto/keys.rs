@@ -195,8 +195,8 @@ fn configured_master(
     what: &str,
 ) -> Option<MasterKey> {
     let text = gucs::secret(inline, file, what)?;
-    let key =
-        crate::ledger::checkpoint::decode_32(&text, &format!("the {what}")).unwrap_or_else(|e| {
+    let key = custos_core::ledger::checkpoint::decode_32(&text, &format!("the {what}"))
+        .unwrap_or_else(|e| {
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("custos {what}: {e}"),
@@ -427,7 +427,7 @@ pub fn writing_key(tenant: &Tenant, subject: &str) -> Rc<SubjectWriter> {
         let writer = Rc::new(SubjectWriter {
             sealer: FieldSealer::new(&key, short_id),
             subject_ref,
-            pseudonym: crate::ledger::protect::actor_pseudonym(&subject_ref),
+            pseudonym: custos_core::crypto::pseudonym::actor_pseudonym(&subject_ref),
         });
         (writer, key, short_id)
     };
@@ -487,7 +487,7 @@ pub fn known_pseudonym(tenant: &Tenant, subject: &str) -> Option<String> {
     .into_iter()
     .flatten()
     .next()
-    .map(|r| crate::ledger::protect::actor_pseudonym(r.as_bytes()))
+    .map(|r| custos_core::crypto::pseudonym::actor_pseudonym(r.as_bytes()))
 }
 
 /// The subject a pseudonym stands for; None once the subject was forgotten (or never existed).

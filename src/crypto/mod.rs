@@ -2,10 +2,10 @@
 //! subject's keys, which seal field values (AES-256-GCM throughout). Pure sealing in `envelope`,
 //! key storage and caching in `keys`.
 
-pub mod envelope;
+pub use custos_core::crypto::envelope;
 pub mod keys;
 
-use crate::ledger::api::authorize_tenant;
+use crate::tenancy::authorize_tenant;
 use pgrx::prelude::*;
 
 /// Makes a new data key version for the tenant and retires its subjects' current keys, so that

@@ -2,11 +2,11 @@
 //! one is. The score is in `risk.rs` (pure); this module keeps each identity's derived columns
 //! current and exposes the scoring to SQL (`sql/dormant.sql` holds the tables and the report).
 
-pub mod risk;
+pub use custos_core::dormant::risk;
 
 use crate::error::raise;
+use crate::pg::tuple::Row;
 use crate::tenancy::TenantCache;
-use crate::tuple::Row;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use risk::Factors;
@@ -121,7 +121,7 @@ const DERIVE_COLUMNS: [(&str, pg_sys::Oid); 13] = [
 ];
 
 thread_local! {
-    static DERIVE_LAYOUT: crate::tuple::Layout<13> = const { crate::tuple::Layout::new() };
+    static DERIVE_LAYOUT: crate::pg::tuple::Layout<13> = const { crate::pg::tuple::Layout::new() };
 }
 
 /// Refuses -infinity (it would make every later report of the tenant fail) and times ahead of
@@ -232,10 +232,7 @@ fn identities_derive<'a>(
 /// Takes the tenant's activity-fold lock until the end of the transaction: one fold at a time.
 #[pg_extern(volatile, parallel_unsafe)]
 fn lock_activity_fold(tenant: pgrx::Uuid) {
-    crate::ledger::head::lock_tenant_until_end(
-        tenant.as_bytes(),
-        crate::ledger::head::ACTIVITY_LOCK_FIELD4,
-    );
+    crate::pg::locks::lock_until_end(tenant.as_bytes(), crate::pg::locks::LockKind::ActivityFold);
 }
 
 /// The score, level and reasons of one account at the moment of the call.

@@ -3,7 +3,7 @@
 //! rules as events, its own domain tags and lock), written only by custos' read functions.
 
 use super::chain::{field, Hash, HASH_LEN};
-use super::head::{self, HeadColumns, ACCESS_LOCK_FIELD4};
+use super::head::{self, HeadColumns, LockKind};
 use super::row::open_custos_table;
 use super::verify::{Row, Verifier};
 use crate::error::raise;
@@ -94,11 +94,10 @@ const NOT_A_SUBJECT: &str = "(not a subject)";
 fn log_access(tenant: pgrx::Uuid, function: &str, filters: JsonB, rows_returned: i64) -> i64 {
     let t = *tenant.as_bytes();
     super::api::authorize_tenant(uuid::Uuid::from_bytes(t));
-    // SAFETY: reads shared state of the startup process, backend thread.
-    if unsafe { pg_sys::RecoveryInProgress() } {
+    if crate::pg::recovery_in_progress() {
         return log_on_standby(&t, function, filters.0, rows_returned);
     }
-    head::lock_chain(&t, ACCESS_LOCK_FIELD4);
+    head::lock_chain(&t, LockKind::AccessLog);
     // SAFETY: the relation is opened and closed here; the tenant's access-log lock is held.
     let prev = unsafe {
         let rel = open_custos_table(c"access_log", pg_sys::RowExclusiveLock);
@@ -164,7 +163,7 @@ fn recorded_people(
 ) -> (String, String) {
     use crate::crypto::keys;
     let mut actor = super::trigger::default_actor(reader);
-    if super::protect::policy(t).encrypt {
+    if crate::protection::policy(t).encrypt {
         actor = if may_make_keys {
             keys::writing_key(t, &actor).pseudonym.clone()
         } else {

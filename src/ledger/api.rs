@@ -9,7 +9,7 @@ use super::verify::{Break, Row, Verifier};
 use crate::error::raise;
 use crate::gucs;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 
 const PROGRESS_EVERY: i64 = 250_000;
 
@@ -17,22 +17,7 @@ fn to_uuid(u: pgrx::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_bytes(*u.as_bytes())
 }
 
-/// Only superusers (scheduled workers, DBAs) cross tenants; everyone else works in the tenant of
-/// the current request. Checked against the role that called in, not the function's owner.
-pub(crate) fn authorize_tenant(tenant: uuid::Uuid) {
-    // SAFETY: backend thread; plain lookups of the session's roles.
-    let outer_is_superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) };
-    if outer_is_superuser {
-        return;
-    }
-    if crate::tenancy::current_tenant_id() != Some(tenant) {
-        raise(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied for the ledger of tenant {tenant}"),
-            Some("set that tenant first (custos.set_tenant or the JWT tenant_id claim); only superusers work across tenants"),
-        );
-    }
-}
+pub(crate) use crate::tenancy::authorize_tenant;
 
 /// Raises 42501 unless the caller works in `tenant` (superusers work in any).
 #[pg_extern(stable, parallel_safe)]
@@ -289,30 +274,17 @@ fn checkpoint_break(tenant: pgrx::Uuid, outcome: &Outcome, seq: i64, head: &[u8]
     }
 }
 
-/// Records a proven break as a critical alert. A hot standby cannot write: there the verdict
-/// alone reports it (and a WARNING says the alert is the primary's to raise).
+/// Records a proven break as a critical alert (none on a hot standby: see `alerts::raise`).
 fn raise_alert(tenant: pgrx::Uuid, b: &Break) {
-    // SAFETY: reads shared state of the startup process, backend thread.
-    if unsafe { pg_sys::RecoveryInProgress() } {
-        pgrx::warning!(
-            "custos: chain of tenant {} broken at seq {}; no alert recorded on a standby (verify on the primary to raise it)",
-            to_uuid(tenant),
-            b.seq()
-        );
-        return;
-    }
-    let details =
-        serde_json::json!({"kind": b.kind(), "first_broken_seq": b.seq(), "reason": b.describe()});
-    Spi::run_with_args(
-        "INSERT INTO custos.alerts (tenant_id, source, severity, title, details) \
-         VALUES ($1, 'ledger.verify', 'critical', $2, $3)",
-        &[
-            tenant.into(),
-            format!("audit ledger chain broken at seq {}", b.seq()).into(),
-            JsonB(details).into(),
-        ],
-    )
-    .unwrap_or_else(|e| spi_failed(e));
+    crate::alerts::raise(
+        tenant.as_bytes(),
+        &crate::alerts::Alert {
+            source: "ledger.verify",
+            severity: "critical",
+            title: format!("audit ledger chain broken at seq {}", b.seq()),
+            details: serde_json::json!({"kind": b.kind(), "first_broken_seq": b.seq(), "reason": b.describe()}),
+        },
+    );
 }
 
 fn require_at_least(argument: &str, value: i64, least: i64) {

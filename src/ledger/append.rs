@@ -11,7 +11,7 @@
 use super::row::{open_events, Columns};
 use super::trigger::{chain_event, Caller, Made};
 use crate::error::raise;
-use crate::tuple::Row;
+use crate::pg::tuple::Row;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::ffi::CStr;
 
@@ -21,7 +21,7 @@ pub struct NewEvent<'a> {
     pub action: &'a str,
     pub entity_type: &'a str,
     pub entity_id: Option<&'a str>,
-    /// A JSON object as text; stored as jsonb ([`crate::jsonb::from_json_text`]).
+    /// A JSON object as text; stored as jsonb ([`crate::pg::jsonb::from_json_text`]).
     pub details: &'a str,
     /// `details` already as a whole jsonb value (varlena header first); then `details` must be
     /// exactly its print.
@@ -218,10 +218,11 @@ impl Appender {
                         Some(jsonb) if (jsonb.as_ptr() as usize).is_multiple_of(4) => {
                             (pg_sys::Datum::from(jsonb.as_ptr().cast_mut()), true)
                         }
-                        Some(jsonb) => {
-                            (crate::jsonb::jsonb_datum(&jsonb[pg_sys::VARHDRSZ..]), true)
-                        }
-                        None => crate::jsonb::from_json_text_printed(event.details),
+                        Some(jsonb) => (
+                            crate::pg::jsonb::jsonb_datum(&jsonb[pg_sys::VARHDRSZ..]),
+                            true,
+                        ),
+                        None => crate::pg::jsonb::from_json_text_printed(event.details),
                     };
                     row.set(c.details, Some(details));
                     let printed = printed.then_some(event.details.as_bytes());
@@ -313,7 +314,9 @@ impl Drop for Appender {
 /// buffer is next written.
 fn text_datum_in(s: &str, buffer: &mut Vec<u8>) -> pg_sys::Datum {
     buffer.clear();
-    buffer.extend_from_slice(&crate::jsonb::varlena_header_4b(pg_sys::VARHDRSZ + s.len()));
+    buffer.extend_from_slice(&crate::pg::jsonb::varlena_header_4b(
+        pg_sys::VARHDRSZ + s.len(),
+    ));
     buffer.extend_from_slice(s.as_bytes());
     pg_sys::Datum::from(buffer.as_mut_ptr())
 }
@@ -322,7 +325,7 @@ fn text_datum_in(s: &str, buffer: &mut Vec<u8>) -> pg_sys::Datum {
 /// `custos.events`, but a column made NOT NULL later must not be written null either.
 unsafe fn check_not_null(tupdesc: pg_sys::TupleDesc, row: &Row) {
     unsafe {
-        for (i, attr) in crate::tuple::attributes(tupdesc).iter().enumerate() {
+        for (i, attr) in crate::pg::tuple::attributes(tupdesc).iter().enumerate() {
             if attr.attnotnull && row.nulls[i] {
                 raise(
                     PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,

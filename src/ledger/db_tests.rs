@@ -1,14 +1,17 @@
 use crate::ledger::chain::{event_hash, genesis_hash};
 use crate::ledger::row::scan_chain;
-use pgrx::pg_sys;
 use crate::testing::{assert_error, count, error_of};
+use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 /// Two tenants of this test alone. Tests run concurrently, each in its own backend; sharing a
 /// tenant would make them wait on (and, with the tamper tests' DDL, deadlock over) its chain lock.
 fn fresh_tenants() -> (&'static str, &'static str) {
     let pick = || -> &'static str {
-        Spi::get_one::<String>("SELECT gen_random_uuid()::text").unwrap().unwrap().leak()
+        Spi::get_one::<String>("SELECT gen_random_uuid()::text")
+            .unwrap()
+            .unwrap()
+            .leak()
     };
     (pick(), pick())
 }
@@ -31,7 +34,11 @@ fn record(n: usize) {
 fn verify(t: &str) -> (bool, i64, Option<i64>, Option<String>) {
     Spi::connect(|c| {
         let row = c
-            .select(&format!("SELECT * FROM custos.verify_chain('{t}')"), None, &[])?
+            .select(
+                &format!("SELECT * FROM custos.verify_chain('{t}')"),
+                None,
+                &[],
+            )?
             .first();
         Ok::<_, pgrx::spi::Error>((
             row.get::<bool>(1)?.unwrap(),
@@ -110,7 +117,10 @@ fn events_form_a_gap_free_linked_chain() {
     ))
     .unwrap();
     let rows = rows(A);
-    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
     assert_eq!(rows[0].prev_hash, genesis_hash(&tenant_bytes(A)).to_vec());
     for w in rows.windows(2) {
         assert_eq!(w[1].prev_hash, w[0].hash);
@@ -128,8 +138,18 @@ fn tenants_have_separate_chains() {
     record(2);
     as_tenant(B);
     record(3);
-    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{B}'")), 3);
-    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'")), 2);
+    assert_eq!(
+        count(&format!(
+            "SELECT max(seq) FROM custos.events WHERE tenant_id = '{B}'"
+        )),
+        3
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'"
+        )),
+        2
+    );
     assert!(verify(B).0);
     as_tenant(A);
     assert!(verify(A).0);
@@ -182,7 +202,12 @@ fn first_event_of_a_tenant_in_a_rolled_back_subtransaction() {
     )
     .unwrap();
     record(1);
-    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'")), 1);
+    assert_eq!(
+        count(&format!(
+            "SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'"
+        )),
+        1
+    );
     assert!(verify(A).0);
 }
 
@@ -190,19 +215,50 @@ fn first_event_of_a_tenant_in_a_rolled_back_subtransaction() {
 fn custos_assigns_its_own_columns() {
     let (A, B) = fresh_tenants();
     as_tenant(A);
-    for (col, val) in [("seq", "7"), ("id", "gen_random_uuid()"), ("hash", "'\\x00'"), ("prev_hash", "'\\x00'"), ("txid", "1"), ("db_role", "'x'"), ("recorded_at", "now()")] {
+    for (col, val) in [
+        ("seq", "7"),
+        ("id", "gen_random_uuid()"),
+        ("hash", "'\\x00'"),
+        ("prev_hash", "'\\x00'"),
+        ("txid", "1"),
+        ("db_role", "'x'"),
+        ("recorded_at", "now()"),
+    ] {
         assert_error(
-            &format!("INSERT INTO custos.events (action, entity_type, {col}) VALUES ('a', 'b', {val})"),
+            &format!(
+                "INSERT INTO custos.events (action, entity_type, {col}) VALUES ('a', 'b', {val})"
+            ),
             "428C9",
             &format!("column \"{col}\" of custos.events is assigned by custos"),
         );
     }
-    assert_error("INSERT INTO custos.events (entity_type) VALUES ('b')", "23502", "\"action\"");
-    assert_error("INSERT INTO custos.events (action, entity_type, severity) VALUES ('a', 'b', 'meh')", "23514", "severity cannot be \"meh\"");
-    assert_error("INSERT INTO custos.events (action, entity_type, details) VALUES ('a', 'b', '[1]')", "23514", "details must be a JSON object");
-    assert_error("INSERT INTO custos.events (action, entity_type) VALUES ('', 'b')", "23514", "action must be 1 to 200 characters");
-    assert_error("INSERT INTO custos.events (action, entity_type) VALUES ('a', repeat('é', 201))", "23514", "entity_type must be 1 to 200");
-    Spi::run("INSERT INTO custos.events (action, entity_type) VALUES ('a', repeat('é', 200))").unwrap();
+    assert_error(
+        "INSERT INTO custos.events (entity_type) VALUES ('b')",
+        "23502",
+        "\"action\"",
+    );
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type, severity) VALUES ('a', 'b', 'meh')",
+        "23514",
+        "severity cannot be \"meh\"",
+    );
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type, details) VALUES ('a', 'b', '[1]')",
+        "23514",
+        "details must be a JSON object",
+    );
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type) VALUES ('', 'b')",
+        "23514",
+        "action must be 1 to 200 characters",
+    );
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type) VALUES ('a', repeat('é', 201))",
+        "23514",
+        "entity_type must be 1 to 200",
+    );
+    Spi::run("INSERT INTO custos.events (action, entity_type) VALUES ('a', repeat('é', 200))")
+        .unwrap();
     assert_error("INSERT INTO custos.events (action, entity_type, user_agent) VALUES ('a', 'b', repeat('x', 2001))", "23514", "user_agent");
     // Only the valid row went in.
     assert_eq!(count("SELECT count(*) FROM custos.events"), 1);
@@ -211,8 +267,16 @@ fn custos_assigns_its_own_columns() {
 #[pg_test]
 fn no_tenant_no_event() {
     let (A, B) = fresh_tenants();
-    assert_error("SELECT custos.record_event('a', 'b')", "42501", "no tenant is set");
-    assert_error("INSERT INTO custos.events (action, entity_type) VALUES ('a', 'b')", "23502", "tenant_id");
+    assert_error(
+        "SELECT custos.record_event('a', 'b')",
+        "42501",
+        "no tenant is set",
+    );
+    assert_error(
+        "INSERT INTO custos.events (action, entity_type) VALUES ('a', 'b')",
+        "23502",
+        "tenant_id",
+    );
 }
 
 #[pg_test]
@@ -220,13 +284,19 @@ fn actor_comes_from_set_actor_then_jwt_sub_then_role() {
     let (A, B) = fresh_tenants();
     as_tenant(A);
     Spi::run("SELECT custos.record_event('a', 'x')").unwrap();
-    Spi::run(r#"SELECT set_config('request.jwt.claims', '{"sub":"ana@example.com"}', true)"#).unwrap();
+    Spi::run(r#"SELECT set_config('request.jwt.claims', '{"sub":"ana@example.com"}', true)"#)
+        .unwrap();
     Spi::run("SELECT custos.record_event('b', 'x')").unwrap();
     Spi::run("SELECT custos.set_actor('bob')").unwrap();
     Spi::run("SELECT custos.record_event('c', 'x')").unwrap();
     Spi::run("SELECT custos.record_event('d', 'x', actor => 'carol')").unwrap();
-    let actors = Spi::get_one::<String>("SELECT string_agg(actor, ',' ORDER BY seq) FROM custos.events").unwrap().unwrap();
-    let role = Spi::get_one::<String>("SELECT current_user::text").unwrap().unwrap();
+    let actors =
+        Spi::get_one::<String>("SELECT string_agg(actor, ',' ORDER BY seq) FROM custos.events")
+            .unwrap()
+            .unwrap();
+    let role = Spi::get_one::<String>("SELECT current_user::text")
+        .unwrap()
+        .unwrap();
     assert_eq!(actors, format!("{role},ana@example.com,bob,carol"));
 }
 
@@ -235,9 +305,21 @@ fn update_delete_truncate_are_refused_for_everyone() {
     let (A, B) = fresh_tenants();
     as_tenant(A);
     record(2);
-    assert_error("UPDATE custos.events SET action = 'x'", "42501", "append-only: UPDATE is not allowed");
-    assert_error("DELETE FROM custos.events", "42501", "append-only: DELETE is not allowed");
-    assert_error("TRUNCATE custos.events", "42501", "append-only: TRUNCATE is not allowed");
+    assert_error(
+        "UPDATE custos.events SET action = 'x'",
+        "42501",
+        "append-only: UPDATE is not allowed",
+    );
+    assert_error(
+        "DELETE FROM custos.events",
+        "42501",
+        "append-only: DELETE is not allowed",
+    );
+    assert_error(
+        "TRUNCATE custos.events",
+        "42501",
+        "append-only: TRUNCATE is not allowed",
+    );
     assert_error("TRUNCATE custos.checkpoints", "42501", "append-only");
     Spi::run("SET LOCAL session_replication_role = replica").unwrap();
     assert_error("DELETE FROM custos.events", "42501", "append-only");
@@ -257,7 +339,11 @@ fn switching_off_the_protection_is_refused() {
         "ALTER TABLE custos.events DISABLE ROW LEVEL SECURITY",
         "DROP TRIGGER append_only_truncate ON custos.checkpoints",
     ] {
-        assert_error(sql, "42501", "custos ledger protection cannot be removed or disabled");
+        assert_error(
+            sql,
+            "42501",
+            "custos ledger protection cannot be removed or disabled",
+        );
     }
 }
 
@@ -279,7 +365,9 @@ fn tamper_changed_hash() {
     let (A, B) = tamper_test_tenants();
     as_tenant(A);
     record(5);
-    tamper(&format!("UPDATE custos.events SET hash = sha256('x') WHERE tenant_id = '{A}' AND seq = 2"));
+    tamper(&format!(
+        "UPDATE custos.events SET hash = sha256('x') WHERE tenant_id = '{A}' AND seq = 2"
+    ));
     let (ok, _, seq, reason) = verify(A);
     assert_eq!((ok, seq), (false, Some(2)));
     assert!(reason.unwrap().starts_with("hash altered"));
@@ -290,7 +378,9 @@ fn tamper_deleted_middle_row() {
     let (A, B) = tamper_test_tenants();
     as_tenant(A);
     record(5);
-    tamper(&format!("DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq = 3"));
+    tamper(&format!(
+        "DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq = 3"
+    ));
     let (ok, checked, seq, reason) = verify(A);
     assert_eq!((ok, checked, seq), (false, 2, Some(3)));
     assert!(reason.unwrap().starts_with("gap"));
@@ -316,7 +406,9 @@ fn readers_fill_holes_below_visible_rows_with_the_settled_rows() {
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     Spi::run("INSERT INTO custos.events SELECT * FROM moved").unwrap();
-    let visible = Spi::get_one::<i64>(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'"));
+    let visible = Spi::get_one::<i64>(&format!(
+        "SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'"
+    ));
     let tenant = pgrx::Uuid::from_bytes(tenant_bytes(A));
     let mut seen = Vec::new();
     scan_chain(&tenant_bytes(A), 1, None, |r| {
@@ -332,13 +424,30 @@ fn readers_fill_holes_below_visible_rows_with_the_settled_rows() {
     let part = crate::ledger::api::walk_chain(tenant, 3, Some(4));
     let settled = [0, 2, 5].map(|after| crate::ledger::api::settled_seq(tenant, after));
     unsafe { pg_sys::PopActiveSnapshot() };
-    assert_eq!(visible, Ok(Some(6)), "SPI reads with a snapshot of its own, which sees the copies");
-    assert_eq!(seen, [(1, false), (2, true), (3, false), (4, true), (5, false), (6, false)]);
+    assert_eq!(
+        visible,
+        Ok(Some(6)),
+        "SPI reads with a snapshot of its own, which sees the copies"
+    );
+    assert_eq!(
+        seen,
+        [
+            (1, false),
+            (2, true),
+            (3, false),
+            (4, true),
+            (5, false),
+            (6, false)
+        ]
+    );
     assert_eq!(ranged, [2, 3, 4]);
     assert_eq!((whole.checked, whole.last_seq, whole.broken), (6, 6, None));
     assert_eq!((part.checked, part.last_seq, part.broken), (2, 4, None));
     assert_eq!(settled, [1, 3, 6]);
-    assert_eq!(Spi::get_one::<i64>(&format!("SELECT custos.settled_seq('{A}')")), Ok(Some(6)));
+    assert_eq!(
+        Spi::get_one::<i64>(&format!("SELECT custos.settled_seq('{A}')")),
+        Ok(Some(6))
+    );
 }
 
 #[pg_test]
@@ -353,17 +462,30 @@ fn tamper_swapped_rows() {
     ));
     let (ok, _, seq, reason) = verify(A);
     assert_eq!((ok, seq), (false, Some(3)));
-    assert!(reason.as_deref().unwrap().starts_with("reordered: seq 3 links to seq 4"), "{reason:?}");
+    assert!(
+        reason
+            .as_deref()
+            .unwrap()
+            .starts_with("reordered: seq 3 links to seq 4"),
+        "{reason:?}"
+    );
 }
 
 #[pg_test]
 fn tamper_cut_tail_is_caught_by_checkpoint() {
     let (A, B) = tamper_test_tenants();
-    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
+    Spi::run(&format!(
+        "SET LOCAL custos.checkpoint_signing_key = '{KEY}'"
+    ))
+    .unwrap();
     as_tenant(A);
     record(5);
-    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
-    tamper(&format!("DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq >= 4"));
+    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')"))
+        .unwrap()
+        .unwrap();
+    tamper(&format!(
+        "DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq >= 4"
+    ));
     let (ok, _, seq, reason) = verify(A);
     assert_eq!((ok, seq), (false, Some(4)));
     assert!(reason.unwrap().starts_with("truncated"));
@@ -371,13 +493,23 @@ fn tamper_cut_tail_is_caught_by_checkpoint() {
     assert!(!ok);
     assert!(reason.unwrap().starts_with("truncated"));
     // Without a checkpoint, asking for the range shows it too.
-    let to = Spi::get_one::<String>(&format!("SELECT reason FROM custos.verify_chain('{A}', 1, 5)")).unwrap().unwrap();
+    let to = Spi::get_one::<String>(&format!(
+        "SELECT reason FROM custos.verify_chain('{A}', 1, 5)"
+    ))
+    .unwrap()
+    .unwrap();
     assert!(to.starts_with("truncated"));
 }
 
 fn verify_checkpoint(text: &str) -> (bool, Option<String>) {
     Spi::connect(|c| {
-        let row = c.select("SELECT ok, reason FROM custos.verify_checkpoint($1)", None, &[text.into()])?.first();
+        let row = c
+            .select(
+                "SELECT ok, reason FROM custos.verify_checkpoint($1)",
+                None,
+                &[text.into()],
+            )?
+            .first();
         Ok::<_, pgrx::spi::Error>((row.get::<bool>(1)?.unwrap(), row.get::<String>(2)?))
     })
     .unwrap()
@@ -386,13 +518,20 @@ fn verify_checkpoint(text: &str) -> (bool, Option<String>) {
 #[pg_test]
 fn tamper_recomputed_whole_chain_is_caught_by_checkpoint() {
     let (A, B) = tamper_test_tenants();
-    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
+    Spi::run(&format!(
+        "SET LOCAL custos.checkpoint_signing_key = '{KEY}'"
+    ))
+    .unwrap();
     as_tenant(A);
     record(4);
-    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
+    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')"))
+        .unwrap()
+        .unwrap();
     assert_eq!(verify_checkpoint(&text), (true, None));
     // The attacker knows the format: rewrites row 2 and recomputes every hash after it.
-    tamper(&format!("UPDATE custos.events SET actor = 'someone else' WHERE tenant_id = '{A}' AND seq = 2"));
+    tamper(&format!(
+        "UPDATE custos.events SET actor = 'someone else' WHERE tenant_id = '{A}' AND seq = 2"
+    ));
     let mut rewritten = Vec::new();
     let mut prev = genesis_hash(&tenant_bytes(A));
     scan_now(A, |r| {
@@ -424,16 +563,33 @@ fn checkpoints_are_signed_and_checked() {
     let (A, B) = fresh_tenants();
     as_tenant(A);
     record(2);
-    assert_error(&format!("SELECT custos.checkpoint('{A}')"), "55000", "no checkpoint signing key is configured");
-    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
-    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
-    assert!(text.starts_with(&format!("custos-checkpoint v1 tenant={A} seq=2 head=")), "{text}");
-    let public = Spi::get_one::<String>("SELECT custos.checkpoint_public_key()").unwrap().unwrap();
+    assert_error(
+        &format!("SELECT custos.checkpoint('{A}')"),
+        "55000",
+        "no checkpoint signing key is configured",
+    );
+    Spi::run(&format!(
+        "SET LOCAL custos.checkpoint_signing_key = '{KEY}'"
+    ))
+    .unwrap();
+    let text = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')"))
+        .unwrap()
+        .unwrap();
+    assert!(
+        text.starts_with(&format!("custos-checkpoint v1 tenant={A} seq=2 head=")),
+        "{text}"
+    );
+    let public = Spi::get_one::<String>("SELECT custos.checkpoint_public_key()")
+        .unwrap()
+        .unwrap();
     assert_eq!(verify_checkpoint(&text), (true, None));
     // Verifiable with the public key alone.
     Spi::run("SET LOCAL custos.checkpoint_signing_key = ''").unwrap();
-    let ok = Spi::get_one_with_args::<bool>("SELECT ok FROM custos.verify_checkpoint($1, $2)", &[text.clone().into(), public.clone().into()])
-        .unwrap();
+    let ok = Spi::get_one_with_args::<bool>(
+        "SELECT ok FROM custos.verify_checkpoint($1, $2)",
+        &[text.clone().into(), public.clone().into()],
+    )
+    .unwrap();
     assert_eq!(ok, Some(true));
     let forged = text.replace("seq=2", "seq=1");
     let reason = Spi::get_one_with_args::<String>(
@@ -443,11 +599,27 @@ fn checkpoints_are_signed_and_checked() {
     .unwrap()
     .unwrap();
     assert!(reason.contains("signature does not verify"), "{reason}");
-    assert_error("SELECT custos.verify_checkpoint('hello', repeat('00', 32))", "22", "");
-    let e = error_of(&format!("SELECT custos.verify_checkpoint('custos-checkpoint v1 tenant=x sig=y', '{public}')")).unwrap();
+    assert_error(
+        "SELECT custos.verify_checkpoint('hello', repeat('00', 32))",
+        "22",
+        "",
+    );
+    let e = error_of(&format!(
+        "SELECT custos.verify_checkpoint('custos-checkpoint v1 tenant=x sig=y', '{public}')"
+    ))
+    .unwrap();
     assert!(e.starts_with("22P02: malformed checkpoint"), "{e}");
-    assert_error("SELECT custos.verify_checkpoint('x', 'not a key')", "22023", "public_key");
-    assert_eq!(count(&format!("SELECT count(*) FROM custos.checkpoints WHERE tenant_id = '{A}'")), 1);
+    assert_error(
+        "SELECT custos.verify_checkpoint('x', 'not a key')",
+        "22023",
+        "public_key",
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM custos.checkpoints WHERE tenant_id = '{A}'"
+        )),
+        1
+    );
 }
 
 #[pg_test]
@@ -455,10 +627,24 @@ fn verify_chain_arguments_are_checked() {
     let (A, B) = fresh_tenants();
     as_tenant(A);
     record(3);
-    assert_error(&format!("SELECT * FROM custos.verify_chain('{A}', 0)"), "22023", "from_seq must be 1 or more");
-    assert_error(&format!("SELECT custos.settled_seq('{A}', -1)"), "22023", "after_seq must be 0 or more");
-    assert_error(&format!("SELECT * FROM custos.verify_chain('{A}', 3, 2)"), "22023", "to_seq (2) is before from_seq (3)");
-    let checked = count(&format!("SELECT checked FROM custos.verify_chain('{A}', 2, 3)"));
+    assert_error(
+        &format!("SELECT * FROM custos.verify_chain('{A}', 0)"),
+        "22023",
+        "from_seq must be 1 or more",
+    );
+    assert_error(
+        &format!("SELECT custos.settled_seq('{A}', -1)"),
+        "22023",
+        "after_seq must be 0 or more",
+    );
+    assert_error(
+        &format!("SELECT * FROM custos.verify_chain('{A}', 3, 2)"),
+        "22023",
+        "to_seq (2) is before from_seq (3)",
+    );
+    let checked = count(&format!(
+        "SELECT checked FROM custos.verify_chain('{A}', 2, 3)"
+    ));
     assert_eq!(checked, 2);
 }
 
@@ -471,12 +657,24 @@ fn verification_is_for_the_current_tenant_only() {
     record(1);
     Spi::run("CREATE ROLE custos_test_auditor NOLOGIN; GRANT custos_auditor TO custos_test_auditor; SET LOCAL ROLE custos_test_auditor").unwrap();
     assert!(verify(A).0);
-    assert_error(&format!("SELECT * FROM custos.verify_chain('{B}')"), "42501", "permission denied for the ledger of tenant");
+    assert_error(
+        &format!("SELECT * FROM custos.verify_chain('{B}')"),
+        "42501",
+        "permission denied for the ledger of tenant",
+    );
     Spi::run("RESET ROLE; CREATE ROLE custos_test_writer NOLOGIN; GRANT custos_writer TO custos_test_writer; SET LOCAL ROLE custos_test_writer").unwrap();
-    assert_error(&format!("SELECT * FROM custos.verify_chain('{A}')"), "42501", "permission denied for function verify_chain");
+    assert_error(
+        &format!("SELECT * FROM custos.verify_chain('{A}')"),
+        "42501",
+        "permission denied for function verify_chain",
+    );
     // A writer writes but cannot read the ledger back.
     Spi::run("SELECT custos.record_event('w', 'x')").unwrap();
-    assert_error("SELECT count(*) FROM custos.events", "42501", "permission denied for table events");
+    assert_error(
+        "SELECT count(*) FROM custos.events",
+        "42501",
+        "permission denied for table events",
+    );
 }
 
 #[pg_test]
@@ -490,14 +688,35 @@ fn batches_are_all_or_nothing() {
     assert_eq!(n, Some(3));
     for (batch, needle) in [
         (r#"{"action":"a"}"#, "must be a JSON array"),
-        (r#"[{"action":"a","entity_type":"x"}, 7]"#, "element 1 is number"),
-        (r#"[{"action":"a","entity_type":"x","colour":"red"}]"#, "unknown key \"colour\""),
-        (&format!(r#"[{{"action":"a","entity_type":"x","tenant_id":"{B}"}}]"#) as &str, "belongs to tenant"),
+        (
+            r#"[{"action":"a","entity_type":"x"}, 7]"#,
+            "element 1 is number",
+        ),
+        (
+            r#"[{"action":"a","entity_type":"x","colour":"red"}]"#,
+            "unknown key \"colour\"",
+        ),
+        (
+            &format!(r#"[{{"action":"a","entity_type":"x","tenant_id":"{B}"}}]"#) as &str,
+            "belongs to tenant",
+        ),
     ] {
-        assert_error(&format!("SELECT custos.record_events('{batch}')"), "22023", needle);
+        assert_error(
+            &format!("SELECT custos.record_events('{batch}')"),
+            "22023",
+            needle,
+        );
     }
-    assert_error(r#"SELECT custos.record_events('[{"action":"a","entity_type":"x"},{"action":"b"}]')"#, "23502", "entity_type");
-    assert_error(r#"SELECT custos.record_events('[{"action":"a","entity_type":"x","severity":"loud"}]')"#, "23514", "severity");
+    assert_error(
+        r#"SELECT custos.record_events('[{"action":"a","entity_type":"x"},{"action":"b"}]')"#,
+        "23502",
+        "entity_type",
+    );
+    assert_error(
+        r#"SELECT custos.record_events('[{"action":"a","entity_type":"x","severity":"loud"}]')"#,
+        "23514",
+        "severity",
+    );
     assert_eq!(count("SELECT count(*) FROM custos.events"), 3);
     assert!(verify(A).0);
 }
@@ -527,7 +746,11 @@ fn oversized_details_are_refused() {
         "54000",
         "more than custos.max_details_bytes",
     );
-    assert_error("SELECT custos.record_event('a', 'x', details => '{\"a\": \"\\u0000\"}')", "22P05", "");
+    assert_error(
+        "SELECT custos.record_event('a', 'x', details => '{\"a\": \"\\u0000\"}')",
+        "22P05",
+        "",
+    );
     assert_eq!(count("SELECT count(*) FROM custos.events"), 0);
 }
 
@@ -594,14 +817,31 @@ fn canonical_json_matches_jsonb_text_output() {
         seed ^= seed << 17;
         seed
     };
-    let atoms = ["1", "-7.25", "true", "null", "\"a b\"", "\"\\u0002\\\"\"", "[]", "{}", "3.000", "\"ü\""];
+    let atoms = [
+        "1",
+        "-7.25",
+        "true",
+        "null",
+        "\"a b\"",
+        "\"\\u0002\\\"\"",
+        "[]",
+        "{}",
+        "3.000",
+        "\"ü\"",
+    ];
     for _ in 0..200 {
         let n = next() % 6;
         let members: Vec<String> = (0..n)
             .map(|i| {
-                let key: String = (0..(next() % 4)).map(|k| (b'a' + ((next() + k) % 5) as u8) as char).collect();
+                let key: String = (0..(next() % 4))
+                    .map(|k| (b'a' + ((next() + k) % 5) as u8) as char)
+                    .collect();
                 let v = if next() % 4 == 0 {
-                    format!("[{}, {}]", atoms[(next() % 10) as usize], atoms[(next() % 10) as usize])
+                    format!(
+                        "[{}, {}]",
+                        atoms[(next() % 10) as usize],
+                        atoms[(next() % 10) as usize]
+                    )
                 } else {
                     atoms[(next() % 10) as usize].to_string()
                 };
@@ -611,9 +851,16 @@ fn canonical_json_matches_jsonb_text_output() {
         docs.push(format!("{{{}}}", members.join(", ")));
     }
     for doc in docs {
-        let text = Spi::get_one_with_args::<String>("SELECT $1::jsonb::text", &[doc.as_str().into()]).unwrap().unwrap();
+        let text =
+            Spi::get_one_with_args::<String>("SELECT $1::jsonb::text", &[doc.as_str().into()])
+                .unwrap()
+                .unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(crate::ledger::chain::canonical_json_string(&parsed), text, "from {doc}");
+        assert_eq!(
+            crate::ledger::chain::canonical_json_string(&parsed),
+            text,
+            "from {doc}"
+        );
     }
 }
 
@@ -656,8 +903,21 @@ fn track_table_records_every_change_in_the_rows_tenant() {
     ))
     .unwrap();
     let a = events_of(A);
-    let summary: Vec<String> = a.iter().map(|(act, id, _)| format!("{act}:{}", id.clone().unwrap_or_default())).collect();
-    assert_eq!(summary, ["insert:1", "insert:2", "update:1", "update:2", "update:20", "delete:1"]);
+    let summary: Vec<String> = a
+        .iter()
+        .map(|(act, id, _)| format!("{act}:{}", id.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "insert:1",
+            "insert:2",
+            "update:1",
+            "update:2",
+            "update:20",
+            "delete:1"
+        ]
+    );
     let update = &a[2].2;
     assert_eq!(update["table"], "public.orders");
     assert_eq!(update["old"]["qty"], 3);
@@ -670,7 +930,10 @@ fn track_table_records_every_change_in_the_rows_tenant() {
     assert_eq!(b, ["insert", "update"]);
     assert!(verify(A).0);
     assert!(verify(B).0);
-    let entity = Spi::get_one::<String>(&format!("SELECT DISTINCT entity_type FROM custos.events WHERE tenant_id = '{A}'")).unwrap();
+    let entity = Spi::get_one::<String>(&format!(
+        "SELECT DISTINCT entity_type FROM custos.events WHERE tenant_id = '{A}'"
+    ))
+    .unwrap();
     assert_eq!(entity.as_deref(), Some("public.orders"));
 }
 
@@ -699,7 +962,10 @@ fn captured_events_of_a_statement_are_written_one_tenant_after_another() {
     ))
     .unwrap();
     let (pages, shared) = (pages.unwrap_or(0), shared.unwrap_or(0));
-    assert!(pages >= 8 && shared <= 3, "{shared} of {pages} pages hold events of both tenants");
+    assert!(
+        pages >= 8 && shared <= 3,
+        "{shared} of {pages} pages hold events of both tenants"
+    );
     assert!(verify(A).0 && verify(B).0);
 }
 
@@ -715,13 +981,20 @@ fn every_event_of_a_long_flush_carries_its_own_fields() {
             AND severity = 'info' AND db_role = current_user AND actor = current_user
             AND details->'new'->>'item' = 'item ' || entity_id AND (details->'new'->>'qty')::int = entity_id::int"
     ));
-    assert_eq!(odd, 200, "every event names its own row and shares the statement's fields");
+    assert_eq!(
+        odd, 200,
+        "every event names its own row and shares the statement's fields"
+    );
     let ids = Spi::get_one::<String>(&format!(
         "SELECT string_agg(DISTINCT (seq = (SELECT count(*) FROM custos.events e2 WHERE e2.tenant_id = e.tenant_id AND e2.seq <= e.seq))::text, ',')
            FROM custos.events e WHERE tenant_id IN ('{A}', '{B}')"
     ))
     .unwrap();
-    assert_eq!(ids.as_deref(), Some("true"), "seqs run from 1 without a gap in each tenant");
+    assert_eq!(
+        ids.as_deref(),
+        Some("true"),
+        "seqs run from 1 without a gap in each tenant"
+    );
     assert!(verify(A).0 && verify(B).0);
 }
 
@@ -742,7 +1015,9 @@ fn captured_events_enter_every_index_of_the_ledger() {
     Spi::run("CREATE INDEX events_by_entity ON custos.events (tenant_id, entity_id)").unwrap();
     insert(101);
     Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
-    let by_key = count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}' AND seq > 0"));
+    let by_key = count(&format!(
+        "SELECT count(*) FROM custos.events WHERE tenant_id = '{A}' AND seq > 0"
+    ));
     let by_entity = count(&format!(
         "SELECT count(*) FROM custos.events WHERE tenant_id = '{A}' AND entity_id > ''"
     ));
@@ -758,7 +1033,10 @@ fn captured_events_enter_every_index_of_the_ledger() {
             .filter_map(|row| row.get::<String>(1).ok().flatten())
             .collect()
     });
-    assert!(plan.iter().any(|line| line.contains("events_by_entity")), "{plan:?}");
+    assert!(
+        plan.iter().any(|line| line.contains("events_by_entity")),
+        "{plan:?}"
+    );
     assert!(verify(A).0 && verify(B).0);
 }
 
@@ -784,7 +1062,10 @@ fn tracked_writes_by_an_ordinary_role_record_its_role_and_actor() {
          RESET ROLE;"
     ))
     .unwrap();
-    let who = Spi::get_one::<String>(&format!("SELECT actor || '/' || db_role FROM custos.events WHERE tenant_id = '{A}'")).unwrap();
+    let who = Spi::get_one::<String>(&format!(
+        "SELECT actor || '/' || db_role FROM custos.events WHERE tenant_id = '{A}'"
+    ))
+    .unwrap();
     assert_eq!(who.as_deref(), Some("clerk@shop/custos_test_clerk"));
 }
 
@@ -801,7 +1082,10 @@ fn composite_keys_and_custom_tenant_columns() {
         "SELECT string_agg(entity_type || ' ' || entity_id, '; ' ORDER BY seq) FROM custos.events WHERE tenant_id = '{A}'"
     ))
     .unwrap();
-    assert_eq!(ids.as_deref(), Some("order_line [10, 1]; order_line [10, 2]"));
+    assert_eq!(
+        ids.as_deref(),
+        Some("order_line [10, 1]; order_line [10, 2]")
+    );
     // A composite key is written in key order, whatever the column order.
     Spi::run(&format!(
         "CREATE TABLE public.lines_by_line (org uuid NOT NULL, order_id int, line int, PRIMARY KEY (line, order_id));
@@ -809,7 +1093,10 @@ fn composite_keys_and_custom_tenant_columns() {
          INSERT INTO public.lines_by_line VALUES ('{B}', 10, 3);"
     ))
     .unwrap();
-    let id = Spi::get_one::<String>(&format!("SELECT entity_id FROM custos.events WHERE tenant_id = '{B}'")).unwrap();
+    let id = Spi::get_one::<String>(&format!(
+        "SELECT entity_id FROM custos.events WHERE tenant_id = '{B}'"
+    ))
+    .unwrap();
     assert_eq!(id.as_deref(), Some("[3, 10]"));
 }
 
@@ -821,11 +1108,31 @@ fn track_table_refuses_what_it_cannot_do() {
          CREATE TABLE public.text_tenant (id int PRIMARY KEY, tenant_id text);",
     )
     .unwrap();
-    assert_error("SELECT custos.track_table('public.no_pk')", "55000", "has no primary key");
-    assert_error("SELECT custos.track_table('public.no_tenant')", "42703", "no uuid column tenant_id");
-    assert_error("SELECT custos.track_table('public.text_tenant')", "42703", "no uuid column tenant_id");
-    assert_error("SELECT custos.track_table('custos.alerts')", "42809", "belongs to custos");
-    assert_error("SELECT custos.untrack_table('public.no_pk')", "55000", "is not tracked");
+    assert_error(
+        "SELECT custos.track_table('public.no_pk')",
+        "55000",
+        "has no primary key",
+    );
+    assert_error(
+        "SELECT custos.track_table('public.no_tenant')",
+        "42703",
+        "no uuid column tenant_id",
+    );
+    assert_error(
+        "SELECT custos.track_table('public.text_tenant')",
+        "42703",
+        "no uuid column tenant_id",
+    );
+    assert_error(
+        "SELECT custos.track_table('custos.alerts')",
+        "42809",
+        "belongs to custos",
+    );
+    assert_error(
+        "SELECT custos.untrack_table('public.no_pk')",
+        "55000",
+        "is not tracked",
+    );
     // Tracking is for the table's owner (or a superuser).
     Spi::run(
         "CREATE TABLE public.theirs (id int PRIMARY KEY, tenant_id uuid);
@@ -833,7 +1140,11 @@ fn track_table_refuses_what_it_cannot_do() {
          SET LOCAL ROLE custos_test_stranger;",
     )
     .unwrap();
-    assert_error("SELECT custos.track_table('public.theirs')", "42501", "must be owner of table");
+    assert_error(
+        "SELECT custos.track_table('public.theirs')",
+        "42501",
+        "must be owner of table",
+    );
 }
 
 #[pg_test]
@@ -843,7 +1154,10 @@ fn untrack_table_stops_recording_and_says_so() {
     as_tenant(A);
     assert_eq!(count("SELECT count(*) FROM custos.tracked_tables WHERE table_name = 'public.orders'::regclass"), 1);
     Spi::run("SELECT custos.untrack_table('public.orders')").unwrap();
-    Spi::run(&format!("INSERT INTO public.orders VALUES (1, '{A}', 'x', 1)")).unwrap();
+    Spi::run(&format!(
+        "INSERT INTO public.orders VALUES (1, '{A}', 'x', 1)"
+    ))
+    .unwrap();
     let actions: Vec<String> = events_of(A).iter().map(|e| e.0.clone()).collect();
     assert_eq!(actions, ["custos.untrack_table"]);
     assert_eq!(count("SELECT count(*) FROM custos.tracked_tables"), 0);
@@ -880,7 +1194,11 @@ fn track_table_can_group_rows_into_events() {
             "SELECT coalesce(sum(jsonb_array_length(details->'rows')), 0) FROM custos.events WHERE tenant_id = '{t}' AND action = '{action}'"
         ))
     };
-    assert_eq!((rows_in(A, "insert"), rows_in(B, "insert")), (188, 62), "every row is recorded once, in its tenant");
+    assert_eq!(
+        (rows_in(A, "insert"), rows_in(B, "insert")),
+        (188, 62),
+        "every row is recorded once, in its tenant"
+    );
     assert_eq!(rows_in(A, "update") + rows_in(B, "update"), 10);
     assert_eq!(rows_in(A, "delete") + rows_in(B, "delete"), 10);
     assert!(count(&format!("SELECT max(jsonb_array_length(details->'rows')) FROM custos.events WHERE tenant_id = '{A}'")) <= 100);
@@ -894,7 +1212,11 @@ fn track_table_can_group_rows_into_events() {
     assert_eq!(update["new"]["v"], 2);
     assert_eq!(update["old"]["v"], 1);
     assert!(verify(A).0 && verify(B).0);
-    assert_error("SELECT custos.track_table('public.bulk', rows_per_event => 0)", "22023", "rows_per_event must be between 1 and 1000");
+    assert_error(
+        "SELECT custos.track_table('public.bulk', rows_per_event => 0)",
+        "22023",
+        "rows_per_event must be between 1 and 1000",
+    );
 }
 
 #[pg_test]
@@ -915,9 +1237,15 @@ fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
     assert_eq!(a[0].2["new"]["meta"]["k"][1], 2);
     assert_eq!(a[0].2["new"]["at"], "2026-01-02");
     assert_eq!(a[1].2["tenant_changed"], true);
-    assert!(a[1].2.get("new").is_none(), "A never sees B's version of the row");
+    assert!(
+        a[1].2.get("new").is_none(),
+        "A never sees B's version of the row"
+    );
     assert_eq!(b.len(), 1);
-    assert!(b[0].2.get("old").is_none(), "B never sees A's version of the row");
+    assert!(
+        b[0].2.get("old").is_none(),
+        "B never sees A's version of the row"
+    );
     assert_eq!(b[0].2["new"]["price"], 5);
     // A row without a tenant is refused, and the statement with it, rows before it included:
     // none of them reaches the events of the next statement (whose sink reuses the buffers).
@@ -927,7 +1255,10 @@ fn capture_keeps_tenants_apart_and_survives_spilled_transition_tables() {
         "has no tenant in column tenant_id",
     );
     assert_eq!(count("SELECT count(*) FROM public.docs"), 1);
-    Spi::run(&format!("INSERT INTO public.docs (id, tenant_id) VALUES (4, '{A}')")).unwrap();
+    Spi::run(&format!(
+        "INSERT INTO public.docs (id, tenant_id) VALUES (4, '{A}')"
+    ))
+    .unwrap();
     let a = events_of(A);
     assert_eq!(a.len(), 3, "only the row of the statement that succeeded");
     assert_eq!(a[2].2["new"]["id"], 4);
@@ -1024,7 +1355,11 @@ fn captured_documents_are_stored_exactly_as_jsonb_in_stores_them() {
           WHERE e.tenant_id = '{A}' AND e.action = 'insert' AND t.id <> 5 -- moved to B since"
     ))
     .unwrap();
-    assert_eq!(misprinted, (Some(0), Some(24)), "uuids, varchar and integers print as their output functions print them");
+    assert_eq!(
+        misprinted,
+        (Some(0), Some(24)),
+        "uuids, varchar and integers print as their output functions print them"
+    );
     assert!(verify(A).0 && verify(B).0);
 }
 
@@ -1037,9 +1372,13 @@ fn xorshift(state: &mut u64) -> u64 {
 
 /// Up to `max` characters drawn from what JSON escapes and what it does not.
 fn generated_word(state: &mut u64, min: u64, max: u64) -> String {
-    const ALPHABET: &[char] = &['a', 'b', '_', ' ', '"', '\\', 'é', '☃', '\u{1}', '\n', '\t', '/', '\u{7f}'];
+    const ALPHABET: &[char] = &[
+        'a', 'b', '_', ' ', '"', '\\', 'é', '☃', '\u{1}', '\n', '\t', '/', '\u{7f}',
+    ];
     let len = min + xorshift(state) % (max - min + 1);
-    (0..len).map(|_| ALPHABET[(xorshift(state) % ALPHABET.len() as u64) as usize]).collect()
+    (0..len)
+        .map(|_| ALPHABET[(xorshift(state) % ALPHABET.len() as u64) as usize])
+        .collect()
 }
 
 /// Capture hashes a document's text and stores the jsonb it assembled beside it: printed as jsonb
@@ -1048,13 +1387,13 @@ fn generated_word(state: &mut u64, min: u64, max: u64) -> String {
 /// captured_documents_are_stored_exactly_as_jsonb_in_stores_them). 500 generated documents.
 #[pg_test]
 fn assembled_capture_documents_print_as_their_text() {
-    use crate::ledger::changes::{row_details, row_details_stored_into, JsonValue, RowJson};
+    use crate::capture::changes::{row_details, row_details_stored_into, JsonValue, RowJson};
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     for case in 0..500u32 {
         let mut names: Vec<String> = (0..1 + xorshift(&mut state) % 40)
             .map(|_| generated_word(&mut state, 1, 8))
             .collect();
-        names.sort_by(|a, b| crate::jsonb::key_order(a.as_bytes(), b.as_bytes()));
+        names.sort_by(|a, b| crate::pg::jsonb::key_order(a.as_bytes(), b.as_bytes()));
         names.dedup();
         let mut row = || {
             let mut r = RowJson::default();
@@ -1068,7 +1407,11 @@ fn assembled_capture_documents_print_as_their_text() {
                     1 => {
                         let b = xorshift(&mut state).is_multiple_of(2);
                         r.push(name, JsonValue::Raw(if b { "true" } else { "false" }));
-                        let kind = if b { pg_sys::JENTRY_ISBOOL_TRUE } else { pg_sys::JENTRY_ISBOOL_FALSE };
+                        let kind = if b {
+                            pg_sys::JENTRY_ISBOOL_TRUE
+                        } else {
+                            pg_sys::JENTRY_ISBOOL_FALSE
+                        };
                         r.push_stored(kind, &[]);
                     }
                     _ => {
@@ -1091,16 +1434,20 @@ fn assembled_capture_documents_print_as_their_text() {
             _ => (Some(&old), None, None, Some(("tenant_changed", true))),
         };
         let text = row_details(&table, old, new, changed, flag);
-        let layout = crate::jsonb::ObjectLayout::new(names.iter().map(String::as_bytes)).unwrap();
+        let layout =
+            crate::pg::jsonb::ObjectLayout::new(names.iter().map(String::as_bytes)).unwrap();
         let mut stored = Vec::new();
         row_details_stored_into(&mut stored, &layout, &table, old, new, changed, flag).unwrap();
         let mut printed = Vec::new();
-        crate::jsonb::print_container(&stored[pg_sys::VARHDRSZ..], &mut printed).unwrap();
+        crate::pg::jsonb::print_container(&stored[pg_sys::VARHDRSZ..], &mut printed).unwrap();
         assert_eq!(String::from_utf8(printed).unwrap(), text, "case {case}");
         // And jsonb itself agrees: the stored bytes are what jsonb_in makes of the text.
         let same = Spi::get_one_with_args::<bool>(
             "SELECT tests.jsonb_test_bytes($1::jsonb) = $2",
-            &[text.as_str().into(), stored[pg_sys::VARHDRSZ..].to_vec().into()],
+            &[
+                text.as_str().into(),
+                stored[pg_sys::VARHDRSZ..].to_vec().into(),
+            ],
         );
         assert_eq!(same, Ok(Some(true)), "case {case}: {text}");
     }
@@ -1125,9 +1472,17 @@ fn capture_refused_mid_batch_writes_nothing_and_the_chain_goes_on() {
     let events = format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'");
     assert_eq!(count(&events), 0);
     assert_eq!(count("SELECT count(*) FROM public.keyed"), 0);
-    Spi::run(&format!("INSERT INTO public.keyed SELECT g::text, '{A}' FROM generate_series(1, 3) g")).unwrap();
+    Spi::run(&format!(
+        "INSERT INTO public.keyed SELECT g::text, '{A}' FROM generate_series(1, 3) g"
+    ))
+    .unwrap();
     assert_eq!(count(&events), 3);
-    assert_eq!(count(&format!("SELECT min(seq) FROM custos.events WHERE tenant_id = '{A}'")), 1);
+    assert_eq!(
+        count(&format!(
+            "SELECT min(seq) FROM custos.events WHERE tenant_id = '{A}'"
+        )),
+        1
+    );
     assert!(verify(A).0);
     assert_error(
         &format!("INSERT INTO public.keyed VALUES (repeat('x', 1001), '{A}')"),
@@ -1166,9 +1521,23 @@ fn capture_inserts_through_the_executor_when_the_ledger_has_other_insert_trigger
         count("SELECT count(*) FROM custos.events WHERE action = 'update' AND db_role = 'custos_test_updater'"),
         20
     );
-    assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'")), 1667 + 14);
-    assert_eq!(count(&format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{B}'")), 833 + 6);
-    assert_eq!(count("SELECT count(*) FROM public.events_seen"), 20, "only the events written after the trigger existed");
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM custos.events WHERE tenant_id = '{A}'"
+        )),
+        1667 + 14
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM custos.events WHERE tenant_id = '{B}'"
+        )),
+        833 + 6
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM public.events_seen"),
+        20,
+        "only the events written after the trigger existed"
+    );
     // Rows of A and B alternate in the statement; the INSERT writes them one tenant after another.
     assert_eq!(
         count("SELECT count(*) FILTER (WHERE switched) FROM
@@ -1176,13 +1545,20 @@ fn capture_inserts_through_the_executor_when_the_ledger_has_other_insert_trigger
         1
     );
     assert_eq!(
-        count(&format!("SELECT min(seq) FROM public.events_seen WHERE tenant_id = '{A}'")),
+        count(&format!(
+            "SELECT min(seq) FROM public.events_seen WHERE tenant_id = '{A}'"
+        )),
         1668,
         "the executor's events continue the chain the direct writes left"
     );
     // The primary key finds every directly written row (verify scans it), and refuses duplicates.
     assert!(verify(A).0 && verify(B).0);
-    assert_eq!(count(&format!("SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'")), 1681);
+    assert_eq!(
+        count(&format!(
+            "SELECT max(seq) FROM custos.events WHERE tenant_id = '{A}'"
+        )),
+        1681
+    );
 }
 
 const MASTER: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -1222,7 +1598,10 @@ fn capture_into_a_sealing_tenant_hashes_what_is_stored() {
     .unwrap();
     assert_eq!(stored.matches("enc3.").count(), 6, "{stored}");
     assert_eq!(stored.matches("subject:").count(), 6, "{stored}");
-    assert!(!stored.contains("carol") && !stored.contains("public.sealed_docs"), "{stored}");
+    assert!(
+        !stored.contains("carol") && !stored.contains("public.sealed_docs"),
+        "{stored}"
+    );
     assert!(verify(A).0);
     let opened = Spi::get_one::<String>(&format!(
         "SELECT e.actor || ' ' || (e.details->>'table') || ' ' || (e.details->'new'->>'note')
@@ -1314,20 +1693,42 @@ fn sealed_fields_are_ciphertext_at_rest_and_plaintext_through_timeline() {
     .unwrap()
     .unwrap();
     assert_eq!(seen, "10.1.2.3 Firefox alice@example.com 1");
-    assert!(verify(A).0, "the chain covers the ciphertext and needs no key");
+    assert!(
+        verify(A).0,
+        "the chain covers the ciphertext and needs no key"
+    );
     // Every read left a chained access-log row.
     Spi::run("SELECT count(*) FROM custos.timeline(by_actor => 'alice')").unwrap();
-    assert_eq!(count(&format!("SELECT count(*) FROM custos.access_log WHERE tenant_id = '{A}'")), 2);
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM custos.access_log WHERE tenant_id = '{A}'"
+        )),
+        2
+    );
     let functions = Spi::get_one::<String>(&format!(
         "SELECT string_agg(function || ':' || rows_returned, ' ' ORDER BY seq) FROM custos.access_log WHERE tenant_id = '{A}'"
     ))
     .unwrap();
-    assert_eq!(functions.as_deref(), Some("custos.event:1 custos.timeline:1"));
-    assert_eq!(Spi::get_one::<bool>(&format!("SELECT ok FROM custos.verify_access_log('{A}')")).unwrap(), Some(true));
+    assert_eq!(
+        functions.as_deref(),
+        Some("custos.event:1 custos.timeline:1")
+    );
+    assert_eq!(
+        Spi::get_one::<bool>(&format!("SELECT ok FROM custos.verify_access_log('{A}')")).unwrap(),
+        Some(true)
+    );
     // Another tenant cannot open it, even through the internal function.
-    let sealed_ip = Spi::get_one::<String>(&format!("SELECT ip_address FROM custos.events WHERE id = '{id}'")).unwrap().unwrap();
-    Spi::run("CREATE ROLE custos_test_peer NOLOGIN; GRANT custos_auditor TO custos_test_peer").unwrap();
-    Spi::run(&format!("SELECT custos.set_tenant('{B}'); SET LOCAL ROLE custos_test_peer")).unwrap();
+    let sealed_ip = Spi::get_one::<String>(&format!(
+        "SELECT ip_address FROM custos.events WHERE id = '{id}'"
+    ))
+    .unwrap()
+    .unwrap();
+    Spi::run("CREATE ROLE custos_test_peer NOLOGIN; GRANT custos_auditor TO custos_test_peer")
+        .unwrap();
+    Spi::run(&format!(
+        "SELECT custos.set_tenant('{B}'); SET LOCAL ROLE custos_test_peer"
+    ))
+    .unwrap();
     assert_eq!(count("SELECT count(*) FROM custos.timeline()"), 0);
     assert_error(
         &format!("SELECT custos.reveal('{A}', '{id}', 'ip_address', '{sealed_ip}')"),
@@ -1346,7 +1747,11 @@ fn ciphertext_moved_to_another_row_or_tenant_does_not_open() {
     tamper(&format!(
         "UPDATE custos.events SET ip_address = (SELECT ip_address FROM custos.events WHERE id = '{first}') WHERE id = '{second}'"
     ));
-    assert_error(&format!("SELECT * FROM custos.event('{second}')"), "XX001", "cannot be opened");
+    assert_error(
+        &format!("SELECT * FROM custos.event('{second}')"),
+        "XX001",
+        "cannot be opened",
+    );
     // The same ciphertext presented as another tenant's does not open either.
     assert_error(
         &format!("SELECT custos.reveal('{B}', '{first}', 'ip_address', (SELECT ip_address FROM custos.events WHERE id = '{first}'))"),
@@ -1355,7 +1760,11 @@ fn ciphertext_moved_to_another_row_or_tenant_does_not_open() {
     );
     // Flipped ciphertext: refused by name, and the chain says where.
     tamper(&format!("UPDATE custos.events SET user_agent = overlay(user_agent placing 'A' from 60 for 1) WHERE id = '{first}'"));
-    assert_error(&format!("SELECT * FROM custos.event('{first}')"), "XX001", "user_agent");
+    assert_error(
+        &format!("SELECT * FROM custos.event('{first}')"),
+        "XX001",
+        "user_agent",
+    );
     assert!(verify(A).3.unwrap().starts_with("content changed"));
 }
 
@@ -1368,19 +1777,33 @@ fn rotation_keeps_old_values_readable_and_forgetting_shreds_them() {
     assert_eq!(version, Some(2));
     let after = sealed_event("carol", "c2@x");
     let kid = |id: &str| {
-        Spi::get_one::<String>(&format!("SELECT split_part(ip_address, '.', 2) FROM custos.events WHERE id = '{id}'"))
-            .unwrap()
-            .unwrap()
+        Spi::get_one::<String>(&format!(
+            "SELECT split_part(ip_address, '.', 2) FROM custos.events WHERE id = '{id}'"
+        ))
+        .unwrap()
+        .unwrap()
     };
-    assert_ne!(kid(&before), kid(&after), "rotation gives the subject a fresh key");
+    assert_ne!(
+        kid(&before),
+        kid(&after),
+        "rotation gives the subject a fresh key"
+    );
     let emails = Spi::get_one::<String>("SELECT string_agg(details->>'email', ' ' ORDER BY seq) FROM custos.timeline(by_actor => 'carol')")
         .unwrap();
     assert_eq!(emails.as_deref(), Some("c@x c2@x"));
-    let export = Spi::get_one::<pgrx::JsonB>(&format!("SELECT custos.export_subject('{A}', 'carol')")).unwrap().unwrap().0;
+    let export =
+        Spi::get_one::<pgrx::JsonB>(&format!("SELECT custos.export_subject('{A}', 'carol')"))
+            .unwrap()
+            .unwrap()
+            .0;
     assert_eq!(export["events"].as_array().unwrap().len(), 2);
     assert_eq!(export["events"][0]["details"]["email"], "c@x");
 
-    let forgotten = Spi::get_one::<pgrx::JsonB>(&format!("SELECT custos.forget_subject('{A}', 'carol')")).unwrap().unwrap().0;
+    let forgotten =
+        Spi::get_one::<pgrx::JsonB>(&format!("SELECT custos.forget_subject('{A}', 'carol')"))
+            .unwrap()
+            .unwrap()
+            .0;
     assert_eq!(forgotten["keys_destroyed"], 2);
     // The name is gone too: events keep the pseudonym, which now names nobody.
     let after_forget = Spi::get_one::<String>(
@@ -1388,15 +1811,33 @@ fn rotation_keeps_old_values_readable_and_forgetting_shreds_them() {
            FROM custos.timeline(with_action => 'login')",
     )
     .unwrap();
-    assert_eq!(after_forget.as_deref(), Some("nobody/gone/gone/true nobody/gone/gone/true"));
-    assert_eq!(count("SELECT count(*) FROM custos.timeline(by_actor => 'carol')"), 0);
+    assert_eq!(
+        after_forget.as_deref(),
+        Some("nobody/gone/gone/true nobody/gone/gone/true")
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM custos.timeline(by_actor => 'carol')"),
+        0
+    );
     assert!(verify(A).0, "erasure leaves the chain verifiable");
     assert_eq!(
-        Spi::get_one::<String>(&format!("SELECT action FROM custos.events WHERE tenant_id = '{A}' ORDER BY seq DESC LIMIT 1")).unwrap().as_deref(),
+        Spi::get_one::<String>(&format!(
+            "SELECT action FROM custos.events WHERE tenant_id = '{A}' ORDER BY seq DESC LIMIT 1"
+        ))
+        .unwrap()
+        .as_deref(),
         Some("custos.forget_subject")
     );
-    assert_error(&format!("SELECT custos.forget_subject('{A}', 'nobody')"), "P0002", "no keys or records");
-    assert_error(&format!("SELECT custos.export_subject('{A}', 'nobody')"), "P0002", "holds nothing about");
+    assert_error(
+        &format!("SELECT custos.forget_subject('{A}', 'nobody')"),
+        "P0002",
+        "no keys or records",
+    );
+    assert_error(
+        &format!("SELECT custos.export_subject('{A}', 'nobody')"),
+        "P0002",
+        "holds nothing about",
+    );
 }
 
 #[pg_test]
@@ -1411,11 +1852,24 @@ fn encryption_without_a_master_key_or_with_the_wrong_one_is_refused() {
         "no master key is configured",
     );
     Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '2222222222222222222222222222222222222222222222222222222222222222'").unwrap();
-    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "does not open data key version 1");
-    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = 'not a key'").unwrap();
-    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "master key must be 32 bytes");
+    assert_error(
+        &format!("SELECT * FROM custos.event('{id}')"),
+        "22023",
+        "does not open data key version 1",
+    );
+    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = 'not a key'")
+        .unwrap();
+    assert_error(
+        &format!("SELECT * FROM custos.event('{id}')"),
+        "22023",
+        "master key must be 32 bytes",
+    );
     Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = ''; SET LOCAL custos.master_key_file = '/nonexistent/custos.key'").unwrap();
-    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "F0000", "could not read master key file");
+    assert_error(
+        &format!("SELECT * FROM custos.event('{id}')"),
+        "F0000",
+        "could not read master key file",
+    );
 }
 
 #[pg_test]
@@ -1423,27 +1877,60 @@ fn retention_removes_a_prefix_and_the_rest_verifies_from_the_anchor() {
     let (A, B) = tamper_test_tenants();
     as_tenant(A);
     record(5);
-    Spi::run(&format!("SET LOCAL custos.checkpoint_signing_key = '{KEY}'")).unwrap();
-    let cp = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')")).unwrap().unwrap();
+    Spi::run(&format!(
+        "SET LOCAL custos.checkpoint_signing_key = '{KEY}'"
+    ))
+    .unwrap();
+    let cp = Spi::get_one::<String>(&format!("SELECT custos.checkpoint('{A}')"))
+        .unwrap()
+        .unwrap();
     // Age the first three events past the 7-year horizon (behind the guards, as a test may).
     tamper(&format!("UPDATE custos.events SET recorded_at = recorded_at - interval '8 years' WHERE tenant_id = '{A}' AND seq <= 3"));
     Spi::run("ALTER TABLE custos.events ENABLE ALWAYS TRIGGER append_only; ALTER TABLE custos.events ENABLE ALWAYS TRIGGER zz_chain; ALTER TABLE custos.events ENABLE ALWAYS TRIGGER retention_delete_check").unwrap();
     // The hashes no longer match the aged rows, which is fine: they are about to go.
     Spi::run("SELECT custos.set_setting('ledger.legal_hold', 'true')").unwrap();
-    assert_error(&format!("SELECT * FROM custos.apply_retention('{A}')"), "55000", "legal hold");
+    assert_error(
+        &format!("SELECT * FROM custos.apply_retention('{A}')"),
+        "55000",
+        "legal hold",
+    );
     Spi::run("SELECT custos.set_setting('ledger.legal_hold', 'false')").unwrap();
-    let removed = Spi::get_one::<String>(&format!("SELECT removed || ':' || through_seq FROM custos.apply_retention('{A}')")).unwrap();
+    let removed = Spi::get_one::<String>(&format!(
+        "SELECT removed || ':' || through_seq FROM custos.apply_retention('{A}')"
+    ))
+    .unwrap();
     assert_eq!(removed.as_deref(), Some("3:3"));
-    let seqs = Spi::get_one::<String>(&format!("SELECT string_agg(seq::text, ',' ORDER BY seq) FROM custos.events WHERE tenant_id = '{A}'")).unwrap();
-    assert_eq!(seqs.as_deref(), Some("4,5,6"), "events 4 and 5 remain, with the retention event");
+    let seqs = Spi::get_one::<String>(&format!(
+        "SELECT string_agg(seq::text, ',' ORDER BY seq) FROM custos.events WHERE tenant_id = '{A}'"
+    ))
+    .unwrap();
+    assert_eq!(
+        seqs.as_deref(),
+        Some("4,5,6"),
+        "events 4 and 5 remain, with the retention event"
+    );
     let (ok, checked, _, reason) = verify(A);
     assert!(ok, "{reason:?}");
     assert_eq!(checked, 3);
-    let cp_ok = Spi::get_one::<bool>(&format!("SELECT ok FROM custos.verify_checkpoint('{cp}')")).unwrap();
-    assert_eq!(cp_ok, Some(true), "a checkpoint past the anchor still verifies");
+    let cp_ok =
+        Spi::get_one::<bool>(&format!("SELECT ok FROM custos.verify_checkpoint('{cp}')")).unwrap();
+    assert_eq!(
+        cp_ok,
+        Some(true),
+        "a checkpoint past the anchor still verifies"
+    );
     // Nothing more to remove; and no other DELETE gets through.
-    assert_eq!(count(&format!("SELECT removed FROM custos.apply_retention('{A}')")), 0);
-    assert_error(&format!("DELETE FROM custos.events WHERE tenant_id = '{A}'"), "42501", "append-only");
+    assert_eq!(
+        count(&format!(
+            "SELECT removed FROM custos.apply_retention('{A}')"
+        )),
+        0
+    );
+    assert_error(
+        &format!("DELETE FROM custos.events WHERE tenant_id = '{A}'"),
+        "42501",
+        "append-only",
+    );
     assert_error(
         &format!("SELECT set_config('custos.retention_through', '{A}:4', true); DELETE FROM custos.events WHERE tenant_id = '{A}' AND seq = 5"),
         "42501",
@@ -1463,7 +1950,10 @@ fn a_key_made_in_a_rolled_back_subtransaction_is_not_reused() {
         "division by zero",
     );
     let id = sealed_event("gina", "g@x");
-    let seen = Spi::get_one::<String>(&format!("SELECT user_agent || ' ' || (details->>'email') FROM custos.event('{id}')")).unwrap();
+    let seen = Spi::get_one::<String>(&format!(
+        "SELECT user_agent || ' ' || (details->>'email') FROM custos.event('{id}')"
+    ))
+    .unwrap();
     assert_eq!(seen.as_deref(), Some("Firefox g@x"));
 }
 
@@ -1473,28 +1963,61 @@ fn master_key_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     let (A, B) = fresh_tenants();
     encrypted_tenant(A);
     let id = sealed_event("frank", "f@x");
-    let email = |id: &str| Spi::get_one::<String>(&format!("SELECT details->>'email' FROM custos.event('{id}')"));
+    let email = |id: &str| {
+        Spi::get_one::<String>(&format!(
+            "SELECT details->>'email' FROM custos.event('{id}')"
+        ))
+    };
     // The new key alone does not open the tenant's data key, and the error names both keys.
-    Spi::run(&format!("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{NEW}'")).unwrap();
-    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "(wrapped by master key ");
+    Spi::run(&format!(
+        "SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{NEW}'"
+    ))
+    .unwrap();
+    assert_error(
+        &format!("SELECT * FROM custos.event('{id}')"),
+        "22023",
+        "(wrapped by master key ",
+    );
     // During the rotation the previous key still opens it.
-    Spi::run(&format!("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = '{MASTER}'")).unwrap();
+    Spi::run(&format!(
+        "SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = '{MASTER}'"
+    ))
+    .unwrap();
     assert_eq!(email(&id), Ok(Some("f@x".into())));
-    let rewrapped = Spi::get_two::<i64, i64>(&format!("SELECT rewrapped, already_current FROM custos.rewrap_data_keys('{A}')"));
+    let rewrapped = Spi::get_two::<i64, i64>(&format!(
+        "SELECT rewrapped, already_current FROM custos.rewrap_data_keys('{A}')"
+    ));
     assert_eq!(rewrapped, Ok((Some(1), Some(0))));
     // Afterwards the new key alone opens old values and seals new ones; a second run has nothing to do.
-    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = ''").unwrap();
+    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = ''")
+        .unwrap();
     assert_eq!(email(&id), Ok(Some("f@x".into())));
     let later = sealed_event("frank", "f2@x");
     assert_eq!(email(&later), Ok(Some("f2@x".into())));
-    let again = Spi::get_two::<i64, i64>(&format!("SELECT rewrapped, already_current FROM custos.rewrap_data_keys('{A}')"));
+    let again = Spi::get_two::<i64, i64>(&format!(
+        "SELECT rewrapped, already_current FROM custos.rewrap_data_keys('{A}')"
+    ));
     assert_eq!(again, Ok((Some(0), Some(1))));
     // The old key no longer opens anything, and nobody but a superuser may rewrap.
-    Spi::run(&format!("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{MASTER}'")).unwrap();
-    assert_error(&format!("SELECT * FROM custos.event('{id}')"), "22023", "does not open data key version 1");
-    Spi::run(&format!("SET LOCAL custos.master_key = '{NEW}'; SELECT custos.set_tenant('{B}')")).unwrap();
+    Spi::run(&format!(
+        "SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{MASTER}'"
+    ))
+    .unwrap();
+    assert_error(
+        &format!("SELECT * FROM custos.event('{id}')"),
+        "22023",
+        "does not open data key version 1",
+    );
+    Spi::run(&format!(
+        "SET LOCAL custos.master_key = '{NEW}'; SELECT custos.set_tenant('{B}')"
+    ))
+    .unwrap();
     Spi::run("GRANT EXECUTE ON FUNCTION custos.rewrap_data_keys(uuid) TO custos_admin; SET LOCAL ROLE custos_admin").unwrap();
-    assert_error("SELECT * FROM custos.rewrap_data_keys()", "42501", "only a superuser");
+    assert_error(
+        "SELECT * FROM custos.rewrap_data_keys()",
+        "42501",
+        "only a superuser",
+    );
     Spi::run("RESET ROLE").unwrap();
 }
 
@@ -1506,15 +2029,28 @@ fn encrypted_events_store_the_actor_as_a_pseudonym_kept_across_rotations() {
     Spi::run(&format!("SELECT custos.rotate_data_key('{A}')")).unwrap();
     let second = sealed_event("grace@example.com", "g2@x");
     let stored = |id: &str| {
-        Spi::get_one::<String>(&format!("SELECT actor FROM custos.events WHERE id = '{id}'")).unwrap().unwrap()
+        Spi::get_one::<String>(&format!(
+            "SELECT actor FROM custos.events WHERE id = '{id}'"
+        ))
+        .unwrap()
+        .unwrap()
     };
     assert!(stored(&first).starts_with("subject:"), "{}", stored(&first));
-    assert_eq!(stored(&first), stored(&second), "one pseudonym per subject, whatever its key");
     assert_eq!(
-        Spi::get_one::<String>(&format!("SELECT actor FROM custos.event('{second}')")).unwrap().as_deref(),
+        stored(&first),
+        stored(&second),
+        "one pseudonym per subject, whatever its key"
+    );
+    assert_eq!(
+        Spi::get_one::<String>(&format!("SELECT actor FROM custos.event('{second}')"))
+            .unwrap()
+            .as_deref(),
         Some("grace@example.com")
     );
-    assert_eq!(count("SELECT count(*) FROM custos.timeline(by_actor => 'grace@example.com')"), 2);
+    assert_eq!(
+        count("SELECT count(*) FROM custos.timeline(by_actor => 'grace@example.com')"),
+        2
+    );
     // Activity still reaches the identity through the pseudonym.
     Spi::run(
         "SELECT custos.upsert_identities('[{\"user_id\": \"grace@example.com\", \"last_active_at\": \"2020-01-01T00:00:00Z\"}]')",
@@ -1530,7 +2066,11 @@ fn encrypted_events_store_the_actor_as_a_pseudonym_kept_across_rotations() {
     );
     // Unencrypted tenants keep names; a stored value that only looks like a pseudonym is shown as is.
     assert_eq!(
-        Spi::get_one::<String>(&format!("SELECT custos.reveal_actor('{A}', 'subject:nonsense')")).unwrap().as_deref(),
+        Spi::get_one::<String>(&format!(
+            "SELECT custos.reveal_actor('{A}', 'subject:nonsense')"
+        ))
+        .unwrap()
+        .as_deref(),
         Some("subject:nonsense")
     );
     assert!(verify(A).0);

@@ -35,13 +35,12 @@
 //! readers take their snapshot as it is, keeps waiting for its predecessors' end.
 
 use super::chain::{Hash, HASH_LEN};
+use crate::pg::locks::tenant_lock_tag;
+pub use crate::pg::locks::LockKind;
 use pgrx::pg_sys;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-
-/// `objsubid` of custos' lock in `pg_locks` (locktype advisory); SQL's advisory functions use 1 and 2.
-pub const LEDGER_LOCK_FIELD4: u16 = 0xC5;
 
 /// `TopSubTransactionId` of xact.h (a macro, so not in the bindings).
 const TOP_SUBXACT: pg_sys::SubTransactionId = 1;
@@ -310,32 +309,15 @@ pub fn init() {
     }
 }
 
-/// `objsubid` of the access log's chain lock.
-pub const ACCESS_LOCK_FIELD4: u16 = 0xC6;
-
-fn chain_lock_tag(database: u32, tenant: &TenantKey, field4: u16) -> pg_sys::LOCKTAG {
-    let hi = u64::from_be_bytes(tenant[..8].try_into().unwrap_or_default());
-    let lo = u64::from_be_bytes(tenant[8..].try_into().unwrap_or_default());
-    let folded = hi ^ lo.rotate_left(29);
-    pg_sys::LOCKTAG {
-        locktag_field1: database,
-        locktag_field2: (folded >> 32) as u32,
-        locktag_field3: folded as u32,
-        locktag_field4: field4,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    }
-}
-
 /// Waits for and takes the tenant's chain lock, until the transaction begins to commit. Two tenants
 /// may share a lock (64-bit fold of the UUID); that only costs concurrency, never correctness.
 pub fn lock_tenant(tenant: &TenantKey) {
-    lock_chain(tenant, LEDGER_LOCK_FIELD4)
+    lock_chain(tenant, LockKind::Ledger)
 }
 
 /// Like [`lock_tenant`], for the chain whose locks carry `field4`. The lock is released when the
 /// transaction begins to commit (see the module notes), or at its end.
-pub fn lock_chain(tenant: &TenantKey, field4: u16) {
+pub fn lock_chain(tenant: &TenantKey, kind: LockKind) {
     // Nothing in PostgreSQL's own commit sequence writes after the pre-commit callbacks; another
     // extension's callback might. Its event could only chain onto a successor that already
     // chained onto this transaction, so it is refused.
@@ -347,7 +329,7 @@ pub fn lock_chain(tenant: &TenantKey, field4: u16) {
         );
     }
     // SAFETY: reading a backend global.
-    let tag = chain_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant, field4);
+    let tag = tenant_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant, kind);
     with_top_transaction_owner(|| {
         // SAFETY: backend thread inside a transaction; LockAcquire raises ERROR on deadlock.
         unsafe {
@@ -360,27 +342,6 @@ pub fn lock_chain(tenant: &TenantKey, field4: u16) {
         }
     });
     STATE.with(|s| s.borrow_mut().locks.push(tag));
-}
-
-/// `objsubid` of the lock that lets one activity fold run per tenant (custos.dormant_users).
-pub const ACTIVITY_LOCK_FIELD4: u16 = 0xC7;
-
-/// Waits for and takes a tenant's lock of kind `field4` until the end of the transaction. SQL's
-/// advisory-lock functions cannot take it (they use objsubid 1 and 2), so no role can block it
-/// by guessing its key.
-pub fn lock_tenant_until_end(tenant: &TenantKey, field4: u16) {
-    // SAFETY: reading a backend global.
-    let tag = chain_lock_tag(unsafe { pg_sys::MyDatabaseId }.to_u32(), tenant, field4);
-    // SAFETY: backend thread inside a transaction; a transaction-level lock, released at its end
-    // by its resource owner; LockAcquire raises ERROR on deadlock.
-    unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-        );
-    }
 }
 
 /// Attribute numbers (1-based) of the columns the head lookup needs.
@@ -451,7 +412,7 @@ unsafe fn scan_head(
     from_seq: Option<i64>,
 ) -> Option<(Head, Option<pg_sys::TransactionId>)> {
     unsafe {
-        let index_oid = crate::tuple::primary_key_index(rel);
+        let index_oid = crate::pg::tuple::primary_key_index(rel);
         if index_oid == pg_sys::InvalidOid {
             crate::error::raise(
                 pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -518,22 +479,5 @@ unsafe fn scan_head(
         pg_sys::systable_endscan_ordered(scan);
         pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         head
-    }
-}
-
-#[cfg(test)]
-mod unit {
-    use super::*;
-
-    #[test]
-    fn lock_tags_differ_per_tenant_and_use_custos_field4() {
-        let a = chain_lock_tag(5, &[1; 16], LEDGER_LOCK_FIELD4);
-        let b = chain_lock_tag(5, &[2; 16], LEDGER_LOCK_FIELD4);
-        assert_eq!(a.locktag_field1, 5);
-        assert_ne!(
-            (a.locktag_field2, a.locktag_field3),
-            (b.locktag_field2, b.locktag_field3)
-        );
-        assert_eq!(a.locktag_field4, LEDGER_LOCK_FIELD4);
     }
 }

@@ -53,7 +53,7 @@ const COLUMN_TYPES: [(&str, pg_sys::Oid); 17] = [
 ];
 
 thread_local! {
-    static LAYOUT: crate::tuple::Layout<17> = const { crate::tuple::Layout::new() };
+    static LAYOUT: crate::pg::tuple::Layout<17> = const { crate::pg::tuple::Layout::new() };
 }
 
 impl Columns {
@@ -95,25 +95,7 @@ impl Columns {
     }
 }
 
-/// The bytes of a varlena datum (text, bytea), detoasted if it must be; valid in the current
-/// memory context.
-///
-/// # Safety
-/// `d` must be a non-null varlena datum.
-pub unsafe fn bytes_of<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    use pgrx::varlena::{varatt_is_1b, varatt_is_1b_e, varatt_is_4b_u};
-    unsafe {
-        let p = d.cast_mut_ptr::<pg_sys::varlena>();
-        // Most values sit inline and uncompressed: skip the detoast call (and its FFI guard).
-        let plain = varatt_is_4b_u(p) || (varatt_is_1b(p) && !varatt_is_1b_e(p));
-        let p = if plain {
-            p
-        } else {
-            pg_sys::pg_detoast_datum_packed(p)
-        };
-        pgrx::varlena::varlena_to_byte_slice(p)
-    }
-}
+pub use crate::pg::varlena::bytes_of;
 
 /// The hashed fields of a deformed `custos.events` row. `details` is printed with jsonb's
 /// output function, in the current memory context; `ip_address` is stored as inet's text.
@@ -128,7 +110,7 @@ pub unsafe fn event_fields<'a>(
 ) -> EventFields<'a> {
     // SAFETY: as promised by the caller.
     unsafe {
-        let details = crate::jsonb::Doc::of(values[c.details]).text();
+        let details = crate::pg::jsonb::Doc::of(values[c.details]).text();
         event_fields_with_details(c, values, nulls, details)
     }
 }
@@ -173,7 +155,7 @@ pub fn open_events(lockmode: u32) -> pg_sys::Relation {
 
 /// Opens a table of the custos schema.
 pub fn open_custos_table(name: &std::ffi::CStr, lockmode: u32) -> pg_sys::Relation {
-    let relid = crate::tuple::custos_relid(name);
+    let relid = crate::pg::tuple::custos_relid(name);
     if relid == pg_sys::InvalidOid {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -285,7 +267,7 @@ fn open_events_for_reading() -> (pg_sys::Relation, Columns, pg_sys::Relation) {
     // SAFETY: `rel` is the open ledger relation; it has a primary key (custos creates it).
     unsafe {
         let index = pg_sys::index_open(
-            crate::tuple::primary_key_index(rel),
+            crate::pg::tuple::primary_key_index(rel),
             pg_sys::AccessShareLock as pg_sys::LOCKMODE,
         );
         (rel, Columns::of(rel), index)

@@ -6,12 +6,12 @@
 use super::chain::{event_hash, genesis_hash, EventFields, HASH_LEN};
 use super::event_id::event_id;
 use super::head::{self, Head, Succession};
-use super::protect;
 use super::row::{bytes_of, event_fields_with_details, Columns};
 use crate::crypto::envelope;
 use crate::error::raise;
 use crate::gucs;
-use crate::tuple::Row;
+use crate::pg::tuple::Row;
+use crate::protection as protect;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use std::cell::OnceCell;
@@ -187,7 +187,7 @@ pub fn check_event(fields: &super::chain::EventFields<'_>) {
 }
 
 /// `details` must be a JSON object (checked on the stored jsonb, without printing it).
-fn check_details(details: crate::jsonb::Doc) {
+fn check_details(details: crate::pg::jsonb::Doc) {
     match details.find_top_level_string(envelope::looks_sealed) {
         Err(_) => check_failed(
             "custos.events.details must be a JSON object".into(),
@@ -280,7 +280,7 @@ impl Default for HashDatum {
 
 impl HashDatum {
     fn set(&mut self, hash: &[u8; HASH_LEN]) -> pg_sys::Datum {
-        self.0[..pg_sys::VARHDRSZ].copy_from_slice(&crate::jsonb::varlena_header_4b(
+        self.0[..pg_sys::VARHDRSZ].copy_from_slice(&crate::pg::jsonb::varlena_header_4b(
             pg_sys::VARHDRSZ + HASH_LEN,
         ));
         self.0[pg_sys::VARHDRSZ..].copy_from_slice(hash);
@@ -375,7 +375,7 @@ pub unsafe fn chain_event(
         normalise_ip(c, row);
         let given = event_fields_with_details(c, &row.values, &row.nulls, b"");
         check_event(&given);
-        check_details(crate::jsonb::Doc::of(row.values[c.details]));
+        check_details(crate::pg::jsonb::Doc::of(row.values[c.details]));
 
         let tenant = *row.values[c.tenant_id].cast_mut_ptr::<[u8; 16]>();
         let relid = (*rel).rd_id;
@@ -406,7 +406,7 @@ pub unsafe fn chain_event(
         // printed here once, unless the writer already has that text and sealing changed nothing.
         let details_text = match printed_details {
             Some(text) if row.values[c.details] == given_details => text,
-            _ => crate::jsonb::Doc::of(row.values[c.details]).text(),
+            _ => crate::pg::jsonb::Doc::of(row.values[c.details]).text(),
         };
         let limit = gucs::MAX_DETAILS_BYTES.get() as usize;
         if details_text.len() > limit {
@@ -531,7 +531,7 @@ unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
         let entity_type = String::from_utf8_lossy(bytes_of(row.values[c.entity_type]));
         let id = *row.values[c.id].cast_mut_ptr::<[u8; 16]>();
         let actor = String::from_utf8_lossy(bytes_of(row.values[c.actor]));
-        let details = crate::jsonb::Doc::of(row.values[c.details]).object();
+        let details = crate::pg::jsonb::Doc::of(row.values[c.details]).object();
         let sealed = protect::seal_event(
             &policy,
             &tenant,
@@ -565,7 +565,7 @@ unsafe fn seal_row(c: &Columns, row: &mut Row) -> bool {
             let replace: Vec<_> = sealed
                 .details
                 .iter()
-                .map(|(key, value)| (key.as_str(), crate::jsonb::NewValue::Text(value)))
+                .map(|(key, value)| (key.as_str(), crate::pg::jsonb::NewValue::Text(value)))
                 .collect();
             row.set(c.details, Some(details.with_values(&replace)));
         }

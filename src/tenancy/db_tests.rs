@@ -23,7 +23,9 @@ fn isolated_table() {
 fn no_tenant_sees_nothing() {
     isolated_table();
     assert_eq!(count("SELECT count(*) FROM public.notes"), 0);
-    assert!(Spi::get_one::<pgrx::Uuid>("SELECT custos.current_tenant()").unwrap().is_none());
+    assert!(Spi::get_one::<pgrx::Uuid>("SELECT custos.current_tenant()")
+        .unwrap()
+        .is_none());
 }
 
 #[pg_test]
@@ -31,10 +33,16 @@ fn set_tenant_shows_only_that_tenant() {
     isolated_table();
     Spi::run(&format!("SELECT custos.set_tenant('{A}')")).unwrap();
     assert_eq!(count("SELECT count(*) FROM public.notes"), 2);
-    assert_eq!(count(&format!("SELECT count(*) FROM public.notes WHERE tenant_id <> '{A}'")), 0);
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM public.notes WHERE tenant_id <> '{A}'"
+        )),
+        0
+    );
     Spi::run(&format!("SELECT custos.set_tenant('{B}')")).unwrap();
     assert_eq!(
-        Spi::get_one::<String>("SELECT string_agg(body, ',' ORDER BY body) FROM public.notes").unwrap(),
+        Spi::get_one::<String>("SELECT string_agg(body, ',' ORDER BY body) FROM public.notes")
+            .unwrap(),
         Some("b1,b2".into())
     );
     Spi::run("SELECT custos.set_tenant(NULL)").unwrap();
@@ -45,7 +53,11 @@ fn set_tenant_shows_only_that_tenant() {
 fn writes_into_another_tenant_are_refused() {
     isolated_table();
     Spi::run(&format!("SELECT custos.set_tenant('{A}')")).unwrap();
-    assert_error(&format!("INSERT INTO public.notes VALUES ('{B}', 'x')"), "42501", "row-level security");
+    assert_error(
+        &format!("INSERT INTO public.notes VALUES ('{B}', 'x')"),
+        "42501",
+        "row-level security",
+    );
 }
 
 #[pg_test]
@@ -56,38 +68,74 @@ fn jwt_claim_is_the_fallback() {
     ))
     .unwrap();
     assert_eq!(count("SELECT count(*) FROM public.notes"), 2);
-    assert_eq!(Spi::get_one::<String>("SELECT custos.current_tenant()::text").unwrap(), Some(B.into()));
+    assert_eq!(
+        Spi::get_one::<String>("SELECT custos.current_tenant()::text").unwrap(),
+        Some(B.into())
+    );
     // set_tenant takes precedence over the claim.
     Spi::run(&format!("SELECT custos.set_tenant('{A}')")).unwrap();
-    assert_eq!(Spi::get_one::<String>("SELECT custos.current_tenant()::text").unwrap(), Some(A.into()));
+    assert_eq!(
+        Spi::get_one::<String>("SELECT custos.current_tenant()::text").unwrap(),
+        Some(A.into())
+    );
 }
 
 #[pg_test]
 fn malformed_claims_fail_closed() {
     isolated_table();
-    for claims in ["not json", "{\"tenant_id\":\"nope\"}", "{\"tenant_id\":17}", "[]", ""] {
-        Spi::run_with_args("SELECT set_config('request.jwt.claims', $1, true)", &[claims.into()]).unwrap();
-        assert_eq!(count("SELECT count(*) FROM public.notes"), 0, "claims {claims:?}");
+    for claims in [
+        "not json",
+        "{\"tenant_id\":\"nope\"}",
+        "{\"tenant_id\":17}",
+        "[]",
+        "",
+    ] {
+        Spi::run_with_args(
+            "SELECT set_config('request.jwt.claims', $1, true)",
+            &[claims.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM public.notes"),
+            0,
+            "claims {claims:?}"
+        );
     }
 }
 
 #[pg_test]
 fn tenant_setting_cannot_be_set_directly_by_ordinary_roles() {
     isolated_table();
-    assert_error(&format!("SET custos.tenant_id = '{A}'"), "42501", "permission denied");
-    assert_error(&format!("SELECT set_config('custos.tenant_id', '{A}', true)"), "42501", "permission denied");
+    assert_error(
+        &format!("SET custos.tenant_id = '{A}'"),
+        "42501",
+        "permission denied",
+    );
+    assert_error(
+        &format!("SELECT set_config('custos.tenant_id', '{A}', true)"),
+        "42501",
+        "permission denied",
+    );
     assert_eq!(count("SELECT count(*) FROM public.notes"), 0);
 }
 
 #[pg_test]
 fn set_tenant_is_not_for_public() {
     Spi::run("CREATE ROLE custos_test_nobody NOLOGIN; SET LOCAL ROLE custos_test_nobody").unwrap();
-    assert_error(&format!("SELECT custos.set_tenant('{A}')"), "42501", "permission denied for function set_tenant");
+    assert_error(
+        &format!("SELECT custos.set_tenant('{A}')"),
+        "42501",
+        "permission denied for function set_tenant",
+    );
 }
 
 #[pg_test]
 fn set_tenant_rejects_a_non_uuid() {
-    assert_error("SELECT custos.set_tenant('acme')", "22P02", "invalid input syntax for type uuid");
+    assert_error(
+        "SELECT custos.set_tenant('acme')",
+        "22P02",
+        "invalid input syntax for type uuid",
+    );
 }
 
 #[pg_test]
@@ -95,7 +143,10 @@ fn tenant_is_transaction_local() {
     // The test runs inside one transaction, so check the mechanism: GUC_ACTION_LOCAL means the
     // value sits at the transaction's nesting level, visible via current_setting until commit.
     Spi::run(&format!("SELECT custos.set_tenant('{A}')")).unwrap();
-    assert_eq!(Spi::get_one::<String>("SELECT current_setting('custos.tenant_id')").unwrap(), Some(A.into()));
+    assert_eq!(
+        Spi::get_one::<String>("SELECT current_setting('custos.tenant_id')").unwrap(),
+        Some(A.into())
+    );
 }
 
 #[pg_test]
@@ -104,17 +155,39 @@ fn enable_tenant_isolation_is_idempotent_and_validates() {
     for _ in 0..2 {
         Spi::run("SELECT custos.enable_tenant_isolation('public.t1')").unwrap();
     }
-    assert_eq!(count("SELECT count(*) FROM pg_policy WHERE polrelid = 'public.t1'::regclass"), 2);
     assert_eq!(
-        Spi::get_one::<bool>("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'public.t1'::regclass").unwrap(),
+        count("SELECT count(*) FROM pg_policy WHERE polrelid = 'public.t1'::regclass"),
+        2
+    );
+    assert_eq!(
+        Spi::get_one::<bool>(
+            "SELECT relforcerowsecurity FROM pg_class WHERE oid = 'public.t1'::regclass"
+        )
+        .unwrap(),
         Some(true)
     );
     Spi::run("SELECT custos.enable_tenant_isolation('public.t1', 'org')").unwrap();
-    assert_error("SELECT custos.enable_tenant_isolation('public.t1', 'nope')", "42703", "column nope does not exist");
-    assert_error("SELECT custos.enable_tenant_isolation('public.t1', 'name')", "42804", "has type text, not uuid");
+    assert_error(
+        "SELECT custos.enable_tenant_isolation('public.t1', 'nope')",
+        "42703",
+        "column nope does not exist",
+    );
+    assert_error(
+        "SELECT custos.enable_tenant_isolation('public.t1', 'name')",
+        "42804",
+        "has type text, not uuid",
+    );
     Spi::run("CREATE VIEW public.v1 AS SELECT * FROM public.t1").unwrap();
-    assert_error("SELECT custos.enable_tenant_isolation('public.v1')", "42809", "is not a table");
-    assert_error("SELECT custos.enable_tenant_isolation('public.missing')", "42P01", "does not exist");
+    assert_error(
+        "SELECT custos.enable_tenant_isolation('public.v1')",
+        "42809",
+        "is not a table",
+    );
+    assert_error(
+        "SELECT custos.enable_tenant_isolation('public.missing')",
+        "42P01",
+        "does not exist",
+    );
 }
 
 #[pg_test]
@@ -145,7 +218,10 @@ fn rls_coverage_lists_uncovered_tables() {
         "not_forced:row-level security is not forced: the owner sees every tenant|open_table:row-level security is disabled"
     );
     // custos' own tenant tables are covered.
-    assert_eq!(count("SELECT count(*) FROM custos.rls_coverage() WHERE table_name::text LIKE 'custos.%'"), 0);
+    assert_eq!(
+        count("SELECT count(*) FROM custos.rls_coverage() WHERE table_name::text LIKE 'custos.%'"),
+        0
+    );
 }
 
 #[pg_test]
@@ -160,29 +236,69 @@ fn roles_exist_without_bypassrls() {
 fn settings_resolve_tenant_override_then_default() {
     Spi::run("CREATE ROLE custos_test_admin NOLOGIN; GRANT custos_admin TO custos_test_admin; SET LOCAL ROLE custos_test_admin").unwrap();
     Spi::run(&format!("SELECT custos.set_tenant('{A}')")).unwrap();
-    assert_eq!(Spi::get_one::<i64>("SELECT custos.setting('dormant.threshold_days')::bigint").unwrap(), Some(30));
-    Spi::run("SELECT custos.set_setting('dormant.threshold_days', '45')").unwrap();
-    assert_eq!(Spi::get_one::<i64>("SELECT custos.setting('dormant.threshold_days')::bigint").unwrap(), Some(45));
     assert_eq!(
-        Spi::get_one::<String>("SELECT source FROM custos.settings() WHERE key = 'dormant.threshold_days'").unwrap(),
+        Spi::get_one::<i64>("SELECT custos.setting('dormant.threshold_days')::bigint").unwrap(),
+        Some(30)
+    );
+    Spi::run("SELECT custos.set_setting('dormant.threshold_days', '45')").unwrap();
+    assert_eq!(
+        Spi::get_one::<i64>("SELECT custos.setting('dormant.threshold_days')::bigint").unwrap(),
+        Some(45)
+    );
+    assert_eq!(
+        Spi::get_one::<String>(
+            "SELECT source FROM custos.settings() WHERE key = 'dormant.threshold_days'"
+        )
+        .unwrap(),
         Some("tenant".into())
     );
     // Another tenant still sees the default.
     Spi::run(&format!("SELECT custos.set_tenant('{B}')")).unwrap();
-    assert_eq!(Spi::get_one::<i64>("SELECT custos.setting('dormant.threshold_days')::bigint").unwrap(), Some(30));
+    assert_eq!(
+        Spi::get_one::<i64>("SELECT custos.setting('dormant.threshold_days')::bigint").unwrap(),
+        Some(30)
+    );
     Spi::run(&format!("SELECT custos.set_tenant('{A}')")).unwrap();
-    assert_eq!(Spi::get_one::<i64>("SELECT custos.reset_setting('dormant.threshold_days')::bigint").unwrap(), Some(30));
+    assert_eq!(
+        Spi::get_one::<i64>("SELECT custos.reset_setting('dormant.threshold_days')::bigint")
+            .unwrap(),
+        Some(30)
+    );
 }
 
 #[pg_test]
 fn settings_reject_bad_values() {
     Spi::run(&format!("SELECT custos.set_tenant('{A}')")).unwrap();
-    assert_error("SELECT custos.setting('no.such.key')", "22023", "unknown setting \"no.such.key\"");
-    assert_error("SELECT custos.set_setting('no.such.key', '1')", "22023", "unknown setting");
-    assert_error("SELECT custos.set_setting('dormant.threshold_days', '-5')", "22003", "must be between 1 and 3650, not -5");
-    assert_error("SELECT custos.set_setting('dormant.threshold_days', '\"thirty\"')", "22023", "takes an integer, not string");
-    assert_error("SELECT custos.set_setting('dormant.threshold_days', '2.5')", "22023", "whole number");
-    assert_error("SELECT custos.set_setting('dormant.threshold_days', 'null')", "22004", "cannot be null");
+    assert_error(
+        "SELECT custos.setting('no.such.key')",
+        "22023",
+        "unknown setting \"no.such.key\"",
+    );
+    assert_error(
+        "SELECT custos.set_setting('no.such.key', '1')",
+        "22023",
+        "unknown setting",
+    );
+    assert_error(
+        "SELECT custos.set_setting('dormant.threshold_days', '-5')",
+        "22003",
+        "must be between 1 and 3650, not -5",
+    );
+    assert_error(
+        "SELECT custos.set_setting('dormant.threshold_days', '\"thirty\"')",
+        "22023",
+        "takes an integer, not string",
+    );
+    assert_error(
+        "SELECT custos.set_setting('dormant.threshold_days', '2.5')",
+        "22023",
+        "whole number",
+    );
+    assert_error(
+        "SELECT custos.set_setting('dormant.threshold_days', 'null')",
+        "22004",
+        "cannot be null",
+    );
     // Direct writes go through the same validation.
     assert_error(
         &format!("INSERT INTO custos.tenant_settings (tenant_id, key, value) VALUES ('{A}', 'dormant.threshold_days', '0')"),
@@ -194,7 +310,11 @@ fn settings_reject_bad_values() {
 
 #[pg_test]
 fn set_setting_needs_a_tenant() {
-    assert_error("SELECT custos.set_setting('dormant.threshold_days', '40')", "42501", "no tenant is set");
+    assert_error(
+        "SELECT custos.set_setting('dormant.threshold_days', '40')",
+        "42501",
+        "no tenant is set",
+    );
 }
 
 /// Every SECURITY DEFINER function of custos pins its search_path, so that a caller's schemas

@@ -2,7 +2,7 @@
 //! tenant column with `(select custos.current_tenant())`, so everything here fails closed: with no
 //! tenant, or an unreadable one, the answer is NULL and policies match no row.
 
-pub mod claims;
+pub use custos_core::tenancy::claims;
 
 use crate::gucs;
 pub use claims::{resolve_tenant, subject_of};
@@ -162,6 +162,23 @@ pub(crate) fn current_tenant_id() -> Option<uuid::Uuid> {
             resolve_tenant(Some(&local.to_string_lossy()), None, "")
         }
         _ => with_claims(|c| c.tenant),
+    }
+}
+
+/// Only superusers (scheduled workers, DBAs) cross tenants; everyone else works in the tenant of
+/// the current request. Checked against the role that called in, not the function's owner.
+pub(crate) fn authorize_tenant(tenant: uuid::Uuid) {
+    // SAFETY: backend thread; plain lookups of the session's roles.
+    let outer_is_superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) };
+    if outer_is_superuser {
+        return;
+    }
+    if current_tenant_id() != Some(tenant) {
+        crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for the ledger of tenant {tenant}"),
+            Some("set that tenant first (custos.set_tenant or the JWT tenant_id claim); only superusers work across tenants"),
+        );
     }
 }
 
@@ -328,7 +345,7 @@ pub(crate) fn cache_generation() -> u64 {
 }
 
 fn tenant_settings_relid() -> pg_sys::Oid {
-    crate::tuple::custos_relid(c"tenant_settings")
+    crate::pg::tuple::custos_relid(c"tenant_settings")
 }
 
 fn age_caches() {

@@ -5,7 +5,7 @@
 //! FFI call and a palloc, more than the arithmetic itself. Pure functions, checked against
 //! PostgreSQL's own in pg_tests.
 
-use crate::jsonb::varlena_header_4b;
+use super::varlena::varlena_header_4b;
 use pgrx::pg_sys;
 
 const NUMERIC_SIGN_MASK: u16 = 0xC000;
@@ -248,7 +248,7 @@ mod tests {
 
     /// The bytes after the header of a numeric datum.
     unsafe fn body<'a>(numeric: pg_sys::Datum) -> &'a [u8] {
-        unsafe { crate::ledger::row::bytes_of(numeric) }
+        unsafe { crate::pg::varlena::bytes_of(numeric) }
     }
 
     /// Byte for byte what int8_numeric makes: the extremes, around every power of 10,000 and

@@ -115,7 +115,7 @@ pub fn verify(text: &str, key: &VerifyingKey) -> Result<Checkpoint, CheckpointEr
     })
 }
 
-pub(crate) fn decode_32(text: &str, what: &str) -> Result<[u8; 32], CheckpointError> {
+pub fn decode_32(text: &str, what: &str) -> Result<[u8; 32], CheckpointError> {
     let t = text.trim();
     let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(t).ok()

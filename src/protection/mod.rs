@@ -4,10 +4,8 @@
 
 use crate::crypto::{envelope, keys};
 use crate::error::raise;
-use crate::jsonb::NewValue;
+use crate::pg::jsonb::NewValue;
 use crate::tenancy::TenantCache;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
@@ -71,24 +69,7 @@ pub fn detail_field(key: &str) -> String {
     format!("details.{key}")
 }
 
-/// Stored in place of the actor's name on encrypted events: the subject's pseudonym.
-pub const PSEUDONYM_PREFIX: &str = "subject:";
-
-/// `subject:` and the subject reference in base64url (22 characters, against 36 for the uuid's
-/// text): it is stored in every encrypted event.
-pub fn actor_pseudonym(subject_ref: &[u8; 16]) -> String {
-    format!("{PSEUDONYM_PREFIX}{}", B64.encode(subject_ref))
-}
-
-/// The subject reference a stored actor is a pseudonym for, if it is one (in base64url, or as
-/// the uuid text that earlier versions stored).
-pub fn parse_pseudonym(stored: &str) -> Option<[u8; 16]> {
-    let reference = stored.strip_prefix(PSEUDONYM_PREFIX)?;
-    if reference.len() == 22 {
-        return <[u8; 16]>::try_from(B64.decode(reference).ok()?).ok();
-    }
-    uuid::Uuid::try_parse(reference).ok().map(|u| *u.as_bytes())
-}
+pub use custos_core::crypto::pseudonym::{actor_pseudonym, parse_pseudonym, PSEUDONYM_PREFIX};
 
 /// What the chain trigger stores for a sensitive event: the actor's pseudonym, sealed text for
 /// ip_address and user_agent, for each configured `details` key present (or top-level value that
@@ -211,7 +192,7 @@ fn reveal(
     if !envelope::is_sealed(stored) {
         return Some(stored.to_string());
     }
-    super::api::authorize_tenant(uuid::Uuid::from_bytes(*tenant.as_bytes()));
+    crate::tenancy::authorize_tenant(uuid::Uuid::from_bytes(*tenant.as_bytes()));
     keys::open_stored(tenant.as_bytes(), event_id.as_bytes(), field, stored)
         .unwrap_or_else(|e| tampered(event_id, field, e))
 }
@@ -220,14 +201,14 @@ fn reveal(
 /// Documents with nothing sealed are returned as they are, without being printed and parsed.
 fn reveal_details(tenant: &[u8; 16], event_id: &[u8; 16], details: pg_sys::Datum) -> pg_sys::Datum {
     // SAFETY: the function manager passes a non-null jsonb (the function is STRICT).
-    let Some(object) = (unsafe { crate::jsonb::Doc::of(details) }).object() else {
+    let Some(object) = (unsafe { crate::pg::jsonb::Doc::of(details) }).object() else {
         return details;
     };
     let sealed = object.top_level_strings(envelope::looks_sealed);
     if sealed.is_empty() {
         return details;
     }
-    super::api::authorize_tenant(uuid::Uuid::from_bytes(*tenant));
+    crate::tenancy::authorize_tenant(uuid::Uuid::from_bytes(*tenant));
     let event = pgrx::Uuid::from_bytes(*event_id);
     let opened: Vec<(String, Option<String>)> = sealed
         .into_iter()
@@ -277,7 +258,7 @@ fn reveal_actor(tenant: pgrx::Uuid, stored: &str) -> Option<String> {
     let Some(subject_ref) = parse_pseudonym(stored) else {
         return Some(stored.to_string());
     };
-    super::api::authorize_tenant(uuid::Uuid::from_bytes(*tenant.as_bytes()));
+    crate::tenancy::authorize_tenant(uuid::Uuid::from_bytes(*tenant.as_bytes()));
     keys::subject_name(tenant.as_bytes(), &subject_ref)
 }
 
@@ -299,18 +280,6 @@ fn is_erased(tenant: pgrx::Uuid, stored: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pseudonyms_round_trip_and_names_are_not_pseudonyms() {
-        let r = [0x5a; 16];
-        assert_eq!(parse_pseudonym(&actor_pseudonym(&r)), Some(r));
-        assert_eq!(actor_pseudonym(&r).len(), "subject:".len() + 22);
-        let earlier = format!("subject:{}", uuid::Uuid::from_bytes(r));
-        assert_eq!(parse_pseudonym(&earlier), Some(r));
-        assert_eq!(parse_pseudonym("subject:WlpaWlpaWlpaWlpaWlpaWl"), None);
-        assert_eq!(parse_pseudonym("alice@example.com"), None);
-        assert_eq!(parse_pseudonym("subject:not-a-uuid"), None);
-    }
 
     #[test]
     fn listed_keys_are_found_at_any_depth() {

@@ -38,20 +38,9 @@ pub struct Malformed;
 #[derive(Debug, PartialEq)]
 pub struct NotAnObject;
 
-/// jsonb's order of object keys: shorter keys first, then bytewise.
-pub fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
+pub use custos_core::ledger::chain::key_order;
 
-/// The 4-byte varlena header of a value of `len` bytes (header included), as `SET_VARSIZE_4B`
-/// writes it; as bytes, so it can go anywhere in a buffer.
-pub fn varlena_header_4b(len: usize) -> [u8; 4] {
-    #[cfg(target_endian = "little")]
-    let header = (len as u32) << 2;
-    #[cfg(target_endian = "big")]
-    let header = (len as u32) & 0x3FFF_FFFF;
-    header.to_ne_bytes()
-}
+pub use super::varlena::varlena_header_4b;
 
 fn int_align(n: usize) -> usize {
     (n + 3) & !3
@@ -359,7 +348,7 @@ pub fn print_container(container: &[u8], out: &mut Vec<u8>) -> Result<(), Malfor
             if i > 0 {
                 out.extend_from_slice(b", ");
             }
-            crate::ledger::chain::push_json_bytes(key.data, out);
+            custos_core::ledger::chain::push_json_bytes(key.data, out);
             out.extend_from_slice(b": ");
             print_value(*value, out)?;
         }
@@ -386,7 +375,7 @@ fn print_value(value: Child<'_>, out: &mut Vec<u8>) -> Result<(), Malformed> {
         pg_sys::JENTRY_ISNULL => out.extend_from_slice(b"null"),
         pg_sys::JENTRY_ISBOOL_TRUE => out.extend_from_slice(b"true"),
         pg_sys::JENTRY_ISBOOL_FALSE => out.extend_from_slice(b"false"),
-        pg_sys::JENTRY_ISSTRING => crate::ledger::chain::push_json_bytes(value.data, out),
+        pg_sys::JENTRY_ISSTRING => custos_core::ledger::chain::push_json_bytes(value.data, out),
         pg_sys::JENTRY_ISNUMERIC => push_numeric_text(value.data, out),
         pg_sys::JENTRY_ISCONTAINER => print_container(value.data, out)?,
         _ => return Err(Malformed),
@@ -396,7 +385,7 @@ fn print_value(value: Child<'_>, out: &mut Vec<u8>) -> Result<(), Malformed> {
 
 /// A stored numeric as `numeric_out` prints it: in Rust, unless it is NaN or an infinity.
 fn push_numeric_text(numeric: &[u8], out: &mut Vec<u8>) {
-    if !crate::numeric::print_varlena(numeric, out) {
+    if !super::numeric::print_varlena(numeric, out) {
         out.extend_from_slice(&numeric_text(numeric));
     }
 }

@@ -51,7 +51,13 @@ pub fn genesis_hash(tenant_id: &[u8; 16]) -> Hash {
     h.finalize().into()
 }
 
-pub(crate) fn field(buf: &mut Vec<u8>, tag: u8, value: Option<&[u8]>) {
+/// jsonb's order of object keys: shorter keys first, then bytewise. The canonical JSON the chain
+/// hashes follows it, so that it is the text jsonb prints.
+pub fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+pub fn field(buf: &mut Vec<u8>, tag: u8, value: Option<&[u8]>) {
     buf.push(tag);
     match value {
         // Length-prefixed, so no two different field lists encode to the same bytes.
@@ -126,11 +132,7 @@ pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
         Value::Object(map) => {
             // Sorted explicitly: serde_json's map order depends on crate features.
             let mut entries: Vec<_> = map.iter().collect();
-            // jsonb's key order (jsonb::key_order, written out here: the fuzz targets build this
-            // file on its own).
-            entries.sort_unstable_by(|a, b| {
-                (a.0.len(), a.0.as_bytes()).cmp(&(b.0.len(), b.0.as_bytes()))
-            });
+            entries.sort_unstable_by(|a, b| key_order(a.0.as_bytes(), b.0.as_bytes()));
             out.push('{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
@@ -145,7 +147,8 @@ pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
     }
 }
 
-pub(crate) fn push_json_string(s: &str, out: &mut String) {
+#[allow(unsafe_code)]
+pub fn push_json_string(s: &str, out: &mut String) {
     // SAFETY: push_json_bytes cuts `s` only next to ASCII bytes (no byte of a multi-byte UTF-8
     // character is ASCII) and adds only ASCII, so `out` stays UTF-8.
     push_json_bytes(s.as_bytes(), unsafe { out.as_mut_vec() })

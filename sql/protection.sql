@@ -1,5 +1,6 @@
--- Ledger data protection (src/ledger/protect.rs, src/ledger/access.rs): field encryption policy,
--- retention with chained anchors, logged reads, streaming exports, GDPR export and erasure.
+-- Ledger data protection (src/protection/, src/ledger/access.rs): field encryption policy, sealed
+-- values opened for readers, logged reads, streaming exports, GDPR export and erasure, retention
+-- with chained anchors.
 
 INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
     ('ledger.encrypt', 'boolean', 'false', NULL, NULL,

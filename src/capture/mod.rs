@@ -1,18 +1,20 @@
 //! `custos.capture_changes()`: the AFTER … FOR EACH STATEMENT trigger that `custos.track_table`
 //! puts on a business table. It reads the statement's transition tables directly, turns each row
 //! into JSON text in Rust (no row_to_json/json_agg, no JSON re-parsing per row) and writes the
-//! events straight to `custos.events` in batches ([`super::append`]), or, when the table has more
+//! events straight to `custos.events` in batches ([`crate::ledger::append`]), or, when the table has more
 //! than the chain trigger to run, with one INSERT per batch through a plan kept for the session.
 //!
 //! Trigger arguments, as `track_table` writes them: tenant column, entity_type, rows per event,
 //! then the primary-key columns.
 
-use super::append::{Appender, NewEvent};
-use super::changes::{self, GroupDetails, JsonValue, RowJson};
-use super::row::bytes_of;
+pub mod changes;
+
 use crate::error::raise;
 use crate::gucs;
-use crate::jsonb::ObjectLayout;
+use crate::ledger::append::{Appender, NewEvent};
+use crate::pg::jsonb::ObjectLayout;
+use crate::pg::varlena::bytes_of;
+use changes::{GroupDetails, JsonValue, RowJson};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -156,7 +158,7 @@ impl Table {
                 cstr_text((*(*rel).rd_rel).relname.data.as_ptr())
             );
             let mut columns = Vec::new();
-            for (i, attr) in crate::tuple::attributes(tupdesc).iter().enumerate() {
+            for (i, attr) in crate::pg::tuple::attributes(tupdesc).iter().enumerate() {
                 if attr.attisdropped {
                     continue;
                 }
@@ -199,7 +201,7 @@ impl Table {
             let key = key_columns.iter().map(|k| find(k)).collect();
             let mut json_order: Vec<usize> = (0..columns.len()).collect();
             json_order.sort_by(|&a, &b| {
-                crate::jsonb::key_order(columns[a].name.as_bytes(), columns[b].name.as_bytes())
+                crate::pg::jsonb::key_order(columns[a].name.as_bytes(), columns[b].name.as_bytes())
             });
             let mut json_position = vec![0; columns.len()];
             for (position, &column) in json_order.iter().enumerate() {
@@ -356,7 +358,7 @@ impl CapturedRow {
                         // Printed in Rust: NaN and the infinities go through numeric_out.
                         Encoding::Number
                             if column.base == pg_sys::NUMERICOID
-                                && crate::numeric::print(
+                                && crate::pg::numeric::print(
                                     bytes_of(datum),
                                     // SAFETY: print appends ASCII digits, signs and points only.
                                     scratch.as_mut_vec(),
@@ -598,7 +600,7 @@ impl EventSink {
 /// The documents as a jsonb[] datum, parsed by custos' JSON-to-jsonb path rather than
 /// `jsonb_in` (a document per changed row makes that cost show).
 fn jsonb_array<'d>(documents: impl Iterator<Item = &'d str>) -> pg_sys::Datum {
-    let mut datums: Vec<pg_sys::Datum> = documents.map(crate::jsonb::from_json_text).collect();
+    let mut datums: Vec<pg_sys::Datum> = documents.map(crate::pg::jsonb::from_json_text).collect();
     // SAFETY: datums holds jsonb datums only; jsonb is a 4-aligned varlena.
     unsafe {
         pg_sys::Datum::from(pg_sys::construct_array(

@@ -11,8 +11,8 @@
 //! - grouped: `{"table": T, "rows": [{"key": K, "old": {...}, "new": {...}, "key_changed": b}, ...]}`,
 //!   a moved row again as two items.
 
-pub(crate) use super::chain::push_json_string;
-use crate::jsonb::{self, Child, ContainerWriter, ObjectLayout};
+use crate::pg::jsonb::{self, Child, ContainerWriter, ObjectLayout};
+pub(crate) use custos_core::ledger::chain::push_json_string;
 use pgrx::pg_sys;
 use std::ops::Range;
 
@@ -113,7 +113,7 @@ impl RowJson {
     /// An integer value, stored as the numeric of the same value.
     pub fn push_stored_integer(&mut self, value: i64) {
         let start = self.stored.len();
-        crate::numeric::push_integer(value, &mut self.stored);
+        crate::pg::numeric::push_integer(value, &mut self.stored);
         self.stored_values
             .push((pg_sys::JENTRY_ISNUMERIC, start..self.stored.len()));
     }
@@ -496,7 +496,7 @@ mod tests {
         ] {
             let parsed: Value = serde_json::from_str(&details).unwrap();
             assert_eq!(
-                crate::ledger::chain::canonical_json_string(&parsed),
+                custos_core::ledger::chain::canonical_json_string(&parsed),
                 details
             );
         }
@@ -507,7 +507,9 @@ mod tests {
         assert_eq!(group.rows(), 2);
         let grouped = group.finish();
         assert_eq!(
-            crate::ledger::chain::canonical_json_string(&serde_json::from_str(&grouped).unwrap()),
+            custos_core::ledger::chain::canonical_json_string(
+                &serde_json::from_str(&grouped).unwrap()
+            ),
             grouped
         );
         let grouped: Value = serde_json::from_str(&grouped).unwrap();
