@@ -34,7 +34,7 @@ SELECT count(*), sum(amount) FROM items_plain WHERE tenant_id = format('00000000
 COMMIT;
 SQL
   # Taking turns after a checkpoint each: run last in bench/run.sh, one measurement right after
-  # the other once met a checkpoint of the earlier benchmarks' writes (0.32x in one run).
+  # the other once met a checkpoint of the earlier benchmarks' writes (see the CHANGELOG).
   tenancy_tps() { pgbench_tps $db bench_app 1 "$tmp/$1.sql"; }
   interleaved tenancy_tps plain rls
   report "10,000 of 1,000,000 rows, explicit WHERE, no RLS, 1 client" "${MEDIAN[plain]}" "tps"

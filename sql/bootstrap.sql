@@ -43,3 +43,10 @@ END
 $$;
 
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+
+-- Functions and views that only custos itself calls live apart from the public API, so that
+-- PostgREST (which publishes every function of the schemas it exposes) never sees them.
+CREATE SCHEMA custos_internal;
+COMMENT ON SCHEMA custos_internal IS
+'custos'' internal functions and views: called by custos'' own functions and triggers, not an API. Not to be exposed through PostgREST.';
+GRANT USAGE ON SCHEMA custos_internal TO custos_reader;

@@ -1,5 +1,8 @@
 -- Capture of business tables (src/capture/): custos.track_table and the triggers it creates.
 
+-- Functions written in Rust that only custos itself calls: out of the public schema.
+ALTER FUNCTION @extschema@.capture_changes() SET SCHEMA custos_internal;
+
 ------------------------------------------------------------------------------------------------
 -- Capture of business tables: every INSERT, UPDATE, DELETE and TRUNCATE becomes ledger events.
 -- Statement-level triggers with transition tables: a 1,000-row statement costs one set-based
@@ -10,7 +13,7 @@
 -- event lands in the tenant named by the row, whatever the writer's own tenant.
 ------------------------------------------------------------------------------------------------
 -- TRUNCATE has no transition table: one event per tenant that had rows, recorded before they go.
-CREATE FUNCTION @extschema@.capture_truncate() RETURNS trigger
+CREATE FUNCTION custos_internal.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -37,7 +40,7 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.capture_truncate() IS
+COMMENT ON FUNCTION custos_internal.capture_truncate() IS
 'BEFORE TRUNCATE trigger of tables tracked by custos.track_table: records one truncate event per tenant that had rows.';
 
 -- capture_changes (src/capture/mod.rs) writes events of any tenant: only track_table may use it.
@@ -45,7 +48,7 @@ COMMENT ON FUNCTION @extschema@.capture_truncate() IS
 -- and only its SPI fallback (when custos.events has other INSERT triggers) switches to the
 -- superuser, with a pinned search_path. A definer call with SET search_path costs every captured
 -- statement a GUC save and restore and a new namespace search path.
-COMMENT ON FUNCTION @extschema@.capture_changes() IS
+COMMENT ON FUNCTION custos_internal.capture_changes() IS
 'AFTER ... FOR EACH STATEMENT trigger of tables tracked by custos.track_table: reads the statement''s transition tables and records each changed row (or group of rows) as an event in the row''s tenant.';
 
 CREATE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL,
@@ -73,7 +76,7 @@ BEGIN
     IF rel.nspname = '@extschema@' THEN
         RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s belongs to custos and cannot be tracked', tbl);
     END IF;
-    IF NOT pg_has_role(@extschema@.caller_role(), rel.relowner, 'USAGE') THEN
+    IF NOT pg_has_role(custos_internal.caller_role(), rel.relowner, 'USAGE') THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to track it', tbl);
     END IF;
     SELECT a.atttypid::regtype INTO tenant_type FROM pg_attribute a
@@ -105,13 +108,13 @@ BEGIN
         EXECUTE format('DROP TRIGGER %I ON %s', trig, tbl);
     END LOOP;
     EXECUTE format('CREATE TRIGGER custos_track_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS custos_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_changes(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER custos_track_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS custos_old NEW TABLE AS custos_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_changes(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER custos_track_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS custos_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_changes(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER custos_track_truncate BEFORE TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_truncate(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_truncate(%s)', tbl, args);
     RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s%s', tbl, etype,
                   CASE WHEN rows_per_event > 1 THEN format(', up to %s rows per event', rows_per_event) ELSE '' END);
 END
@@ -124,7 +127,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    IF NOT pg_has_role(@extschema@.caller_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+    IF NOT pg_has_role(custos_internal.caller_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to untrack it', tbl);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'custos_track_insert') THEN

@@ -1,6 +1,39 @@
 -- custos 0.1.0 -> 0.2.0. Frozen once released, like every upgrade script.
 \echo Use "ALTER EXTENSION custos UPDATE TO '0.2.0'" to load this file. \quit
 
+-- Internal functions and views move out of the public schema.
+CREATE SCHEMA custos_internal;
+COMMENT ON SCHEMA custos_internal IS
+'custos'' internal functions and views: called by custos'' own functions and triggers, not an API. Not to be exposed through PostgREST.';
+GRANT USAGE ON SCHEMA custos_internal TO custos_reader;
+ALTER FUNCTION @extschema@.caller_role() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.capture_changes() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.capture_truncate() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.check_json_batch(jsonb,text,text[],text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.csv_field(text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.dormant_row(@extschema@.identities,text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.dormant_settings_changed() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.dormant_users_page(integer,integer,integer,text,boolean,text,text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.events_chain() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.guard_ledger_ddl() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.guard_ledger_drop() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.identities_derive() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.invalidate_caches() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.is_erased(uuid,text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.log_access(uuid,text,jsonb,bigint) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.make_append_only(regclass) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.readable_events(uuid,timestamp with time zone,timestamp with time zone,text,text,text,text,text,bigint,integer,boolean) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.refuse_ledger_change() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.require_tenant_access(uuid) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.retention_delete_check() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.reveal(uuid,uuid,text,text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.reveal_actor(uuid,text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.reveal_details(uuid,uuid,jsonb) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.severity_rank(text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.tenant_settings_invalidate() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.tenant_settings_validate() SET SCHEMA custos_internal;
+ALTER VIEW @extschema@.opened_events SET SCHEMA custos_internal;
+
 -- Functions written in Rust that 0.2.0 adds.
 CREATE  FUNCTION "current_actor"() RETURNS TEXT /* String */
 STRICT STABLE PARALLEL SAFE
@@ -18,6 +51,8 @@ CREATE  FUNCTION "require_master_key"() RETURNS void
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'require_master_key_wrapper';
+ALTER FUNCTION @extschema@.lock_activity_fold(uuid) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.require_master_key() SET SCHEMA custos_internal;
 
 -- From sql/tenancy.sql: every function (replaced), comment, and table marked for pg_dump.
 COMMENT ON FUNCTION @extschema@.current_tenant() IS
@@ -112,6 +147,17 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.rls_coverage() IS
 'Tables with a tenant_id column that are not isolated by custos (RLS disabled, not forced, or without the isolation policy), with what is missing. Empty when every such table is covered.';
 
+CREATE OR REPLACE FUNCTION custos_internal.caller_role() RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    -- Inside SECURITY DEFINER, current_user is the owner; the caller is SET ROLE's, else the session's.
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role')::name END
+$fn$;
+
+COMMENT ON FUNCTION custos_internal.caller_role() IS
+'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
+
 CREATE OR REPLACE FUNCTION @extschema@.require_tenant() RETURNS uuid
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -129,7 +175,7 @@ $fn$;
 
 COMMENT ON FUNCTION @extschema@.require_tenant() IS 'The current tenant, or an error (42501) when none is set.';
 
-CREATE OR REPLACE FUNCTION @extschema@.check_json_batch(batch jsonb, what text, allowed_keys text[], example text)
+CREATE OR REPLACE FUNCTION custos_internal.check_json_batch(batch jsonb, what text, allowed_keys text[], example text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -155,7 +201,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.check_json_batch(jsonb, text, text[], text) IS
+COMMENT ON FUNCTION custos_internal.check_json_batch(jsonb, text, text[], text) IS
 'Raises a clear error (22023) unless batch is a JSON array of objects using only allowed_keys; used by the batch functions (record_events, upsert_identities).';
 
 COMMENT ON TABLE @extschema@.setting_definitions IS
@@ -224,7 +270,7 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.validate_setting(text, jsonb) IS
 'Returns the value if it is valid for the setting; otherwise raises an error naming what is wrong (unknown key, wrong type, out of range).';
 
-CREATE OR REPLACE FUNCTION @extschema@.require_trigger_on(fired_on oid, own regclass, fn text) RETURNS void
+CREATE OR REPLACE FUNCTION custos_internal.require_trigger_on(fired_on oid, own regclass, fn text) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -236,15 +282,15 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.require_trigger_on(oid, regclass, text) IS
+COMMENT ON FUNCTION custos_internal.require_trigger_on(oid, regclass, text) IS
 'Internal: raises 39P01 unless a trigger function fires on its own table.';
 
-CREATE OR REPLACE FUNCTION @extschema@.tenant_settings_validate() RETURNS trigger
+CREATE OR REPLACE FUNCTION custos_internal.tenant_settings_validate() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_validate');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_validate');
     NEW.value := @extschema@.validate_setting(NEW.key, NEW.value);
     NEW.updated_at := now();
     NEW.updated_by := current_user;
@@ -252,18 +298,18 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION @extschema@.tenant_settings_invalidate() RETURNS trigger
+CREATE OR REPLACE FUNCTION custos_internal.tenant_settings_invalidate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_invalidate');
-    PERFORM @extschema@.invalidate_caches();
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_invalidate');
+    PERFORM custos_internal.invalidate_caches();
     RETURN NULL;
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.invalidate_caches() IS
+COMMENT ON FUNCTION custos_internal.invalidate_caches() IS
 'Ages the cached settings and keys of every session (they are read again on next use); custos calls it when settings change, keys rotate or a subject is forgotten.';
 
 CREATE OR REPLACE FUNCTION @extschema@.tenant_setting(tenant uuid, key text)
@@ -369,13 +415,6 @@ COMMENT ON FUNCTION @extschema@.rewrap_data_keys(uuid) IS
 'Master-key rotation: rewraps the data keys of a tenant (NULL: every tenant) that custos.master_key_previous wrapped under custos.master_key, in one transaction. Returns how many were rewrapped, how many were already under the configured key, and its id. Superusers only.';
 
 -- From sql/ledger.sql: every function (replaced), comment, and table marked for pg_dump.
-COMMENT ON TABLE @extschema@.alerts IS
-'Alerts raised by custos: a broken audit chain (source ledger.verify), later anomalies. Tenant-isolated.';
-
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts', '');
-
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts_id_seq', '');
-
 COMMENT ON TABLE @extschema@.events IS
 'The audit ledger. Append-only; each tenant''s rows form a SHA-256 hash chain (seq 1, 2, ...) computed at insert time. Clients insert tenant_id, occurred_at, actor, action, entity_type, entity_id, severity, details, ip_address, user_agent; custos fills the rest. See docs/ledger-format.md.';
 
@@ -389,7 +428,7 @@ COMMENT ON COLUMN @extschema@.events.prev_hash IS 'hash of the previous event of
 
 COMMENT ON COLUMN @extschema@.events.hash IS 'SHA-256 over the canonical encoding of this row and prev_hash (format v1).';
 
-CREATE OR REPLACE FUNCTION @extschema@.refuse_ledger_change() RETURNS trigger
+CREATE OR REPLACE FUNCTION custos_internal.refuse_ledger_change() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -410,24 +449,24 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.refuse_ledger_change() IS
+COMMENT ON FUNCTION custos_internal.refuse_ledger_change() IS
 'Trigger function that refuses UPDATE, DELETE and TRUNCATE on custos'' append-only tables.';
 
-CREATE OR REPLACE FUNCTION @extschema@.make_append_only(tbl regclass) RETURNS void
+CREATE OR REPLACE FUNCTION custos_internal.make_append_only(tbl regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+                    FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.refuse_ledger_change()', tbl);
     EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+                    FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.refuse_ledger_change()', tbl);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only', tbl);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only_truncate', tbl);
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.make_append_only(regclass) IS 'Internal: puts custos'' append-only triggers on one of its tables.';
+COMMENT ON FUNCTION custos_internal.make_append_only(regclass) IS 'Internal: puts custos'' append-only triggers on one of its tables.';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.events', '');
 
@@ -436,7 +475,7 @@ COMMENT ON TABLE @extschema@.checkpoints IS
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.checkpoints', '');
 
-CREATE OR REPLACE FUNCTION @extschema@.guard_ledger_ddl() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION custos_internal.guard_ledger_ddl() RETURNS event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -467,13 +506,13 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.guard_ledger_ddl() IS
+COMMENT ON FUNCTION custos_internal.guard_ledger_ddl() IS
 'Event trigger function: refuses DDL that drops or disables the ledger''s triggers or row-level security.';
 
-CREATE OR REPLACE FUNCTION @extschema@.guard_ledger_drop() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION custos_internal.guard_ledger_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'custos_guard_ledger_drop';
 
-COMMENT ON FUNCTION @extschema@.guard_ledger_drop() IS
+COMMENT ON FUNCTION custos_internal.guard_ledger_drop() IS
 'Event trigger function: refuses DROP EXTENSION custos, DROP SCHEMA custos and ALTER EXTENSION custos DROP unless a superuser set custos.allow_ledger_drop; firing for every DDL command, it also loads the hook that refuses drops cascading into the ledger.';
 
 CREATE OR REPLACE FUNCTION @extschema@.set_actor(actor text) RETURNS text
@@ -517,7 +556,7 @@ DECLARE
     bad text;
     n bigint;
 BEGIN
-    PERFORM @extschema@.check_json_batch(events, 'event batch',
+    PERFORM custos_internal.check_json_batch(events, 'event batch',
         ARRAY['tenant_id', 'occurred_at', 'actor', 'action', 'entity_type', 'entity_id', 'severity', 'details',
               'ip_address', 'user_agent'],
         '[{"action": "login", "entity_type": "user", "entity_id": "u1"}]');
@@ -542,7 +581,7 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.record_events(jsonb) IS
 'Records a JSON array of events in the current tenant''s ledger, all or nothing, in array order; returns how many. Each element: action, entity_type, and optionally entity_id, details, severity, occurred_at, actor, ip_address, user_agent.';
 
-COMMENT ON FUNCTION @extschema@.events_chain() IS
+COMMENT ON FUNCTION custos_internal.events_chain() IS
 'BEFORE INSERT trigger of custos.events: assigns seq, id, times, actor, role and transaction, and links the row into its tenant''s SHA-256 chain.';
 
 COMMENT ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint) IS
@@ -560,152 +599,13 @@ COMMENT ON FUNCTION @extschema@.checkpoint_public_key() IS
 COMMENT ON FUNCTION @extschema@.verify_checkpoint(text, text) IS
 'Checks a checkpoint''s signature (with public_key, else the configured key) and that the current chain verifies and still has the checkpoint''s head at its seq: a rewritten or cut-off chain fails even if every hash was recomputed.';
 
-CREATE OR REPLACE FUNCTION @extschema@.caller_role() RETURNS name
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    -- Inside SECURITY DEFINER, current_user is the owner; the caller is SET ROLE's, else the session's.
-    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role')::name END
-$fn$;
+-- From sql/alerts.sql: every function (replaced), comment, and table marked for pg_dump.
+COMMENT ON TABLE @extschema@.alerts IS
+'Alerts raised by custos: a broken audit chain (source ledger.verify), later anomalies. Tenant-isolated.';
 
-COMMENT ON FUNCTION @extschema@.caller_role() IS
-'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts', '');
 
-CREATE OR REPLACE FUNCTION @extschema@.capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    -- Runs as custos' owner on a table its caller owns: nothing of the caller's may run here.
-    -- Only the trigger track_table made; and the tenant column read only if it is exactly uuid
-    -- (not a domain or a type of the caller's with casts and operators of its own), so the
-    -- DISTINCT and the INSERT use PostgreSQL's built-in uuid operators and no cast at all.
-    IF TG_NAME <> 'custos_track_truncate' OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'STATEMENT' OR TG_NARGS < 1 THEN
-        RAISE EXCEPTION USING ERRCODE = '39P01',
-            MESSAGE = 'custos.capture_truncate runs only as the TRUNCATE trigger custos.track_table creates';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
-                    WHERE a.attrelid = TG_RELID AND a.attname = TG_ARGV[0] AND a.attnum > 0
-                      AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype) THEN
-        RAISE EXCEPTION USING ERRCODE = '42804',
-            MESSAGE = format('tenant column %I of %s is no longer a uuid: the TRUNCATE cannot be recorded', TG_ARGV[0], TG_RELID::regclass),
-            HINT = 'the tenant column of a tracked table must stay of type uuid; untrack the table before changing it';
-    END IF;
-    EXECUTE format('INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
-                    SELECT DISTINCT t.%1$I, ''truncate'', $1, jsonb_build_object(''table'', $2)
-                      FROM %2$s t WHERE t.%1$I IS NOT NULL', TG_ARGV[0], TG_RELID::regclass)
-        USING TG_ARGV[1], format('%s.%s', TG_TABLE_SCHEMA, TG_TABLE_NAME);
-    RETURN NULL;
-END
-$fn$;
-
-COMMENT ON FUNCTION @extschema@.capture_truncate() IS
-'BEFORE TRUNCATE trigger of tables tracked by custos.track_table: records one truncate event per tenant that had rows.';
-
-COMMENT ON FUNCTION @extschema@.capture_changes() IS
-'AFTER ... FOR EACH STATEMENT trigger of tables tracked by custos.track_table: reads the statement''s transition tables and records each changed row (or group of rows) as an event in the row''s tenant.';
-
-CREATE OR REPLACE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL,
-                                        rows_per_event integer DEFAULT 1)
-RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    rel record;
-    pk_cols name[];
-    tenant_type regtype;
-    etype text;
-    args text;
-    trig name;
-BEGIN
-    SELECT c.relname, n.nspname, c.relkind, c.relowner INTO rel
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
-    IF rel.relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s is not a table', tbl);
-    END IF;
-    IF rows_per_event IS NULL OR rows_per_event NOT BETWEEN 1 AND 1000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('rows_per_event must be between 1 and 1000, not %s', rows_per_event);
-    END IF;
-    IF rel.nspname = '@extschema@' THEN
-        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s belongs to custos and cannot be tracked', tbl);
-    END IF;
-    IF NOT pg_has_role(@extschema@.caller_role(), rel.relowner, 'USAGE') THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to track it', tbl);
-    END IF;
-    SELECT a.atttypid::regtype INTO tenant_type FROM pg_attribute a
-     WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
-    IF tenant_type IS DISTINCT FROM 'uuid'::regtype THEN
-        RAISE EXCEPTION USING ERRCODE = '42703',
-            MESSAGE = format('table %s has no uuid column %I to take the tenant from', tbl, tenant_column),
-            HINT = 'pass the tenant column as tenant_column';
-    END IF;
-    SELECT array_agg(a.attname ORDER BY k.ord) INTO pk_cols
-      FROM pg_index i
-      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-     WHERE i.indrelid = tbl AND i.indisprimary;
-    IF pk_cols IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('table %s has no primary key', tbl),
-            HINT = 'events name the changed row by its primary key; add one first';
-    END IF;
-    etype := coalesce(entity_type, format('%s.%s', rel.nspname, rel.relname));
-    IF length(etype) NOT BETWEEN 1 AND 200 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'entity_type must be 1 to 200 characters';
-    END IF;
-    -- Trigger arguments of custos.capture_changes: tenant column, entity_type, rows per event, key.
-    args := format('%L, %L, %L', tenant_column, etype, rows_per_event)
-            || (SELECT string_agg(format(', %L', c), '') FROM unnest(pk_cols) c);
-
-    -- Tracking again replaces the triggers (quietly: IF EXISTS would print a notice per trigger).
-    FOR trig IN SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname LIKE 'custos\_track\_%' LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', trig, tbl);
-    END LOOP;
-    EXECUTE format('CREATE TRIGGER custos_track_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS custos_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER custos_track_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS custos_old NEW TABLE AS custos_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER custos_track_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS custos_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_changes(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER custos_track_truncate BEFORE TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.capture_truncate(%s)', tbl, args);
-    RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s%s', tbl, etype,
-                  CASE WHEN rows_per_event > 1 THEN format(', up to %s rows per event', rows_per_event) ELSE '' END);
-END
-$fn$;
-
-COMMENT ON FUNCTION @extschema@.track_table(regclass, name, text, integer) IS
-'Records every INSERT, UPDATE, DELETE (old and new values, primary key, actor) and TRUNCATE of a table in the audit ledger, in the tenant named by each row''s tenant column. rows_per_event 1 (default) gives one event per row with the key as entity_id; more puts up to that many rows of a statement in one event (details.rows), for bulk-heavy tables. The caller must own the table; the table needs a primary key. Idempotent.';
-
-CREATE OR REPLACE FUNCTION @extschema@.untrack_table(tbl regclass) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    IF NOT pg_has_role(@extschema@.caller_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to untrack it', tbl);
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'custos_track_insert') THEN
-        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('%s is not tracked', tbl);
-    END IF;
-    -- Stopping the audit trail is itself worth a record, in the current tenant if there is one.
-    IF @extschema@.current_tenant() IS NOT NULL THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
-        VALUES (@extschema@.current_tenant(), 'custos.untrack_table', 'table', tbl::text, 'medium',
-                jsonb_build_object('table', tbl::text));
-    END IF;
-    EXECUTE format('DROP TRIGGER custos_track_insert ON %s', tbl);
-    EXECUTE format('DROP TRIGGER custos_track_update ON %s', tbl);
-    EXECUTE format('DROP TRIGGER custos_track_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER custos_track_truncate ON %s', tbl);
-    RETURN format('%s is no longer tracked', tbl);
-END
-$fn$;
-
-COMMENT ON FUNCTION @extschema@.untrack_table(regclass) IS
-'Stops recording a table''s changes; records that it did so in the current tenant''s ledger when a tenant is set.';
-
-COMMENT ON VIEW @extschema@.tracked_tables IS 'Tables whose changes custos records in the audit ledger.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.alerts_id_seq', '');
 
 CREATE OR REPLACE FUNCTION @extschema@.set_alert_status(alert_id bigint, status text, note text DEFAULT NULL)
 RETURNS TABLE (id bigint, previous_status text, new_status text)
@@ -737,75 +637,200 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.set_alert_status(bigint, text, text) IS
 'Moves an alert of the current tenant to open, acknowledged, resolved or false_positive, and records the change (with the note) as a custos.alert_status event in the ledger. For custos_admin; auditors read alerts but cannot close them.';
 
--- From sql/protection.sql (then ledger_protection.sql): every function (replaced), comment, and table marked for pg_dump.
-CREATE OR REPLACE FUNCTION @extschema@.ledger_settings_check() RETURNS trigger
+-- From sql/capture.sql: every function (replaced), comment, and table marked for pg_dump.
+CREATE OR REPLACE FUNCTION custos_internal.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    -- Runs as custos' owner on a table its caller owns: nothing of the caller's may run here.
+    -- Only the trigger track_table made; and the tenant column read only if it is exactly uuid
+    -- (not a domain or a type of the caller's with casts and operators of its own), so the
+    -- DISTINCT and the INSERT use PostgreSQL's built-in uuid operators and no cast at all.
+    IF TG_NAME <> 'custos_track_truncate' OR TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'STATEMENT' OR TG_NARGS < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '39P01',
+            MESSAGE = 'custos.capture_truncate runs only as the TRUNCATE trigger custos.track_table creates';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = TG_RELID AND a.attname = TG_ARGV[0] AND a.attnum > 0
+                      AND NOT a.attisdropped AND a.atttypid = 'uuid'::regtype) THEN
+        RAISE EXCEPTION USING ERRCODE = '42804',
+            MESSAGE = format('tenant column %I of %s is no longer a uuid: the TRUNCATE cannot be recorded', TG_ARGV[0], TG_RELID::regclass),
+            HINT = 'the tenant column of a tracked table must stay of type uuid; untrack the table before changing it';
+    END IF;
+    EXECUTE format('INSERT INTO @extschema@.events (tenant_id, action, entity_type, details)
+                    SELECT DISTINCT t.%1$I, ''truncate'', $1, jsonb_build_object(''table'', $2)
+                      FROM %2$s t WHERE t.%1$I IS NOT NULL', TG_ARGV[0], TG_RELID::regclass)
+        USING TG_ARGV[1], format('%s.%s', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    RETURN NULL;
+END
+$fn$;
+
+COMMENT ON FUNCTION custos_internal.capture_truncate() IS
+'BEFORE TRUNCATE trigger of tables tracked by custos.track_table: records one truncate event per tenant that had rows.';
+
+COMMENT ON FUNCTION custos_internal.capture_changes() IS
+'AFTER ... FOR EACH STATEMENT trigger of tables tracked by custos.track_table: reads the statement''s transition tables and records each changed row (or group of rows) as an event in the row''s tenant.';
+
+CREATE OR REPLACE FUNCTION @extschema@.track_table(tbl regclass, tenant_column name DEFAULT 'tenant_id', entity_type text DEFAULT NULL,
+                                        rows_per_event integer DEFAULT 1)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rel record;
+    pk_cols name[];
+    tenant_type regtype;
+    etype text;
+    args text;
+    trig name;
+BEGIN
+    SELECT c.relname, n.nspname, c.relkind, c.relowner INTO rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s is not a table', tbl);
+    END IF;
+    IF rows_per_event IS NULL OR rows_per_event NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('rows_per_event must be between 1 and 1000, not %s', rows_per_event);
+    END IF;
+    IF rel.nspname = '@extschema@' THEN
+        RAISE EXCEPTION USING ERRCODE = '42809', MESSAGE = format('%s belongs to custos and cannot be tracked', tbl);
+    END IF;
+    IF NOT pg_has_role(custos_internal.caller_role(), rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to track it', tbl);
+    END IF;
+    SELECT a.atttypid::regtype INTO tenant_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF tenant_type IS DISTINCT FROM 'uuid'::regtype THEN
+        RAISE EXCEPTION USING ERRCODE = '42703',
+            MESSAGE = format('table %s has no uuid column %I to take the tenant from', tbl, tenant_column),
+            HINT = 'pass the tenant column as tenant_column';
+    END IF;
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO pk_cols
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = tbl AND i.indisprimary;
+    IF pk_cols IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('table %s has no primary key', tbl),
+            HINT = 'events name the changed row by its primary key; add one first';
+    END IF;
+    etype := coalesce(entity_type, format('%s.%s', rel.nspname, rel.relname));
+    IF length(etype) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'entity_type must be 1 to 200 characters';
+    END IF;
+    -- Trigger arguments of custos.capture_changes: tenant column, entity_type, rows per event, key.
+    args := format('%L, %L, %L', tenant_column, etype, rows_per_event)
+            || (SELECT string_agg(format(', %L', c), '') FROM unnest(pk_cols) c);
+
+    -- Tracking again replaces the triggers (quietly: IF EXISTS would print a notice per trigger).
+    FOR trig IN SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname LIKE 'custos\_track\_%' LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trig, tbl);
+    END LOOP;
+    EXECUTE format('CREATE TRIGGER custos_track_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS custos_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_changes(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER custos_track_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS custos_old NEW TABLE AS custos_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_changes(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER custos_track_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS custos_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_changes(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER custos_track_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.capture_truncate(%s)', tbl, args);
+    RETURN format('%s is tracked: its changes are recorded in custos.events as entity_type %s%s', tbl, etype,
+                  CASE WHEN rows_per_event > 1 THEN format(', up to %s rows per event', rows_per_event) ELSE '' END);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.track_table(regclass, name, text, integer) IS
+'Records every INSERT, UPDATE, DELETE (old and new values, primary key, actor) and TRUNCATE of a table in the audit ledger, in the tenant named by each row''s tenant column. rows_per_event 1 (default) gives one event per row with the key as entity_id; more puts up to that many rows of a statement in one event (details.rows), for bulk-heavy tables. The caller must own the table; the table needs a primary key. Idempotent.';
+
+CREATE OR REPLACE FUNCTION @extschema@.untrack_table(tbl regclass) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT pg_has_role(custos_internal.caller_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('must be owner of table %s to untrack it', tbl);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'custos_track_insert') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('%s is not tracked', tbl);
+    END IF;
+    -- Stopping the audit trail is itself worth a record, in the current tenant if there is one.
+    IF @extschema@.current_tenant() IS NOT NULL THEN
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+        VALUES (@extschema@.current_tenant(), 'custos.untrack_table', 'table', tbl::text, 'medium',
+                jsonb_build_object('table', tbl::text));
+    END IF;
+    EXECUTE format('DROP TRIGGER custos_track_insert ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_update ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER custos_track_truncate ON %s', tbl);
+    RETURN format('%s is no longer tracked', tbl);
+END
+$fn$;
+
+COMMENT ON FUNCTION @extschema@.untrack_table(regclass) IS
+'Stops recording a table''s changes; records that it did so in the current tenant''s ledger when a tenant is set.';
+
+COMMENT ON VIEW @extschema@.tracked_tables IS 'Tables whose changes custos records in the audit ledger.';
+
+-- From sql/protection.sql: every function (replaced), comment, and table marked for pg_dump.
+CREATE OR REPLACE FUNCTION custos_internal.ledger_settings_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.ledger_settings_check');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.ledger_settings_check');
     IF NEW.key = 'ledger.encrypt' AND NEW.value = 'true'::jsonb THEN
-        PERFORM @extschema@.require_master_key();
+        PERFORM custos_internal.require_master_key();
     END IF;
     RETURN NEW;
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.ledger_settings_check() IS
+COMMENT ON FUNCTION custos_internal.ledger_settings_check() IS
 'BEFORE trigger of custos.tenant_settings: refuses ledger.encrypt = true while no master key is configured.';
 
-COMMENT ON FUNCTION @extschema@.require_master_key() IS
+COMMENT ON FUNCTION custos_internal.require_master_key() IS
 'Raises 55000 unless a usable master key is configured (custos.master_key_file, or custos.master_key in the session).';
 
-COMMENT ON FUNCTION @extschema@.require_tenant_access(uuid) IS
+COMMENT ON FUNCTION custos_internal.require_tenant_access(uuid) IS
 'Raises 42501 unless the caller works in the given tenant (its current tenant); superusers work in any.';
 
-COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
+COMMENT ON FUNCTION custos_internal.reveal(uuid, uuid, text, text) IS
 'Internal: a stored event field as the tenant''s reader sees it (opened if sealed; NULL once its subject was forgotten). Used by custos'' logged read functions.';
 
-CREATE OR REPLACE FUNCTION @extschema@.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION custos_internal.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb
 LANGUAGE c STABLE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'custos_reveal_details';
 
-COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
+COMMENT ON FUNCTION custos_internal.reveal_details(uuid, uuid, jsonb) IS
 'Internal: details with sealed values opened (null where the subject was forgotten).';
 
-COMMENT ON FUNCTION @extschema@.reveal_actor(uuid, text) IS
+COMMENT ON FUNCTION custos_internal.reveal_actor(uuid, text) IS
 'Internal: the actor of an event as the tenant''s reader sees it (the subject''s name for a pseudonym, NULL once forgotten).';
 
-COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
+COMMENT ON FUNCTION custos_internal.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
 
 COMMENT ON TABLE @extschema@.access_log IS
 'Who read the audit ledger through custos'' functions: when, which function, with which filters, how many rows. Append-only, its own per-tenant SHA-256 chain (custos.verify_access_log).';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.access_log', '');
 
-COMMENT ON FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) IS
+COMMENT ON FUNCTION custos_internal.log_access(uuid, text, jsonb, bigint) IS
 'Internal: appends one read to the tenant''s access log (chained); called by custos'' read functions.';
 
 COMMENT ON FUNCTION @extschema@.verify_access_log(uuid) IS
 'Recomputes the tenant''s access-log chain: ok, rows checked, the first broken seq and why.';
 
-CREATE OR REPLACE VIEW @extschema@.opened_events AS
-SELECT e.tenant_id, e.seq, e.id, e.occurred_at, e.recorded_at,
-       @extschema@.reveal_actor(e.tenant_id, e.actor) AS actor, e.db_role, e.action, e.entity_type,
-       @extschema@.reveal(e.tenant_id, e.id, 'entity_id', e.entity_id) AS entity_id, e.severity,
-       @extschema@.reveal_details(e.tenant_id, e.id, e.details) AS details,
-       @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address) AS ip_address,
-       @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent) AS user_agent,
-       @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
-       OR @extschema@.is_erased(e.tenant_id, e.entity_id)
-       OR (starts_with(e.actor, 'subject:') AND @extschema@.reveal_actor(e.tenant_id, e.actor) IS NULL) AS erased
-  FROM @extschema@.events e;
+COMMENT ON VIEW custos_internal.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
 
-COMMENT ON VIEW @extschema@.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
-
-CREATE OR REPLACE FUNCTION @extschema@.severity_rank(severity text) RETURNS integer
+CREATE OR REPLACE FUNCTION custos_internal.severity_rank(severity text) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT array_position(ARRAY['info', 'low', 'medium', 'high', 'critical'], severity) $$;
 
-COMMENT ON FUNCTION @extschema@.severity_rank(text) IS 'Order of a severity: info 1, low 2, medium 3, high 4, critical 5; NULL if unknown.';
+COMMENT ON FUNCTION custos_internal.severity_rank(text) IS 'Order of a severity: info 1, low 2, medium 3, high 4, critical 5; NULL if unknown.';
 
-CREATE OR REPLACE FUNCTION @extschema@.readable_events(tenant uuid, since timestamptz, until timestamptz, of_type text,
+CREATE OR REPLACE FUNCTION custos_internal.readable_events(tenant uuid, since timestamptz, until timestamptz, of_type text,
                                             of_entity text, by_actor text, min_severity text, with_action text,
                                             before_seq bigint, page_size integer, newest_first boolean)
 RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
@@ -816,9 +841,9 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     hot_days integer := @extschema@.tenant_setting(tenant, 'ledger.hot_retention_days');
-    floor_rank integer := coalesce(@extschema@.severity_rank(min_severity), 1);
+    floor_rank integer := coalesce(custos_internal.severity_rank(min_severity), 1);
 BEGIN
-    IF min_severity IS NOT NULL AND @extschema@.severity_rank(min_severity) IS NULL THEN
+    IF min_severity IS NOT NULL AND custos_internal.severity_rank(min_severity) IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown severity "%s"', min_severity),
             HINT = 'one of info, low, medium, high, critical';
     END IF;
@@ -833,12 +858,12 @@ BEGIN
     RETURN QUERY EXECUTE format($q$
         SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
                o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
-          FROM @extschema@.opened_events o
+          FROM custos_internal.opened_events o
          WHERE o.tenant_id = $1
            AND o.occurred_at >= $2 AND ($3::timestamptz IS NULL OR o.occurred_at < $3)
            AND ($4::text IS NULL OR o.entity_type = $4) AND ($5::text IS NULL OR o.entity_id = $5)
            AND ($6::text IS NULL OR o.actor = $6) AND ($7::text IS NULL OR o.action = $7)
-           AND ($8 = 1 OR @extschema@.severity_rank(o.severity) >= $8)
+           AND ($8 = 1 OR custos_internal.severity_rank(o.severity) >= $8)
            AND ($9::bigint IS NULL OR o.seq < $9)
          ORDER BY o.seq %s
          LIMIT $10$q$, CASE WHEN newest_first THEN 'DESC' ELSE 'ASC' END)
@@ -846,7 +871,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
+COMMENT ON FUNCTION custos_internal.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
 'Internal: the filtered, opened events behind custos.timeline and custos.export_events.';
 
 CREATE OR REPLACE FUNCTION @extschema@.timeline(since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
@@ -863,10 +888,10 @@ DECLARE
     tenant uuid := @extschema@.require_tenant();
     n bigint;
 BEGIN
-    RETURN QUERY SELECT * FROM @extschema@.readable_events(tenant, since, until, of_type, of_entity, by_actor,
+    RETURN QUERY SELECT * FROM custos_internal.readable_events(tenant, since, until, of_type, of_entity, by_actor,
                                                           min_severity, with_action, before_seq, coalesce(page_size, 100), true);
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM @extschema@.log_access(tenant, 'custos.timeline',
+    PERFORM custos_internal.log_access(tenant, 'custos.timeline',
         jsonb_strip_nulls(jsonb_build_object('since', since, 'until', until, 'of_type', of_type, 'of_entity', of_entity,
             'by_actor', by_actor, 'min_severity', min_severity, 'with_action', with_action, 'before_seq', before_seq,
             'page_size', page_size)), n);
@@ -892,12 +917,12 @@ BEGIN
     RETURN QUERY
     SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
            o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
-      FROM @extschema@.opened_events o
+      FROM custos_internal.opened_events o
      WHERE o.tenant_id = tenant AND o.id = event_id
        AND o.seq BETWEEN coalesce(@extschema@.event_seq(event_id), 1)
                      AND coalesce(@extschema@.event_seq(event_id), 9223372036854775807);
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM @extschema@.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
+    PERFORM custos_internal.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
     IF n = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no event %s in the current tenant', event_id);
     END IF;
@@ -921,7 +946,7 @@ DECLARE
     tenant uuid := @extschema@.require_tenant();
     n bigint;
 BEGIN
-    IF NOT pg_has_role(@extschema@.caller_role(), 'custos_exporter', 'MEMBER') THEN
+    IF NOT pg_has_role(custos_internal.caller_role(), 'custos_exporter', 'MEMBER') THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'exporting the ledger needs the custos_exporter role';
     END IF;
     IF format NOT IN ('csv', 'jsonl') THEN
@@ -932,21 +957,21 @@ BEGIN
     IF format = 'csv' THEN
         RETURN NEXT 'seq,id,occurred_at,recorded_at,actor,db_role,action,entity_type,entity_id,severity,details,ip_address,user_agent';
         RETURN QUERY
-        SELECT concat_ws(',', r.seq, r.id, @extschema@.csv_field(r.occurred_at::text), @extschema@.csv_field(r.recorded_at::text),
-                         @extschema@.csv_field(r.actor), @extschema@.csv_field(r.db_role), @extschema@.csv_field(r.action),
-                         @extschema@.csv_field(r.entity_type), @extschema@.csv_field(r.entity_id), r.severity,
-                         @extschema@.csv_field(r.details::text), @extschema@.csv_field(r.ip_address), @extschema@.csv_field(r.user_agent))
-          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+        SELECT concat_ws(',', r.seq, r.id, custos_internal.csv_field(r.occurred_at::text), custos_internal.csv_field(r.recorded_at::text),
+                         custos_internal.csv_field(r.actor), custos_internal.csv_field(r.db_role), custos_internal.csv_field(r.action),
+                         custos_internal.csv_field(r.entity_type), custos_internal.csv_field(r.entity_id), r.severity,
+                         custos_internal.csv_field(r.details::text), custos_internal.csv_field(r.ip_address), custos_internal.csv_field(r.user_agent))
+          FROM custos_internal.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
     ELSE
         RETURN QUERY
         SELECT jsonb_build_object('seq', r.seq, 'id', r.id, 'occurred_at', r.occurred_at, 'recorded_at', r.recorded_at,
                                   'actor', r.actor, 'db_role', r.db_role, 'action', r.action, 'entity_type', r.entity_type,
                                   'entity_id', r.entity_id, 'severity', r.severity, 'details', r.details,
                                   'ip_address', r.ip_address, 'user_agent', r.user_agent, 'erased', r.erased)::text
-          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+          FROM custos_internal.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM @extschema@.log_access(tenant, 'custos.export_events',
+    PERFORM custos_internal.log_access(tenant, 'custos.export_events',
         jsonb_strip_nulls(jsonb_build_object('format', format, 'since', since, 'until', until, 'of_type', of_type,
                                              'by_actor', by_actor, 'min_severity', min_severity)), n);
 END
@@ -955,11 +980,11 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) IS
 'The current tenant''s events in seq order as CSV lines (with a header) or JSON Lines, sealed fields opened. For custos_exporter; recorded in custos.access_log. Stream it with COPY (SELECT * FROM custos.export_events(''csv'')) TO STDOUT.';
 
-CREATE OR REPLACE FUNCTION @extschema@.csv_field(value text) RETURNS text
+CREATE OR REPLACE FUNCTION custos_internal.csv_field(value text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN value IS NULL THEN '' ELSE '"' || replace(value, '"', '""') || '"' END $$;
 
-COMMENT ON FUNCTION @extschema@.csv_field(text) IS 'A value as one RFC 4180 CSV field (quoted; NULL as empty).';
+COMMENT ON FUNCTION custos_internal.csv_field(text) IS 'A value as one RFC 4180 CSV field (quoted; NULL as empty).';
 
 CREATE OR REPLACE FUNCTION @extschema@.export_subject(tenant uuid, subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -969,14 +994,14 @@ DECLARE
     doc jsonb;
     n bigint;
 BEGIN
-    PERFORM @extschema@.require_tenant_access(tenant);
+    PERFORM custos_internal.require_tenant_access(tenant);
     IF subject IS NULL OR subject = '' THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'subject must not be empty';
     END IF;
     SELECT jsonb_build_object(
         'tenant', tenant, 'subject', subject, 'exported_at', now(),
         'events', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.seq)
-                              FROM @extschema@.readable_events(tenant, '-infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false) r
+                              FROM custos_internal.readable_events(tenant, '-infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false) r
                              WHERE r.actor = subject OR r.entity_id = subject), '[]'),
         'identities', coalesce((SELECT jsonb_agg(to_jsonb(i) - 'risk_key') FROM @extschema@.identities i
                                  WHERE i.tenant_id = tenant AND i.user_id = subject), '[]'),
@@ -988,7 +1013,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s holds nothing about subject "%s"', tenant, subject),
             HINT = 'subjects are matched on events.actor, events.entity_id and identities.user_id';
     END IF;
-    PERFORM @extschema@.log_access(tenant, 'custos.export_subject', jsonb_build_object('subject', subject), n);
+    PERFORM custos_internal.log_access(tenant, 'custos.export_subject', jsonb_build_object('subject', subject), n);
     RETURN doc;
 END
 $fn$;
@@ -1007,7 +1032,7 @@ DECLARE
     plaintext_events bigint;
     plaintext_reads bigint;
 BEGIN
-    PERFORM @extschema@.require_tenant_access(tenant);
+    PERFORM custos_internal.require_tenant_access(tenant);
     SELECT count(*), min(k.id::text)::uuid INTO destroyed, first_key
       FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
     DELETE FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = forget_subject.subject;
@@ -1020,7 +1045,7 @@ BEGIN
     -- ledger rows stay as they were, so every chain still verifies.
     UPDATE @extschema@.subject_keys k SET wrapped = NULL, subject = NULL, destroyed_at = now()
      WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
-    PERFORM @extschema@.invalidate_caches();
+    PERFORM custos_internal.invalidate_caches();
     -- What the append-only ledger still holds in plaintext (written before ledger.encrypt was on,
     -- or on a tenant without it) cannot be erased without breaking the chain: say how much.
     SELECT count(*) INTO plaintext_events FROM @extschema@.events e
@@ -1048,14 +1073,14 @@ COMMENT ON TABLE @extschema@.chain_anchors IS
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.chain_anchors', '');
 
-CREATE OR REPLACE FUNCTION @extschema@.retention_delete_check() RETURNS trigger
+CREATE OR REPLACE FUNCTION custos_internal.retention_delete_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     allowed text := current_setting('custos.retention_through', true);
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.retention_delete_check');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.retention_delete_check');
     IF coalesce(allowed, '') !~ '^[0-9a-f-]{36}:[0-9]+$'
        OR EXISTS (SELECT 1 FROM custos_removed r
                    WHERE r.tenant_id::text <> split_part(allowed, ':', 1) OR r.seq > split_part(allowed, ':', 2)::bigint) THEN
@@ -1081,7 +1106,7 @@ DECLARE
     retention_seq bigint;
     n bigint;
 BEGIN
-    PERFORM @extschema@.require_tenant_access(tenant);
+    PERFORM custos_internal.require_tenant_access(tenant);
     years := @extschema@.tenant_setting(tenant, 'ledger.archive_years');
     hold := @extschema@.tenant_setting(tenant, 'ledger.legal_hold');
     IF hold THEN
@@ -1132,7 +1157,7 @@ COMMENT ON COLUMN @extschema@.identities.risk_key IS 'Clock-free ordering key: o
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.identities', '');
 
-COMMENT ON FUNCTION @extschema@.identities_derive() IS
+COMMENT ON FUNCTION custos_internal.identities_derive() IS
 'BEFORE trigger of custos.identities: refuses future timestamps and computes threshold_days, dormant_at, risk_static and risk_key from the row and its tenant''s dormant.* settings.';
 
 CREATE OR REPLACE FUNCTION @extschema@.refresh_peer_scores(tenant uuid DEFAULT NULL) RETURNS bigint
@@ -1180,7 +1205,7 @@ DECLARE
     bad text;
     n bigint;
 BEGIN
-    PERFORM @extschema@.check_json_batch(identities, 'identities',
+    PERFORM custos_internal.check_json_batch(identities, 'identities',
         ARRAY['user_id', 'email', 'display_name', 'source', 'status', 'is_privileged', 'is_service_account',
               'mfa_enabled', 'has_valid_credentials', 'department', 'roles', 'created_at', 'last_active_at', 'attributes'],
         '[{"user_id": "u1", "email": "ana@example.com", "last_active_at": "2026-01-31T09:00:00Z"}]');
@@ -1269,7 +1294,7 @@ DECLARE
     roles text[];
 BEGIN
     IF t IS NULL OR (t IS DISTINCT FROM @extschema@.current_tenant()
-                     AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role())) THEN
+                     AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = custos_internal.caller_role())) THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'activity can be synced for the current tenant only';
     END IF;
     -- A read-only transaction (a hot standby, a PostgREST GET) reads the report as the last fold
@@ -1279,7 +1304,7 @@ BEGIN
     END IF;
     -- One fold at a time per tenant; a concurrent caller waits, then finds little left to do.
     -- (A lock SQL's advisory-lock functions cannot take: no role can block the report with it.)
-    PERFORM @extschema@.lock_activity_fold(t);
+    PERFORM custos_internal.lock_activity_fold(t);
     SELECT folded_seq INTO from_seq FROM @extschema@.activity_watermarks w WHERE w.tenant_id = t;
     from_seq := coalesce(from_seq, 0);
     -- Not max(seq): the watermark must not step over an event that is still becoming visible.
@@ -1294,7 +1319,7 @@ BEGIN
     actions := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_actions') #>> '{}', ' ', ''), ',');
     roles := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_roles') #>> '{}', ' ', ''), ',');
     WITH latest AS (
-        SELECT @extschema@.reveal_actor(t, g.actor) AS actor, g.at
+        SELECT custos_internal.reveal_actor(t, g.actor) AS actor, g.at
           FROM (SELECT e.actor, max(e.occurred_at) AS at
                   FROM @extschema@.events e
                  WHERE e.tenant_id = t AND e.seq > from_seq AND e.seq <= to_seq
@@ -1328,7 +1353,7 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.sync_activity_from_ledger(uuid) IS
 'Folds ledger events since the last fold into identities (actor matched to user_id or email; only the actions and roles the tenant trusts as activity, see dormant.activity_actions and dormant.activity_roles): their last_active_at advances. Returns how many identities moved; in a read-only transaction (a hot standby, a PostgREST GET) it folds nothing and returns 0. custos.dormant_users() calls it first.';
 
-CREATE OR REPLACE FUNCTION @extschema@.dormant_row(i @extschema@.identities, cursor text)
+CREATE OR REPLACE FUNCTION custos_internal.dormant_row(i @extschema@.identities, cursor text)
 RETURNS TABLE (
     user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
     never_active boolean, status text, risk_score real, risk_level text, reasons text[],
@@ -1346,10 +1371,10 @@ AS $fn$
            extract(epoch FROM now() - coalesce((i).last_active_at, (i).created_at)) / 86400, (i).threshold_days) x
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.dormant_row(@extschema@.identities, text) IS
+COMMENT ON FUNCTION custos_internal.dormant_row(@extschema@.identities, text) IS
 'One row of custos.dormant_users: days_inactive, risk score, level and reasons computed at the moment of the call.';
 
-CREATE OR REPLACE FUNCTION @extschema@.dormant_users_page(
+CREATE OR REPLACE FUNCTION custos_internal.dormant_users_page(
     p_inactive_days integer, p_skip integer, p_lim integer, p_risk_level text, p_only_privileged boolean,
     p_order_by text, p_after text
 ) RETURNS TABLE (
@@ -1448,7 +1473,7 @@ BEGIN
              ORDER BY k.risk_key DESC, k.user_id DESC
              OFFSET p_skip LIMIT p_lim) page
         JOIN @extschema@.identities i ON i.tenant_id = tenant AND i.user_id = page.user_id,
-        LATERAL @extschema@.dormant_row(i, page.risk_key::text || '|' || page.user_id) r
+        LATERAL custos_internal.dormant_row(i, page.risk_key::text || '|' || page.user_id) r
         ORDER BY page.risk_key DESC, page.user_id DESC;
     ELSIF p_order_by = 'days_inactive' THEN
         RETURN QUERY
@@ -1462,12 +1487,12 @@ BEGIN
              ORDER BY k.dormant_at, k.user_id
              OFFSET p_skip LIMIT p_lim) page
         JOIN @extschema@.identities i ON i.tenant_id = tenant AND i.user_id = page.user_id,
-        LATERAL @extschema@.dormant_row(i, page.dormant_at::text || '|' || page.user_id) r
+        LATERAL custos_internal.dormant_row(i, page.dormant_at::text || '|' || page.user_id) r
         ORDER BY page.dormant_at, page.user_id;
     ELSE
         RETURN QUERY
         SELECT r.* FROM @extschema@.identities i,
-        LATERAL @extschema@.dormant_row(i, '|' || i.user_id) r
+        LATERAL custos_internal.dormant_row(i, '|' || i.user_id) r
          WHERE i.tenant_id = tenant AND i.dormant_at <= now()
            AND (NOT p_only_privileged OR i.is_privileged)
            AND (p_risk_level IS NULL
@@ -1479,7 +1504,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text) IS
+COMMENT ON FUNCTION custos_internal.dormant_users_page(integer, integer, integer, text, boolean, text, text) IS
 'The body of custos.dormant_users (PL/pgSQL cannot have an argument and a result column both named risk_level).';
 
 CREATE OR REPLACE FUNCTION @extschema@.dormant_users(
@@ -1497,7 +1522,7 @@ CREATE OR REPLACE FUNCTION @extschema@.dormant_users(
 )
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT * FROM @extschema@.dormant_users_page($1, $2, $3, $4, $5, $6, $7) $fn$;
+AS $fn$ SELECT * FROM custos_internal.dormant_users_page($1, $2, $3, $4, $5, $6, $7) $fn$;
 
 COMMENT ON FUNCTION @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text) IS
 'Dormant accounts of the current tenant, riskiest first (order_by risk, days_inactive or user_id), lim rows (1 to 1000) after skip rows or after a cursor from the previous page (stable under concurrent writes). Each row: days_inactive (whole days, NULL when never active), risk_score 0..1, risk_level and the reasons behind it. inactive_days overrides the tenant''s thresholds for this call.';
@@ -1581,14 +1606,14 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.mark_reviewed(text, text, text) IS
 'Records an analyst''s decision on an account (keep, disable, delete, false_positive) with a note, on the identity and as an identity.review event in the audit ledger.';
 
-CREATE OR REPLACE FUNCTION @extschema@.dormant_settings_changed() RETURNS trigger
+CREATE OR REPLACE FUNCTION custos_internal.dormant_settings_changed() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     t uuid := coalesce(NEW.tenant_id, OLD.tenant_id);
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.dormant_settings_changed');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.dormant_settings_changed');
     IF coalesce(NEW.key, OLD.key) LIKE 'dormant.%' THEN
         UPDATE @extschema@.identities SET updated_at = updated_at WHERE tenant_id = t;
     END IF;
@@ -1619,10 +1644,10 @@ UPDATE @extschema@.setting_definitions
 
 -- Triggers and event triggers 0.2.0 adds or changes.
 CREATE TRIGGER ledger_settings_check BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.ledger_settings_check();
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.ledger_settings_check();
 DROP EVENT TRIGGER custos_guard_ledger_drop;
 CREATE EVENT TRIGGER custos_guard_ledger_drop ON ddl_command_start
-    EXECUTE FUNCTION @extschema@.guard_ledger_drop();
+    EXECUTE FUNCTION custos_internal.guard_ledger_drop();
 
 -- Table privileges 0.2.0 narrows.
 REVOKE SELECT ON @extschema@.setting_definitions, @extschema@.tenant_settings FROM PUBLIC;
@@ -1635,9 +1660,12 @@ GRANT SELECT ON @extschema@.tracked_tables TO custos_admin, custos_auditor;
 -- Function privileges: all anew, as sql/privileges.sql sets them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@
   FROM custos_reader, custos_writer, custos_auditor, custos_exporter, custos_admin;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA custos_internal
+  FROM custos_reader, custos_writer, custos_auditor, custos_exporter, custos_admin;
 
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA custos_internal FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
     @extschema@.current_tenant(),
@@ -1652,10 +1680,10 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.settings(),
     @extschema@.tenant_setting(uuid, text),
     @extschema@.validate_setting(text, jsonb),
-    @extschema@.check_json_batch(jsonb, text, text[], text),
+    custos_internal.check_json_batch(jsonb, text, text[], text),
     @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text),
-    @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text),
-    @extschema@.dormant_row(@extschema@.identities, text),
+    custos_internal.dormant_users_page(integer, integer, integer, text, boolean, text, text),
+    custos_internal.dormant_row(@extschema@.identities, text),
     @extschema@.dormant_summary(),
     @extschema@.sync_activity_from_ledger(uuid),
     @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer),
@@ -1687,10 +1715,10 @@ GRANT EXECUTE ON FUNCTION
 TO custos_exporter;
 
 GRANT EXECUTE ON FUNCTION
-    @extschema@.require_trigger_on(oid, regclass, text),
+    custos_internal.require_trigger_on(oid, regclass, text),
     @extschema@.set_setting(text, jsonb),
     @extschema@.reset_setting(text),
-    @extschema@.require_master_key(),
+    custos_internal.require_master_key(),
     @extschema@.enable_tenant_isolation(regclass, name),
     @extschema@.rls_coverage(),
     @extschema@.track_table(regclass, name, text, integer),

@@ -1,5 +1,9 @@
 -- Dormant identities: accounts per tenant, their activity, and an explained risk score.
 
+-- Functions written in Rust that only custos itself calls: out of the public schema.
+ALTER FUNCTION @extschema@.identities_derive() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.lock_activity_fold(uuid) SET SCHEMA custos_internal;
+
 INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
     ('dormant.grace_days', 'integer', '30', 0, 3650,
      'Accounts that never signed in count as dormant only once they are this many days old (before that they are new).'),
@@ -71,8 +75,8 @@ GRANT SELECT ON @extschema@.identities TO custos_reader;
 GRANT INSERT, UPDATE, DELETE ON @extschema@.identities TO custos_admin;
 
 CREATE TRIGGER derive BEFORE INSERT OR UPDATE ON @extschema@.identities
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.identities_derive();
-COMMENT ON FUNCTION @extschema@.identities_derive() IS
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.identities_derive();
+COMMENT ON FUNCTION custos_internal.identities_derive() IS
 'BEFORE trigger of custos.identities: refuses future timestamps and computes threshold_days, dormant_at, risk_static and risk_key from the row and its tenant''s dormant.* settings.';
 
 -- Peers: per department, the share of other members who are active.
@@ -120,7 +124,7 @@ DECLARE
     bad text;
     n bigint;
 BEGIN
-    PERFORM @extschema@.check_json_batch(identities, 'identities',
+    PERFORM custos_internal.check_json_batch(identities, 'identities',
         ARRAY['user_id', 'email', 'display_name', 'source', 'status', 'is_privileged', 'is_service_account',
               'mfa_enabled', 'has_valid_credentials', 'department', 'roles', 'created_at', 'last_active_at', 'attributes'],
         '[{"user_id": "u1", "email": "ana@example.com", "last_active_at": "2026-01-31T09:00:00Z"}]');
@@ -215,7 +219,7 @@ DECLARE
     roles text[];
 BEGIN
     IF t IS NULL OR (t IS DISTINCT FROM @extschema@.current_tenant()
-                     AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = @extschema@.caller_role())) THEN
+                     AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = custos_internal.caller_role())) THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'activity can be synced for the current tenant only';
     END IF;
     -- A read-only transaction (a hot standby, a PostgREST GET) reads the report as the last fold
@@ -225,7 +229,7 @@ BEGIN
     END IF;
     -- One fold at a time per tenant; a concurrent caller waits, then finds little left to do.
     -- (A lock SQL's advisory-lock functions cannot take: no role can block the report with it.)
-    PERFORM @extschema@.lock_activity_fold(t);
+    PERFORM custos_internal.lock_activity_fold(t);
     SELECT folded_seq INTO from_seq FROM @extschema@.activity_watermarks w WHERE w.tenant_id = t;
     from_seq := coalesce(from_seq, 0);
     -- Not max(seq): the watermark must not step over an event that is still becoming visible.
@@ -240,7 +244,7 @@ BEGIN
     actions := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_actions') #>> '{}', ' ', ''), ',');
     roles := string_to_array(replace(@extschema@.tenant_setting(t, 'dormant.activity_roles') #>> '{}', ' ', ''), ',');
     WITH latest AS (
-        SELECT @extschema@.reveal_actor(t, g.actor) AS actor, g.at
+        SELECT custos_internal.reveal_actor(t, g.actor) AS actor, g.at
           FROM (SELECT e.actor, max(e.occurred_at) AS at
                   FROM @extschema@.events e
                  WHERE e.tenant_id = t AND e.seq > from_seq AND e.seq <= to_seq
@@ -277,7 +281,7 @@ COMMENT ON FUNCTION @extschema@.sync_activity_from_ledger(uuid) IS
 -- The report
 ------------------------------------------------------------------------------------------------
 -- One report row: days and score computed now, from the stored identity.
-CREATE FUNCTION @extschema@.dormant_row(i @extschema@.identities, cursor text)
+CREATE FUNCTION custos_internal.dormant_row(i @extschema@.identities, cursor text)
 RETURNS TABLE (
     user_id text, email text, display_name text, last_active_at timestamptz, days_inactive integer,
     never_active boolean, status text, risk_score real, risk_level text, reasons text[],
@@ -294,10 +298,10 @@ AS $fn$
            (i).mfa_enabled, (i).has_valid_credentials, (i).status, (i).peer_score,
            extract(epoch FROM now() - coalesce((i).last_active_at, (i).created_at)) / 86400, (i).threshold_days) x
 $fn$;
-COMMENT ON FUNCTION @extschema@.dormant_row(@extschema@.identities, text) IS
+COMMENT ON FUNCTION custos_internal.dormant_row(@extschema@.identities, text) IS
 'One row of custos.dormant_users: days_inactive, risk score, level and reasons computed at the moment of the call.';
 
-CREATE FUNCTION @extschema@.dormant_users_page(
+CREATE FUNCTION custos_internal.dormant_users_page(
     p_inactive_days integer, p_skip integer, p_lim integer, p_risk_level text, p_only_privileged boolean,
     p_order_by text, p_after text
 ) RETURNS TABLE (
@@ -396,7 +400,7 @@ BEGIN
              ORDER BY k.risk_key DESC, k.user_id DESC
              OFFSET p_skip LIMIT p_lim) page
         JOIN @extschema@.identities i ON i.tenant_id = tenant AND i.user_id = page.user_id,
-        LATERAL @extschema@.dormant_row(i, page.risk_key::text || '|' || page.user_id) r
+        LATERAL custos_internal.dormant_row(i, page.risk_key::text || '|' || page.user_id) r
         ORDER BY page.risk_key DESC, page.user_id DESC;
     ELSIF p_order_by = 'days_inactive' THEN
         RETURN QUERY
@@ -410,12 +414,12 @@ BEGIN
              ORDER BY k.dormant_at, k.user_id
              OFFSET p_skip LIMIT p_lim) page
         JOIN @extschema@.identities i ON i.tenant_id = tenant AND i.user_id = page.user_id,
-        LATERAL @extschema@.dormant_row(i, page.dormant_at::text || '|' || page.user_id) r
+        LATERAL custos_internal.dormant_row(i, page.dormant_at::text || '|' || page.user_id) r
         ORDER BY page.dormant_at, page.user_id;
     ELSE
         RETURN QUERY
         SELECT r.* FROM @extschema@.identities i,
-        LATERAL @extschema@.dormant_row(i, '|' || i.user_id) r
+        LATERAL custos_internal.dormant_row(i, '|' || i.user_id) r
          WHERE i.tenant_id = tenant AND i.dormant_at <= now()
            AND (NOT p_only_privileged OR i.is_privileged)
            AND (p_risk_level IS NULL
@@ -426,7 +430,7 @@ BEGIN
     END IF;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text) IS
+COMMENT ON FUNCTION custos_internal.dormant_users_page(integer, integer, integer, text, boolean, text, text) IS
 'The body of custos.dormant_users (PL/pgSQL cannot have an argument and a result column both named risk_level).';
 
 CREATE FUNCTION @extschema@.dormant_users(
@@ -444,7 +448,7 @@ CREATE FUNCTION @extschema@.dormant_users(
 )
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT * FROM @extschema@.dormant_users_page($1, $2, $3, $4, $5, $6, $7) $fn$;
+AS $fn$ SELECT * FROM custos_internal.dormant_users_page($1, $2, $3, $4, $5, $6, $7) $fn$;
 COMMENT ON FUNCTION @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text) IS
 'Dormant accounts of the current tenant, riskiest first (order_by risk, days_inactive or user_id), lim rows (1 to 1000) after skip rows or after a cursor from the previous page (stable under concurrent writes). Each row: days_inactive (whole days, NULL when never active), risk_score 0..1, risk_level and the reasons behind it. inactive_days overrides the tenant''s thresholds for this call.';
 
@@ -527,14 +531,14 @@ COMMENT ON FUNCTION @extschema@.mark_reviewed(text, text, text) IS
 'Records an analyst''s decision on an account (keep, disable, delete, false_positive) with a note, on the identity and as an identity.review event in the audit ledger.';
 
 -- Changing a tenant's dormant.* settings recomputes its accounts' thresholds and order.
-CREATE FUNCTION @extschema@.dormant_settings_changed() RETURNS trigger
+CREATE FUNCTION custos_internal.dormant_settings_changed() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     t uuid := coalesce(NEW.tenant_id, OLD.tenant_id);
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.dormant_settings_changed');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.dormant_settings_changed');
     IF coalesce(NEW.key, OLD.key) LIKE 'dormant.%' THEN
         UPDATE @extschema@.identities SET updated_at = updated_at WHERE tenant_id = t;
     END IF;
@@ -542,7 +546,7 @@ BEGIN
 END
 $fn$;
 CREATE TRIGGER dormant_settings_changed AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tenant_settings
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.dormant_settings_changed();
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.dormant_settings_changed();
 
 COMMENT ON FUNCTION @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer) IS
 'The dormant risk score of an account, its level and the reasons (each with its contribution); see crates/core/src/dormant/risk.rs for the formula.';

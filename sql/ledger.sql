@@ -1,5 +1,8 @@
 -- The audit ledger: append-only, per-tenant hash-chained events.
 
+-- Functions written in Rust that only custos itself calls: out of the public schema.
+ALTER FUNCTION @extschema@.events_chain() SET SCHEMA custos_internal;
+
 ------------------------------------------------------------------------------------------------
 -- Events
 ------------------------------------------------------------------------------------------------
@@ -46,9 +49,9 @@ $$;
 
 -- Named so it fires after any other BEFORE trigger: what it hashes is what is stored.
 CREATE TRIGGER zz_chain BEFORE INSERT ON @extschema@.events
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.events_chain();
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.events_chain();
 
-CREATE FUNCTION @extschema@.refuse_ledger_change() RETURNS trigger
+CREATE FUNCTION custos_internal.refuse_ledger_change() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -68,27 +71,27 @@ BEGIN
         HINT = 'record a correcting event instead; old events leave only through custos.apply_retention';
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.refuse_ledger_change() IS
+COMMENT ON FUNCTION custos_internal.refuse_ledger_change() IS
 'Trigger function that refuses UPDATE, DELETE and TRUNCATE on custos'' append-only tables.';
 
 -- Refuses UPDATE, DELETE and TRUNCATE on a custos table. ENABLE ALWAYS: the triggers fire even
 -- with session_replication_role = replica.
-CREATE FUNCTION @extschema@.make_append_only(tbl regclass) RETURNS void
+CREATE FUNCTION custos_internal.make_append_only(tbl regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+                    FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.refuse_ledger_change()', tbl);
     EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.refuse_ledger_change()', tbl);
+                    FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.refuse_ledger_change()', tbl);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only', tbl);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER append_only_truncate', tbl);
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.make_append_only(regclass) IS 'Internal: puts custos'' append-only triggers on one of its tables.';
+COMMENT ON FUNCTION custos_internal.make_append_only(regclass) IS 'Internal: puts custos'' append-only triggers on one of its tables.';
 
-SELECT @extschema@.make_append_only('@extschema@.events');
+SELECT custos_internal.make_append_only('@extschema@.events');
 ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER zz_chain;
 
 SELECT @extschema@.enable_tenant_isolation('@extschema@.events');
@@ -111,7 +114,7 @@ CREATE TABLE @extschema@.checkpoints (
 );
 COMMENT ON TABLE @extschema@.checkpoints IS
 'Every checkpoint custos.checkpoint() signed. custos.verify_chain() checks the chain still reaches and agrees with them; keep the texts outside the database too, where a superuser cannot rewrite them.';
-SELECT @extschema@.make_append_only('@extschema@.checkpoints');
+SELECT custos_internal.make_append_only('@extschema@.checkpoints');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.checkpoints');
 -- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.checkpoints', '');
@@ -120,7 +123,7 @@ GRANT SELECT ON @extschema@.checkpoints TO custos_auditor;
 ------------------------------------------------------------------------------------------------
 -- Guard: DDL that would switch off the protections is refused, superusers included.
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION @extschema@.guard_ledger_ddl() RETURNS event_trigger
+CREATE FUNCTION custos_internal.guard_ledger_ddl() RETURNS event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -150,21 +153,21 @@ BEGIN
     END IF;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.guard_ledger_ddl() IS
+COMMENT ON FUNCTION custos_internal.guard_ledger_ddl() IS
 'Event trigger function: refuses DDL that drops or disables the ledger''s triggers or row-level security.';
 CREATE EVENT TRIGGER custos_guard_ledger ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'DROP TRIGGER', 'ALTER TRIGGER', 'CREATE TRIGGER')
-    EXECUTE FUNCTION @extschema@.guard_ledger_ddl();
+    EXECUTE FUNCTION custos_internal.guard_ledger_ddl();
 
-CREATE FUNCTION @extschema@.guard_ledger_drop() RETURNS event_trigger
+CREATE FUNCTION custos_internal.guard_ledger_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'custos_guard_ledger_drop';
-COMMENT ON FUNCTION @extschema@.guard_ledger_drop() IS
+COMMENT ON FUNCTION custos_internal.guard_ledger_drop() IS
 'Event trigger function: refuses DROP EXTENSION custos, DROP SCHEMA custos and ALTER EXTENSION custos DROP unless a superuser set custos.allow_ledger_drop; firing for every DDL command, it also loads the hook that refuses drops cascading into the ledger.';
 -- Every DDL command: besides refusing the direct drops above, the call loads custos' library,
 -- whose object-access hook then refuses any drop that would cascade into the ledger
 -- (src/ledger/guard.rs).
 CREATE EVENT TRIGGER custos_guard_ledger_drop ON ddl_command_start
-    EXECUTE FUNCTION @extschema@.guard_ledger_drop();
+    EXECUTE FUNCTION custos_internal.guard_ledger_drop();
 
 ------------------------------------------------------------------------------------------------
 -- Writing events
@@ -208,7 +211,7 @@ DECLARE
     bad text;
     n bigint;
 BEGIN
-    PERFORM @extschema@.check_json_batch(events, 'event batch',
+    PERFORM custos_internal.check_json_batch(events, 'event batch',
         ARRAY['tenant_id', 'occurred_at', 'actor', 'action', 'entity_type', 'entity_id', 'severity', 'details',
               'ip_address', 'user_agent'],
         '[{"action": "login", "entity_type": "user", "entity_id": "u1"}]');
@@ -235,7 +238,7 @@ COMMENT ON FUNCTION @extschema@.record_events(jsonb) IS
 ------------------------------------------------------------------------------------------------
 -- Functions written in Rust (src/ledger/api.rs)
 ------------------------------------------------------------------------------------------------
-COMMENT ON FUNCTION @extschema@.events_chain() IS
+COMMENT ON FUNCTION custos_internal.events_chain() IS
 'BEFORE INSERT trigger of custos.events: assigns seq, id, times, actor, role and transaction, and links the row into its tenant''s SHA-256 chain.';
 COMMENT ON FUNCTION @extschema@.verify_chain(uuid, bigint, bigint) IS
 'Recomputes a tenant''s hash chain from from_seq to to_seq (default: its end) and returns ok, how many events were checked, and the first broken seq with the reason (content changed, hash altered, link broken, gap, reordered, truncated, rewritten). A break also raises a critical alert.';

@@ -9,6 +9,7 @@
 -- as triggers, which PostgreSQL fires without checking EXECUTE.
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA custos_internal FROM PUBLIC;
 
 -- Everyone.
 GRANT EXECUTE ON FUNCTION
@@ -25,10 +26,10 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.settings(),
     @extschema@.tenant_setting(uuid, text),
     @extschema@.validate_setting(text, jsonb),
-    @extschema@.check_json_batch(jsonb, text, text[], text),
+    custos_internal.check_json_batch(jsonb, text, text[], text),
     @extschema@.dormant_users(integer, integer, integer, text, boolean, text, text),
-    @extschema@.dormant_users_page(integer, integer, integer, text, boolean, text, text),
-    @extschema@.dormant_row(@extschema@.identities, text),
+    custos_internal.dormant_users_page(integer, integer, integer, text, boolean, text, text),
+    custos_internal.dormant_row(@extschema@.identities, text),
     @extschema@.dormant_summary(),
     @extschema@.sync_activity_from_ledger(uuid),
     @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer),
@@ -65,10 +66,10 @@ TO custos_exporter;
 -- Admins: settings, isolation, capture, identities, erasure, retention, keys, alert triage.
 -- (require_trigger_on: the checks of the settings triggers, which fire as the admin who writes.)
 GRANT EXECUTE ON FUNCTION
-    @extschema@.require_trigger_on(oid, regclass, text),
+    custos_internal.require_trigger_on(oid, regclass, text),
     @extschema@.set_setting(text, jsonb),
     @extschema@.reset_setting(text),
-    @extschema@.require_master_key(),
+    custos_internal.require_master_key(),
     @extschema@.enable_tenant_isolation(regclass, name),
     @extschema@.rls_coverage(),
     @extschema@.track_table(regclass, name, text, integer),

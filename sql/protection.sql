@@ -2,6 +2,14 @@
 -- values opened for readers, logged reads, streaming exports, GDPR export and erasure, retention
 -- with chained anchors.
 
+-- Functions written in Rust that only custos itself calls: out of the public schema.
+ALTER FUNCTION @extschema@.reveal(uuid, uuid, text, text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.reveal_actor(uuid, text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.is_erased(uuid, text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.require_tenant_access(uuid) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.require_master_key() SET SCHEMA custos_internal;
+
 INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
     ('ledger.encrypt', 'boolean', 'false', NULL, NULL,
      'Seal ip_address, user_agent and the ledger.encrypted_detail_keys of new events with the actor''s key (AES-256-GCM). Needs custos.master_key.'),
@@ -17,36 +25,36 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
      'While on, custos.apply_retention removes nothing.');
 
 -- Encryption cannot be switched on for a tenant without a master key to wrap its keys.
-CREATE FUNCTION @extschema@.ledger_settings_check() RETURNS trigger
+CREATE FUNCTION custos_internal.ledger_settings_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.ledger_settings_check');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.ledger_settings_check');
     IF NEW.key = 'ledger.encrypt' AND NEW.value = 'true'::jsonb THEN
-        PERFORM @extschema@.require_master_key();
+        PERFORM custos_internal.require_master_key();
     END IF;
     RETURN NEW;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.ledger_settings_check() IS
+COMMENT ON FUNCTION custos_internal.ledger_settings_check() IS
 'BEFORE trigger of custos.tenant_settings: refuses ledger.encrypt = true while no master key is configured.';
 CREATE TRIGGER ledger_settings_check BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.ledger_settings_check();
-COMMENT ON FUNCTION @extschema@.require_master_key() IS
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.ledger_settings_check();
+COMMENT ON FUNCTION custos_internal.require_master_key() IS
 'Raises 55000 unless a usable master key is configured (custos.master_key_file, or custos.master_key in the session).';
 
-COMMENT ON FUNCTION @extschema@.require_tenant_access(uuid) IS
+COMMENT ON FUNCTION custos_internal.require_tenant_access(uuid) IS
 'Raises 42501 unless the caller works in the given tenant (its current tenant); superusers work in any.';
-COMMENT ON FUNCTION @extschema@.reveal(uuid, uuid, text, text) IS
+COMMENT ON FUNCTION custos_internal.reveal(uuid, uuid, text, text) IS
 'Internal: a stored event field as the tenant''s reader sees it (opened if sealed; NULL once its subject was forgotten). Used by custos'' logged read functions.';
-CREATE FUNCTION @extschema@.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb
+CREATE FUNCTION custos_internal.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb
 LANGUAGE c STABLE STRICT PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'custos_reveal_details';
-COMMENT ON FUNCTION @extschema@.reveal_details(uuid, uuid, jsonb) IS
+COMMENT ON FUNCTION custos_internal.reveal_details(uuid, uuid, jsonb) IS
 'Internal: details with sealed values opened (null where the subject was forgotten).';
-COMMENT ON FUNCTION @extschema@.reveal_actor(uuid, text) IS
+COMMENT ON FUNCTION custos_internal.reveal_actor(uuid, text) IS
 'Internal: the actor of an event as the tenant''s reader sees it (the subject''s name for a pseudonym, NULL once forgotten).';
-COMMENT ON FUNCTION @extschema@.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
+COMMENT ON FUNCTION custos_internal.is_erased(uuid, text) IS 'Internal: whether a stored value is sealed under a destroyed key.';
 
 ------------------------------------------------------------------------------------------------
 -- Access log
@@ -67,14 +75,14 @@ CREATE TABLE @extschema@.access_log (
 );
 COMMENT ON TABLE @extschema@.access_log IS
 'Who read the audit ledger through custos'' functions: when, which function, with which filters, how many rows. Append-only, its own per-tenant SHA-256 chain (custos.verify_access_log).';
-SELECT @extschema@.make_append_only('@extschema@.access_log');
+SELECT custos_internal.make_append_only('@extschema@.access_log');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.access_log');
 -- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.access_log', '');
 REVOKE ALL ON @extschema@.access_log FROM PUBLIC;
 GRANT SELECT ON @extschema@.access_log TO custos_auditor;
 
-COMMENT ON FUNCTION @extschema@.log_access(uuid, text, jsonb, bigint) IS
+COMMENT ON FUNCTION custos_internal.log_access(uuid, text, jsonb, bigint) IS
 'Internal: appends one read to the tenant''s access log (chained); called by custos'' read functions.';
 COMMENT ON FUNCTION @extschema@.verify_access_log(uuid) IS
 'Recomputes the tenant''s access-log chain: ok, rows checked, the first broken seq and why.';
@@ -84,28 +92,28 @@ COMMENT ON FUNCTION @extschema@.verify_access_log(uuid) IS
 ------------------------------------------------------------------------------------------------
 -- Events with their sealed values opened (for the current tenant only: reveal checks). Read only
 -- by custos' logged functions, which filter on tenant_id; nobody else may select from it.
-CREATE VIEW @extschema@.opened_events AS
+CREATE VIEW custos_internal.opened_events AS
 SELECT e.tenant_id, e.seq, e.id, e.occurred_at, e.recorded_at,
-       @extschema@.reveal_actor(e.tenant_id, e.actor) AS actor, e.db_role, e.action, e.entity_type,
-       @extschema@.reveal(e.tenant_id, e.id, 'entity_id', e.entity_id) AS entity_id, e.severity,
-       @extschema@.reveal_details(e.tenant_id, e.id, e.details) AS details,
-       @extschema@.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address) AS ip_address,
-       @extschema@.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent) AS user_agent,
-       @extschema@.is_erased(e.tenant_id, e.ip_address) OR @extschema@.is_erased(e.tenant_id, e.user_agent)
-       OR @extschema@.is_erased(e.tenant_id, e.entity_id)
-       OR (starts_with(e.actor, 'subject:') AND @extschema@.reveal_actor(e.tenant_id, e.actor) IS NULL) AS erased
+       custos_internal.reveal_actor(e.tenant_id, e.actor) AS actor, e.db_role, e.action, e.entity_type,
+       custos_internal.reveal(e.tenant_id, e.id, 'entity_id', e.entity_id) AS entity_id, e.severity,
+       custos_internal.reveal_details(e.tenant_id, e.id, e.details) AS details,
+       custos_internal.reveal(e.tenant_id, e.id, 'ip_address', e.ip_address) AS ip_address,
+       custos_internal.reveal(e.tenant_id, e.id, 'user_agent', e.user_agent) AS user_agent,
+       custos_internal.is_erased(e.tenant_id, e.ip_address) OR custos_internal.is_erased(e.tenant_id, e.user_agent)
+       OR custos_internal.is_erased(e.tenant_id, e.entity_id)
+       OR (starts_with(e.actor, 'subject:') AND custos_internal.reveal_actor(e.tenant_id, e.actor) IS NULL) AS erased
   FROM @extschema@.events e;
-COMMENT ON VIEW @extschema@.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
-REVOKE ALL ON @extschema@.opened_events FROM PUBLIC;
+COMMENT ON VIEW custos_internal.opened_events IS 'Internal: events with sealed values opened, behind custos.timeline, custos.event and the exports.';
+REVOKE ALL ON custos_internal.opened_events FROM PUBLIC;
 
-CREATE FUNCTION @extschema@.severity_rank(severity text) RETURNS integer
+CREATE FUNCTION custos_internal.severity_rank(severity text) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT array_position(ARRAY['info', 'low', 'medium', 'high', 'critical'], severity) $$;
-COMMENT ON FUNCTION @extschema@.severity_rank(text) IS 'Order of a severity: info 1, low 2, medium 3, high 4, critical 5; NULL if unknown.';
+COMMENT ON FUNCTION custos_internal.severity_rank(text) IS 'Order of a severity: info 1, low 2, medium 3, high 4, critical 5; NULL if unknown.';
 
 -- The events a reader of the current tenant may see, opened, with the filters every read function
 -- shares. since defaults to the hot-retention window; older events need an explicit since.
-CREATE FUNCTION @extschema@.readable_events(tenant uuid, since timestamptz, until timestamptz, of_type text,
+CREATE FUNCTION custos_internal.readable_events(tenant uuid, since timestamptz, until timestamptz, of_type text,
                                             of_entity text, by_actor text, min_severity text, with_action text,
                                             before_seq bigint, page_size integer, newest_first boolean)
 RETURNS TABLE (seq bigint, id uuid, occurred_at timestamptz, recorded_at timestamptz, actor text, db_role text,
@@ -116,9 +124,9 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     hot_days integer := @extschema@.tenant_setting(tenant, 'ledger.hot_retention_days');
-    floor_rank integer := coalesce(@extschema@.severity_rank(min_severity), 1);
+    floor_rank integer := coalesce(custos_internal.severity_rank(min_severity), 1);
 BEGIN
-    IF min_severity IS NOT NULL AND @extschema@.severity_rank(min_severity) IS NULL THEN
+    IF min_severity IS NOT NULL AND custos_internal.severity_rank(min_severity) IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown severity "%s"', min_severity),
             HINT = 'one of info, low, medium, high, critical';
     END IF;
@@ -133,19 +141,19 @@ BEGIN
     RETURN QUERY EXECUTE format($q$
         SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
                o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
-          FROM @extschema@.opened_events o
+          FROM custos_internal.opened_events o
          WHERE o.tenant_id = $1
            AND o.occurred_at >= $2 AND ($3::timestamptz IS NULL OR o.occurred_at < $3)
            AND ($4::text IS NULL OR o.entity_type = $4) AND ($5::text IS NULL OR o.entity_id = $5)
            AND ($6::text IS NULL OR o.actor = $6) AND ($7::text IS NULL OR o.action = $7)
-           AND ($8 = 1 OR @extschema@.severity_rank(o.severity) >= $8)
+           AND ($8 = 1 OR custos_internal.severity_rank(o.severity) >= $8)
            AND ($9::bigint IS NULL OR o.seq < $9)
          ORDER BY o.seq %s
          LIMIT $10$q$, CASE WHEN newest_first THEN 'DESC' ELSE 'ASC' END)
     USING tenant, since, until, of_type, of_entity, by_actor, with_action, floor_rank, before_seq, page_size;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
+COMMENT ON FUNCTION custos_internal.readable_events(uuid, timestamptz, timestamptz, text, text, text, text, text, bigint, integer, boolean) IS
 'Internal: the filtered, opened events behind custos.timeline and custos.export_events.';
 
 CREATE FUNCTION @extschema@.timeline(since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
@@ -162,10 +170,10 @@ DECLARE
     tenant uuid := @extschema@.require_tenant();
     n bigint;
 BEGIN
-    RETURN QUERY SELECT * FROM @extschema@.readable_events(tenant, since, until, of_type, of_entity, by_actor,
+    RETURN QUERY SELECT * FROM custos_internal.readable_events(tenant, since, until, of_type, of_entity, by_actor,
                                                           min_severity, with_action, before_seq, coalesce(page_size, 100), true);
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM @extschema@.log_access(tenant, 'custos.timeline',
+    PERFORM custos_internal.log_access(tenant, 'custos.timeline',
         jsonb_strip_nulls(jsonb_build_object('since', since, 'until', until, 'of_type', of_type, 'of_entity', of_entity,
             'by_actor', by_actor, 'min_severity', min_severity, 'with_action', with_action, 'before_seq', before_seq,
             'page_size', page_size)), n);
@@ -190,12 +198,12 @@ BEGIN
     RETURN QUERY
     SELECT o.seq, o.id, o.occurred_at, o.recorded_at, o.actor, o.db_role, o.action, o.entity_type,
            o.entity_id, o.severity, o.details, o.ip_address, o.user_agent, o.erased
-      FROM @extschema@.opened_events o
+      FROM custos_internal.opened_events o
      WHERE o.tenant_id = tenant AND o.id = event_id
        AND o.seq BETWEEN coalesce(@extschema@.event_seq(event_id), 1)
                      AND coalesce(@extschema@.event_seq(event_id), 9223372036854775807);
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM @extschema@.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
+    PERFORM custos_internal.log_access(tenant, 'custos.event', jsonb_build_object('id', event_id), n);
     IF n = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('no event %s in the current tenant', event_id);
     END IF;
@@ -217,7 +225,7 @@ DECLARE
     tenant uuid := @extschema@.require_tenant();
     n bigint;
 BEGIN
-    IF NOT pg_has_role(@extschema@.caller_role(), 'custos_exporter', 'MEMBER') THEN
+    IF NOT pg_has_role(custos_internal.caller_role(), 'custos_exporter', 'MEMBER') THEN
         RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'exporting the ledger needs the custos_exporter role';
     END IF;
     IF format NOT IN ('csv', 'jsonl') THEN
@@ -228,21 +236,21 @@ BEGIN
     IF format = 'csv' THEN
         RETURN NEXT 'seq,id,occurred_at,recorded_at,actor,db_role,action,entity_type,entity_id,severity,details,ip_address,user_agent';
         RETURN QUERY
-        SELECT concat_ws(',', r.seq, r.id, @extschema@.csv_field(r.occurred_at::text), @extschema@.csv_field(r.recorded_at::text),
-                         @extschema@.csv_field(r.actor), @extschema@.csv_field(r.db_role), @extschema@.csv_field(r.action),
-                         @extschema@.csv_field(r.entity_type), @extschema@.csv_field(r.entity_id), r.severity,
-                         @extschema@.csv_field(r.details::text), @extschema@.csv_field(r.ip_address), @extschema@.csv_field(r.user_agent))
-          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+        SELECT concat_ws(',', r.seq, r.id, custos_internal.csv_field(r.occurred_at::text), custos_internal.csv_field(r.recorded_at::text),
+                         custos_internal.csv_field(r.actor), custos_internal.csv_field(r.db_role), custos_internal.csv_field(r.action),
+                         custos_internal.csv_field(r.entity_type), custos_internal.csv_field(r.entity_id), r.severity,
+                         custos_internal.csv_field(r.details::text), custos_internal.csv_field(r.ip_address), custos_internal.csv_field(r.user_agent))
+          FROM custos_internal.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
     ELSE
         RETURN QUERY
         SELECT jsonb_build_object('seq', r.seq, 'id', r.id, 'occurred_at', r.occurred_at, 'recorded_at', r.recorded_at,
                                   'actor', r.actor, 'db_role', r.db_role, 'action', r.action, 'entity_type', r.entity_type,
                                   'entity_id', r.entity_id, 'severity', r.severity, 'details', r.details,
                                   'ip_address', r.ip_address, 'user_agent', r.user_agent, 'erased', r.erased)::text
-          FROM @extschema@.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
+          FROM custos_internal.readable_events(tenant, since, until, of_type, NULL, by_actor, min_severity, NULL, NULL, NULL, false) r;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM @extschema@.log_access(tenant, 'custos.export_events',
+    PERFORM custos_internal.log_access(tenant, 'custos.export_events',
         jsonb_strip_nulls(jsonb_build_object('format', format, 'since', since, 'until', until, 'of_type', of_type,
                                              'by_actor', by_actor, 'min_severity', min_severity)), n);
 END
@@ -250,10 +258,10 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.export_events(text, timestamptz, timestamptz, text, text, text) IS
 'The current tenant''s events in seq order as CSV lines (with a header) or JSON Lines, sealed fields opened. For custos_exporter; recorded in custos.access_log. Stream it with COPY (SELECT * FROM custos.export_events(''csv'')) TO STDOUT.';
 
-CREATE FUNCTION @extschema@.csv_field(value text) RETURNS text
+CREATE FUNCTION custos_internal.csv_field(value text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN value IS NULL THEN '' ELSE '"' || replace(value, '"', '""') || '"' END $$;
-COMMENT ON FUNCTION @extschema@.csv_field(text) IS 'A value as one RFC 4180 CSV field (quoted; NULL as empty).';
+COMMENT ON FUNCTION custos_internal.csv_field(text) IS 'A value as one RFC 4180 CSV field (quoted; NULL as empty).';
 
 
 ------------------------------------------------------------------------------------------------
@@ -267,14 +275,14 @@ DECLARE
     doc jsonb;
     n bigint;
 BEGIN
-    PERFORM @extschema@.require_tenant_access(tenant);
+    PERFORM custos_internal.require_tenant_access(tenant);
     IF subject IS NULL OR subject = '' THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'subject must not be empty';
     END IF;
     SELECT jsonb_build_object(
         'tenant', tenant, 'subject', subject, 'exported_at', now(),
         'events', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.seq)
-                              FROM @extschema@.readable_events(tenant, '-infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false) r
+                              FROM custos_internal.readable_events(tenant, '-infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false) r
                              WHERE r.actor = subject OR r.entity_id = subject), '[]'),
         'identities', coalesce((SELECT jsonb_agg(to_jsonb(i) - 'risk_key') FROM @extschema@.identities i
                                  WHERE i.tenant_id = tenant AND i.user_id = subject), '[]'),
@@ -286,7 +294,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s holds nothing about subject "%s"', tenant, subject),
             HINT = 'subjects are matched on events.actor, events.entity_id and identities.user_id';
     END IF;
-    PERFORM @extschema@.log_access(tenant, 'custos.export_subject', jsonb_build_object('subject', subject), n);
+    PERFORM custos_internal.log_access(tenant, 'custos.export_subject', jsonb_build_object('subject', subject), n);
     RETURN doc;
 END
 $fn$;
@@ -304,7 +312,7 @@ DECLARE
     plaintext_events bigint;
     plaintext_reads bigint;
 BEGIN
-    PERFORM @extschema@.require_tenant_access(tenant);
+    PERFORM custos_internal.require_tenant_access(tenant);
     SELECT count(*), min(k.id::text)::uuid INTO destroyed, first_key
       FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
     DELETE FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = forget_subject.subject;
@@ -317,7 +325,7 @@ BEGIN
     -- ledger rows stay as they were, so every chain still verifies.
     UPDATE @extschema@.subject_keys k SET wrapped = NULL, subject = NULL, destroyed_at = now()
      WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
-    PERFORM @extschema@.invalidate_caches();
+    PERFORM custos_internal.invalidate_caches();
     -- What the append-only ledger still holds in plaintext (written before ledger.encrypt was on,
     -- or on a tenant without it) cannot be erased without breaking the chain: say how much.
     SELECT count(*) INTO plaintext_events FROM @extschema@.events e
@@ -353,7 +361,7 @@ CREATE TABLE @extschema@.chain_anchors (
 );
 COMMENT ON TABLE @extschema@.chain_anchors IS
 'Where retention cut each tenant''s chain: events through through_seq were removed; anchor_hash is the hash of the last one, which the first remaining event links to. The retention event at event_seq records the same, inside the chain. Append-only.';
-SELECT @extschema@.make_append_only('@extschema@.chain_anchors');
+SELECT custos_internal.make_append_only('@extschema@.chain_anchors');
 SELECT @extschema@.enable_tenant_isolation('@extschema@.chain_anchors');
 -- Its rows are user data: pg_dump carries them (extension tables are otherwise left out).
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.chain_anchors', '');
@@ -361,14 +369,14 @@ REVOKE ALL ON @extschema@.chain_anchors FROM PUBLIC;
 GRANT SELECT ON @extschema@.chain_anchors TO custos_auditor;
 
 -- Holds a retention DELETE to the tenant and seq custos.apply_retention named.
-CREATE FUNCTION @extschema@.retention_delete_check() RETURNS trigger
+CREATE FUNCTION custos_internal.retention_delete_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     allowed text := current_setting('custos.retention_through', true);
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.retention_delete_check');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.retention_delete_check');
     IF coalesce(allowed, '') !~ '^[0-9a-f-]{36}:[0-9]+$'
        OR EXISTS (SELECT 1 FROM custos_removed r
                    WHERE r.tenant_id::text <> split_part(allowed, ':', 1) OR r.seq > split_part(allowed, ':', 2)::bigint) THEN
@@ -379,7 +387,7 @@ BEGIN
 END
 $fn$;
 CREATE TRIGGER retention_delete_check AFTER DELETE ON @extschema@.events
-    REFERENCING OLD TABLE AS custos_removed FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.retention_delete_check();
+    REFERENCING OLD TABLE AS custos_removed FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.retention_delete_check();
 ALTER TABLE @extschema@.events ENABLE ALWAYS TRIGGER retention_delete_check;
 
 CREATE FUNCTION @extschema@.apply_retention(tenant uuid)
@@ -397,7 +405,7 @@ DECLARE
     retention_seq bigint;
     n bigint;
 BEGIN
-    PERFORM @extschema@.require_tenant_access(tenant);
+    PERFORM custos_internal.require_tenant_access(tenant);
     years := @extschema@.tenant_setting(tenant, 'ledger.archive_years');
     hold := @extschema@.tenant_setting(tenant, 'ledger.legal_hold');
     IF hold THEN

@@ -1,5 +1,8 @@
 -- Tenancy: isolation helpers, coverage report and per-tenant settings.
 
+-- Functions written in Rust that only custos itself calls: out of the public schema.
+ALTER FUNCTION @extschema@.invalidate_caches() SET SCHEMA custos_internal;
+
 COMMENT ON FUNCTION @extschema@.current_tenant() IS
 'The tenant of the current request: the value of custos.set_tenant() in this transaction, else the tenant_id claim of request.jwt.claims (as PostgREST sets it). NULL when neither holds a valid UUID, so tenant-isolated tables show no rows.';
 COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
@@ -95,14 +98,14 @@ COMMENT ON FUNCTION @extschema@.rls_coverage() IS
 ------------------------------------------------------------------------------------------------
 -- Helpers for the SQL interface of every capability
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION @extschema@.caller_role() RETURNS name
+CREATE FUNCTION custos_internal.caller_role() RETURNS name
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     -- Inside SECURITY DEFINER, current_user is the owner; the caller is SET ROLE's, else the session's.
     SELECT CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role')::name END
 $fn$;
-COMMENT ON FUNCTION @extschema@.caller_role() IS
+COMMENT ON FUNCTION custos_internal.caller_role() IS
 'The role that called in: SET ROLE''s role, else the session user. Unlike current_user, unchanged inside SECURITY DEFINER functions.';
 
 CREATE FUNCTION @extschema@.require_tenant() RETURNS uuid
@@ -121,7 +124,7 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@.require_tenant() IS 'The current tenant, or an error (42501) when none is set.';
 
-CREATE FUNCTION @extschema@.check_json_batch(batch jsonb, what text, allowed_keys text[], example text)
+CREATE FUNCTION custos_internal.check_json_batch(batch jsonb, what text, allowed_keys text[], example text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -146,7 +149,7 @@ BEGIN
     END IF;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.check_json_batch(jsonb, text, text[], text) IS
+COMMENT ON FUNCTION custos_internal.check_json_batch(jsonb, text, text[], text) IS
 'Raises a clear error (22023) unless batch is a JSON array of objects using only allowed_keys; used by the batch functions (record_events, upsert_identities).';
 
 ------------------------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ COMMENT ON FUNCTION @extschema@.validate_setting(text, jsonb) IS
 'Returns the value if it is valid for the setting; otherwise raises an error naming what is wrong (unknown key, wrong type, out of range).';
 
 -- Trigger functions refuse every table but their own (custos.require_trigger_on).
-CREATE FUNCTION @extschema@.require_trigger_on(fired_on oid, own regclass, fn text) RETURNS void
+CREATE FUNCTION custos_internal.require_trigger_on(fired_on oid, own regclass, fn text) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
@@ -247,15 +250,15 @@ BEGIN
     END IF;
 END
 $fn$;
-COMMENT ON FUNCTION @extschema@.require_trigger_on(oid, regclass, text) IS
+COMMENT ON FUNCTION custos_internal.require_trigger_on(oid, regclass, text) IS
 'Internal: raises 39P01 unless a trigger function fires on its own table.';
 
-CREATE FUNCTION @extschema@.tenant_settings_validate() RETURNS trigger
+CREATE FUNCTION custos_internal.tenant_settings_validate() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_validate');
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_validate');
     NEW.value := @extschema@.validate_setting(NEW.key, NEW.value);
     NEW.updated_at := now();
     NEW.updated_by := current_user;
@@ -263,24 +266,24 @@ BEGIN
 END
 $fn$;
 CREATE TRIGGER validate BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.tenant_settings_validate();
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.tenant_settings_validate();
 
 -- Settings are cached per session (src/tenancy/mod.rs): any change ages every session's cache.
 -- A row trigger named to fire before the other AFTER triggers on tenant_settings, which may read
 -- the new values at once.
-CREATE FUNCTION @extschema@.tenant_settings_invalidate() RETURNS trigger
+CREATE FUNCTION custos_internal.tenant_settings_invalidate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM @extschema@.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_invalidate');
-    PERFORM @extschema@.invalidate_caches();
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.tenant_settings', 'custos.tenant_settings_invalidate');
+    PERFORM custos_internal.invalidate_caches();
     RETURN NULL;
 END
 $fn$;
 CREATE TRIGGER cache_invalidation AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tenant_settings
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.tenant_settings_invalidate();
-COMMENT ON FUNCTION @extschema@.invalidate_caches() IS
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.tenant_settings_invalidate();
+COMMENT ON FUNCTION custos_internal.invalidate_caches() IS
 'Ages the cached settings and keys of every session (they are read again on next use); custos calls it when settings change, keys rotate or a subject is forgotten.';
 
 CREATE FUNCTION @extschema@.tenant_setting(tenant uuid, key text)

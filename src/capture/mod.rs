@@ -1,4 +1,4 @@
-//! `custos.capture_changes()`: the AFTER … FOR EACH STATEMENT trigger that `custos.track_table`
+//! `custos_internal.capture_changes()`: the AFTER … FOR EACH STATEMENT trigger that `custos.track_table`
 //! puts on a business table. It reads the statement's transition tables directly, turns each row
 //! into JSON text in Rust (no row_to_json/json_agg, no JSON re-parsing per row) and writes the
 //! events straight to `custos.events` in batches ([`crate::ledger::append`]), or, when the table has more
@@ -518,8 +518,8 @@ impl EventSink {
         // Written one tenant after another, by either path; the sort is stable, so each tenant's
         // events keep their order, which is their chain order. A statement's events of one tenant
         // then sit together in the heap instead of between other tenants' events, so verifying
-        // the chain, which reads it in seq order, finds consecutive events on the same page:
-        // 2.5-3x as many events per second for a tenant among ten. It also takes the tenants'
+        // the chain, which reads it in seq order, finds consecutive events on the same page (the
+        // README gives the gain). It also takes the tenants'
         // chain locks in a fixed order: two such flushes over the same tenants, in transactions
         // that held none of those locks before, cannot deadlock on them.
         let mut order: Vec<&Pending> = self.buffers.pending.iter().collect();
@@ -713,7 +713,7 @@ enum Change {
 fn protocol_violation() -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-        "custos.capture_changes must be an AFTER INSERT, UPDATE or DELETE ... FOR EACH STATEMENT trigger with transition tables",
+        "custos_internal.capture_changes must be an AFTER INSERT, UPDATE or DELETE ... FOR EACH STATEMENT trigger with transition tables",
         Some("let custos.track_table create it"),
     )
 }

@@ -3,7 +3,7 @@
 //! (`custos.subject_keys`). Destroying a subject's key is how a person is forgotten.
 //!
 //! Unwrapped data and subject keys stay in backend memory until custos' caches are invalidated
-//! (`custos.invalidate_caches`, which `forget_subject` and `rotate_data_key` call): a destroyed
+//! (`custos_internal.invalidate_caches`, which `forget_subject` and `rotate_data_key` call): a destroyed
 //! key is gone from every other session before its next statement touches a table. Keys are read
 //! under a snapshot taken at the read, not the transaction's ([`fresh_rows`]), and cached only if
 //! no invalidation arrived meanwhile: a REPEATABLE READ transaction that began before an erasure

@@ -172,7 +172,7 @@ fn identities_derive<'a>(
                 l.of(
                     td.tg_relation,
                     c"identities",
-                    "custos.identities_derive",
+                    "custos_internal.identities_derive",
                     &DERIVE_COLUMNS,
                 )
             });

@@ -1678,10 +1678,10 @@ fn sealed_fields_are_ciphertext_at_rest_and_plaintext_through_timeline() {
     // Values and pseudonyms in the previous forms (the key named by its full id, the subject
     // reference as uuid text) still open.
     let previous = Spi::get_one::<String>(&format!(
-        "SELECT custos.reveal(e.tenant_id, e.id, 'ip_address',
+        "SELECT custos_internal.reveal(e.tenant_id, e.id, 'ip_address',
                   'enc2.' || translate(rtrim(encode(uuid_send(k.id), 'base64'), '='), '+/', '-_')
                           || '.' || split_part(e.ip_address, '.', 3))
-                || ' ' || custos.reveal_actor(e.tenant_id, 'subject:' || k.subject_ref)
+                || ' ' || custos_internal.reveal_actor(e.tenant_id, 'subject:' || k.subject_ref)
            FROM custos.events e JOIN custos.subject_keys k ON k.tenant_id = e.tenant_id AND k.subject = 'alice'
           WHERE e.id = '{id}'"
     ))
@@ -1731,7 +1731,7 @@ fn sealed_fields_are_ciphertext_at_rest_and_plaintext_through_timeline() {
     .unwrap();
     assert_eq!(count("SELECT count(*) FROM custos.timeline()"), 0);
     assert_error(
-        &format!("SELECT custos.reveal('{A}', '{id}', 'ip_address', '{sealed_ip}')"),
+        &format!("SELECT custos_internal.reveal('{A}', '{id}', 'ip_address', '{sealed_ip}')"),
         "42501",
         "permission denied for function reveal",
     );
@@ -1754,7 +1754,7 @@ fn ciphertext_moved_to_another_row_or_tenant_does_not_open() {
     );
     // The same ciphertext presented as another tenant's does not open either.
     assert_error(
-        &format!("SELECT custos.reveal('{B}', '{first}', 'ip_address', (SELECT ip_address FROM custos.events WHERE id = '{first}'))"),
+        &format!("SELECT custos_internal.reveal('{B}', '{first}', 'ip_address', (SELECT ip_address FROM custos.events WHERE id = '{first}'))"),
         "XX001",
         "cannot be opened",
     );
@@ -1845,26 +1845,29 @@ fn encryption_without_a_master_key_or_with_the_wrong_one_is_refused() {
     let (A, B) = fresh_tenants();
     encrypted_tenant(A);
     let id = sealed_event("dan", "d@x");
-    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = ''").unwrap();
+    Spi::run("SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key = ''")
+        .unwrap();
     assert_error(
         "INSERT INTO custos.events (action, entity_type, actor, user_agent) VALUES ('x', 'y', 'erin', 'ua')",
         "55000",
         "no master key is configured",
     );
-    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '2222222222222222222222222222222222222222222222222222222222222222'").unwrap();
+    Spi::run("SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key = '2222222222222222222222222222222222222222222222222222222222222222'").unwrap();
     assert_error(
         &format!("SELECT * FROM custos.event('{id}')"),
         "22023",
         "does not open data key version 1",
     );
-    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = 'not a key'")
-        .unwrap();
+    Spi::run(
+        "SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key = 'not a key'",
+    )
+    .unwrap();
     assert_error(
         &format!("SELECT * FROM custos.event('{id}')"),
         "22023",
         "master key must be 32 bytes",
     );
-    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = ''; SET LOCAL custos.master_key_file = '/nonexistent/custos.key'").unwrap();
+    Spi::run("SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key = ''; SET LOCAL custos.master_key_file = '/nonexistent/custos.key'").unwrap();
     assert_error(
         &format!("SELECT * FROM custos.event('{id}')"),
         "F0000",
@@ -1970,7 +1973,7 @@ fn master_key_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     };
     // The new key alone does not open the tenant's data key, and the error names both keys.
     Spi::run(&format!(
-        "SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{NEW}'"
+        "SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key = '{NEW}'"
     ))
     .unwrap();
     assert_error(
@@ -1980,7 +1983,7 @@ fn master_key_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     );
     // During the rotation the previous key still opens it.
     Spi::run(&format!(
-        "SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = '{MASTER}'"
+        "SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key_previous = '{MASTER}'"
     ))
     .unwrap();
     assert_eq!(email(&id), Ok(Some("f@x".into())));
@@ -1989,8 +1992,10 @@ fn master_key_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     ));
     assert_eq!(rewrapped, Ok((Some(1), Some(0))));
     // Afterwards the new key alone opens old values and seals new ones; a second run has nothing to do.
-    Spi::run("SELECT custos.invalidate_caches(); SET LOCAL custos.master_key_previous = ''")
-        .unwrap();
+    Spi::run(
+        "SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key_previous = ''",
+    )
+    .unwrap();
     assert_eq!(email(&id), Ok(Some("f@x".into())));
     let later = sealed_event("frank", "f2@x");
     assert_eq!(email(&later), Ok(Some("f2@x".into())));
@@ -2000,7 +2005,7 @@ fn master_key_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     assert_eq!(again, Ok((Some(0), Some(1))));
     // The old key no longer opens anything, and nobody but a superuser may rewrap.
     Spi::run(&format!(
-        "SELECT custos.invalidate_caches(); SET LOCAL custos.master_key = '{MASTER}'"
+        "SELECT custos_internal.invalidate_caches(); SET LOCAL custos.master_key = '{MASTER}'"
     ))
     .unwrap();
     assert_error(
@@ -2067,7 +2072,7 @@ fn encrypted_events_store_the_actor_as_a_pseudonym_kept_across_rotations() {
     // Unencrypted tenants keep names; a stored value that only looks like a pseudonym is shown as is.
     assert_eq!(
         Spi::get_one::<String>(&format!(
-            "SELECT custos.reveal_actor('{A}', 'subject:nonsense')"
+            "SELECT custos_internal.reveal_actor('{A}', 'subject:nonsense')"
         ))
         .unwrap()
         .as_deref(),

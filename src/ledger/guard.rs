@@ -66,7 +66,7 @@ pub unsafe extern "C-unwind" fn custos_guard_ledger_drop(
         if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
             raise(
                 PgSqlErrorCode::ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED,
-                "custos.guard_ledger_drop() must be called as an event trigger",
+                "custos_internal.guard_ledger_drop() must be called as an event trigger",
                 None,
             );
         }

@@ -63,7 +63,14 @@ impl Columns {
     /// `rel` must be an open relation.
     pub unsafe fn of(rel: pg_sys::Relation) -> Columns {
         unsafe {
-            let pos = LAYOUT.with(|l| l.of(rel, c"events", "custos.events_chain", &COLUMN_TYPES));
+            let pos = LAYOUT.with(|l| {
+                l.of(
+                    rel,
+                    c"events",
+                    "custos_internal.events_chain",
+                    &COLUMN_TYPES,
+                )
+            });
             Columns {
                 tenant_id: pos[0],
                 seq: pos[1],

@@ -232,7 +232,7 @@ fn reveal_details(tenant: &[u8; 16], event_id: &[u8; 16], details: pg_sys::Datum
 
 crate::fmgr_v1_info!(pg_finfo_custos_reveal_details);
 
-/// `custos.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb`, STRICT.
+/// `custos_internal.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb`, STRICT.
 /// A C-level function so that the jsonb is read in place rather than converted through serde.
 ///
 /// # Safety

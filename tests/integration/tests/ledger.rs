@@ -302,7 +302,7 @@ fn a_writer_whose_predecessor_rolls_back_fails_instead_of_committing_a_broken_li
     b.batch_execute("BEGIN").unwrap();
     let seq: i64 = b
         .query_one(
-            &format!("SELECT custos.log_access('{T1}', 'test', '{{}}', 0)"),
+            &format!("SELECT custos_internal.log_access('{T1}', 'test', '{{}}', 0)"),
             &[],
         )
         .unwrap()
@@ -322,7 +322,7 @@ fn a_writer_whose_predecessor_rolls_back_fails_instead_of_committing_a_broken_li
     assert_eq!(committing.join().unwrap(), Err("40001".to_string()));
     let next: i64 = a
         .query_one(
-            &format!("SELECT custos.log_access('{T1}', 'test', '{{}}', 0)"),
+            &format!("SELECT custos_internal.log_access('{T1}', 'test', '{{}}', 0)"),
             &[],
         )
         .unwrap()

@@ -581,7 +581,7 @@ fn a_hot_standby_audits() {
     assert!(n >= 0);
     let opened: String = one(
         &mut s,
-        &format!("SELECT ip_address FROM custos.opened_events WHERE tenant_id = '{A}' AND action = 'login'"),
+        &format!("SELECT ip_address FROM custos_internal.opened_events WHERE tenant_id = '{A}' AND action = 'login'"),
     );
     assert_eq!(opened, "198.51.100.1", "sealed values open on the standby");
     let _ = checkpoint;
@@ -758,7 +758,7 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
     assert!(ok);
     let ip: String = one(
         &mut r,
-        &format!("SELECT ip_address FROM custos.opened_events WHERE tenant_id = '{A}' AND action = 'login'"),
+        &format!("SELECT ip_address FROM custos_internal.opened_events WHERE tenant_id = '{A}' AND action = 'login'"),
     );
     assert_eq!(
         ip, "198.51.100.1",
@@ -792,7 +792,7 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
     ) >= events));
     let e = k
         .query_one(
-            &format!("SELECT ip_address FROM custos.opened_events WHERE tenant_id = '{A}' AND action = 'login'"),
+            &format!("SELECT ip_address FROM custos_internal.opened_events WHERE tenant_id = '{A}' AND action = 'login'"),
             &[],
         )
         .unwrap_err();

@@ -75,7 +75,7 @@ fn a_login_cannot_attach_custos_triggers_and_a_superuser_cannot_misuse_them() {
         let e = err(
             &mut m,
             &format!(
-                "CREATE TRIGGER z BEFORE INSERT ON ev FOR EACH ROW EXECUTE FUNCTION custos.{f}()"
+                "CREATE TRIGGER z BEFORE INSERT ON ev FOR EACH ROW EXECUTE FUNCTION custos_internal.{f}()"
             ),
         );
         assert_eq!(e, "42501", "{f}");
@@ -83,7 +83,7 @@ fn a_login_cannot_attach_custos_triggers_and_a_superuser_cannot_misuse_them() {
     // Even a superuser's trigger on another table is refused before any datum is read.
     su.batch_execute(look_alike).unwrap();
     su.batch_execute(
-        "CREATE TRIGGER z BEFORE INSERT ON ev FOR EACH ROW EXECUTE FUNCTION custos.events_chain()",
+        "CREATE TRIGGER z BEFORE INSERT ON ev FOR EACH ROW EXECUTE FUNCTION custos_internal.events_chain()",
     )
     .unwrap();
     let e = err(
@@ -94,9 +94,9 @@ fn a_login_cannot_attach_custos_triggers_and_a_superuser_cannot_misuse_them() {
     // Right types, wrong table: no head taken from it, the real chain stays intact.
     su.batch_execute(&format!(
         "CREATE TEMP TABLE ev2 (LIKE custos.events INCLUDING DEFAULTS);
-         CREATE TRIGGER z BEFORE INSERT ON ev2 FOR EACH ROW EXECUTE FUNCTION custos.events_chain();
+         CREATE TRIGGER z BEFORE INSERT ON ev2 FOR EACH ROW EXECUTE FUNCTION custos_internal.events_chain();
          CREATE TEMP TABLE ids (LIKE custos.identities INCLUDING DEFAULTS);
-         CREATE TRIGGER z BEFORE INSERT ON ids FOR EACH ROW EXECUTE FUNCTION custos.identities_derive();
+         CREATE TRIGGER z BEFORE INSERT ON ids FOR EACH ROW EXECUTE FUNCTION custos_internal.identities_derive();
          SELECT custos.set_tenant('{A}'); SELECT custos.record_event('a', 'b');"
     ))
     .unwrap();
@@ -129,7 +129,7 @@ fn a_login_cannot_attach_custos_triggers_and_a_superuser_cannot_misuse_them() {
     };
     assert_eq!((ok, checked), (true, 2));
     // Calling a trigger function directly is refused too.
-    err(&mut su, "SELECT custos.events_chain()");
+    err(&mut su, "SELECT custos_internal.events_chain()");
     assert!(
         !server_log().contains("terminated by signal"),
         "a backend crashed"
@@ -218,7 +218,7 @@ fn a_destroyed_key_never_comes_back_from_a_cache() {
     let opened: String = tx
         .query_one(
             &format!("SELECT string_agg(coalesce(ip_address, '<gone>'), ' ' ORDER BY seq)
-                        FROM custos.opened_events WHERE tenant_id = '{A}' AND action IN ('login', 'logout')"),
+                        FROM custos_internal.opened_events WHERE tenant_id = '{A}' AND action IN ('login', 'logout')"),
             &[],
         )
         .unwrap()
@@ -554,7 +554,7 @@ fn errors_carry_no_backtrace() {
     // scripts/test.sh starts this cluster with RUST_BACKTRACE=1 on purpose.
     let (_db, mut su) = fresh_db("sec_backtrace");
     for sql in [
-        "SELECT custos.events_chain()",
+        "SELECT custos_internal.events_chain()",
         "SELECT * FROM custos.verify_chain('00000000-0000-0000-0000-000000000000', 0)",
         "SELECT * FROM custos.verify_checkpoint('nonsense')",
     ] {
@@ -613,7 +613,7 @@ fn readme_privileges() -> BTreeMap<String, (String, bool)> {
     let mut table = BTreeMap::new();
     for line in section.lines().take_while(|l| !l.starts_with("## ")) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cells.len() < 4 || !cells[1].starts_with("`custos.") {
+        if cells.len() < 4 || !cells[1].starts_with("`custos") {
             continue;
         }
         let signature = cells[1].trim_matches('`').to_owned();
@@ -804,7 +804,7 @@ fn forgetting_a_person_leaves_no_readable_trace_on_a_sealing_tenant() {
     .unwrap();
     let readable: i64 = one(
         &mut su,
-        &format!("SELECT count(*) FROM custos.opened_events WHERE tenant_id = '{A}' AND entity_id = 'alice'"),
+        &format!("SELECT count(*) FROM custos_internal.opened_events WHERE tenant_id = '{A}' AND entity_id = 'alice'"),
     );
     assert_eq!(
         readable, 3,
