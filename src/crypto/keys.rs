@@ -215,7 +215,7 @@ pub fn master_key() -> MasterKey {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "no master key is configured for ledger encryption",
-            Some("a superuser sets custos.master_key (32 bytes, hex or base64) or custos.master_key_file"),
+            Some("a superuser points custos.master_key_file at a file holding the key (32 bytes, hex or base64), or sets custos.master_key in the session"),
         )
     })
 }

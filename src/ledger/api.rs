@@ -357,9 +357,9 @@ fn verify_chain(
         raise_alert(tenant, b);
     }
     let asked_beyond_end = match to_seq {
-        Some(to) if outcome.last_seq < to => Some(Break::Truncated {
+        Some(to) if outcome.last_seq < to => Some(Break::EndsBeforeAsked {
             last: outcome.last_seq,
-            expected: to,
+            asked: to,
         }),
         _ => None,
     };

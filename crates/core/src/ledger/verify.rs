@@ -20,6 +20,9 @@ pub enum Break {
     Reordered { seq: i64, links_to: i64 },
     /// The chain ends before a point it is known to have reached.
     Truncated { last: i64, expected: i64 },
+    /// The chain ends before the `to_seq` a caller asked for: reported as truncated, but only the
+    /// caller's question, not evidence (custos raises no alert for it).
+    EndsBeforeAsked { last: i64, asked: i64 },
     /// The row at a signed checkpoint no longer has the hash the checkpoint recorded: the chain was
     /// rewritten and its hashes recomputed.
     Rewritten { seq: i64 },
@@ -38,7 +41,7 @@ impl Break {
             | Break::Reordered { seq, .. }
             | Break::Rewritten { seq }
             | Break::AnchorAltered { seq } => *seq,
-            Break::Truncated { last, .. } => last + 1,
+            Break::Truncated { last, .. } | Break::EndsBeforeAsked { last, .. } => last + 1,
         }
     }
 
@@ -51,7 +54,7 @@ impl Break {
             Break::ContentChanged { .. } => "content changed",
             Break::HashAltered { .. } => "hash altered",
             Break::Reordered { .. } => "reordered",
-            Break::Truncated { .. } => "truncated",
+            Break::Truncated { .. } | Break::EndsBeforeAsked { .. } => "truncated",
             Break::Rewritten { .. } => "rewritten",
             Break::AnchorAltered { .. } => "anchor altered",
         }
@@ -82,6 +85,11 @@ impl Break {
             }
             Break::Truncated { last, expected } => {
                 format!("truncated: seq {} onwards is missing; the chain ends at seq {last} but had reached seq {expected}", last + 1)
+            }
+            Break::EndsBeforeAsked { last, asked } => {
+                format!(
+                    "truncated: the chain ends at seq {last}, before the to_seq {asked} asked for"
+                )
             }
             Break::Rewritten { seq } => {
                 format!("rewritten: seq {seq} no longer has the hash a signed checkpoint recorded")
