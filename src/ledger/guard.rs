@@ -84,23 +84,28 @@ pub unsafe extern "C-unwind" fn custos_guard_ledger_drop(
 
 static mut PREVIOUS_OBJECT_ACCESS_HOOK: pg_sys::object_access_hook_type = None;
 
-/// Whether dropping this object takes the ledger away: the extension itself, or a relation (or a
-/// column of one) in schema custos. Drops by custos' own scripts (`ALTER EXTENSION custos
-/// UPDATE`) are custos' business.
+/// Whether dropping this object takes the ledger away: the extension itself, or a relation that
+/// belongs to it (or a column of one, which a `DROP TYPE … CASCADE` could take). Relations that
+/// merely sit in schema custos are left alone: the transient heap of a `VACUUM FULL` or
+/// `CLUSTER` of a ledger table, an index a `REINDEX CONCURRENTLY` replaces. Drops by custos' own
+/// scripts (`ALTER EXTENSION custos UPDATE`) are custos' business.
 unsafe fn is_ledger_object(class_id: pg_sys::Oid, object_id: pg_sys::Oid) -> bool {
     // SAFETY: catalog lookups inside the transaction of the DROP; missing objects give InvalidOid.
     unsafe {
         if pg_sys::creating_extension {
             return false;
         }
+        if class_id != pg_sys::ExtensionRelationId && class_id != pg_sys::RelationRelationId {
+            return false;
+        }
+        let custos = pg_sys::get_extension_oid(c"custos".as_ptr(), true);
+        if custos == pg_sys::InvalidOid {
+            return false;
+        }
         if class_id == pg_sys::ExtensionRelationId {
-            return object_id == pg_sys::get_extension_oid(c"custos".as_ptr(), true);
+            return object_id == custos;
         }
-        if class_id == pg_sys::RelationRelationId {
-            let custos = pg_sys::get_namespace_oid(c"custos".as_ptr(), true);
-            return custos != pg_sys::InvalidOid && pg_sys::get_rel_namespace(object_id) == custos;
-        }
-        false
+        pg_sys::getExtensionOfObject(class_id, object_id) == custos
     }
 }
 

@@ -55,8 +55,8 @@ impl Beside {
     }
 }
 
-/// Creates a new database named `it_<name>` with custos installed and returns a superuser client.
-pub fn fresh_db(name: &str) -> (String, Client) {
+/// Creates a new, empty database named `it_<name>` (dropping one left by an earlier run).
+pub fn empty_db(name: &str) -> String {
     let db = format!("it_{name}");
     let mut admin = connect("postgres", "postgres");
     admin
@@ -65,6 +65,12 @@ pub fn fresh_db(name: &str) -> (String, Client) {
     admin
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .unwrap();
+    db
+}
+
+/// Creates a new database named `it_<name>` with custos installed and returns a superuser client.
+pub fn fresh_db(name: &str) -> (String, Client) {
+    let db = empty_db(name);
     let mut client = connect(&db, "postgres");
     client
         .batch_execute("CREATE EXTENSION custos CASCADE")
