@@ -230,3 +230,34 @@ SELECT * FROM custos.apply_retention('d4000000-0000-4000-8000-000000000004');
 \set ON_ERROR_STOP on
 ROLLBACK TO SAVEPOINT hold;
 COMMIT;
+
+\echo ''
+\echo '== 11. Security and operations: what a monitoring role, a forged request and a DBA see'
+\echo '   keys are never shown (key files are the recommended source), even to the superuser:'
+SET custos.master_key = '5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5';
+SHOW custos.master_key;
+RESET custos.master_key;
+\echo '   a role that is not the authenticator cannot choose a tenant by setting JWT claims:'
+CREATE ROLE demo_intruder NOLOGIN;
+GRANT custos_reader TO demo_intruder;
+GRANT demo_intruder TO CURRENT_USER;
+BEGIN;
+SET LOCAL SESSION AUTHORIZATION demo_intruder;
+SELECT set_config('request.jwt.claims', '{"tenant_id": "a1000000-0000-4000-8000-000000000001"}', true) IS NOT NULL AS claims_set,
+       custos.current_tenant() AS tenant_seen;
+COMMIT;
+\echo '   the public API and what stays internal (PostgREST exposes only schema custos):'
+SELECT n.nspname AS schema, count(*) AS functions,
+       count(*) FILTER (WHERE has_function_privilege('public', p.oid, 'EXECUTE')) AS executable_by_public
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname LIKE 'custos%' GROUP BY 1 ORDER BY 1;
+\echo '   every table with user data goes into pg_dump; the ledger survives a cascade; upgrades are versioned:'
+SELECT count(*) AS tables_pg_dump_carries FROM pg_extension, unnest(extconfig) WHERE extname = 'custos';
+\set ON_ERROR_STOP off
+BEGIN;
+DROP EXTENSION vector CASCADE;
+ROLLBACK;
+\set ON_ERROR_STOP on
+SELECT extversion AS installed, (SELECT string_agg(source || ' -> ' || target, ', ')
+         FROM pg_extension_update_paths('custos') WHERE path IS NOT NULL AND target = extversion) AS upgrades_to_it
+  FROM pg_extension WHERE extname = 'custos';

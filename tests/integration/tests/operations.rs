@@ -27,8 +27,13 @@ fn port() -> String {
 /// Runs one of PostgreSQL's client programs against the test cluster; panics with its output if
 /// it fails.
 fn tool(program: &str, args: &[&str]) -> String {
+    tool_at(&host(), &port(), program, args)
+}
+
+/// Like [`tool`], against the server at `host` (a socket directory) and `port`.
+fn tool_at(host: &str, port: &str, program: &str, args: &[&str]) -> String {
     let out = Command::new(format!("{}/{program}", pg_bin()))
-        .args(["-h", &host(), "-p", &port(), "-U", "postgres"])
+        .args(["-h", host, "-p", port, "-U", "postgres"])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
@@ -132,6 +137,11 @@ fn in_tenant<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, t: &str, s
 /// events), a checkpoint, an access log, an alert, identities, a watermark, settings, and a
 /// tracked business table. Returns the checkpoint text. Works on every release's schema.
 fn fill(su: &mut Client, db: &str, keys: &Path) -> String {
+    fill_at(su, db, keys, &|db| connect(db, "postgres"))
+}
+
+/// Like [`fill`], on the server that `superuser` connects to.
+fn fill_at(su: &mut Client, db: &str, keys: &Path, superuser: &dyn Fn(&str) -> Client) -> String {
     su.batch_execute(&format!(
         "ALTER DATABASE {db} SET custos.master_key_file = '{}';
          ALTER DATABASE {db} SET custos.checkpoint_key_file = '{}';",
@@ -139,7 +149,7 @@ fn fill(su: &mut Client, db: &str, keys: &Path) -> String {
         key_file(keys, "signer.key", SIGNER)
     ))
     .unwrap();
-    let mut c = connect(db, "postgres");
+    let mut c = superuser(db);
     c.batch_execute(&format!(
         "CREATE TABLE public.orders (tenant_id uuid NOT NULL, id int PRIMARY KEY, total numeric);
          SELECT custos.enable_tenant_isolation('public.orders');
@@ -166,7 +176,17 @@ fn fill(su: &mut Client, db: &str, keys: &Path) -> String {
 /// What a restored database must show: every chain verifies to its length, the checkpoint still
 /// holds, sealed values open, nothing was captured twice, and new events continue the chains.
 fn check_restored(db: &str, checkpoint: &str, events_before: i64) {
-    let mut c = connect(db, "postgres");
+    check_restored_at(db, checkpoint, events_before, &|db| connect(db, "postgres"))
+}
+
+/// Like [`check_restored`], on the server that `superuser` connects to.
+fn check_restored_at(
+    db: &str,
+    checkpoint: &str,
+    events_before: i64,
+    superuser: &dyn Fn(&str) -> Client,
+) {
+    let mut c = superuser(db);
     let events: i64 = one(&mut c, "SELECT count(*) FROM custos.events");
     assert_eq!(events, events_before, "{db}: phantom or lost events");
     for (t, n) in [(A, events_before - 6), (B, 6)] {
@@ -798,5 +818,56 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
         s.batch_execute(&format!("DROP SUBSCRIPTION sub_{sub_db}"))
             .unwrap();
     }
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+#[test]
+fn pg_dumpall_moves_a_whole_cluster_with_its_ledger() {
+    let keys = scratch("dumpall-keys");
+    let source = new_cluster("dumpall-source");
+    source
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE ledgerdb")
+        .unwrap();
+    let mut su = source.connect("ledgerdb");
+    su.batch_execute("CREATE EXTENSION custos CASCADE").unwrap();
+    let checkpoint = fill_at(&mut su, "ledgerdb", &keys, &|db| source.connect(db));
+    let events: i64 = one(&mut su, "SELECT count(*) FROM custos.events");
+    let dump = keys.join("cluster.sql");
+    let at = |c: &Cluster| c.dir.display().to_string();
+    tool_at(
+        &at(&source),
+        "5432",
+        "pg_dumpall",
+        &["-f", dump.to_str().unwrap()],
+    );
+    // The new cluster gets roles, databases with their settings (the key files) and every row.
+    let target = new_cluster("dumpall-target");
+    let out = Command::new(format!("{}/psql", pg_bin()))
+        .args([
+            "-h",
+            &at(&target),
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-X",
+            "-q",
+            "-d",
+            "postgres",
+            "-f",
+        ])
+        .arg(&dump)
+        .env("PGOPTIONS", "-c custos.restore_mode=on")
+        .output()
+        .unwrap();
+    let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .filter(|l| !l.contains("role \"postgres\" already exists"))
+        .map(str::to_owned)
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    check_restored_at("ledgerdb", &checkpoint, events, &|db| target.connect(db));
     let _ = std::fs::remove_dir_all(&keys);
 }
