@@ -110,7 +110,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     ledger::head::init();
     ledger::guard::init();
-    tenancy::init();
+    pg::cache::init();
 }
 
 #[cfg(test)]

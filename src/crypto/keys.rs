@@ -13,6 +13,7 @@
 use super::envelope::{self, CryptoError, FieldSealer, KeyRef, SecretKey, KEY_LEN, NONCE_LEN};
 use crate::error::raise;
 use crate::gucs;
+use crate::pg::spi::{column, fresh_rows};
 use crate::tenancy::as_superuser;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -51,72 +52,6 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     })
 }
 
-/// The rows of a query on custos' key tables, each turned into `R` by `each` (the datums are valid
-/// only inside it). Read as the superuser, with read-only SPI (no transaction id: it works on a
-/// hot standby and costs a primary nothing) and a snapshot taken now: a key destroyed by a
-/// committed erasure is never read back by a transaction whose own snapshot is older.
-fn fresh_rows<R>(
-    query: &std::ffi::CStr,
-    args: &[(pg_sys::Oid, pg_sys::Datum)],
-    mut each: impl FnMut(&[Option<pg_sys::Datum>]) -> R,
-) -> Vec<R> {
-    as_superuser(|| {
-        // SAFETY: backend thread inside a transaction. SPI is connected and finished here; an
-        // ERROR in between unwinds through the transaction abort, which cleans SPI up. The
-        // latest snapshot is pushed by SPI itself for the query; result rows are read before
-        // SPI_finish frees them.
-        unsafe {
-            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-                key_failed("SPI_connect failed");
-            }
-            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
-            let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
-            let plan = pg_sys::SPI_prepare(query.as_ptr(), types.len() as i32, types.as_mut_ptr());
-            if plan.is_null() {
-                key_failed("SPI_prepare failed");
-            }
-            let status = pg_sys::SPI_execute_snapshot(
-                plan,
-                values.as_mut_ptr(),
-                std::ptr::null(),
-                pg_sys::GetLatestSnapshot(),
-                std::ptr::null_mut(),
-                true,
-                false,
-                0,
-            );
-            if status != pg_sys::SPI_OK_SELECT as i32 {
-                key_failed(format!("query returned SPI status {status}"));
-            }
-            let table = pg_sys::SPI_tuptable;
-            let mut out = Vec::new();
-            for i in 0..pg_sys::SPI_processed as usize {
-                let tuple = *(*table).vals.add(i);
-                let natts = (*(*table).tupdesc).natts;
-                let row: Vec<Option<pg_sys::Datum>> = (1..=natts)
-                    .map(|col| {
-                        let mut null = false;
-                        let d = pg_sys::SPI_getbinval(tuple, (*table).tupdesc, col, &mut null);
-                        (!null).then_some(d)
-                    })
-                    .collect();
-                out.push(each(&row));
-            }
-            pg_sys::SPI_finish();
-            out
-        }
-    })
-}
-
-/// A column of a row from [`fresh_rows`], copied out of SPI's memory.
-fn column<T: FromDatum>(row: &[Option<pg_sys::Datum>], i: usize) -> Option<T> {
-    // SAFETY: the datum comes from a column of type T (each query below names its columns).
-    row.get(i)
-        .copied()
-        .flatten()
-        .and_then(|d| unsafe { T::from_datum(d, false) })
-}
-
 /// Caches what `load` read unless custos' caches were invalidated while it ran (the rows it read
 /// may then predate the change).
 fn load_then_cache<T>(load: impl FnOnce() -> T, store: impl FnOnce(&mut Cache, &T)) -> T {
@@ -150,13 +85,11 @@ thread_local! {
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     const { assert!(N <= RANDOM_BLOCK) };
-    // SAFETY: reading a backend global.
-    let pid = unsafe { pg_sys::MyProcPid };
+    let pid = crate::pg::backend::process_id();
     RANDOM.with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.pid != pid || pool.used + N > RANDOM_BLOCK {
-            // SAFETY: fills the whole block from the server's strong random source.
-            if !unsafe { pg_sys::pg_strong_random(pool.block.as_mut_ptr().cast(), RANDOM_BLOCK) } {
+            if !crate::pg::backend::strong_random(&mut pool.block) {
                 raise(
                     PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                     "could not generate random bytes",

@@ -2,6 +2,8 @@
 //! subject's keys, which seal field values (AES-256-GCM throughout). Pure sealing in `envelope`,
 //! key storage and caching in `keys`.
 
+#![deny(unsafe_code)]
+
 pub use custos_core::crypto::envelope;
 pub mod keys;
 
@@ -59,8 +61,7 @@ fn rewrap_data_keys(
         name!(master_key_id, String),
     ),
 > {
-    // SAFETY: reads the current user's superuser flag, backend thread.
-    if !unsafe { pg_sys::superuser() } {
+    if !crate::pg::backend::current_user_is_superuser() {
         crate::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "only a superuser may rewrap data keys",

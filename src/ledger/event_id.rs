@@ -1,4 +1,5 @@
 //! `custos.event_seq(id)`: the seq an event id carries (see `custos_core::ledger::event_id`).
+#![deny(unsafe_code)]
 
 pub use custos_core::ledger::event_id::*;
 use pgrx::prelude::*;

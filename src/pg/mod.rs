@@ -2,14 +2,13 @@
 //! tuples deformed and formed, varlena bytes, relations checked before their datums are read.
 //! Imports no capability: the capabilities build on it.
 
+pub mod backend;
+pub mod cache;
 pub mod jsonb;
 pub mod locks;
 pub mod numeric;
+pub mod spi;
 pub mod tuple;
 pub mod varlena;
 
-/// Whether this server is a hot standby (in recovery): it can read, not write.
-pub fn recovery_in_progress() -> bool {
-    // SAFETY: reads shared state of the startup process, on the backend thread.
-    unsafe { pgrx::pg_sys::RecoveryInProgress() }
-}
+pub use backend::recovery_in_progress;
