@@ -9,6 +9,8 @@ use pgrx::prelude::*;
 /// written against fmgr directly (`LANGUAGE c AS 'MODULE_PATHNAME', '<name>'`).
 macro_rules! fmgr_v1_info {
     ($finfo:ident) => {
+        // The symbol PostgreSQL looks up by name; nothing unsafe runs in it.
+        #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
             static V1: pgrx::pg_sys::Pg_finfo_record =

@@ -2,10 +2,12 @@
 //! one is. The score is in `risk.rs` (pure); this module keeps each identity's derived columns
 //! current and exposes the scoring to SQL (`sql/dormant.sql` holds the tables and the report).
 
+#![deny(unsafe_code)]
+
 pub use custos_core::dormant::risk;
 
 use crate::error::raise;
-use crate::pg::tuple::Row;
+use crate::pg::tuple::TriggerRow;
 use crate::tenancy::TenantCache;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -151,82 +153,69 @@ fn refuse_future(column: &str, at: i64, now: i64) {
 fn identities_derive<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
-    let td = trigger.trigger_data();
-    // SAFETY: a BEFORE INSERT OR UPDATE row trigger: tg_relation and the new tuple are valid.
-    unsafe {
-        let new_tuple = if matches!(trigger.op(), Ok(PgTriggerOperation::Update)) {
-            td.tg_newtuple
-        } else {
-            td.tg_trigtuple
-        };
-        if new_tuple.is_null() {
-            raise(
-                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                "identities_derive is a row-level INSERT or UPDATE trigger",
-                None,
-            );
-        }
-        let tupdesc = (*td.tg_relation).rd_att;
-        let [tenant_i, last_active_i, created_i, status_i, peer_i, privileged_i, service_i, mfa_i, credentials_i, threshold_i, static_i, dormant_i, key_i] =
-            DERIVE_LAYOUT.with(|l| {
-                l.of(
-                    td.tg_relation,
-                    c"identities",
-                    "custos_internal.identities_derive",
-                    &DERIVE_COLUMNS,
-                )
-            });
-        let mut row = Row::deform(new_tuple, tupdesc);
-        let (values, nulls) = (&row.values, &row.nulls);
-        let flag = |i: usize| -> bool { !nulls[i] && values[i].value() != 0 };
-        let time = |i: usize| -> Option<i64> { (!nulls[i]).then(|| values[i].value() as i64) };
-
-        let now = pg_sys::GetCurrentTimestamp();
-        let last_active = time(last_active_i);
-        let created = time(created_i).unwrap_or(now);
-        if let Some(at) = last_active {
-            check_time("last_active_at", at, now);
-        }
-        check_time("created_at", created, now);
-        let tenant: [u8; 16] = *values[tenant_i].cast_mut_ptr::<[u8; 16]>();
-        let status = if nulls[status_i] {
-            "active".to_owned()
-        } else {
-            String::from_datum(values[status_i], false).unwrap_or_default()
-        };
-        let factors = Factors {
-            privileged: flag(privileged_i),
-            never_active: last_active.is_none(),
-            service_account: flag(service_i),
-            mfa_enabled: flag(mfa_i),
-            valid_credentials: flag(credentials_i),
-            disabled: matches!(status.as_str(), "suspended" | "deprovisioned"),
-            peer_score: if nulls[peer_i] {
-                0.0
-            } else {
-                f32::from_datum(values[peer_i], false).unwrap_or(0.0) as f64
-            },
-        };
-        let policy = policy_for(&tenant);
-        let (threshold, dormant_at) = policy.dormancy(
-            factors.privileged,
-            factors.service_account,
-            last_active,
-            created,
-        );
-        let static_score = risk::static_score(&factors);
-
-        row.set(threshold_i, (threshold as i32).into_datum());
-        row.set(static_i, (static_score as f32).into_datum());
-        row.set(dormant_i, dormant_at.map(pg_sys::Datum::from));
-        row.set(
-            key_i,
-            dormant_at.and_then(|at| {
-                risk::risk_key(static_score, at as f64 / 1e6 + PG_EPOCH_UNIX_SECONDS).into_datum()
-            }),
-        );
-        Ok(Some(row.form(tupdesc, "identity")))
+    // Indices into DERIVE_COLUMNS.
+    const TENANT: usize = 0;
+    const LAST_ACTIVE: usize = 1;
+    const CREATED: usize = 2;
+    const STATUS: usize = 3;
+    const PEER: usize = 4;
+    const PRIVILEGED: usize = 5;
+    const SERVICE: usize = 6;
+    const MFA: usize = 7;
+    const CREDENTIALS: usize = 8;
+    const THRESHOLD: usize = 9;
+    const STATIC: usize = 10;
+    const DORMANT_AT: usize = 11;
+    const RISK_KEY: usize = 12;
+    let mut row = DERIVE_LAYOUT.with(|l| {
+        TriggerRow::of(
+            trigger,
+            l,
+            c"identities",
+            "custos_internal.identities_derive",
+            &DERIVE_COLUMNS,
+        )
+    });
+    let now = crate::pg::backend::now();
+    let last_active = row.time(LAST_ACTIVE);
+    let created = row.time(CREATED).unwrap_or(now);
+    if let Some(at) = last_active {
+        check_time("last_active_at", at, now);
     }
+    check_time("created_at", created, now);
+    let Some(tenant) = row.uuid(TENANT) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+            "an identity needs a tenant",
+            Some("call custos.set_tenant(uuid) first"),
+        )
+    };
+    let status = row.text(STATUS).unwrap_or_else(|| "active".to_owned());
+    let factors = Factors {
+        privileged: row.flag(PRIVILEGED),
+        never_active: last_active.is_none(),
+        service_account: row.flag(SERVICE),
+        mfa_enabled: row.flag(MFA),
+        valid_credentials: row.flag(CREDENTIALS),
+        disabled: matches!(status.as_str(), "suspended" | "deprovisioned"),
+        peer_score: row.real(PEER).unwrap_or(0.0) as f64,
+    };
+    let policy = policy_for(&tenant);
+    let (threshold, dormant_at) = policy.dormancy(
+        factors.privileged,
+        factors.service_account,
+        last_active,
+        created,
+    );
+    let static_score = risk::static_score(&factors);
+    row.set_int4(THRESHOLD, threshold as i32);
+    row.set_real(STATIC, static_score as f32);
+    row.set_time(DORMANT_AT, dormant_at);
+    row.set_float8(
+        RISK_KEY,
+        dormant_at.map(|at| risk::risk_key(static_score, at as f64 / 1e6 + PG_EPOCH_UNIX_SECONDS)),
+    );
+    Ok(Some(row.form("identity")))
 }
 
 /// Takes the tenant's activity-fold lock until the end of the transaction: one fold at a time.

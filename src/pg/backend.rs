@@ -167,6 +167,12 @@ pub fn recovery_in_progress() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
+/// The current time, as a timestamptz (microseconds since 2000-01-01).
+pub fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
 /// This backend's process id (a forked child has another).
 pub fn process_id() -> i32 {
     // SAFETY: reads a backend global.

@@ -219,3 +219,136 @@ impl<const N: usize> Layout<N> {
         }
     }
 }
+
+/// The new row of a BEFORE INSERT or UPDATE row trigger on `custos.<table>`, with the columns of
+/// `expected` checked by type: read and written by their index in `expected`, each accessor
+/// refusing a column of another type, so that no datum is ever read as what it is not.
+pub struct TriggerRow<const N: usize> {
+    row: Row,
+    tupdesc: pg_sys::TupleDesc,
+    pos: [usize; N],
+    types: [pg_sys::Oid; N],
+}
+
+impl<const N: usize> TriggerRow<N> {
+    /// The row the trigger is about to write; raises unless it fires as a row-level BEFORE
+    /// INSERT or UPDATE trigger on `custos.<table>` with the expected columns.
+    pub fn of(
+        trigger: &PgTrigger<'_>,
+        layout: &Layout<N>,
+        table: &CStr,
+        function: &str,
+        expected: &[(&str, pg_sys::Oid); N],
+    ) -> Self {
+        let protocol = || -> ! {
+            raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                format!("{function} is a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger"),
+                None,
+            )
+        };
+        if !matches!(trigger.level(), PgTriggerLevel::Row)
+            || !matches!(trigger.when(), Ok(PgTriggerWhen::Before))
+        {
+            protocol();
+        }
+        let td = trigger.trigger_data();
+        let update = matches!(trigger.op(), Ok(PgTriggerOperation::Update));
+        let tuple = if update {
+            td.tg_newtuple
+        } else {
+            td.tg_trigtuple
+        };
+        if tuple.is_null() {
+            protocol();
+        }
+        // SAFETY: a row-level BEFORE trigger (checked above): its relation and new tuple are
+        // valid for the call, and the layout checks the relation and its column types.
+        unsafe {
+            let pos = layout.of(td.tg_relation, table, function, expected);
+            let tupdesc = (*td.tg_relation).rd_att;
+            TriggerRow {
+                row: Row::deform(tuple, tupdesc),
+                tupdesc,
+                pos,
+                types: expected.map(|(_, t)| t),
+            }
+        }
+    }
+
+    fn datum(&self, k: usize, typ: pg_sys::Oid) -> Option<pg_sys::Datum> {
+        if self.types[k] != typ {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!("column {k} of the trigger's row is read as another type than its own"),
+                None,
+            );
+        }
+        let i = self.pos[k];
+        (!self.row.nulls[i]).then_some(self.row.values[i])
+    }
+
+    pub fn flag(&self, k: usize) -> bool {
+        self.datum(k, pg_sys::BOOLOID)
+            .is_some_and(|d| d.value() != 0)
+    }
+
+    /// A timestamptz as microseconds since 2000-01-01.
+    pub fn time(&self, k: usize) -> Option<i64> {
+        self.datum(k, pg_sys::TIMESTAMPTZOID)
+            .map(|d| d.value() as i64)
+    }
+
+    pub fn uuid(&self, k: usize) -> Option<[u8; 16]> {
+        // SAFETY: a uuid datum points at its 16 bytes (type checked by `datum`).
+        self.datum(k, pg_sys::UUIDOID)
+            .map(|d| unsafe { *d.cast_mut_ptr::<[u8; 16]>() })
+    }
+
+    pub fn text(&self, k: usize) -> Option<String> {
+        // SAFETY: a text datum (type checked by `datum`).
+        self.datum(k, pg_sys::TEXTOID)
+            .and_then(|d| unsafe { String::from_datum(d, false) })
+    }
+
+    pub fn real(&self, k: usize) -> Option<f32> {
+        // SAFETY: a float4 datum (type checked by `datum`).
+        self.datum(k, pg_sys::FLOAT4OID)
+            .and_then(|d| unsafe { f32::from_datum(d, false) })
+    }
+
+    fn set(&mut self, k: usize, typ: pg_sys::Oid, d: Option<pg_sys::Datum>) {
+        if self.types[k] != typ {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!("column {k} of the trigger's row is written as another type than its own"),
+                None,
+            );
+        }
+        self.row.set(self.pos[k], d);
+    }
+
+    pub fn set_int4(&mut self, k: usize, v: i32) {
+        self.set(k, pg_sys::INT4OID, v.into_datum());
+    }
+
+    pub fn set_real(&mut self, k: usize, v: f32) {
+        self.set(k, pg_sys::FLOAT4OID, v.into_datum());
+    }
+
+    pub fn set_float8(&mut self, k: usize, v: Option<f64>) {
+        self.set(k, pg_sys::FLOAT8OID, v.and_then(IntoDatum::into_datum));
+    }
+
+    /// A timestamptz from microseconds since 2000-01-01.
+    pub fn set_time(&mut self, k: usize, v: Option<i64>) {
+        self.set(k, pg_sys::TIMESTAMPTZOID, v.map(pg_sys::Datum::from));
+    }
+
+    /// The row as the heap tuple the trigger returns.
+    pub fn form<'a>(&self, what: &str) -> PgHeapTuple<'a, AllocatedByRust> {
+        // SAFETY: the descriptor is the relation's, and every datum was read from the row or
+        // written through a setter of its column's type.
+        unsafe { self.row.form(self.tupdesc, what) }
+    }
+}

@@ -2,6 +2,8 @@
 //! them in the chain trigger before the row is hashed, and revealing them to the tenant's readers.
 //! The chain covers the stored ciphertext, so verification never needs a key.
 
+#![deny(unsafe_code)]
+
 use crate::crypto::{envelope, keys};
 use crate::error::raise;
 use crate::pg::jsonb::NewValue;
@@ -199,9 +201,13 @@ fn reveal(
 
 /// `details` with its sealed values opened: their JSON restored, or null where the key is gone.
 /// Documents with nothing sealed are returned as they are, without being printed and parsed.
-fn reveal_details(tenant: &[u8; 16], event_id: &[u8; 16], details: pg_sys::Datum) -> pg_sys::Datum {
-    // SAFETY: the function manager passes a non-null jsonb (the function is STRICT).
-    let Some(object) = (unsafe { crate::pg::jsonb::Doc::of(details) }).object() else {
+fn reveal_details(
+    tenant: &[u8; 16],
+    event_id: &[u8; 16],
+    details: pg_sys::Datum,
+    doc: crate::pg::jsonb::Doc,
+) -> pg_sys::Datum {
+    let Some(object) = doc.object() else {
         return details;
     };
     let sealed = object.top_level_strings(envelope::looks_sealed);
@@ -235,19 +241,25 @@ crate::fmgr_v1_info!(pg_finfo_custos_reveal_details);
 /// `custos_internal.reveal_details(tenant uuid, event_id uuid, details jsonb) RETURNS jsonb`, STRICT.
 /// A C-level function so that the jsonb is read in place rather than converted through serde.
 ///
+/// The one `unsafe` of this module: the fmgr entry point reads its three arguments as PostgreSQL
+/// passes them.
+///
 /// # Safety
 /// Called by PostgreSQL's function manager with three non-null arguments.
+#[allow(unsafe_code)]
 #[pgrx::pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn custos_reveal_details(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    // SAFETY: as promised above; uuids are passed by reference to 16 bytes.
+    // SAFETY: as promised above; uuids are passed by reference to 16 bytes, and the third
+    // argument is a non-null jsonb (the function is STRICT).
     unsafe {
         let args = (*fcinfo).args.as_slice(3);
         let tenant = *args[0].value.cast_mut_ptr::<[u8; 16]>();
         let event_id = *args[1].value.cast_mut_ptr::<[u8; 16]>();
-        reveal_details(&tenant, &event_id, args[2].value)
+        let doc = crate::pg::jsonb::Doc::of(args[2].value);
+        reveal_details(&tenant, &event_id, args[2].value, doc)
     }
 }
 

@@ -46,6 +46,8 @@ SELECT custos.set_tenant('e0000000-0000-4000-8000-00000000000e') IS NOT NULL AS 
 SELECT custos.upsert_identities('[{"user_id": "x"}, {"user_id": "x"}]');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK;
--- No tenant: no rows, not an error.
+-- No tenant: no rows, not an error; and an identity cannot be written without one.
 SELECT count(*) FROM custos.dormant_users();
+INSERT INTO custos.identities (user_id) VALUES ('x');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
