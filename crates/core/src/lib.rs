@@ -23,3 +23,7 @@ pub mod tenancy {
 pub mod dormant {
     pub mod risk;
 }
+
+pub mod anomaly {
+    pub mod forest;
+}
