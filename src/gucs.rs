@@ -137,6 +137,7 @@ request.jwt.claims is used, then the database role.",
 may give it: configuration files, ALTER SYSTEM, ALTER DATABASE and ALTER ROLE are refused, because \
 PostgreSQL logs and catalogs what they hold. Prefer custos.checkpoint_key_file.",
         &CHECKPOINT_SIGNING_KEY,
+        show_checkpoint_signing_key,
     );
     GucRegistry::define_string_guc(
         c"custos.checkpoint_key_file",
@@ -153,6 +154,7 @@ PostgreSQL logs and catalogs what they hold. Prefer custos.checkpoint_key_file."
 may give it: configuration files, ALTER SYSTEM, ALTER DATABASE and ALTER ROLE are refused. Prefer \
 custos.master_key_file.",
         &MASTER_KEY,
+        show_master_key,
     );
     GucRegistry::define_string_guc(
         c"custos.master_key_file",
@@ -168,6 +170,7 @@ custos.master_key_file.",
         c"Superuser-only; shown masked. Set it with the new custos.master_key, run \
 custos.rewrap_data_keys(), then clear it. Prefer custos.master_key_previous_file.",
         &MASTER_KEY_PREVIOUS,
+        show_master_key_previous,
     );
     GucRegistry::define_string_guc(
         c"custos.master_key_previous_file",
@@ -226,6 +229,7 @@ fn define_secret(
     short: &'static std::ffi::CStr,
     long: &'static std::ffi::CStr,
     setting: &'static GucSetting<Option<CString>>,
+    show: unsafe extern "C-unwind" fn() -> *const std::ffi::c_char,
 ) {
     // SAFETY: _PG_init on the backend thread; the storage is a static that lives as long as the
     // library, as DefineCustomStringVariable requires.
@@ -240,17 +244,9 @@ fn define_secret(
             (GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL).bits(),
             Some(check_secret_source),
             None,
-            Some(SECRET_SHOW_HOOKS[secret_index(setting)]),
+            Some(show),
         );
     }
-}
-
-/// Secrets in definition order; their show hooks below must follow the same order.
-fn secret_index(setting: &'static GucSetting<Option<CString>>) -> usize {
-    [&CHECKPOINT_SIGNING_KEY, &MASTER_KEY, &MASTER_KEY_PREVIOUS]
-        .iter()
-        .position(|s| std::ptr::eq(*s, setting))
-        .unwrap_or_else(|| unreachable!("every secret is listed"))
 }
 
 /// What a secret shows as: whether it is set, never its value.
@@ -275,11 +271,6 @@ macro_rules! show_masked {
 show_masked!(show_checkpoint_signing_key, CHECKPOINT_SIGNING_KEY);
 show_masked!(show_master_key, MASTER_KEY);
 show_masked!(show_master_key_previous, MASTER_KEY_PREVIOUS);
-const SECRET_SHOW_HOOKS: [unsafe extern "C-unwind" fn() -> *const std::ffi::c_char; 3] = [
-    show_checkpoint_signing_key,
-    show_master_key,
-    show_master_key_previous,
-];
 
 /// Whether a secret may come from `source`: a session's SET, the server's command line or
 /// environment, a client's startup options. Not from files or catalogs, which logs and other

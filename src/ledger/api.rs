@@ -39,6 +39,20 @@ fn stored_hash(tenant: pgrx::Uuid, seq: i64) -> Option<Hash> {
     settled_hash(tenant.as_bytes(), seq)
 }
 
+/// The first column of the first row of a query, if any, read with read-only SPI: verification
+/// takes no transaction id (it runs on hot standbys too).
+fn first_i64(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<i64> {
+    Spi::connect(|client| {
+        client
+            .select(query, None, args)?
+            .next()
+            .map(|r| r.get::<i64>(1))
+            .transpose()
+            .map(Option::flatten)
+    })
+    .unwrap_or_else(|e| spi_failed(e))
+}
+
 fn last_seq(tenant: pgrx::Uuid) -> i64 {
     Spi::get_one_with_args::<i64>(
         "SELECT max(seq) FROM custos.events WHERE tenant_id = $1",
@@ -179,20 +193,10 @@ pub fn walk_chain(tenant: pgrx::Uuid, from_seq: i64, to_seq: Option<i64>) -> Out
     }
     if let Some(Break::LinkBroken { seq, prev_hash }) = &broken {
         // Does the row link to some other row of the chain? Then rows were moved, not edited.
-        // Read-only SPI: verification takes no transaction id (it runs on hot standbys too).
-        let links_to: Option<i64> = Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT seq FROM custos.events WHERE tenant_id = $1 AND hash = $2 AND seq <> $3 - 1 LIMIT 1",
-                    None,
-                    &[tenant.into(), prev_hash.clone().into(), (*seq).into()],
-                )?
-                .next()
-                .map(|r| r.get::<i64>(1))
-                .transpose()
-                .map(Option::flatten)
-        })
-        .unwrap_or_else(|e| spi_failed(e));
+        let links_to = first_i64(
+            "SELECT seq FROM custos.events WHERE tenant_id = $1 AND hash = $2 AND seq <> $3 - 1 LIMIT 1",
+            &[tenant.into(), prev_hash.clone().into(), (*seq).into()],
+        );
         if let Some(links_to) = links_to {
             broken = Some(Break::Reordered {
                 seq: *seq,
@@ -234,19 +238,10 @@ fn check_recorded_checkpoints(tenant: pgrx::Uuid, outcome: &Outcome) -> Option<B
     }
     // The dormant fold's watermark says how far the chain reached when it last read it: an
     // emptied or cut ledger (a restore that lost its rows, say) is truncated, not fine.
-    let folded: Option<i64> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT folded_seq FROM custos.activity_watermarks WHERE tenant_id = $1",
-                None,
-                &[tenant.into()],
-            )?
-            .next()
-            .map(|r| r.get::<i64>(1))
-            .transpose()
-            .map(Option::flatten)
-    })
-    .unwrap_or_else(|e| spi_failed(e));
+    let folded = first_i64(
+        "SELECT folded_seq FROM custos.activity_watermarks WHERE tenant_id = $1",
+        &[tenant.into()],
+    );
     match folded {
         Some(seq) if seq > outcome.last_seq => Some(Break::Truncated {
             last: outcome.last_seq,
