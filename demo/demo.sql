@@ -261,3 +261,32 @@ ROLLBACK;
 SELECT extversion AS installed, (SELECT string_agg(source || ' -> ' || target, ', ')
          FROM pg_extension_update_paths('custos') WHERE path IS NOT NULL AND target = extversion) AS upgrades_to_it
   FROM pg_extension WHERE extname = 'custos';
+
+\echo ''
+\echo '== 12. Anomaly detection: an Isolation Forest trained and scored inside the database'
+\echo '   a month of Initech''s ordinary activity, then someone deletes accounts at 03:00 on a Sunday:'
+BEGIN;
+SELECT custos.set_tenant('c3000000-0000-4000-8000-000000000003') \gset
+SELECT custos.record_events((SELECT jsonb_agg(jsonb_build_object(
+           'occurred_at', timestamptz '2026-10-01 08:00Z' + (g / 60) * interval '1 day' + (g % 60) * interval '9 minutes',
+           'actor', 'user' || (g % 15), 'action', (ARRAY['login', 'view', 'view', 'search', 'update'])[1 + g % 5],
+           'entity_type', 'document', 'entity_id', 'doc' || (g % 40), 'ip_address', '10.1.0.' || (g % 15))
+           ORDER BY g) FROM generate_series(0, 1799) g)) AS ordinary_events,
+       custos.record_events((SELECT jsonb_agg(jsonb_build_object(
+           'occurred_at', timestamptz '2026-10-25 03:00Z' + g * interval '30 seconds', 'actor', 'user7',
+           'action', 'delete_user', 'severity', 'high', 'entity_type', 'user', 'entity_id', 'employee' || g,
+           'ip_address', '198.51.100.23') ORDER BY g) FROM generate_series(1, 12) g)) AS injected_events;
+\echo '   train the tenant''s model on its events (features: docs/README "Anomaly detection"):'
+SELECT * FROM custos.train_anomaly_model('2026-10-01Z', '2026-11-01Z', seed => 42);
+\echo '   detect: the anomalies recorded, highest first, with the features that isolate them:'
+SELECT seq, round(score::numeric, 3) AS score, severity, round(confidence::numeric, 2) AS confidence,
+       (SELECT string_agg(e->>'feature', ', ') FROM jsonb_array_elements(explanation) e) AS because
+  FROM custos.detect_anomalies('2026-10-01Z', '2026-11-01Z') ORDER BY score DESC LIMIT 6;
+SELECT count(*) AS high_severity_alerts FROM custos.alerts WHERE source = 'anomaly.detect';
+COMMIT;
+\echo '   the same forest on any table: which invoices look unusual?'
+SELECT custos.if_train('invoice_amounts', 'SELECT amount FROM invoices', 100, 8, seed => 1) AS version;
+SELECT i.customer, i.amount, round(s.score::numeric, 3) AS score
+  FROM custos.if_score_query('invoice_amounts', 'SELECT amount FROM invoices ORDER BY id') s
+  JOIN (SELECT row_number() OVER (ORDER BY id) AS n, * FROM invoices) i ON i.n = s.row_number
+ ORDER BY s.score DESC LIMIT 3;

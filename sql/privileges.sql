@@ -18,7 +18,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.current_actor()
 TO PUBLIC;
 
--- Every custos role: choosing the tenant and actor, reading settings, the dormant report.
+-- Every custos role: choosing the tenant and actor, reading settings, the dormant report,
+-- scoring with anomaly models.
 GRANT EXECUTE ON FUNCTION
     @extschema@.set_tenant(uuid),
     @extschema@.require_tenant(),
@@ -35,7 +36,10 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.explain_risk(boolean, boolean, boolean, boolean, boolean, text, real, double precision, integer),
     @extschema@.risk_level_of(double precision),
     @extschema@.risk_level_bounds(),
-    @extschema@.peer_score(double precision, bigint)
+    @extschema@.peer_score(double precision, bigint),
+    @extschema@.if_score(text, double precision[]),
+    @extschema@.if_score_query(text, text),
+    @extschema@.if_explain(text, double precision[], integer)
 TO custos_reader;
 
 -- Writers: recording events.
@@ -44,7 +48,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.record_events(jsonb)
 TO custos_writer;
 
--- Auditors: verification, checkpoints, logged reads of the ledger.
+-- Auditors: verification, checkpoints, logged reads of the ledger, anomaly detection.
 GRANT EXECUTE ON FUNCTION
     @extschema@.verify_chain(uuid, bigint, bigint),
     @extschema@.settled_seq(uuid, bigint),
@@ -54,7 +58,10 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.verify_access_log(uuid),
     @extschema@.timeline(timestamptz, timestamptz, text, text, text, text, text, bigint, integer),
     @extschema@.event(uuid),
-    @extschema@.event_seq(uuid)
+    @extschema@.event_seq(uuid),
+    @extschema@.score_events(timestamptz, timestamptz),
+    @extschema@.detect_anomalies(timestamptz, timestamptz, double precision),
+    @extschema@.anomaly_detection_rates(timestamptz, timestamptz)
 TO custos_auditor;
 
 -- Exporters: bulk and per-subject exports.
@@ -63,7 +70,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.export_subject(uuid, text)
 TO custos_exporter;
 
--- Admins: settings, isolation, capture, identities, erasure, retention, keys, alert triage.
+-- Admins: settings, isolation, capture, identities, erasure, retention, keys, alert triage,
+-- training anomaly models and feedback on anomalies.
 -- (require_trigger_on: the checks of the settings triggers, which fire as the admin who writes.)
 GRANT EXECUTE ON FUNCTION
     custos_internal.require_trigger_on(oid, regclass, text),
@@ -81,5 +89,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.forget_subject(uuid, text),
     @extschema@.apply_retention(uuid),
     @extschema@.rotate_data_key(uuid),
-    @extschema@.set_alert_status(bigint, text, text)
+    @extschema@.set_alert_status(bigint, text, text),
+    @extschema@.if_train(text, text, integer, integer, bigint, boolean),
+    @extschema@.activate_model(text, integer),
+    @extschema@.train_anomaly_model(timestamptz, timestamptz, integer, integer, bigint, boolean),
+    @extschema@.anomaly_feedback(bigint, boolean, text)
 TO custos_admin;

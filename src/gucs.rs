@@ -36,6 +36,9 @@ pub static JWT_TENANT_CLAIM: GucSetting<Option<CString>> =
 /// The application user behind the current transaction, recorded as `actor` on ledger events.
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Threads that score a query's rows in `custos.if_score_query` (the backend's own included).
+pub static SCORING_THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
+
 /// Largest canonical `details` document an event may carry, in bytes.
 pub static MAX_DETAILS_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
@@ -128,6 +131,17 @@ request.jwt.claims is used, then the database role.",
         1024,
         256 * 1024 * 1024,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.scoring_threads",
+        c"Threads that score rows in custos.if_score_query, the backend's own included.",
+        c"Default 2, range 1 to 16; 1 scores in the backend alone. Extra threads only compute (they \
+never call into PostgreSQL and ignore signals), while the backend reads the query's rows.",
+        &SCORING_THREADS,
+        1,
+        16,
+        GucContext::Userset,
         GucFlags::default(),
     );
     define_secret(

@@ -22,6 +22,7 @@ macro_rules! fmgr_v1_info {
 pub(crate) use fmgr_v1_info;
 
 pub mod alerts;
+pub mod anomaly;
 pub mod capture;
 pub mod crypto;
 pub mod dormant;
@@ -98,6 +99,21 @@ extension_sql_file!(
         dormant::explain_risk,
         dormant::risk_level_of,
         dormant::peer_score
+    ]
+);
+extension_sql_file!(
+    "../sql/anomaly.sql",
+    name = "anomaly",
+    requires = [
+        "ledger",
+        "alerts",
+        "dormant",
+        anomaly::if_train,
+        anomaly::if_score,
+        anomaly::if_explain,
+        anomaly::if_assess,
+        anomaly::events::event_value_key,
+        anomaly::models::invalidate_model_cache
     ]
 );
 

@@ -1,7 +1,8 @@
-//! The generation of custos' per-backend caches (settings, keys): bumped whenever
+//! The generations of custos' per-backend caches. Settings and keys: bumped whenever
 //! custos.tenant_settings is invalidated, which custos does when settings change, keys rotate or
-//! a subject is forgotten, and when a (sub)transaction rolls back. A cache filled under an older
-//! generation is stale.
+//! a subject is forgotten. Anomaly models: bumped whenever custos.models is invalidated, which its
+//! statement trigger does on every write. Both also when a (sub)transaction rolls back. A cache
+//! filled under an older generation is stale.
 
 use pgrx::pg_sys;
 
@@ -13,6 +14,9 @@ thread_local! {
     /// custos.tenant_settings' oid once looked up; InvalidOid until then, and again after each
     /// invalidation of it (the extension may have been dropped and made anew).
     static SETTINGS_RELID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+    /// The same for custos.models and the cached anomaly models.
+    static MODEL_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static MODELS_RELID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
 }
 
 /// The current cache generation. Call inside a transaction (it may look up a catalog).
@@ -23,12 +27,24 @@ pub fn generation() -> u64 {
     CACHE_GENERATION.with(std::cell::Cell::get)
 }
 
+/// The generation of the cached anomaly models. Call inside a transaction.
+pub fn model_generation() -> u64 {
+    if MODELS_RELID.get() == pg_sys::InvalidOid {
+        MODELS_RELID.set(super::tuple::custos_relid(c"models"));
+    }
+    MODEL_GENERATION.with(std::cell::Cell::get)
+}
+
 fn tenant_settings_relid() -> pg_sys::Oid {
     super::tuple::custos_relid(c"tenant_settings")
 }
 
 fn age_caches() {
     CACHE_GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+fn age_models() {
+    MODEL_GENERATION.with(|g| g.set(g.get() + 1));
 }
 
 /// Other relations' invalidations (autovacuum's statistics, DDL elsewhere) leave the caches be:
@@ -39,6 +55,11 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
         SETTINGS_RELID.set(pg_sys::InvalidOid);
         age_caches();
     }
+    let models = MODELS_RELID.get();
+    if relid == pg_sys::InvalidOid || models == pg_sys::InvalidOid || relid == models {
+        MODELS_RELID.set(pg_sys::InvalidOid);
+        age_models();
+    }
 }
 
 /// A rolled-back (sub)transaction may have made keys that no longer exist: forget them.
@@ -46,6 +67,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     use pg_sys::XactEvent::*;
     if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
         age_caches();
+        age_models();
     }
 }
 
@@ -57,6 +79,7 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         age_caches();
+        age_models();
     }
 }
 
@@ -79,6 +102,17 @@ pub fn init() {
 pub fn invalidate_everywhere() {
     age_caches();
     let relid = tenant_settings_relid();
+    if relid != pg_sys::InvalidOid {
+        // SAFETY: inside a transaction; queues an invalidation of an existing relation.
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    }
+}
+
+/// Ages every session's cached anomaly models: at once here, in the others when this
+/// transaction commits (a relcache invalidation of custos.models).
+pub fn invalidate_models_everywhere() {
+    age_models();
+    let relid = super::tuple::custos_relid(c"models");
     if relid != pg_sys::InvalidOid {
         // SAFETY: inside a transaction; queues an invalidation of an existing relation.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };

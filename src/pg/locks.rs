@@ -14,6 +14,8 @@ pub enum LockKind {
     AccessLog = 0xC6,
     /// One activity fold at a time per tenant (custos.dormant_users).
     ActivityFold = 0xC7,
+    /// New versions of a tenant's anomaly models (custos.if_train), numbered one at a time.
+    Models = 0xC8,
 }
 
 /// The lock tag of `kind` for `tenant` in `database`. Two tenants may share one (a 64-bit fold
@@ -67,6 +69,7 @@ mod unit {
             LockKind::Ledger,
             LockKind::AccessLog,
             LockKind::ActivityFold,
+            LockKind::Models,
         ] {
             assert!(kind as u16 > 2);
         }

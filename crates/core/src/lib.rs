@@ -26,4 +26,5 @@ pub mod dormant {
 
 pub mod anomaly {
     pub mod forest;
+    mod simd;
 }
