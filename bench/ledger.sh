@@ -146,6 +146,37 @@ SQL
   plain=$(time_sql $db "$(ledger_batch_script plain_events 1000000 2000)")
   report "(plain table, 1 x 1,000,000 rows)" "$plain" "ms"
 
+  # Insert-time anomaly scoring (anomaly.score_on_insert): two tenants with the same 30 days of
+  # history (12,000 events, ~400 in the last 24 hours) and the same model; one scores each new
+  # event as it is recorded (features over the last 24 hours), the other does not.
+  echo "  single-row record_event, 1 client, a tenant scoring each event at insert (anomaly.score_on_insert) against one that does not: 3 rounds"
+  local scoring
+  for scoring in on off; do
+    local tn="00000000-0000-4000-8000-00000000a5$([ $scoring = on ] && echo 01 || echo 02)"
+    cpsql -d $db -c "BEGIN; SELECT custos.set_tenant('$tn');
+      SELECT custos.record_events((SELECT jsonb_agg(jsonb_build_object(
+          'occurred_at', now() - interval '30 days' + g * interval '216 seconds', 'actor', 'user' || (g % 40),
+          'action', (ARRAY['login', 'view', 'view', 'search', 'update', 'export'])[1 + g % 6],
+          'entity_type', 'document', 'entity_id', 'doc' || (g % 300), 'ip_address', '10.2.0.' || (g % 40)) ORDER BY g)
+        FROM generate_series(1, 12000) g));
+      SELECT * FROM custos.train_anomaly_model(now() - interval '31 days', now(), seed => 1);
+      SELECT custos.set_setting('anomaly.score_on_insert', '$([ $scoring = on ] && echo true || echo false)');
+      COMMIT;" >/dev/null
+    cat >"$tmp/scoring-$scoring.sql" <<SQL
+\set u random(0, 39)
+BEGIN;
+SELECT custos.set_tenant('$tn');
+SELECT custos.record_event('view', 'document', 'doc' || :u, actor => 'user' || :u, ip_address => ('10.2.0.' || :u)::inet);
+COMMIT;
+SQL
+  done
+  ledger_scoring_tps() { pgbench_tps $db postgres 1 "$tmp/scoring-$1.sql"; }
+  ROUNDS=3 interleaved ledger_scoring_tps off on
+  report "record_event, scoring off" "${MEDIAN[off]}" "tps"
+  report_paired "record_event, scored at insert" on "tps" "of off" off
+  cpsql -d $db -At -c "SELECT '  events scored at insert: ' || count(*) || ', recorded as anomalies: ' || count(*) FILTER (WHERE is_anomaly)
+                         FROM custos.anomaly_predictions WHERE tenant_id = '00000000-0000-4000-8000-00000000a501'"
+
   echo "  verification (one backend, one core); each tenant's rows are interleaved with 9 others'"
   local ms t0="00000000-0000-4000-8000-000000002000"
   ms=$(time_sql $db "SELECT * FROM custos.verify_chain('$t0')")

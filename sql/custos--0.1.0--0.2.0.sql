@@ -1643,6 +1643,13 @@ UPDATE @extschema@.setting_definitions
  WHERE key = 'ledger.encrypted_detail_keys';
 
 -- BEGIN anomaly (new in 0.2.0): its Rust functions, then sql/anomaly.sql as it is.
+CREATE  FUNCTION "anomaly_scores_on_insert"(
+	"tenant" uuid /* pgrx :: Uuid */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'anomaly_scores_on_insert_wrapper';
+
 CREATE  FUNCTION "event_value_key"(
 	"tenant" uuid, /* pgrx :: Uuid */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -1654,6 +1661,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'event_value_key_wrapper';
 
 CREATE  FUNCTION "if_assess"(
+	"tenant" uuid, /* pgrx :: Uuid */
 	"name" TEXT, /* & str */
 	"features" double precision[], /* pgrx :: Array < f64 > */
 	"threshold" double precision, /* f64 */
@@ -1706,8 +1714,9 @@ AS 'MODULE_PATHNAME', 'invalidate_model_cache_wrapper';
 
 -- Functions written in Rust that only custos itself calls: out of the public schema.
 ALTER FUNCTION @extschema@.event_value_key(uuid, uuid, text, text) SET SCHEMA custos_internal;
-ALTER FUNCTION @extschema@.if_assess(text, double precision[], double precision, integer) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.if_assess(uuid, text, double precision[], double precision, integer) SET SCHEMA custos_internal;
 ALTER FUNCTION @extschema@.invalidate_model_cache() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.anomaly_scores_on_insert(uuid) SET SCHEMA custos_internal;
 
 INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
     ('anomaly.threshold', 'number', '0.7', 0.5, 0.99,
@@ -1719,7 +1728,11 @@ INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min
     ('anomaly.bias_tolerance', 'number', '0.2', 0.01, 10,
      'A group (database role, department, entity type) whose detection rate differs from the mean of its dimension by more than this share raises a bias alert.'),
     ('anomaly.bias_min_events', 'integer', '30', 1, 1000000000,
-     'Groups with fewer scored events than this are reported but never raise a bias alert (their rates are noise).');
+     'Groups with fewer scored events than this are reported but never raise a bias alert (their rates are noise).'),
+    ('anomaly.score_on_insert', 'boolean', 'false', NULL, NULL,
+     'Score each new event of the tenant as it is recorded (with features over the last anomaly.insert_window_hours), recording anomalies and alerts at once; costs each insert a feature query.'),
+    ('anomaly.insert_window_hours', 'integer', '24', 1, 720,
+     'History that insert-time scoring computes an event''s features over.');
 
 ------------------------------------------------------------------------------------------------
 -- Models
@@ -1781,8 +1794,10 @@ COMMENT ON FUNCTION @extschema@.if_score(text, double precision[]) IS
 'The anomaly score in (0, 1) of one row of features (in the order of the training query''s numeric columns) under the active model name: the tenant''s, else the shared one. Higher is more anomalous; about 0.5 is ordinary. The model is loaded once per session and cached until another version is activated.';
 COMMENT ON FUNCTION @extschema@.if_explain(text, double precision[], integer) IS
 'The top features that isolate a row under model name, largest share first: [{feature, value, share}], shares of all features summing to 1.';
-COMMENT ON FUNCTION custos_internal.if_assess(text, double precision[], double precision, integer) IS
-'Internal: score, confidence (share of trees agreeing with the verdict at threshold) and top-features explanation of one row.';
+COMMENT ON FUNCTION custos_internal.if_assess(uuid, text, double precision[], double precision, integer) IS
+'Internal: score, confidence (share of trees agreeing with the verdict at threshold) and top-features explanation of one row, under the tenant''s model name (else the shared one).';
+COMMENT ON FUNCTION custos_internal.anomaly_scores_on_insert(uuid) IS
+'Internal: whether the tenant''s setting anomaly.score_on_insert is on (cached per session until settings change).';
 COMMENT ON FUNCTION custos_internal.invalidate_model_cache() IS
 'Internal: ages every session''s cached anomaly models (they are read again on next use).';
 COMMENT ON FUNCTION custos_internal.event_value_key(uuid, uuid, text, text) IS
@@ -2061,7 +2076,7 @@ BEGIN
     RETURN QUERY
     SELECT f.event_id, f.seq, f.occurred_at, a.score, a.confidence, a.explanation
       FROM custos_internal.event_features(tenant, since, until) f
-     CROSS JOIN LATERAL custos_internal.if_assess('audit_events',
+     CROSS JOIN LATERAL custos_internal.if_assess(tenant, 'audit_events',
              ARRAY[f.hour_sin, f.hour_cos, f.weekday_sin, f.weekday_cos, f.actor_rate, f.action_rarity_actor,
                    f.action_rarity_tenant, f.new_entity, f.new_ip, f.failure_share, f.burst_size,
                    f.offhours_privileged, f.idle_days], t, 3) a
@@ -2123,25 +2138,16 @@ $fn$;
 COMMENT ON FUNCTION @extschema@.anomaly_detection_rates(timestamptz, timestamptz) IS
 'Detection rates of the current tenant''s events in [since, until) (their latest prediction) by database role, actor department (from custos.identities) and entity type, each against the mean rate of its dimension. biased: the group has at least anomaly.bias_min_events events and its rate differs from the mean by more than anomaly.bias_tolerance (default 20 %).';
 
-CREATE FUNCTION @extschema@.detect_anomalies(
-    since     timestamptz DEFAULT now() - interval '1 day',
-    until     timestamptz DEFAULT now(),
-    threshold double precision DEFAULT NULL
-) RETURNS TABLE (anomaly_id bigint, event_id uuid, seq bigint, score double precision, severity text,
-                 confidence double precision, review_required boolean, explanation jsonb)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+CREATE FUNCTION custos_internal.detect_events(tenant uuid, since timestamptz, until timestamptz,
+                                              t double precision, only_seq bigint DEFAULT NULL)
+RETURNS SETOF @extschema@.anomalies
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    tenant uuid := @extschema@.require_tenant();
-    t double precision := coalesce(threshold, (@extschema@.setting('anomaly.threshold'))::double precision);
     v integer;
     shared boolean;
 BEGIN
-    PERFORM custos_internal.require_window(since, until);
-    IF t IS NULL OR t <= 0 OR t >= 1 OR t = 'NaN' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('threshold must be between 0 and 1, not %s', t);
-    END IF;
     SELECT m.version, m.tenant_id IS NULL INTO v, shared FROM @extschema@.models m
      WHERE m.name = 'audit_events' AND m.active AND (m.tenant_id = tenant OR m.tenant_id IS NULL)
      ORDER BY m.tenant_id NULLS LAST LIMIT 1;
@@ -2153,10 +2159,11 @@ BEGIN
     WITH scored AS (
         SELECT f.seq, f.event_id, a.score, a.confidence, a.explanation
           FROM custos_internal.event_features(tenant, since, until) f
-         CROSS JOIN LATERAL custos_internal.if_assess('audit_events',
+         CROSS JOIN LATERAL custos_internal.if_assess(tenant, 'audit_events',
                  ARRAY[f.hour_sin, f.hour_cos, f.weekday_sin, f.weekday_cos, f.actor_rate, f.action_rarity_actor,
                        f.action_rarity_tenant, f.new_entity, f.new_ip, f.failure_share, f.burst_size,
                        f.offhours_privileged, f.idle_days], t, 3) a
+         WHERE only_seq IS NULL OR f.seq = only_seq
     ), logged AS (
         INSERT INTO @extschema@.anomaly_predictions AS p
                (tenant_id, event_seq, model_name, model_shared, model_version, event_id, score, confidence,
@@ -2189,9 +2196,33 @@ BEGIN
           FROM flagged f
          WHERE f.severity IN ('high', 'critical')
     )
-    SELECT f.id, f.event_id, f.event_seq, f.score, f.severity, f.confidence, f.review_required, f.explanation
-      FROM flagged f
-     ORDER BY f.score DESC;
+    SELECT * FROM flagged;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.detect_events(uuid, timestamptz, timestamptz, double precision, bigint) IS
+'Internal: scores a tenant''s events in [since, until) (only only_seq, if given, with features over the whole window), logs the predictions, records anomalies and raises alerts for the high and critical ones; returns the new anomalies.';
+
+CREATE FUNCTION @extschema@.detect_anomalies(
+    since     timestamptz DEFAULT now() - interval '1 day',
+    until     timestamptz DEFAULT now(),
+    threshold double precision DEFAULT NULL
+) RETURNS TABLE (anomaly_id bigint, event_id uuid, seq bigint, score double precision, severity text,
+                 confidence double precision, review_required boolean, explanation jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    t double precision := coalesce(threshold, (@extschema@.setting('anomaly.threshold'))::double precision);
+BEGIN
+    PERFORM custos_internal.require_window(since, until);
+    IF t IS NULL OR t <= 0 OR t >= 1 OR t = 'NaN' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('threshold must be between 0 and 1, not %s', t);
+    END IF;
+    RETURN QUERY
+    SELECT a.id, a.event_id, a.event_seq, a.score, a.severity, a.confidence, a.review_required, a.explanation
+      FROM custos_internal.detect_events(tenant, since, until, t) a
+     ORDER BY a.score DESC;
     -- Bias: a group whose detection rate strays from its dimension's mean is an alert too.
     INSERT INTO @extschema@.alerts (tenant_id, source, severity, title, details)
     SELECT tenant, 'anomaly.bias', 'medium',
@@ -2204,6 +2235,33 @@ END
 $fn$;
 COMMENT ON FUNCTION @extschema@.detect_anomalies(timestamptz, timestamptz, double precision) IS
 'Scores the current tenant''s audit events in [since, until) with its audit_events model (else the shared baseline), logs every prediction in custos.anomaly_predictions, records those at or above threshold (default: setting anomaly.threshold) in custos.anomalies with severity, confidence and the top contributing features, raises an alert for each high or critical one, and a bias alert for each group whose detection rate strays from the mean (custos.anomaly_detection_rates). Returns the new anomalies, highest score first; an event already recorded under the same model version is not recorded again.';
+
+-- Insert-time scoring, for tenants that turn anomaly.score_on_insert on. The WHEN clause costs
+-- every other tenant's insert one cached lookup.
+CREATE FUNCTION custos_internal.anomaly_score_inserted() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.anomaly_score_inserted');
+    -- Without a model the event is recorded as ever: scoring never stops the ledger.
+    PERFORM 1 FROM @extschema@.models m
+      WHERE m.name = 'audit_events' AND m.active AND (m.tenant_id = NEW.tenant_id OR m.tenant_id IS NULL);
+    IF FOUND THEN
+        PERFORM custos_internal.detect_events(NEW.tenant_id,
+            NEW.occurred_at - make_interval(hours => (@extschema@.tenant_setting(NEW.tenant_id, 'anomaly.insert_window_hours'))::integer),
+            NEW.occurred_at + interval '1 microsecond',
+            (@extschema@.tenant_setting(NEW.tenant_id, 'anomaly.threshold'))::double precision,
+            NEW.seq);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.anomaly_score_inserted() IS
+'AFTER INSERT trigger of custos.events for tenants with anomaly.score_on_insert on: scores the new event (features over the last anomaly.insert_window_hours) and records it if anomalous.';
+CREATE TRIGGER zz_anomaly_on_insert AFTER INSERT ON @extschema@.events FOR EACH ROW
+    WHEN (custos_internal.anomaly_scores_on_insert(NEW.tenant_id))
+    EXECUTE FUNCTION custos_internal.anomaly_score_inserted();
 
 CREATE FUNCTION @extschema@.anomaly_feedback(anomaly_id bigint, is_false_positive boolean, note text DEFAULT NULL)
 RETURNS TABLE (id bigint, feedback text, alerts_closed bigint)

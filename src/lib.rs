@@ -113,6 +113,7 @@ extension_sql_file!(
         anomaly::if_explain,
         anomaly::if_assess,
         anomaly::events::event_value_key,
+        anomaly::events::anomaly_scores_on_insert,
         anomaly::models::invalidate_model_cache
     ]
 );

@@ -23,14 +23,24 @@ fn toy_table() {
 #[pg_test]
 fn a_trained_model_scores_the_outlier_highest_and_versions_count_up() {
     toy_table();
-    let v1 = Spi::get_one::<i32>("SELECT custos.if_train('toy', 'SELECT x, y, tag FROM toy', 100, 64, 7)")
-        .unwrap();
+    let v1 = Spi::get_one::<i32>(
+        "SELECT custos.if_train('toy', 'SELECT x, y, tag FROM toy', 100, 64, 7)",
+    )
+    .unwrap();
     assert_eq!(v1, Some(1));
     let far = one_f64("SELECT custos.if_score('toy', ARRAY[25.0, -30.0])");
     let near = one_f64("SELECT custos.if_score('toy', ARRAY[1.0, 0.7])");
-    assert!(far > 0.65 && near < 0.55 && far < 1.0 && near > 0.0, "far {far}, near {near}");
+    assert!(
+        far > 0.65 && near < 0.55 && far < 1.0 && near > 0.0,
+        "far {far}, near {near}"
+    );
     // The whole table: one row each, numbered in the query's order, the outlier on top.
-    assert_eq!(count("SELECT count(*) FROM custos.if_score_query('toy', 'SELECT x, y FROM toy ORDER BY id')"), 301);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM custos.if_score_query('toy', 'SELECT x, y FROM toy ORDER BY id')"
+        ),
+        301
+    );
     let top = Spi::get_one::<i64>(
         "SELECT row_number FROM custos.if_score_query('toy', 'SELECT x, y FROM toy ORDER BY id') ORDER BY score DESC LIMIT 1",
     )
@@ -51,9 +61,15 @@ fn a_trained_model_scores_the_outlier_highest_and_versions_count_up() {
         .as_deref(),
         Some("{x,y} isolation_forest 100 301 x")
     );
-    let v2 = Spi::get_one::<i32>("SELECT custos.if_train('toy', 'SELECT x, y FROM toy', extended => true)").unwrap();
+    let v2 = Spi::get_one::<i32>(
+        "SELECT custos.if_train('toy', 'SELECT x, y FROM toy', extended => true)",
+    )
+    .unwrap();
     assert_eq!(v2, Some(2));
-    assert_eq!(count("SELECT count(*) FROM custos.models WHERE name = 'toy' AND active"), 1);
+    assert_eq!(
+        count("SELECT count(*) FROM custos.models WHERE name = 'toy' AND active"),
+        1
+    );
     assert!(one_f64("SELECT custos.if_score('toy', ARRAY[25.0, -30.0])") > 0.6);
     // The explanation names the feature that isolates the row.
     let explained = Spi::get_one::<String>(
@@ -69,7 +85,10 @@ fn a_seed_gives_the_same_model_and_scores() {
     Spi::run("SELECT custos.if_train('seeded', 'SELECT x, y FROM toy', 50, 128, 42)").unwrap();
     let first = one_f64("SELECT custos.if_score('seeded', ARRAY[1.5, 0.2])");
     Spi::run("SELECT custos.if_train('seeded', 'SELECT x, y FROM toy', 50, 128, 42)").unwrap();
-    assert_eq!(one_f64("SELECT custos.if_score('seeded', ARRAY[1.5, 0.2])"), first);
+    assert_eq!(
+        one_f64("SELECT custos.if_score('seeded', ARRAY[1.5, 0.2])"),
+        first
+    );
     assert_eq!(
         count("SELECT count(DISTINCT model) FROM custos.models WHERE name = 'seeded'"),
         1
@@ -92,12 +111,17 @@ fn activating_another_version_changes_scores_at_once() {
     toy_table();
     Spi::run("SELECT custos.if_train('v', 'SELECT x, y FROM toy', 50, 64, 1)").unwrap();
     let v1 = one_f64("SELECT custos.if_score('v', ARRAY[1.0, 1.0])");
-    Spi::run("SELECT custos.if_train('v', 'SELECT x, y FROM toy WHERE id <= 100', 50, 64, 2)").unwrap();
+    Spi::run("SELECT custos.if_train('v', 'SELECT x, y FROM toy WHERE id <= 100', 50, 64, 2)")
+        .unwrap();
     let v2 = one_f64("SELECT custos.if_score('v', ARRAY[1.0, 1.0])");
     assert_ne!(v1, v2);
     Spi::run("SELECT * FROM custos.activate_model('v', 1)").unwrap();
     assert_eq!(one_f64("SELECT custos.if_score('v', ARRAY[1.0, 1.0])"), v1);
-    assert_error("SELECT * FROM custos.activate_model('v', 9)", "42704", "no version 9");
+    assert_error(
+        "SELECT * FROM custos.activate_model('v', 9)",
+        "42704",
+        "no version 9",
+    );
 }
 
 #[pg_test]
@@ -133,7 +157,10 @@ fn bad_input_is_refused_and_nothing_is_stored() {
     for (sql, state, needle) in cases {
         assert_error(sql, state, needle);
     }
-    assert_eq!(count("SELECT count(*) FROM custos.models WHERE name <> 'ok'"), 0);
+    assert_eq!(
+        count("SELECT count(*) FROM custos.models WHERE name <> 'ok'"),
+        0
+    );
     assert_eq!(count("SELECT count(*) FROM toy"), 301);
 }
 
@@ -149,23 +176,45 @@ fn tenants_see_their_models_and_shared_ones_never_each_others() {
     Spi::run("SELECT custos.if_train('m', 'SELECT x, y FROM toy', 20, 32, 1)").unwrap();
     let shared = one_f64("SELECT custos.if_score('m', ARRAY[2.0, 2.0])");
     set_tenant(a);
-    assert_eq!(one_f64("SELECT custos.if_score('m', ARRAY[2.0, 2.0])"), shared);
+    assert_eq!(
+        one_f64("SELECT custos.if_score('m', ARRAY[2.0, 2.0])"),
+        shared
+    );
     // Tenant a's own model of that name comes first, for a only.
-    Spi::run("SELECT custos.if_train('m', 'SELECT x, y FROM toy WHERE id < 150', 20, 32, 2)").unwrap();
+    Spi::run("SELECT custos.if_train('m', 'SELECT x, y FROM toy WHERE id < 150', 20, 32, 2)")
+        .unwrap();
     Spi::run("SELECT custos.if_train('only_a', 'SELECT x, y FROM toy', 20, 32, 3)").unwrap();
     let own = one_f64("SELECT custos.if_score('m', ARRAY[2.0, 2.0])");
     assert_ne!(own, shared);
     set_tenant(b);
-    assert_eq!(one_f64("SELECT custos.if_score('m', ARRAY[2.0, 2.0])"), shared);
-    assert_error("SELECT custos.if_score('only_a', ARRAY[2.0, 2.0])", "42704", "only_a");
+    assert_eq!(
+        one_f64("SELECT custos.if_score('m', ARRAY[2.0, 2.0])"),
+        shared
+    );
+    assert_error(
+        "SELECT custos.if_score('only_a', ARRAY[2.0, 2.0])",
+        "42704",
+        "only_a",
+    );
     // Through row-level security, as a reader of tenant b.
     Spi::run("CREATE ROLE anomaly_reader_test; GRANT custos_reader TO anomaly_reader_test; SET LOCAL ROLE anomaly_reader_test").unwrap();
     set_tenant(b);
     assert_eq!(count("SELECT count(*) FROM custos.models"), 1);
-    assert_error("SELECT custos.if_score('only_a', ARRAY[2.0, 2.0])", "42704", "only_a");
-    assert_error("SELECT custos.if_train('x', 'SELECT 1')", "42501", "permission denied");
+    assert_error(
+        "SELECT custos.if_score('only_a', ARRAY[2.0, 2.0])",
+        "42704",
+        "only_a",
+    );
+    assert_error(
+        "SELECT custos.if_train('x', 'SELECT 1')",
+        "42501",
+        "permission denied",
+    );
     Spi::run("SELECT custos.set_tenant(NULL)").unwrap();
-    assert_eq!(count("SELECT count(*) FROM custos.models WHERE tenant_id IS NOT NULL"), 0);
+    assert_eq!(
+        count("SELECT count(*) FROM custos.models WHERE tenant_id IS NOT NULL"),
+        0
+    );
 }
 
 /// 1,200 ordinary events over 30 days for one tenant, then a burst of off-hours deletions.
@@ -208,10 +257,18 @@ fn audit_events_are_trained_on_detected_explained_and_reviewed() {
         "SELECT count(*) FROM (SELECT seq FROM custos.score_events({window}) ORDER BY score DESC LIMIT 15) s WHERE s.seq > 1200"
     ))
     .unwrap();
-    assert!(ranked.unwrap_or(0) >= 12, "only {ranked:?} of the burst in the top 15");
-    let found = count(&format!("SELECT count(*) FROM custos.detect_anomalies({window}, threshold => 0.6)"));
+    assert!(
+        ranked.unwrap_or(0) >= 12,
+        "only {ranked:?} of the burst in the top 15"
+    );
+    let found = count(&format!(
+        "SELECT count(*) FROM custos.detect_anomalies({window}, threshold => 0.6)"
+    ));
     assert!(found >= 12, "{found} anomalies");
-    assert_eq!(count("SELECT count(*) FROM custos.anomaly_predictions"), 1215);
+    assert_eq!(
+        count("SELECT count(*) FROM custos.anomaly_predictions"),
+        1215
+    );
     assert_eq!(
         count("SELECT count(*) FROM custos.anomalies WHERE explanation->0 ? 'feature' AND confidence BETWEEN 0 AND 1"),
         found
@@ -221,7 +278,12 @@ fn audit_events_are_trained_on_detected_explained_and_reviewed() {
         count("SELECT count(*) FROM custos.anomalies WHERE severity IN ('high', 'critical')")
     );
     // Running again records nothing twice.
-    assert_eq!(count(&format!("SELECT count(*) FROM custos.detect_anomalies({window}, threshold => 0.6)")), 0);
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM custos.detect_anomalies({window}, threshold => 0.6)"
+        )),
+        0
+    );
     // Feedback closes the anomaly's alert and goes on the record.
     let (id, alerted) = Spi::get_two::<i64, bool>(
         "SELECT a.id, EXISTS (SELECT 1 FROM custos.alerts l WHERE (l.details->>'anomaly_id')::bigint = a.id)
@@ -238,7 +300,11 @@ fn audit_events_are_trained_on_detected_explained_and_reviewed() {
         count("SELECT count(*) FROM custos.events WHERE action = 'custos.anomaly_feedback' AND details ? 'note_sha256'"),
         1
     );
-    assert_error("SELECT * FROM custos.anomaly_feedback(-1, true)", "P0002", "no anomaly -1");
+    assert_error(
+        "SELECT * FROM custos.anomaly_feedback(-1, true)",
+        "P0002",
+        "no anomaly -1",
+    );
     // Rates by group: every scored event counted once per dimension.
     assert_eq!(
         count(&format!("SELECT sum(events)::bigint FROM custos.anomaly_detection_rates({window}) WHERE dimension = 'entity_type'")),
@@ -274,5 +340,39 @@ fn a_small_tenant_uses_the_shared_baseline() {
     assert_eq!(
         count("SELECT count(*) FROM custos.score_events('2026-10-01Z', '2026-11-01Z')"),
         1
+    );
+}
+
+#[pg_test]
+fn with_score_on_insert_a_new_event_is_scored_as_it_is_recorded() {
+    let t = "00000000-0000-4000-8000-00000000c004";
+    record_audit_stream(t);
+    Spi::run("SELECT * FROM custos.train_anomaly_model('2026-10-01Z', '2026-11-01Z', seed => 9)")
+        .unwrap();
+    // Off (the default): nothing is scored at insert.
+    Spi::run("SELECT custos.record_event('view', 'document', 'doc1', occurred_at => '2026-10-30 10:00Z', actor => 'user1')")
+        .unwrap();
+    assert_eq!(count("SELECT count(*) FROM custos.anomaly_predictions"), 0);
+    Spi::run("SELECT custos.set_setting('anomaly.score_on_insert', 'true')").unwrap();
+    let seq = Spi::get_one::<i64>(
+        "SELECT seq FROM custos.record_event('delete_user', 'user', 'victim99', severity => 'high',
+                                             occurred_at => '2026-10-31 03:10Z', actor => 'user5',
+                                             ip_address => '198.51.100.7')",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM custos.anomaly_predictions WHERE event_seq = {seq}"
+        )),
+        1
+    );
+    assert_eq!(count("SELECT count(*) FROM custos.anomaly_predictions"), 1);
+    // Another tenant without the setting records as ever.
+    set_tenant("00000000-0000-4000-8000-00000000c005");
+    Spi::run("SELECT custos.record_event('login', 'user', 'u1')").unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM custos.anomaly_predictions WHERE tenant_id = custos.current_tenant()"),
+        0
     );
 }

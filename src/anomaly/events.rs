@@ -37,6 +37,26 @@ fn event_value_key(
         .map(|plain| keyed_hash(&plain))
 }
 
+thread_local! {
+    static ON_INSERT: crate::tenancy::TenantCache<bool> = crate::tenancy::TenantCache::new();
+}
+
+/// `custos_internal.anomaly_scores_on_insert`: the tenant's `anomaly.score_on_insert`, cached
+/// until settings change: the WHEN of the insert trigger, paid by every insert.
+#[pg_extern(stable, parallel_safe)]
+fn anomaly_scores_on_insert(tenant: pgrx::Uuid) -> bool {
+    let tenant = *tenant.as_bytes();
+    ON_INSERT.with(|c| {
+        c.get_or_load(&tenant, || {
+            crate::tenancy::as_superuser(|| {
+                crate::tenancy::settings_for(&tenant, "anomaly.score_on_insert")
+            })
+            .iter()
+            .any(|(k, v)| k == "anomaly.score_on_insert" && v == "true")
+        })
+    })
+}
+
 #[cfg(test)]
 mod unit {
     use super::keyed_hash;

@@ -259,9 +259,12 @@ fn if_explain(
 }
 
 /// `custos_internal.if_assess`: score, confidence (the share of trees agreeing with the
-/// verdict at `threshold`) and explanation of one row, in one walk of the forest.
+/// verdict at `threshold`) and explanation of one row, in one walk of the forest, under the
+/// model `name` of `tenant` (else the shared one). Internal: custos' detection functions pass the
+/// tenant they work for (an insert trigger may run in another tenant's session).
 #[pg_extern(stable, parallel_safe)]
 fn if_assess(
+    tenant: pgrx::Uuid,
     name: &str,
     features: pgrx::Array<f64>,
     threshold: f64,
@@ -275,7 +278,7 @@ fn if_assess(
     ),
 > {
     let row = feature_row(features);
-    let model = models::active(name);
+    let model = models::active_for(name, Some(uuid::Uuid::from_bytes(*tenant.as_bytes())));
     let a = model
         .forest
         .assess(&row, threshold)

@@ -32,7 +32,12 @@ thread_local! {
 /// The active model `name` of the current tenant, else the shared one; raises 42704 if neither
 /// exists (for the caller: another tenant's model is never visible).
 pub fn active(name: &str) -> Rc<Model> {
-    let tenant = crate::tenancy::current_tenant_id();
+    active_for(name, crate::tenancy::current_tenant_id())
+}
+
+/// The active model `name` of `tenant`, else the shared one (for custos' own functions, which
+/// name the tenant they work for).
+pub fn active_for(name: &str, tenant: Option<uuid::Uuid>) -> Rc<Model> {
     let generation = cache::model_generation();
     let key = (tenant, name.to_string());
     let hit = LOADED.with(|l| {
