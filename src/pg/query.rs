@@ -103,8 +103,7 @@ impl NumericRows {
             let natts = (*desc).natts as usize;
             let mut columns = Vec::new();
             let mut names = Vec::new();
-            for i in 0..natts {
-                let att = (*desc).attrs.as_slice(natts)[i];
+            for (i, att) in super::tuple::attributes(desc).iter().enumerate() {
                 if att.attisdropped {
                     continue;
                 }

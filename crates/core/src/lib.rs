@@ -24,6 +24,11 @@ pub mod dormant {
     pub mod risk;
 }
 
+pub mod ai {
+    pub mod embed;
+    pub mod redact;
+}
+
 pub mod anomaly {
     pub mod forest;
     mod simd;
