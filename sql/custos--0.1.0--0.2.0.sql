@@ -1037,6 +1037,9 @@ BEGIN
       FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
     DELETE FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = forget_subject.subject;
     GET DIAGNOSTICS identities_removed = ROW_COUNT;
+    -- Reviewers' free-text notes on anomalies may name the person too.
+    UPDATE @extschema@.anomalies a SET feedback_note = NULL
+     WHERE a.tenant_id = tenant AND strpos(lower(a.feedback_note), lower(forget_subject.subject)) > 0;
     IF destroyed = 0 AND identities_removed = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s has no keys or records of subject "%s"', tenant, subject),
             HINT = 'nothing was sealed for this subject: is ledger.encrypt on, and is the subject spelled as in events.actor?';
@@ -1671,7 +1674,7 @@ CREATE  FUNCTION "if_assess"(
 	"confidence" double precision,  /* f64 */
 	"explanation" jsonb  /* pgrx :: JsonB */
 )
-STRICT STABLE PARALLEL SAFE
+STRICT STABLE PARALLEL RESTRICTED
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'if_assess_wrapper';
 
@@ -1680,7 +1683,7 @@ CREATE  FUNCTION "if_explain"(
 	"features" double precision[], /* :: std :: option :: Option < pgrx :: Array < f64 > > */
 	"top" INT DEFAULT 3 /* Option < i32 > */
 ) RETURNS jsonb /* pgrx :: JsonB */
-STABLE PARALLEL SAFE
+STABLE PARALLEL RESTRICTED
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'if_explain_wrapper';
 
@@ -1688,7 +1691,7 @@ CREATE  FUNCTION "if_score"(
 	"name" TEXT, /* Option < & str > */
 	"features" double precision[] /* :: std :: option :: Option < pgrx :: Array < f64 > > */
 ) RETURNS double precision /* f64 */
-STABLE PARALLEL SAFE
+STABLE PARALLEL RESTRICTED
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'if_score_wrapper';
 
@@ -1709,6 +1712,16 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'invalidate_model_cache_wrapper';
 
+CREATE  FUNCTION "train_event_model"(
+	"query" TEXT, /* & str */
+	"n_trees" INT, /* i32 */
+	"sample_size" INT, /* i32 */
+	"seed" bigint /* Option < i64 > */
+) RETURNS INT /* i32 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'train_event_model_wrapper';
+
 -- Anomaly detection (src/anomaly/): Isolation Forest models trained and scored in the backend,
 -- audit-event features, detection into custos.anomalies, feedback and bias checks.
 
@@ -1716,6 +1729,7 @@ AS 'MODULE_PATHNAME', 'invalidate_model_cache_wrapper';
 ALTER FUNCTION @extschema@.event_value_key(uuid, uuid, text, text) SET SCHEMA custos_internal;
 ALTER FUNCTION @extschema@.if_assess(uuid, text, double precision[], double precision, integer) SET SCHEMA custos_internal;
 ALTER FUNCTION @extschema@.invalidate_model_cache() SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.train_event_model(text, integer, integer, bigint) SET SCHEMA custos_internal;
 ALTER FUNCTION @extschema@.anomaly_scores_on_insert(uuid) SET SCHEMA custos_internal;
 
 INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, description) VALUES
@@ -1763,10 +1777,13 @@ COMMENT ON COLUMN @extschema@.models.metrics IS 'Score quantiles (p50, p90, p99,
 ALTER TABLE @extschema@.models ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.models FORCE ROW LEVEL SECURITY;
 -- A tenant sees its models and the shared ones, and writes none: custos.if_train stores them.
+-- Without a tenant, nothing (fail closed).
 CREATE POLICY custos_tenant_access ON @extschema@.models AS PERMISSIVE FOR SELECT
-    USING (tenant_id = (SELECT @extschema@.current_tenant()) OR tenant_id IS NULL);
+    USING (tenant_id = (SELECT @extschema@.current_tenant())
+           OR (tenant_id IS NULL AND (SELECT @extschema@.current_tenant()) IS NOT NULL));
 CREATE POLICY custos_tenant_isolation ON @extschema@.models AS RESTRICTIVE FOR ALL
-    USING (tenant_id = (SELECT @extschema@.current_tenant()) OR tenant_id IS NULL)
+    USING (tenant_id = (SELECT @extschema@.current_tenant())
+           OR (tenant_id IS NULL AND (SELECT @extschema@.current_tenant()) IS NOT NULL))
     WITH CHECK (tenant_id = (SELECT @extschema@.current_tenant()));
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.models', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.models_id_seq', '');
@@ -1789,7 +1806,7 @@ CREATE TRIGGER cache_invalidation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE O
     FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.models_invalidate();
 
 COMMENT ON FUNCTION @extschema@.if_train(text, text, integer, integer, bigint, boolean) IS
-'Trains an Isolation Forest (Liu, Ting & Zhou 2008; extended => random hyperplanes, Hariri et al. 2018) on every numeric column of the query''s result, in order, with the caller''s rights; stores it as a new version of model name for the current tenant (without a tenant: a shared model, superusers only), activates it and returns the version. n_trees trees, each grown on sample_size rows drawn without replacement; seed makes training reproducible (NULL: a random one, stored in parameters). NULLs, NaN and infinities are refused.';
+'Trains an Isolation Forest (Liu, Ting & Zhou 2008; extended => random hyperplanes, Hariri et al. 2018) on every numeric column of the query''s result, in order, with the caller''s rights; stores it as a new version of model name for the current tenant (without a tenant: a shared model, superusers only), activates it, records it in the tenant''s ledger (custos.model_trained) and returns the version. The name audit_events is reserved (custos.train_anomaly_model). n_trees trees, each grown on sample_size rows drawn without replacement; seed makes training reproducible (NULL: a random one, stored in parameters). NULLs, NaN and infinities are refused.';
 COMMENT ON FUNCTION @extschema@.if_score(text, double precision[]) IS
 'The anomaly score in (0, 1) of one row of features (in the order of the training query''s numeric columns) under the active model name: the tenant''s, else the shared one. Higher is more anomalous; about 0.5 is ordinary. The model is loaded once per session and cached until another version is activated.';
 COMMENT ON FUNCTION @extschema@.if_explain(text, double precision[], integer) IS
@@ -1798,6 +1815,8 @@ COMMENT ON FUNCTION custos_internal.if_assess(uuid, text, double precision[], do
 'Internal: score, confidence (share of trees agreeing with the verdict at threshold) and top-features explanation of one row, under the tenant''s model name (else the shared one).';
 COMMENT ON FUNCTION custos_internal.anomaly_scores_on_insert(uuid) IS
 'Internal: whether the tenant''s setting anomaly.score_on_insert is on (cached per session until settings change).';
+COMMENT ON FUNCTION custos_internal.train_event_model(text, integer, integer, bigint) IS
+'Internal: custos.if_train for the reserved audit_events model, called by custos.train_anomaly_model with custos'' own feature query.';
 COMMENT ON FUNCTION custos_internal.invalidate_model_cache() IS
 'Internal: ages every session''s cached anomaly models (they are read again on next use).';
 COMMENT ON FUNCTION custos_internal.event_value_key(uuid, uuid, text, text) IS
@@ -1834,11 +1853,16 @@ BEGIN
      WHERE m.tenant_id IS NOT DISTINCT FROM tenant AND m.name = activate_model.name AND m.active;
     UPDATE @extschema@.models m SET active = true
      WHERE m.tenant_id IS NOT DISTINCT FROM tenant AND m.name = activate_model.name AND m.version = activate_model.version;
+    IF tenant IS NOT NULL THEN
+        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
+        VALUES (tenant, 'custos.model_activated', 'model', activate_model.name, 'info',
+                jsonb_build_object('version', activate_model.version, 'previous_version', before));
+    END IF;
     RETURN QUERY SELECT activate_model.name, activate_model.version, before;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.activate_model(text, integer) IS
-'Makes an earlier (or the latest) version of a model of the current tenant the active one (without a tenant: a shared model, superusers only); returns the version it replaced. Every session scores with it from its next statement on.';
+'Makes an earlier (or the latest) version of a model of the current tenant the active one (without a tenant: a shared model, superusers only); returns the version it replaced, and records the change in the ledger (custos.model_activated). Every session scores with it from its next statement on.';
 
 ------------------------------------------------------------------------------------------------
 -- Audit-event features
@@ -1922,7 +1946,7 @@ COMMENT ON FUNCTION custos_internal.event_features(uuid, timestamptz, timestampt
 CREATE FUNCTION custos_internal.event_feature_query(tenant uuid, since timestamptz, until timestamptz,
                                                     per_actor bigint DEFAULT NULL)
 RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT format(
@@ -1930,7 +1954,9 @@ AS $fn$
         'action_rarity_tenant, new_entity, new_ip, failure_share, burst_size, offhours_privileged, idle_days '
         'FROM (SELECT f.*, row_number() OVER (PARTITION BY f.tenant_id, f.actor ORDER BY hashint8(f.seq)) AS nth '
         'FROM custos_internal.event_features(%L::uuid, %L::timestamptz, %L::timestamptz) f) b %s ORDER BY tenant_id, seq',
-        tenant, since, until, CASE WHEN per_actor IS NULL THEN '' ELSE format('WHERE nth <= %s', per_actor) END)
+        -- ISO 8601 with its offset: read back alike whatever DateStyle and TimeZone say.
+        tenant, to_json(since) #>> '{}', to_json(until) #>> '{}',
+        CASE WHEN per_actor IS NULL THEN '' ELSE format('WHERE nth <= %s', per_actor) END)
 $fn$;
 COMMENT ON FUNCTION custos_internal.event_feature_query(uuid, timestamptz, timestamptz, bigint) IS
 'Internal: the training query of the audit-event model; per_actor caps each actor''s events (balanced sampling).';
@@ -1988,22 +2014,18 @@ BEGIN
             MESSAGE = format('%s events in [%s, %s), fewer than sample_size %s', events, since, until, sample_size),
             HINT = 'widen the window or lower sample_size';
     END IF;
-    v := @extschema@.if_train('audit_events',
+    -- The model's new version is recorded in the ledger as it is stored (custos.model_trained).
+    v := custos_internal.train_event_model(
             custos_internal.event_feature_query(tenant, since, until,
                 CASE WHEN balanced THEN greatest(ceil(events::numeric / greatest(actors, 1))::bigint, 1) END),
-            n_trees, sample_size, seed, false);
-    IF tenant IS NOT NULL THEN
-        INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
-        VALUES (tenant, 'custos.anomaly_model_trained', 'model', 'audit_events', 'info',
-                jsonb_build_object('version', v, 'since', since, 'until', until, 'balanced', balanced));
-    END IF;
+            n_trees, sample_size, seed);
     RETURN QUERY SELECT m.name, m.version, CASE WHEN tenant IS NULL THEN 'shared' ELSE 'tenant' END, m.training_rows
                    FROM @extschema@.models m
                   WHERE m.tenant_id IS NOT DISTINCT FROM tenant AND m.name = 'audit_events' AND m.version = v;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.train_anomaly_model(timestamptz, timestamptz, integer, integer, bigint, boolean) IS
-'Trains the current tenant''s audit-event model (model audit_events) on its events in [since, until) and activates it; the training is recorded in the ledger. A tenant with fewer than 1,000 events there keeps using the shared baseline, which a superuser trains without a tenant over every tenant''s events. balanced caps each actor at the mean events per actor, so that a few busy accounts do not define what is normal. Works on tenants with ledger.encrypt on: sealed fields are compared in memory, through keyed hashes.';
+'Trains the current tenant''s audit-event model (model audit_events, a name custos.if_train refuses) on its events in [since, until) and activates it; the training is recorded in the ledger (custos.model_trained). A tenant with fewer than 1,000 events there keeps using the shared baseline, which a superuser trains without a tenant over every tenant''s events. balanced caps each actor at the mean events per actor, so that a few busy accounts do not define what is normal. Works on tenants with ledger.encrypt on: sealed fields are compared in memory, through keyed hashes.';
 
 ------------------------------------------------------------------------------------------------
 -- Detection
@@ -2223,14 +2245,18 @@ BEGIN
     SELECT a.id, a.event_id, a.event_seq, a.score, a.severity, a.confidence, a.review_required, a.explanation
       FROM custos_internal.detect_events(tenant, since, until, t) a
      ORDER BY a.score DESC;
-    -- Bias: a group whose detection rate strays from its dimension's mean is an alert too.
+    -- Bias: a group whose detection rate strays from its dimension's mean is an alert too (once
+    -- while it stays open).
     INSERT INTO @extschema@.alerts (tenant_id, source, severity, title, details)
     SELECT tenant, 'anomaly.bias', 'medium',
            format('anomaly detection rate of %s %s is %s%%, against a mean of %s%%', r.dimension, r.group_name,
                   round((100 * r.rate)::numeric, 1), round((100 * r.mean_rate)::numeric, 1)),
            to_jsonb(r)
       FROM @extschema@.anomaly_detection_rates(since, until) r
-     WHERE r.biased;
+     WHERE r.biased
+       AND NOT EXISTS (SELECT 1 FROM @extschema@.alerts al
+                        WHERE al.tenant_id = tenant AND al.source = 'anomaly.bias' AND al.status = 'open'
+                          AND al.details ->> 'dimension' = r.dimension AND al.details ->> 'group_name' = r.group_name);
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.detect_anomalies(timestamptz, timestamptz, double precision) IS
@@ -2248,11 +2274,18 @@ BEGIN
     PERFORM 1 FROM @extschema@.models m
       WHERE m.name = 'audit_events' AND m.active AND (m.tenant_id = NEW.tenant_id OR m.tenant_id IS NULL);
     IF FOUND THEN
-        PERFORM custos_internal.detect_events(NEW.tenant_id,
-            NEW.occurred_at - make_interval(hours => (@extschema@.tenant_setting(NEW.tenant_id, 'anomaly.insert_window_hours'))::integer),
-            NEW.occurred_at + interval '1 microsecond',
-            (@extschema@.tenant_setting(NEW.tenant_id, 'anomaly.threshold'))::double precision,
-            NEW.seq);
+        BEGIN
+            PERFORM custos_internal.detect_events(NEW.tenant_id,
+                NEW.occurred_at - make_interval(hours => (@extschema@.tenant_setting(NEW.tenant_id, 'anomaly.insert_window_hours'))::integer),
+                NEW.occurred_at + interval '1 microsecond',
+                (@extschema@.tenant_setting(NEW.tenant_id, 'anomaly.threshold'))::double precision,
+                NEW.seq);
+        EXCEPTION WHEN query_canceled THEN
+            RAISE;
+        WHEN OTHERS THEN
+            -- A model that cannot score (damaged, another width) must not stop the ledger.
+            RAISE WARNING 'custos: event seq % of tenant % was recorded but not scored: %', NEW.seq, NEW.tenant_id, SQLERRM;
+        END;
     END IF;
     RETURN NULL;
 END
@@ -2290,16 +2323,16 @@ BEGIN
            AND (al.details ->> 'anomaly_id')::bigint = anomaly_id;
         GET DIAGNOSTICS closed = ROW_COUNT;
     END IF;
-    -- On the record, the note as a hash (it may name a person; the ledger cannot forget).
+    -- On the record, without the note: it may name a person, and the ledger cannot forget (an
+    -- unsalted hash of a short note could be guessed back).
     INSERT INTO @extschema@.events (tenant_id, action, entity_type, entity_id, severity, details)
     VALUES (tenant, 'custos.anomaly_feedback', 'anomaly', anomaly_id::text, 'info',
-            jsonb_strip_nulls(jsonb_build_object('feedback', verdict, 'alerts_closed', closed,
-                'note_sha256', encode(sha256(convert_to(note, 'UTF8')), 'hex'))));
+            jsonb_build_object('feedback', verdict, 'alerts_closed', closed, 'with_note', note IS NOT NULL));
     RETURN QUERY SELECT anomaly_id, verdict, closed;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.anomaly_feedback(bigint, boolean, text) IS
-'Records a reviewer''s verdict on an anomaly of the current tenant: a false positive (which also closes its open alert) or a confirmed one, with a note. The verdict is recorded in the ledger, the note there only as a SHA-256.';
+'Records a reviewer''s verdict on an anomaly of the current tenant: a false positive (which also closes its open alert) or a confirmed one, with a note. The verdict is recorded in the ledger, the note is not (custos.forget_subject clears notes that name the person it forgets).';
 -- END anomaly
 
 -- Triggers and event triggers 0.2.0 adds or changes.
@@ -2328,6 +2361,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA custos_internal FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
+    custos_internal.anomaly_scores_on_insert(uuid),
     @extschema@.current_tenant(),
     @extschema@.set_actor(text),
     @extschema@.current_actor()

@@ -11,8 +11,10 @@
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA custos_internal FROM PUBLIC;
 
--- Everyone.
+-- Everyone. (anomaly_scores_on_insert: the WHEN of custos.events' insert-time scoring trigger,
+-- which runs as whoever inserts; it answers only for the caller's own tenant.)
 GRANT EXECUTE ON FUNCTION
+    custos_internal.anomaly_scores_on_insert(uuid),
     @extschema@.current_tenant(),
     @extschema@.set_actor(text),
     @extschema@.current_actor()

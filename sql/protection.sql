@@ -317,6 +317,9 @@ BEGIN
       FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = forget_subject.subject;
     DELETE FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = forget_subject.subject;
     GET DIAGNOSTICS identities_removed = ROW_COUNT;
+    -- Reviewers' free-text notes on anomalies may name the person too.
+    UPDATE @extschema@.anomalies a SET feedback_note = NULL
+     WHERE a.tenant_id = tenant AND strpos(lower(a.feedback_note), lower(forget_subject.subject)) > 0;
     IF destroyed = 0 AND identities_removed = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('tenant %s has no keys or records of subject "%s"', tenant, subject),
             HINT = 'nothing was sealed for this subject: is ledger.encrypt on, and is the subject spelled as in events.actor?';

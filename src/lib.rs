@@ -109,6 +109,7 @@ extension_sql_file!(
         "alerts",
         "dormant",
         anomaly::if_train,
+        anomaly::train_event_model,
         anomaly::if_score,
         anomaly::if_explain,
         anomaly::if_assess,

@@ -132,6 +132,7 @@ fn bad_input_is_refused_and_nothing_is_stored() {
         ("SELECT custos.if_train(NULL, 'SELECT x FROM toy')", "22004", "name cannot be NULL"),
         ("SELECT custos.if_train('m', NULL)", "22004", "query cannot be NULL"),
         ("SELECT custos.if_train('', 'SELECT x FROM toy')", "22023", "1 to 200 characters"),
+        ("SELECT custos.if_train('audit_events', 'SELECT x FROM toy')", "42939", "reserved"),
         ("SELECT custos.if_train('m', 'SELECT x FROM toy', 0)", "22023", "n_trees must be between 1"),
         ("SELECT custos.if_train('m', 'SELECT x FROM toy', 10, 1)", "22023", "sample_size must be between 2"),
         ("SELECT custos.if_train('m', 'SELECT x FROM toy', 10, 1000)", "22023", "sample_size 1000 is larger than the 301 rows"),
@@ -249,7 +250,7 @@ fn audit_events_are_trained_on_detected_explained_and_reviewed() {
     .unwrap();
     assert_eq!(trained.as_deref(), Some("audit_events 1 tenant 1215"));
     assert_eq!(
-        count("SELECT count(*) FROM custos.events WHERE action = 'custos.anomaly_model_trained'"),
+        count("SELECT count(*) FROM custos.events WHERE action = 'custos.model_trained'"),
         1
     );
     // The injected burst outscores every ordinary event.
@@ -297,7 +298,7 @@ fn audit_events_are_trained_on_detected_explained_and_reviewed() {
     .unwrap();
     assert_eq!(closed, Some(i64::from(alerted.unwrap())));
     assert_eq!(
-        count("SELECT count(*) FROM custos.events WHERE action = 'custos.anomaly_feedback' AND details ? 'note_sha256'"),
+        count("SELECT count(*) FROM custos.events WHERE action = 'custos.anomaly_feedback' AND details ->> 'with_note' = 'true'"),
         1
     );
     assert_error(

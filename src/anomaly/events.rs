@@ -43,9 +43,17 @@ thread_local! {
 
 /// `custos_internal.anomaly_scores_on_insert`: the tenant's `anomaly.score_on_insert`, cached
 /// until settings change: the WHEN of the insert trigger, paid by every insert.
+///
+/// EXECUTE is PUBLIC (a trigger's WHEN runs as whoever inserts), so it answers only for the
+/// caller's own tenant, or to a superuser (custos' SECURITY DEFINER writers, capture): about any
+/// other tenant it says false and so reveals nothing.
 #[pg_extern(stable, parallel_safe)]
 fn anomaly_scores_on_insert(tenant: pgrx::Uuid) -> bool {
     let tenant = *tenant.as_bytes();
+    let own = crate::tenancy::current_tenant_id().is_some_and(|t| *t.as_bytes() == tenant);
+    if !own && !crate::pg::backend::current_user_is_superuser() {
+        return false;
+    }
     ON_INSERT.with(|c| {
         c.get_or_load(&tenant, || {
             crate::tenancy::as_superuser(|| {

@@ -67,8 +67,43 @@ fn if_train(
     seed: default!(Option<i64>, "NULL"),
     extended: default!(Option<bool>, false),
 ) -> i32 {
-    const WHAT: &str = "custos.if_train";
     let name = required(name, "name");
+    if name == EVENT_MODEL {
+        raise(
+            ERRCODE_RESERVED_NAME,
+            format!("model name \"{EVENT_MODEL}\" is reserved for the audit-event model"),
+            Some("custos.train_anomaly_model trains it, on the features custos computes"),
+        );
+    }
+    train(name, query, n_trees, sample_size, seed, extended)
+}
+
+/// The audit-event model's name: trained only through custos.train_anomaly_model.
+const EVENT_MODEL: &str = "audit_events";
+
+/// `custos_internal.train_event_model`: `if_train` for the reserved audit-event model, called
+/// by custos.train_anomaly_model (SECURITY DEFINER) with custos' own feature query.
+#[pg_extern(volatile, parallel_unsafe)]
+fn train_event_model(query: &str, n_trees: i32, sample_size: i32, seed: Option<i64>) -> i32 {
+    train(
+        EVENT_MODEL,
+        Some(query),
+        Some(n_trees),
+        Some(sample_size),
+        seed,
+        Some(false),
+    )
+}
+
+fn train(
+    name: &str,
+    query: Option<&str>,
+    n_trees: Option<i32>,
+    sample_size: Option<i32>,
+    seed: Option<i64>,
+    extended: Option<bool>,
+) -> i32 {
+    const WHAT: &str = "custos.if_train";
     let query = required(query, "query");
     if name.is_empty() || name.len() > 200 {
         raise(
@@ -132,7 +167,10 @@ fn if_train(
         extended,
     };
     let trained = std::time::Instant::now();
-    let forest = Forest::train(&data, features, params).unwrap_or_else(|e| refuse(e, WHAT));
+    let forest = Forest::train_checking(&data, features, params, || {
+        pg_sys::check_for_interrupts!();
+    })
+    .unwrap_or_else(|e| refuse(e, WHAT));
     let train_ms = trained.elapsed().as_secs_f64() * 1e3;
     let stats = feature_stats(&data, features).unwrap_or_else(|e| refuse(e, WHAT));
     let normalisation: Vec<_> = names
@@ -210,7 +248,8 @@ fn feature_row(features: pgrx::Array<f64>) -> Vec<f64> {
 }
 
 /// `custos.if_score`: the anomaly score of one row in (0, 1), higher is more anomalous.
-#[pg_extern(stable, parallel_safe)]
+// PARALLEL RESTRICTED: a parallel worker may not see the request's JWT tenant as the leader does.
+#[pg_extern(stable, parallel_restricted)]
 fn if_score(name: Option<&str>, features: Option<pgrx::Array<f64>>) -> f64 {
     let name = required(name, "name");
     let row = feature_row(required(features, "features"));
@@ -242,7 +281,7 @@ fn explanation(
 
 /// `custos.if_explain`: each feature's share in isolating the row, largest first, with the
 /// row's value: why a row scored high.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn if_explain(
     name: Option<&str>,
     features: Option<pgrx::Array<f64>>,
@@ -262,7 +301,7 @@ fn if_explain(
 /// verdict at `threshold`) and explanation of one row, in one walk of the forest, under the
 /// model `name` of `tenant` (else the shared one). Internal: custos' detection functions pass the
 /// tenant they work for (an insert trigger may run in another tenant's session).
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn if_assess(
     tenant: pgrx::Uuid,
     name: &str,

@@ -3,7 +3,8 @@
 //! every session's cache; see pg::cache).
 
 use crate::error::raise;
-use crate::pg::backend::{as_superuser, outer_user, role_name};
+use crate::pg::backend::{as_superuser, is_superuser, outer_user, role_name};
+use crate::pg::spi::column;
 use crate::pg::{cache, locks};
 use custos_core::anomaly::forest::Forest;
 use pgrx::prelude::*;
@@ -32,7 +33,16 @@ thread_local! {
 /// The active model `name` of the current tenant, else the shared one; raises 42704 if neither
 /// exists (for the caller: another tenant's model is never visible).
 pub fn active(name: &str) -> Rc<Model> {
-    active_for(name, crate::tenancy::current_tenant_id())
+    let tenant = crate::tenancy::current_tenant_id();
+    // Fail closed: without a tenant only a superuser scores (with the shared models).
+    if tenant.is_none() && !is_superuser(outer_user()) {
+        raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "no tenant is set",
+            Some("call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim"),
+        );
+    }
+    active_for(name, tenant)
 }
 
 /// The active model `name` of `tenant`, else the shared one (for custos' own functions, which
@@ -52,39 +62,45 @@ pub fn active_for(name: &str, tenant: Option<uuid::Uuid>) -> Rc<Model> {
         return model;
     }
     let model = Rc::new(load(name, tenant));
-    LOADED.with(|l| l.borrow_mut().1.insert(key, model.clone()));
+    // Kept only if no version was activated while it loaded (it may be the old one).
+    if cache::model_generation() == generation {
+        LOADED.with(|l| l.borrow_mut().1.insert(key, model.clone()));
+    }
     model
 }
 
-/// Reads the active version with the caller's rights (row-level security shows the tenant's
-/// models and the shared ones), read-only: scoring works on a hot standby.
+/// Reads the active version under a snapshot taken now (read-only: scoring works on a hot
+/// standby), so that a version activated by a transaction that committed after this one's
+/// snapshot is what gets cached. Explicitly the tenant's or the shared ones, as the row-level
+/// security of custos.models says.
 fn load(name: &str, tenant: Option<uuid::Uuid>) -> Model {
-    let row = Spi::connect(|client| {
-        let mut rows = client.select(
-            "SELECT version, model, feature_names, tenant_id FROM custos.models
-              WHERE name = $1 AND active AND (tenant_id = $2 OR tenant_id IS NULL)
-              ORDER BY tenant_id NULLS LAST LIMIT 1",
-            Some(1),
-            &[name.into(), tenant.map(uuid_arg).into()],
-        )?;
-        match rows.next() {
-            None => Ok(None),
-            Some(r) => Ok(Some((
-                r.get::<i32>(1)?.unwrap_or_default(),
-                r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                r.get::<Vec<String>>(3)?.unwrap_or_default(),
-                r.get::<pgrx::Uuid>(4)?
-                    .map(|u| uuid::Uuid::from_bytes(*u.as_bytes())),
-            ))),
+    // fresh_rows passes no NULLs: without a tenant the query has no tenant parameter.
+    let mut args = vec![(
+        pg_sys::TEXTOID,
+        name.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+    )];
+    let query = match tenant.map(uuid_arg).and_then(|t| t.into_datum()) {
+        Some(t) => {
+            args.push((pg_sys::UUIDOID, t));
+            c"SELECT version, model, feature_names, tenant_id FROM custos.models
+               WHERE name = $1 AND active AND (tenant_id = $2 OR tenant_id IS NULL)
+               ORDER BY tenant_id NULLS LAST LIMIT 1"
         }
-    })
-    .unwrap_or_else(|e: pgrx::spi::Error| {
-        raise(
-            ERRCODE_INTERNAL_ERROR,
-            format!("reading model \"{name}\": {e}"),
-            None,
+        None => {
+            c"SELECT version, model, feature_names, tenant_id FROM custos.models
+                   WHERE name = $1 AND active AND tenant_id IS NULL LIMIT 1"
+        }
+    };
+    let row = crate::pg::spi::fresh_rows(query, &args, |r| {
+        (
+            column::<i32>(r, 0).unwrap_or_default(),
+            column::<Vec<u8>>(r, 1).unwrap_or_default(),
+            column::<Vec<String>>(r, 2).unwrap_or_default(),
+            column::<pgrx::Uuid>(r, 3).map(|u| uuid::Uuid::from_bytes(*u.as_bytes())),
         )
-    });
+    })
+    .into_iter()
+    .next();
     let Some((version, bytes, feature_names, owner)) = row else {
         raise(
             ERRCODE_UNDEFINED_OBJECT,
@@ -149,6 +165,18 @@ pub fn store(m: NewModel) -> i32 {
         "isolation_forest"
     };
     let owner = m.tenant.map(uuid_arg);
+    let bytes = m.forest.to_bytes();
+    // What is stored must load: a forest that would not decode is refused here, not at scoring.
+    if Forest::from_bytes(&bytes).as_ref() != Ok(m.forest) {
+        raise(
+            ERRCODE_INTERNAL_ERROR,
+            format!(
+                "model \"{}\" does not survive its own encoding; nothing was stored",
+                m.name
+            ),
+            None,
+        );
+    }
     // Versions are numbered one at a time per tenant (shared models: the nil tenant).
     locks::lock_until_end(
         m.tenant.unwrap_or_default().as_bytes(),
@@ -178,11 +206,22 @@ pub fn store(m: NewModel) -> i32 {
                     JsonB(m.normalisation).into(),
                     m.training_rows.into(),
                     JsonB(m.metrics).into(),
-                    m.forest.to_bytes().into(),
+                    bytes.into(),
                     creator.into(),
                 ],
             )?;
-            Ok(rows.next().and_then(|r| r.get::<i32>(1).ok().flatten()))
+            let version = rows.next().and_then(|r| r.get::<i32>(1).ok().flatten());
+            // A tenant's new model is on its record: who trained what, when.
+            if let (Some(tenant), Some(v)) = (owner, version) {
+                client.update(
+                    "INSERT INTO custos.events (tenant_id, action, entity_type, entity_id, severity, details)
+                     VALUES ($1, 'custos.model_trained', 'model', $2, 'info',
+                             jsonb_build_object('version', $3::int, 'kind', $4::text, 'training_rows', $5::bigint))",
+                    None,
+                    &[tenant.into(), m.name.into(), v.into(), kind.into(), m.training_rows.into()],
+                )?;
+            }
+            Ok(version)
         })
     })
     .unwrap_or_else(|e: pgrx::spi::Error| {

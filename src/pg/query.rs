@@ -44,6 +44,10 @@ pub struct NumericRows {
     /// Scratch for one deformed tuple.
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
+    /// What converting a batch allocates (a numeric's detoasted copy), reset after each batch so
+    /// that memory stays flat however many rows are read. Made before SPI connects, outside
+    /// SPI's own context.
+    scratch: pgrx::PgMemoryContexts,
 }
 
 impl NumericRows {
@@ -57,6 +61,7 @@ impl NumericRows {
                 None,
             )
         };
+        let scratch = pgrx::PgMemoryContexts::new("custos feature batch");
         // SAFETY: backend thread inside a transaction. SPI is connected here and finished in
         // close(); an ERROR in between aborts the (sub)transaction, which releases both. The plan
         // sources are read while the plan lives.
@@ -131,6 +136,7 @@ impl NumericRows {
                 rows_read: 0,
                 values: vec![pg_sys::Datum::from(0); natts],
                 nulls: vec![false; natts],
+                scratch,
             }
         }
     }
@@ -161,6 +167,7 @@ impl NumericRows {
                 return 0;
             }
             let desc = (*table).tupdesc;
+            let previous = pg_sys::MemoryContextSwitchTo(self.scratch.value());
             for i in 0..n {
                 let tuple = *(*table).vals.add(i);
                 pg_sys::heap_deform_tuple(
@@ -195,6 +202,8 @@ impl NumericRows {
                     out.push(v);
                 }
             }
+            pg_sys::MemoryContextSwitchTo(previous);
+            self.scratch.reset();
             pg_sys::SPI_freetuptable(table);
             let _ = self.natts;
             n

@@ -55,6 +55,20 @@ fn session_user_trusted() -> bool {
     })
 }
 
+/// Whether the session logged in as one of `custos.jwt_authenticators` (PostgREST's connection
+/// role) and is not a superuser: its requests carry their tenant in a JWT.
+fn session_is_jwt_gateway() -> bool {
+    let session = backend::session_user();
+    if backend::is_superuser(session) {
+        return false;
+    }
+    let authenticators = gucs::JWT_AUTHENTICATORS
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    backend::role_name(session).is_some_and(|name| is_listed(name.as_bytes(), &authenticators))
+}
+
 /// Whether `role` is one of the comma-separated names of `list`.
 pub fn is_listed(role: &[u8], list: &str) -> bool {
     list.split(',').any(|n| n.trim().as_bytes() == role)
@@ -131,6 +145,19 @@ fn current_tenant() -> Option<pgrx::Uuid> {
 /// Sets the tenant for the rest of the transaction; NULL clears it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_tenant(tenant: Option<pgrx::Uuid>) -> Option<pgrx::Uuid> {
+    // A PostgREST request's tenant is its JWT's: a request may not choose another one, not even
+    // from inside a query it passes to custos (if_score_query runs the caller's query text).
+    if session_is_jwt_gateway() {
+        let claimed = with_claims(|c| c.tenant);
+        let asked = tenant.map(|t| uuid::Uuid::from_bytes(*t.as_bytes()));
+        if asked.is_some() && asked != claimed {
+            crate::error::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "a PostgREST request cannot choose its tenant",
+                Some("the tenant of a request through custos.jwt_authenticators is the tenant_id claim of its JWT; custos.set_tenant is for application servers that connect as their own role"),
+            );
+        }
+    }
     let text = tenant
         .map(|t| {
             uuid::Uuid::from_bytes(*t.as_bytes())

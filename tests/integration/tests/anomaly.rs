@@ -98,6 +98,21 @@ fn tenants_train_and_score_through_postgrest_and_never_see_each_others_models() 
     )
     .unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
+    // A request cannot switch tenants, not even from inside the query text it passes.
+    let err = postgrest_request(
+        &mut c,
+        "it_web_user",
+        &claims("it_web_user", GLOBEX),
+        "POST",
+        "/rpc/set_tenant",
+        &format!("SELECT custos.set_tenant('{ACME}')"),
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    let err = postgrest_request(&mut c, "it_web_user", &claims("it_web_user", ACME), "POST", "/rpc/if_score_query",
+        &format!("SELECT count(*) FROM custos.if_score_query('logins',
+            'SELECT l.hour, l.failures, l.bytes FROM (SELECT custos.set_tenant(''{GLOBEX}'')) s, public.logins l')")).unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
     // Without a tenant claim nothing is visible and nothing can be trained (fail closed).
     let anon = json!({"role": "it_web_admin"});
     let err = postgrest_request(

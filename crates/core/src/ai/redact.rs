@@ -114,7 +114,7 @@ fn detectors() -> &'static Detectors {
             jwt: re(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
             bearer: re(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{16,}=*)"),
             aws_access: re(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
-            aws_secret: re(r"(?:^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])"),
+            aws_secret: re(r"(?:^|[^A-Za-z0-9/+])([A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])"),
             api_key: re(concat!(
                 r"\b(?:sk-(?:proj-|ant-(?:api\d{2}-)?)?[A-Za-z0-9_-]{20,}",
                 r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}",
@@ -272,21 +272,46 @@ fn phone_valid(s: &str, text: &str, start: usize) -> bool {
     if digit_before || digit_after {
         return false;
     }
-    let before = text[..start]
-        .chars()
-        .rev()
-        .take_while(|c| *c == ' ')
-        .count();
-    let word_before: String = text[..start - before]
+    !labelled_otherwise(text, start)
+}
+
+/// Whether the word just before `start` names the number as something that is not personal:
+/// "order 555 123 4567", "version 10.2.3.4", "range 100-10-1000".
+fn labelled_otherwise(text: &str, start: usize) -> bool {
+    let head = text[..start].trim_end_matches([' ', ':', '#']);
+    let word: String = head
         .chars()
         .rev()
         .take_while(|c| c.is_ascii_alphabetic())
-        .collect();
-    let word_before: String = word_before.chars().rev().collect::<String>().to_lowercase();
-    // "order 555 123 4567", "invoice", "version", "build": numbers with a name that is not a phone's.
-    !matches!(
-        word_before.as_str(),
-        "order" | "invoice" | "ticket" | "id" | "version" | "build" | "ref" | "no" | "case" | "po"
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<String>()
+        .to_lowercase();
+    matches!(
+        word.as_str(),
+        "order"
+            | "invoice"
+            | "ticket"
+            | "id"
+            | "version"
+            | "ver"
+            | "v"
+            | "build"
+            | "release"
+            | "rev"
+            | "revision"
+            | "ref"
+            | "no"
+            | "case"
+            | "po"
+            | "range"
+            | "part"
+            | "model"
+            | "serial"
+            | "lot"
+            | "sku"
+            | "isbn"
     )
 }
 
@@ -313,7 +338,33 @@ fn find_all(text: &str, rules: &Rules) -> Vec<Found> {
         looks_like_secret(s)
     });
     push_all(&d.api_key, Kind::ApiKey, 0, &any);
-    push_all(&d.email, Kind::Email, 0, &any);
+    push_all(&d.email, Kind::Email, 0, &|s, _| {
+        // report@2x.png is a file name: no mail domain ends in a file extension.
+        let tld = s.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+        !matches!(
+            tld.as_str(),
+            "png"
+                | "jpg"
+                | "jpeg"
+                | "gif"
+                | "svg"
+                | "webp"
+                | "pdf"
+                | "txt"
+                | "css"
+                | "js"
+                | "json"
+                | "html"
+                | "htm"
+                | "xml"
+                | "csv"
+                | "zip"
+                | "gz"
+                | "tar"
+                | "log"
+                | "md"
+        )
+    });
     push_all(&d.iban, Kind::Iban, 0, &|s, _| iban_valid(s));
     push_all(&d.card, Kind::Card, 0, &|s, _| {
         let digits: Vec<u8> = s
@@ -323,14 +374,18 @@ fn find_all(text: &str, rules: &Rules) -> Vec<Found> {
             .collect();
         card_network_length(&digits) && luhn(&digits)
     });
-    push_all(&d.ssn, Kind::Ssn, 0, &|s, _| ssn_valid(s));
+    push_all(&d.ssn, Kind::Ssn, 0, &|s, start| {
+        ssn_valid(s) && !labelled_otherwise(text, start)
+    });
     push_all(&d.ipv6, Kind::Ipv6, 1, &|s, _| {
         // Times (12:30:45) and ratios are not addresses: an address has a hex letter, "::" or
         // eight groups.
         s.contains("::") || s.split(':').count() == 8 || s.chars().any(|c| c.is_ascii_alphabetic())
     });
     push_all(&d.ipv4, Kind::Ipv4, 1, &|s, start| {
-        ipv4_valid(s) && !text[..start].to_ascii_lowercase().ends_with('v')
+        // A version's suffix (4.2.0.1-rc) or name (version 10.2.3.4, v2.10.1.0) is not an address's.
+        let suffix = text[start + s.len()..].starts_with('-');
+        ipv4_valid(s) && !suffix && !labelled_otherwise(text, start)
     });
     push_all(&d.phone, Kind::Phone, 1, &|s, start| {
         phone_valid(s, text, start)

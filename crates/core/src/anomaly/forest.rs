@@ -87,6 +87,12 @@ pub struct Params {
 pub const MAX_TREES: usize = 10_000;
 pub const MAX_SAMPLE_SIZE: usize = 1 << 20;
 pub const MAX_FEATURES: usize = 1_000;
+/// The most rows all trees draw together (n_trees × sample_size): bounds a forest's memory
+/// (about 32 bytes a drawn row at most) whatever the parameters.
+pub const MAX_DRAWN_ROWS: usize = 10_000_000;
+/// The complete layout is kept only up to this many bottom positions over all trees (24 bytes
+/// each): larger forests are scored on the flat nodes.
+const COMPLETE_MAX_BOTTOM: usize = 1 << 22;
 
 /// One node. An inner node sends `x` to `left` when `x[feature] < threshold` (the extended
 /// variant: when `normal · x < threshold`, the normal starting at `normals[feature]`), else to
@@ -273,7 +279,8 @@ impl Builder<'_> {
     /// Grows the subtree of `rows` (reordered in place) at node `at`, `depth` below the root.
     fn grow(&mut self, rows: &mut [usize], depth: usize, at: u32) {
         self.sizes[at as usize] = rows.len() as u32;
-        let leaf = |b: &mut Self| b.path[at as usize] = depth as f64 + c(rows.len());
+        let held = rows.len();
+        let leaf = |b: &mut Self| b.path[at as usize] = depth as f64 + c(held);
         if depth >= self.height_limit || rows.len() <= 1 {
             return leaf(self);
         }
@@ -293,12 +300,24 @@ impl Builder<'_> {
             return leaf(self); // every row alike: nothing isolates them further
         }
         let (feature, threshold, split) = if self.extended {
-            self.hyperplane_split(rows)
+            match self.hyperplane_split(rows) {
+                Some(split) => split,
+                None => return leaf(self), // every row projects alike: nothing separates them
+            }
         } else {
             let (f, lo, hi) = self.varying[self.rng.random_range(0..self.varying.len())];
-            let t = lo + self.rng.random::<f64>() * (hi - lo);
-            // lo < t < hi almost surely; a draw of exactly lo would send nothing left.
-            let t = if t <= lo { (lo + hi) / 2.0 } else { t };
+            let r = self.rng.random::<f64>();
+            // A convex combination: no overflow between values near ±f64::MAX.
+            let t = lo * (1.0 - r) + hi * r;
+            // lo < t <= hi keeps both sides non-empty; a draw of exactly lo (or a rounding) moves
+            // to the middle, and between adjacent values to the upper one.
+            let t = if t > lo && t <= hi {
+                t
+            } else if lo / 2.0 + hi / 2.0 > lo {
+                lo / 2.0 + hi / 2.0
+            } else {
+                hi
+            };
             let split = partition(rows, |r| self.data[r * self.features + f] < t);
             (f as u32, t, split)
         };
@@ -317,7 +336,7 @@ impl Builder<'_> {
     /// A random hyperplane through a random point of the node's bounding box (standardized
     /// coordinates), folded back into raw ones: returns the normal's start in `normals`, the
     /// offset, and the split point of `rows`.
-    fn hyperplane_split(&mut self, rows: &mut [usize]) -> (u32, f64, usize) {
+    fn hyperplane_split(&mut self, rows: &mut [usize]) -> Option<(u32, f64, usize)> {
         let start = self.normals.len();
         let mut offset = 0.0;
         for f in 0..self.features {
@@ -329,7 +348,8 @@ impl Builder<'_> {
                     (v, v)
                 }
             };
-            let p = lo + self.rng.random::<f64>() * (hi - lo);
+            let r = self.rng.random::<f64>();
+            let p = lo * (1.0 - r) + hi * r;
             // n · (x - m) / s = (n / s) · x - n m / s
             let folded = n / self.scale[f];
             self.normals.push(folded);
@@ -340,18 +360,23 @@ impl Builder<'_> {
         let normal = &self.normals[start..start + self.features];
         sides.extend(rows.iter().map(|&r| (dot(normal, self.row(r)) < offset, r)));
         let mut split = partition_sides(&mut sides);
-        if split == 0 || split == sides.len() {
-            // Rounding put the whole node on one side of a plane through its box: split it in
-            // the middle of the projections instead, so that the node still shrinks.
-            let mut projections: Vec<f64> =
-                rows.iter().map(|&r| dot(normal, self.row(r))).collect();
-            projections.sort_by(f64::total_cmp);
-            let mid = projections[projections.len() / 2];
-            offset = if mid > projections[0] {
-                mid
-            } else {
-                f64::INFINITY
-            };
+        if split == 0 || split == sides.len() || !offset.is_finite() {
+            // The whole node fell on one side of a plane through its box (rows that project
+            // alike, or a rounding): cut just above the smallest projection instead, so that the
+            // node still shrinks; if every row projects alike, the node is a leaf.
+            let projections: Vec<f64> = rows.iter().map(|&r| dot(normal, self.row(r))).collect();
+            let least = projections.iter().copied().fold(f64::INFINITY, f64::min);
+            let next = projections
+                .iter()
+                .copied()
+                .filter(|&p| p > least)
+                .fold(f64::INFINITY, f64::min);
+            if !next.is_finite() || !least.is_finite() {
+                self.normals.truncate(start);
+                self.sides = sides;
+                return None;
+            }
+            offset = next;
             sides.clear();
             sides.extend(rows.iter().map(|&r| (dot(normal, self.row(r)) < offset, r)));
             split = partition_sides(&mut sides);
@@ -360,7 +385,7 @@ impl Builder<'_> {
             *slot = r;
         }
         self.sides = sides;
-        (start as u32, offset, split)
+        Some((start as u32, offset, split))
     }
 }
 
@@ -404,6 +429,17 @@ pub(super) const BLOCK: usize = 64;
 impl Forest {
     /// Trains a forest on `data`, row-major with `features` values per row.
     pub fn train(data: &[f64], features: usize, params: Params) -> Result<Forest, ForestError> {
+        Forest::train_checking(data, features, params, || {})
+    }
+
+    /// [`Forest::train`], calling `each_tree` before growing each tree (where the backend
+    /// handles cancel and statement_timeout).
+    pub fn train_checking(
+        data: &[f64],
+        features: usize,
+        params: Params,
+        mut each_tree: impl FnMut(),
+    ) -> Result<Forest, ForestError> {
         let rows = rows_of(data, features)?;
         let bounds = [
             ("n_trees", params.trees, 1, MAX_TREES),
@@ -418,6 +454,14 @@ impl Forest {
                 return Err(ForestError::TooLarge { what, most, got });
             }
         }
+        let drawn = params.trees.saturating_mul(params.sample_size);
+        if drawn > MAX_DRAWN_ROWS {
+            return Err(ForestError::TooLarge {
+                what: "n_trees × sample_size",
+                most: MAX_DRAWN_ROWS,
+                got: drawn,
+            });
+        }
         if params.sample_size > rows {
             return Err(ForestError::SampleTooLarge {
                 psi: params.sample_size,
@@ -426,10 +470,20 @@ impl Forest {
         }
         let (center, scale) = if params.extended {
             let stats = feature_stats(data, features)?;
-            let center = stats.iter().map(|s| s.mean).collect();
+            // Values near ±f64::MAX overflow the moments: such a feature is left unscaled.
+            let center = stats
+                .iter()
+                .map(|s| if s.mean.is_finite() { s.mean } else { 0.0 })
+                .collect();
             let scale = stats
                 .iter()
-                .map(|s| if s.std_dev > 0.0 { s.std_dev } else { 1.0 })
+                .map(|s| {
+                    if s.std_dev > 0.0 && s.std_dev.is_finite() {
+                        s.std_dev
+                    } else {
+                        1.0
+                    }
+                })
                 .collect();
             (center, scale)
         } else {
@@ -443,7 +497,7 @@ impl Forest {
             extended: params.extended,
             height_limit,
             rng: ChaCha8Rng::seed_from_u64(params.seed),
-            nodes: Vec::with_capacity(params.trees * 2 * psi.min(1 << height_limit)),
+            nodes: Vec::with_capacity((params.trees * 2 * psi).min(1 << 20)),
             path: Vec::new(),
             sizes: Vec::new(),
             normals: if params.extended {
@@ -458,6 +512,7 @@ impl Forest {
         };
         let mut roots = Vec::with_capacity(params.trees);
         for _ in 0..params.trees {
+            each_tree();
             let mut picked = sample(&mut b.rng, rows, psi).into_vec();
             let root = b.push_node();
             roots.push(root);
@@ -653,7 +708,10 @@ impl Forest {
 
     /// Adds the complete layout when the variant and height allow it.
     fn with_complete_layout(mut self) -> Forest {
-        if self.extended || self.height_limit > COMPLETE_MAX_HEIGHT {
+        if self.extended
+            || self.height_limit > COMPLETE_MAX_HEIGHT
+            || (self.roots.len() << self.height_limit) > COMPLETE_MAX_BOTTOM
+        {
             return self;
         }
         let inner = (1usize << self.height_limit) - 1;
@@ -1411,6 +1469,46 @@ mod tests {
         assert!(matches!(
             f.score(&[1.0, f64::INFINITY]),
             Err(ForestError::NotFinite { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_rows_and_extreme_values_still_give_a_forest_that_decodes() {
+        // Integer features with many ties: the extended variant's planes often cut nothing.
+        let data: Vec<f64> = (0..400)
+            .flat_map(|i| [f64::from(i % 3), f64::from(i % 2)])
+            .collect();
+        let extreme = [-1e308, 1e308, 0.0, -1e308, 1e308, 5.0, 1.0, 1.0];
+        for (rows, width) in [(&data[..], 2), (&extreme[..], 2)] {
+            for extended in [false, true] {
+                let f = Forest::train(
+                    rows,
+                    width,
+                    Params {
+                        trees: 20,
+                        sample_size: 4,
+                        seed: 3,
+                        extended,
+                    },
+                )
+                .unwrap();
+                let back = Forest::from_bytes(&f.to_bytes()).unwrap();
+                assert!(back.score(&rows[..width]).unwrap().is_finite());
+            }
+        }
+        let many = vec![1.5; 2 * 2000];
+        assert!(matches!(
+            Forest::train(
+                &many,
+                2,
+                Params {
+                    trees: 10_000,
+                    sample_size: 2000,
+                    seed: 1,
+                    extended: false
+                }
+            ),
+            Err(ForestError::TooLarge { .. })
         ));
     }
 
