@@ -2335,6 +2335,97 @@ COMMENT ON FUNCTION @extschema@.anomaly_feedback(bigint, boolean, text) IS
 'Records a reviewer''s verdict on an anomaly of the current tenant: a false positive (which also closes its open alert) or a confirmed one, with a note. The verdict is recorded in the ledger, the note is not (custos.forget_subject clears notes that name the person it forgets).';
 -- END anomaly
 
+-- BEGIN ai (new in 0.2.0): its Rust functions, then sql/ai.sql as it is.
+CREATE  FUNCTION "check_redaction_pattern"(
+	"pattern" TEXT /* & str */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_redaction_pattern_wrapper';
+
+CREATE  FUNCTION "embed_texts"(
+	"inputs" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"model" TEXT /* Option < & str > */
+) RETURNS SETOF real[] /* Vec < f32 > */
+STABLE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'embed_texts_wrapper';
+
+CREATE  FUNCTION "redact"(
+	"input" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+STABLE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'redact_wrapper';
+
+-- AI (src/ai/): PII redaction before any text leaves the database, and embeddings. This step
+-- has the built-in offline embedder (provider local); Bedrock and OpenAI-compatible providers,
+-- complete_json, budgets and breakers are the next.
+
+ALTER FUNCTION @extschema@.embed_texts(text[], text) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.check_redaction_pattern(text) SET SCHEMA custos_internal;
+
+INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, allowed_values, description) VALUES
+    ('ai.provider', 'text', '"local"', NULL, NULL, ARRAY['local'],
+     'Who computes embeddings and answers: local, the built-in offline models (no network; lexical similarity).'),
+    ('ai.embedding_model', 'text', '"local-lexical-384"', NULL, NULL,
+     ARRAY['local-lexical-256', 'local-lexical-384', 'local-lexical-512', 'local-lexical-768', 'local-lexical-1024', 'local-lexical-1536'],
+     'Embedding model when custos.embed is given none; the number is the vector''s dimensions.');
+
+CREATE TABLE @extschema@.ai_redaction_patterns (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id  uuid NOT NULL DEFAULT @extschema@.current_tenant(),
+    pattern    text NOT NULL CHECK (length(pattern) BETWEEN 1 AND 1000),
+    note       text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.ai_redaction_patterns IS
+'A tenant''s own redaction patterns (regular expressions, Rust regex syntax, matched in linear time), applied by custos.redact and before any text leaves the database, besides the built-in kinds. Tenant-isolated.';
+SELECT @extschema@.enable_tenant_isolation('@extschema@.ai_redaction_patterns');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_redaction_patterns', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_redaction_patterns_id_seq', '');
+GRANT SELECT ON @extschema@.ai_redaction_patterns TO custos_reader;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.ai_redaction_patterns TO custos_admin;
+
+CREATE FUNCTION custos_internal.ai_redaction_patterns_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.ai_redaction_patterns', 'custos.ai_redaction_patterns_check');
+    PERFORM custos_internal.check_redaction_pattern(NEW.pattern);
+    RETURN NEW;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.ai_redaction_patterns_check() IS
+'BEFORE trigger of custos.ai_redaction_patterns: refuses a pattern that does not compile (22023).';
+CREATE TRIGGER check_pattern BEFORE INSERT OR UPDATE ON @extschema@.ai_redaction_patterns
+    FOR EACH ROW EXECUTE FUNCTION custos_internal.ai_redaction_patterns_check();
+COMMENT ON FUNCTION custos_internal.check_redaction_pattern(text) IS
+'Internal: raises 22023 with the reason unless the pattern compiles.';
+
+COMMENT ON FUNCTION @extschema@.redact(text) IS
+'The text with its PII replaced by placeholders stable within the call (<EMAIL_1>, <PHONE_1>, ...): e-mail addresses, phone numbers, IPv4 and IPv6 addresses, payment cards (Luhn-checked), IBANs (mod-97), US SSNs, AWS keys, JWTs, bearer tokens and common API keys, the tenant''s own patterns (custos.ai_redaction_patterns) and the user ids of its identities. Version numbers, dates, order ids, UUIDs, hashes, ports and amounts survive. Applied to every text custos embeds or sends out.';
+COMMENT ON FUNCTION custos_internal.embed_texts(text[], text) IS
+'Internal: each text redacted, then embedded by the model (default: the tenant''s ai.embedding_model), in order, as real[].';
+
+-- The real[] result becomes a vector through pgvector's assignment cast (found by type, not by
+-- name: these functions pin their search_path).
+CREATE FUNCTION @extschema@.embed(input text, model text DEFAULT NULL) RETURNS vector
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT e FROM custos_internal.embed_texts(ARRAY[input], model) e $fn$;
+COMMENT ON FUNCTION @extschema@.embed(text, text) IS
+'The embedding of a text (redacted first) by model, else the tenant''s ai.embedding_model. The built-in local-lexical-<dims> models need no network and capture lexical similarity only (shared words, word pairs and parts of words; not synonyms). NULL, text without a word, text over 1 MiB and unknown models are refused.';
+
+CREATE FUNCTION @extschema@.embed_batch(inputs text[], model text DEFAULT NULL) RETURNS SETOF vector
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT e FROM custos_internal.embed_texts(inputs, model) e $fn$;
+COMMENT ON FUNCTION @extschema@.embed_batch(text[], text) IS
+'The embeddings of several texts, in their order, as custos.embed computes them; one request per batch for providers that take batches.';
+-- END ai
+
 -- Triggers and event triggers 0.2.0 adds or changes.
 CREATE TRIGGER ledger_settings_check BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
     FOR EACH ROW EXECUTE FUNCTION custos_internal.ledger_settings_check();
@@ -2386,7 +2477,11 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.peer_score(double precision, bigint),
     @extschema@.if_score(text, double precision[]),
     @extschema@.if_score_query(text, text),
-    @extschema@.if_explain(text, double precision[], integer)
+    @extschema@.if_explain(text, double precision[], integer),
+    @extschema@.redact(text),
+    @extschema@.embed(text, text),
+    @extschema@.embed_batch(text[], text),
+    custos_internal.embed_texts(text[], text)
 TO custos_reader;
 
 GRANT EXECUTE ON FUNCTION

@@ -41,7 +41,11 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.peer_score(double precision, bigint),
     @extschema@.if_score(text, double precision[]),
     @extschema@.if_score_query(text, text),
-    @extschema@.if_explain(text, double precision[], integer)
+    @extschema@.if_explain(text, double precision[], integer),
+    @extschema@.redact(text),
+    @extschema@.embed(text, text),
+    @extschema@.embed_batch(text[], text),
+    custos_internal.embed_texts(text[], text)
 TO custos_reader;
 
 -- Writers: recording events.

@@ -21,6 +21,7 @@ macro_rules! fmgr_v1_info {
 }
 pub(crate) use fmgr_v1_info;
 
+pub mod ai;
 pub mod alerts;
 pub mod anomaly;
 pub mod capture;
@@ -116,6 +117,17 @@ extension_sql_file!(
         anomaly::events::event_value_key,
         anomaly::events::anomaly_scores_on_insert,
         anomaly::models::invalidate_model_cache
+    ]
+);
+extension_sql_file!(
+    "../sql/ai.sql",
+    name = "ai",
+    requires = [
+        "tenancy",
+        "dormant",
+        ai::redact,
+        ai::embed_texts,
+        ai::check_redaction_pattern
     ]
 );
 

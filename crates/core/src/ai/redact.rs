@@ -387,11 +387,22 @@ fn find_all(text: &str, rules: &Rules) -> Vec<Found> {
         let suffix = text[start + s.len()..].starts_with('-');
         ipv4_valid(s) && !suffix && !labelled_otherwise(text, start)
     });
-    push_all(&d.phone, Kind::Phone, 1, &|s, start| {
-        phone_valid(s, text, start)
-    });
     for p in &rules.patterns {
         push_all(p, Kind::Custom, 0, &|s, _| !s.is_empty());
+    }
+    for c in d.phone.captures_iter(text) {
+        if let Some(m) = c.get(1) {
+            // A closing parenthesis without its opening one is the text's, not the number's.
+            let raw = m.as_str();
+            let end = if raw.ends_with(')') && !raw.contains('(') {
+                m.end() - 1
+            } else {
+                m.end()
+            };
+            if phone_valid(&text[m.start()..end], text, m.start()) {
+                found.push((m.start(), end, Kind::Phone));
+            }
+        }
     }
     if !rules.known.is_empty() {
         let lower = text.to_lowercase();
@@ -523,6 +534,10 @@ mod tests {
         );
         assert_eq!(
             kinds("call +44 20 7946 0958 today"),
+            [(Kind::Phone, "+44 20 7946 0958".into())]
+        );
+        assert_eq!(
+            kinds("(call +44 20 7946 0958)"),
             [(Kind::Phone, "+44 20 7946 0958".into())]
         );
         assert_eq!(
