@@ -1879,9 +1879,15 @@ RETURNS TABLE (tenant_id uuid, seq bigint, event_id uuid, occurred_at timestampt
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+    -- Two branches rather than "tenant IS NULL OR tenant_id = tenant", which would scan every
+    -- tenant's events: one reads the tenant's through the primary key, the other (every tenant)
+    -- runs only without one.
     WITH scope AS (
         SELECT e.* FROM @extschema@.events e
-         WHERE (tenant IS NULL OR e.tenant_id = tenant) AND e.occurred_at >= since AND e.occurred_at < until
+         WHERE e.tenant_id = tenant AND e.occurred_at >= since AND e.occurred_at < until
+        UNION ALL
+        SELECT e.* FROM @extschema@.events e
+         WHERE tenant IS NULL AND e.occurred_at >= since AND e.occurred_at < until
     ), conf AS (
         SELECT t.tenant_id,
                (@extschema@.tenant_setting(t.tenant_id, 'anomaly.utc_offset_minutes'))::integer AS offset_minutes,
@@ -1996,8 +2002,13 @@ BEGIN
         PERFORM @extschema@.require_tenant();
     END IF;
     PERFORM custos_internal.require_window(since, until);
-    SELECT count(*), count(DISTINCT e.actor) INTO events, actors FROM @extschema@.events e
-     WHERE (tenant IS NULL OR e.tenant_id = tenant) AND e.occurred_at >= since AND e.occurred_at < until;
+    IF tenant IS NULL THEN
+        SELECT count(*), count(DISTINCT e.actor) INTO events, actors FROM @extschema@.events e
+         WHERE e.occurred_at >= since AND e.occurred_at < until;
+    ELSE
+        SELECT count(*), count(DISTINCT e.actor) INTO events, actors FROM @extschema@.events e
+         WHERE e.tenant_id = tenant AND e.occurred_at >= since AND e.occurred_at < until;
+    END IF;
     IF tenant IS NOT NULL AND events < 1000 THEN
         RETURN QUERY SELECT m.name, m.version, 'shared'::text, m.training_rows FROM @extschema@.models m
                       WHERE m.tenant_id IS NULL AND m.name = 'audit_events' AND m.active;

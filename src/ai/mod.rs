@@ -37,17 +37,21 @@ fn check_text<'a>(text: Option<&'a str>, what: &str) -> &'a str {
 /// The current tenant's redaction rules: its patterns (custos.ai_redaction_patterns) and the
 /// identities the text may name (user ids of custos.identities; e-mails are caught as e-mails).
 /// Read with the caller's rights: row-level security limits both to the tenant.
-fn tenant_rules(text: &str) -> Rules {
+fn tenant_rules(texts: &[&str]) -> Rules {
     let Some(tenant) = crate::tenancy::current_tenant_id() else {
         return Rules::default();
     };
     let tenant = pgrx::Uuid::from_bytes(*tenant.as_bytes());
-    let words: Vec<String> = text
-        .split(|c: char| c.is_whitespace() || ",;()[]{}<>\"'".contains(c))
+    // The words of all texts, once each: one index probe per distinct word for a whole batch.
+    let mut words: Vec<String> = texts
+        .iter()
+        .flat_map(|text| text.split(|c: char| c.is_whitespace() || ",;()[]{}<>\"'".contains(c)))
         .map(|w| w.trim_matches(|c: char| c == '.' || c == ':' || c == '!' || c == '?'))
         .filter(|w| w.len() >= 3 && w.len() <= 256)
         .map(str::to_string)
         .collect();
+    words.sort_unstable();
+    words.dedup();
     Spi::connect(|client| {
         let patterns = client
             .select(
@@ -77,7 +81,7 @@ fn tenant_rules(text: &str) -> Rules {
 
 /// The text as it may leave the database: every PII value replaced by a placeholder.
 pub fn redacted(text: &str) -> String {
-    redact::redact(text, &tenant_rules(text)).text
+    redact::redact(text, &tenant_rules(&[text])).text
 }
 
 /// `custos.redact`: `input` with e-mails, phone numbers, IP addresses, card numbers, IBANs, SSNs,
@@ -148,12 +152,18 @@ fn embed_texts(
             Some("the built-in models are local-lexical-256, -384, -512, -768, -1024 and -1536"),
         )
     };
-    let vectors: Vec<Vec<f32>> = inputs
+    let texts: Vec<&str> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| check_text(text.as_deref(), &format!("input {}", i + 1)))
+        .collect();
+    // The tenant's rules are read once for the whole batch.
+    let rules = tenant_rules(&texts);
+    let vectors: Vec<Vec<f32>> = texts
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            let text = check_text(text.as_deref(), &format!("input {}", i + 1));
-            embed::embed(&redacted(text), dims).unwrap_or_else(|| {
+            embed::embed(&redact::redact(text, &rules).text, dims).unwrap_or_else(|| {
                 raise(
                     ERRCODE_INVALID_PARAMETER_VALUE,
                     format!("input {} has no word to embed", i + 1),
