@@ -25,8 +25,10 @@ pub mod dormant {
 }
 
 pub mod ai {
+    pub mod bedrock;
     pub mod embed;
     pub mod redact;
+    pub mod resilience;
 }
 
 pub mod anomaly {

@@ -1172,6 +1172,19 @@ mod tests {
         }
     }
 
+    /// A forest of `params(seed)` on two-column `data`, of either variant.
+    fn variant(data: &[f64], extended: bool, seed: u64) -> Forest {
+        Forest::train(
+            data,
+            2,
+            Params {
+                extended,
+                ..params(seed)
+            },
+        )
+        .unwrap()
+    }
+
     /// 200 points on a small grid around the origin, and one far away.
     fn cluster_and_outlier() -> Vec<f64> {
         let mut data = Vec::new();
@@ -1222,15 +1235,7 @@ mod tests {
     fn the_outlier_scores_highest_and_scores_lie_in_zero_one() {
         let data = cluster_and_outlier();
         for extended in [false, true] {
-            let f = Forest::train(
-                &data,
-                2,
-                Params {
-                    extended,
-                    ..params(7)
-                },
-            )
-            .unwrap();
+            let f = variant(&data, extended, 7);
             let outlier = f.score(&[25.0, -30.0]).unwrap();
             let inlier = f.score(&[1.0, 0.5]).unwrap();
             assert!(outlier > 0.6, "extended {extended}: outlier {outlier}");
@@ -1260,15 +1265,7 @@ mod tests {
     fn constant_data_isolates_nothing() {
         let data = vec![1.0; 2 * 100];
         for extended in [false, true] {
-            let f = Forest::train(
-                &data,
-                2,
-                Params {
-                    extended,
-                    ..params(1)
-                },
-            )
-            .unwrap();
+            let f = variant(&data, extended, 1);
             // Every row reaches the root leaf: E(h) = c(psi), s = 0.5.
             assert!((f.score(&[1.0, 1.0]).unwrap() - 0.5).abs() < 1e-12);
             assert_eq!(f.contributions(&[1.0, 1.0]).unwrap(), vec![0.0, 0.0]);
@@ -1283,15 +1280,7 @@ mod tests {
             .collect();
         data.extend([8.0, 400.0]);
         for extended in [false, true] {
-            let f = Forest::train(
-                &data,
-                2,
-                Params {
-                    extended,
-                    ..params(3)
-                },
-            )
-            .unwrap();
+            let f = variant(&data, extended, 3);
             let w = f.contributions(&[8.0, 400.0]).unwrap();
             assert!(w[1] > 0.6, "extended {extended}: {w:?}");
             assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
@@ -1347,15 +1336,7 @@ mod tests {
     fn the_encoding_round_trips_and_scores_alike() {
         let data = cluster_and_outlier();
         for extended in [false, true] {
-            let f = Forest::train(
-                &data,
-                2,
-                Params {
-                    extended,
-                    ..params(5)
-                },
-            )
-            .unwrap();
+            let f = variant(&data, extended, 5);
             let bytes = f.to_bytes();
             let g = Forest::from_bytes(&bytes).unwrap();
             assert_eq!(f.roots, g.roots);
