@@ -290,3 +290,15 @@ SELECT i.customer, i.amount, round(s.score::numeric, 3) AS score
   FROM custos.if_score_query('invoice_amounts', 'SELECT amount FROM invoices ORDER BY id') s
   JOIN (SELECT row_number() OVER (ORDER BY id) AS n, * FROM invoices) i ON i.n = s.row_number
  ORDER BY s.score DESC LIMIT 3;
+
+\echo ''
+\echo '== 13. AI, first step: PII redaction before any text leaves the database, offline embeddings'
+BEGIN;
+SELECT custos.set_tenant('c3000000-0000-4000-8000-000000000003') \gset
+SELECT custos.redact('Ticket from ana@initech.example (+1 415 555 2671): card 4111 1111 1111 1111 declined, server 10.0.3.7, order ORD-2024-001234, app v2.4.1') AS what_leaves_the_database;
+\echo '   embeddings (pgvector) of the redacted text; nearest first:'
+WITH docs(t) AS (VALUES ('failed logins from a new IP address'), ('quarterly invoice totals by region'),
+                        ('password reset requested after failed login'), ('new office opening in Lisbon'))
+SELECT t AS text, round((custos.embed(t) <=> custos.embed('failed login from an unknown address'))::numeric, 3) AS cosine_distance
+  FROM docs ORDER BY 2;
+COMMIT;
