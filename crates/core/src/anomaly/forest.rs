@@ -588,9 +588,8 @@ impl Forest {
             } else {
                 self.walk_flat(block, &mut total[..n]);
             }
-            let norm = c(self.sample_size) * self.roots.len() as f64;
             for (o, t) in scores.iter_mut().zip(&total[..n]) {
-                *o = if norm > 0.0 { (-t / norm).exp2() } else { 0.5 };
+                *o = self.score_of(*t);
             }
         }
         Ok(())
@@ -799,30 +798,26 @@ impl Forest {
     /// alike, 0.5 is a coin toss.
     pub fn assess(&self, x: &[f64], threshold: f64) -> Result<Assessment, ForestError> {
         self.check_rows(x, 1)?;
-        let score = self.score(x)?;
-        let needed = -threshold.log2() * c(self.sample_size);
-        let anomalous = score >= threshold;
-        let mut agreeing = 0usize;
         let mut credit = vec![0.0; self.features];
         let mut weights = vec![0.0; self.features];
+        let mut paths = Vec::with_capacity(self.roots.len());
+        // (split, the child x went to) along one tree's path.
+        let mut steps: Vec<(usize, usize)> = Vec::new();
         for &root in &self.roots {
             let mut at = root as usize;
-            let mut splits = Vec::new();
+            steps.clear();
             while self.nodes[at].left as usize != at {
-                let node = &self.nodes[at];
-                splits.push(at);
-                at = self.side_of(node, x) as usize;
+                let next = self.side_of(&self.nodes[at], x) as usize;
+                steps.push((at, next));
+                at = next;
             }
             let h = self.path[at];
-            if (h <= needed) == anomalous {
-                agreeing += 1;
-            }
+            paths.push(h);
             if h <= 0.0 {
                 continue;
             }
-            for &s in &splits {
+            for &(s, next) in &steps {
                 let node = &self.nodes[s];
-                let next = self.side_of(node, x) as usize;
                 let bits = ((f64::from(self.sizes[s]) + 1.0) / (f64::from(self.sizes[next]) + 1.0))
                     .log2()
                     / h;
@@ -847,6 +842,14 @@ impl Forest {
                 }
             }
         }
+        // The same leaves as score_rows reaches, summed in the same order: the same score.
+        let score = self.score_of(paths.iter().fold(0.0, |t, h| t + h));
+        let needed = -threshold.log2() * c(self.sample_size);
+        let anomalous = score >= threshold;
+        let agreeing = paths
+            .iter()
+            .filter(|&&h| (h <= needed) == anomalous)
+            .count();
         let total: f64 = credit.iter().sum();
         if total > 0.0 {
             for c in &mut credit {
@@ -872,6 +875,16 @@ pub struct Assessment {
 }
 
 impl Forest {
+    /// The score of a row whose path lengths over all trees sum to `total`.
+    fn score_of(&self, total: f64) -> f64 {
+        let norm = c(self.sample_size) * self.roots.len() as f64;
+        if norm > 0.0 {
+            (-total / norm).exp2()
+        } else {
+            0.5
+        }
+    }
+
     /// The child of `node` that `x` goes to.
     fn side_of(&self, node: &Node, x: &[f64]) -> u32 {
         let v = if self.extended {
