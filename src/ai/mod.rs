@@ -116,15 +116,8 @@ fn embedding_model(model: Option<&str>) -> String {
     if let Some(m) = model {
         return m.to_string();
     }
-    let tenant = crate::tenancy::current_tenant_id();
-    let value = tenant
-        .map(|t| {
-            crate::tenancy::settings_for(t.as_bytes(), "ai.embedding_model")
-                .into_iter()
-                .find(|(k, _)| k == "ai.embedding_model")
-                .map(|(_, v)| v)
-        })
-        .unwrap_or_default()
+    let value = crate::tenancy::current_tenant_id()
+        .and_then(|t| crate::tenancy::setting_for(t.as_bytes(), "ai.embedding_model"))
         .unwrap_or_else(|| "\"local-lexical-384\"".to_string());
     serde_json::from_str::<String>(&value).unwrap_or_else(|_| "local-lexical-384".to_string())
 }

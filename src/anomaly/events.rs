@@ -57,10 +57,10 @@ fn anomaly_scores_on_insert(tenant: pgrx::Uuid) -> bool {
     ON_INSERT.with(|c| {
         c.get_or_load(&tenant, || {
             crate::tenancy::as_superuser(|| {
-                crate::tenancy::settings_for(&tenant, "anomaly.score_on_insert")
+                crate::tenancy::setting_for(&tenant, "anomaly.score_on_insert")
             })
-            .iter()
-            .any(|(k, v)| k == "anomaly.score_on_insert" && v == "true")
+            .as_deref()
+                == Some("true")
         })
     })
 }

@@ -8,7 +8,7 @@ pub mod models;
 mod pipeline;
 
 use crate::error::raise;
-use crate::pg::backend::{is_superuser, outer_user, strong_random};
+use crate::pg::backend::strong_random;
 use crate::pg::query::NumericRows;
 use crate::pg::srf::Int8Float8Rows;
 use custos_core::anomaly::forest::{feature_stats, Forest, ForestError, Params};
@@ -134,14 +134,9 @@ fn train(
             );
         }
     }
-    let tenant = crate::tenancy::current_tenant_id();
-    if tenant.is_none() && !is_superuser(outer_user()) {
-        raise(
-            ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "no tenant is set",
-            Some("models belong to the tenant that trains them: call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim; only superusers train shared models"),
-        );
-    }
+    let tenant = crate::tenancy::tenant_or_superuser(
+        "models belong to the tenant that trains them: call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim; only superusers train shared models",
+    );
     let seed = seed.map_or_else(random_seed, |s| s as u64);
 
     let started = std::time::Instant::now();
@@ -226,7 +221,6 @@ fn training_metrics(
     json!({
         "score_p50": q(0.5), "score_p90": q(0.9), "score_p99": q(0.99), "score_max": q(1.0),
         "scored_rows": scores.len(), "read_ms": read_ms, "train_ms": train_ms,
-        "model_bytes": forest.to_bytes().len(),
     })
 }
 

@@ -3,7 +3,7 @@
 //! every session's cache; see pg::cache).
 
 use crate::error::raise;
-use crate::pg::backend::{as_superuser, is_superuser, outer_user, role_name};
+use crate::pg::backend::{as_superuser, outer_user, role_name};
 use crate::pg::spi::column;
 use crate::pg::{cache, locks};
 use custos_core::anomaly::forest::Forest;
@@ -33,15 +33,10 @@ thread_local! {
 /// The active model `name` of the current tenant, else the shared one; raises 42704 if neither
 /// exists (for the caller: another tenant's model is never visible).
 pub fn active(name: &str) -> Rc<Model> {
-    let tenant = crate::tenancy::current_tenant_id();
     // Fail closed: without a tenant only a superuser scores (with the shared models).
-    if tenant.is_none() && !is_superuser(outer_user()) {
-        raise(
-            ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "no tenant is set",
-            Some("call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim"),
-        );
-    }
+    let tenant = crate::tenancy::tenant_or_superuser(
+        "call custos.set_tenant(uuid) first, or send a JWT with a tenant_id claim",
+    );
     active_for(name, tenant)
 }
 
@@ -166,6 +161,10 @@ pub fn store(m: NewModel) -> i32 {
     };
     let owner = m.tenant.map(uuid_arg);
     let bytes = m.forest.to_bytes();
+    let mut metrics = m.metrics;
+    if let Some(o) = metrics.as_object_mut() {
+        o.insert("model_bytes".into(), bytes.len().into());
+    }
     // What is stored must load: a forest that would not decode is refused here, not at scoring.
     if Forest::from_bytes(&bytes).as_ref() != Ok(m.forest) {
         raise(
@@ -205,7 +204,7 @@ pub fn store(m: NewModel) -> i32 {
                     m.feature_names.to_vec().into(),
                     JsonB(m.normalisation).into(),
                     m.training_rows.into(),
-                    JsonB(m.metrics).into(),
+                    JsonB(metrics).into(),
                     bytes.into(),
                     creator.into(),
                 ],

@@ -37,19 +37,14 @@ thread_local! {
 /// `custos.jwt_authenticators`, or a superuser (who may choose any tenant anyway).
 fn session_user_trusted() -> bool {
     let session = backend::session_user();
-    let authenticators = gucs::JWT_AUTHENTICATORS
-        .get()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let authenticators = authenticators();
     TRUSTED_SESSION.with(|cell| {
         if let Some((user, list, trusted)) = &*cell.borrow() {
             if *user == session && *list == authenticators {
                 return *trusted;
             }
         }
-        let trusted = backend::is_superuser(session)
-            || backend::role_name(session)
-                .is_some_and(|name| is_listed(name.as_bytes(), &authenticators));
+        let trusted = backend::is_superuser(session) || is_authenticator(session, &authenticators);
         *cell.borrow_mut() = Some((session, authenticators, trusted));
         trusted
     })
@@ -59,14 +54,42 @@ fn session_user_trusted() -> bool {
 /// role) and is not a superuser: its requests carry their tenant in a JWT.
 fn session_is_jwt_gateway() -> bool {
     let session = backend::session_user();
-    if backend::is_superuser(session) {
-        return false;
-    }
-    let authenticators = gucs::JWT_AUTHENTICATORS
+    !backend::is_superuser(session) && is_authenticator(session, &authenticators())
+}
+
+/// `custos.jwt_authenticators` as set.
+fn authenticators() -> String {
+    gucs::JWT_AUTHENTICATORS
         .get()
         .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    backend::role_name(session).is_some_and(|name| is_listed(name.as_bytes(), &authenticators))
+        .unwrap_or_default()
+}
+
+/// Whether `role` is named in the comma-separated `list` of authenticators.
+fn is_authenticator(role: pg_sys::Oid, list: &str) -> bool {
+    backend::role_name(role).is_some_and(|name| is_listed(name.as_bytes(), list))
+}
+
+/// The current tenant, or None for a superuser (who works in shared data); anyone else without
+/// a tenant gets 42501 with `hint`: fail closed.
+pub(crate) fn tenant_or_superuser(hint: &str) -> Option<uuid::Uuid> {
+    let tenant = current_tenant_id();
+    if tenant.is_none() && !backend::is_superuser(backend::outer_user()) {
+        crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "no tenant is set",
+            Some(hint),
+        );
+    }
+    tenant
+}
+
+/// A tenant's effective value of one setting (its override, else the default), as JSON text.
+pub(crate) fn setting_for(tenant: &[u8; 16], key: &str) -> Option<String> {
+    settings_for(tenant, key)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
 }
 
 /// Whether `role` is one of the comma-separated names of `list`.
