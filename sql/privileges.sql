@@ -45,7 +45,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.redact(text),
     @extschema@.embed(text, text),
     @extschema@.embed_batch(text[], text),
-    custos_internal.embed_texts(text[], text)
+    custos_internal.embed_texts(text[], text),
+    @extschema@.complete_json(text, jsonb)
 TO custos_reader;
 
 -- Writers: recording events.
@@ -99,5 +100,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.if_train(text, text, integer, integer, bigint, boolean),
     @extschema@.activate_model(text, integer),
     @extschema@.train_anomaly_model(timestamptz, timestamptz, integer, integer, bigint, boolean),
-    @extschema@.anomaly_feedback(bigint, boolean, text)
+    @extschema@.anomaly_feedback(bigint, boolean, text),
+    @extschema@.register_ai_task(text, text, text, jsonb, text, integer, double precision),
+    custos_internal.check_ai_task(text, jsonb),
+    custos_internal.check_redaction_pattern(text)
 TO custos_admin;

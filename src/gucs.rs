@@ -83,6 +83,25 @@ pub static RESTORE_MODE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static STANDBY_ACCESS_LOG: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"refuse"));
 
+/// Credentials of the AI providers (superuser-only secrets, shown masked): an AWS key pair with
+/// the session token of temporary credentials, a Bedrock API key (bearer), an OpenAI-compatible
+/// key. Each may instead come from `custos.ai_credentials_file` or the server's environment.
+pub static AWS_ACCESS_KEY_ID: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static AWS_SECRET_ACCESS_KEY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static AWS_SESSION_TOKEN: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static BEDROCK_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static OPENAI_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// A file of `name = value` lines holding any of the credentials above.
+pub static AI_CREDENTIALS_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+/// Endpoints (comma-separated base URLs) a tenant's `ai.endpoint` may name besides the providers'
+/// own. Superuser-only: an endpoint receives the prompts and, for bearer keys, the key.
+pub static AI_ALLOWED_ENDPOINTS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
 /// Lets a superuser drop the extension, and with it the ledger. Off by default.
 pub static ALLOW_LEDGER_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -230,6 +249,60 @@ for plain-SQL dumps: PGOPTIONS='-c custos.restore_mode=on' psql -f dump.sql.",
         GucContext::Suset,
         GucFlags::default(),
     );
+    define_secret(
+        c"custos.aws_access_key_id",
+        c"AWS access key id for Amazon Bedrock (else custos.ai_credentials_file, else AWS_ACCESS_KEY_ID).",
+        c"Superuser-only; shown masked; refused in configuration files and catalogs.",
+        &AWS_ACCESS_KEY_ID,
+        show_aws_access_key_id,
+    );
+    define_secret(
+        c"custos.aws_secret_access_key",
+        c"AWS secret access key for Amazon Bedrock (else custos.ai_credentials_file, else AWS_SECRET_ACCESS_KEY).",
+        c"Superuser-only; shown masked; refused in configuration files and catalogs.",
+        &AWS_SECRET_ACCESS_KEY,
+        show_aws_secret_access_key,
+    );
+    define_secret(
+        c"custos.aws_session_token",
+        c"Session token of temporary AWS credentials (else custos.ai_credentials_file, else AWS_SESSION_TOKEN).",
+        c"Superuser-only; shown masked; refused in configuration files and catalogs.",
+        &AWS_SESSION_TOKEN,
+        show_aws_session_token,
+    );
+    define_secret(
+        c"custos.bedrock_api_key",
+        c"Amazon Bedrock API key, sent as a bearer token instead of SigV4 (else the file, else AWS_BEARER_TOKEN_BEDROCK).",
+        c"Superuser-only; shown masked; refused in configuration files and catalogs.",
+        &BEDROCK_API_KEY,
+        show_bedrock_api_key,
+    );
+    define_secret(
+        c"custos.openai_api_key",
+        c"API key of the OpenAI-compatible endpoint (else custos.ai_credentials_file, else OPENAI_API_KEY).",
+        c"Superuser-only; shown masked; refused in configuration files and catalogs. Servers without keys (Ollama) need none.",
+        &OPENAI_API_KEY,
+        show_openai_api_key,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.ai_credentials_file",
+        c"File of AI provider credentials: lines aws_access_key_id = ..., aws_secret_access_key, aws_session_token, bedrock_api_key, openai_api_key.",
+        c"Read by the server process at each provider call (so rotated credentials are picked up); \
+settings given in the session win over it, and it wins over the server's environment. Superuser-only.",
+        &AI_CREDENTIALS_FILE,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"custos.ai_allowed_endpoints",
+        c"Base URLs (comma-separated) a tenant's ai.endpoint may name, besides the providers' own.",
+        c"Default empty: tenants reach only https://bedrock-runtime.<region>.amazonaws.com and \
+https://api.openai.com. An endpoint receives prompts (redacted) and, with bearer keys, the key: only \
+superusers may allow one (a VPC endpoint, a proxy, a local Ollama or vLLM).",
+        &AI_ALLOWED_ENDPOINTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init on the backend thread; the prefix is a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"custos".as_ptr()) };
 }
@@ -285,6 +358,11 @@ macro_rules! show_masked {
 show_masked!(show_checkpoint_signing_key, CHECKPOINT_SIGNING_KEY);
 show_masked!(show_master_key, MASTER_KEY);
 show_masked!(show_master_key_previous, MASTER_KEY_PREVIOUS);
+show_masked!(show_aws_access_key_id, AWS_ACCESS_KEY_ID);
+show_masked!(show_aws_secret_access_key, AWS_SECRET_ACCESS_KEY);
+show_masked!(show_aws_session_token, AWS_SESSION_TOKEN);
+show_masked!(show_bedrock_api_key, BEDROCK_API_KEY);
+show_masked!(show_openai_api_key, OPENAI_API_KEY);
 
 /// Whether a secret may come from `source`: a session's SET, the server's command line or
 /// environment, a client's startup options. Not from files or catalogs, which logs and other
@@ -317,7 +395,7 @@ unsafe extern "C-unwind" fn check_secret_source(
             c"custos keys cannot be stored in configuration files or catalogs, where logs and other roles can read them".as_ptr(),
         );
         pgrx::pg_sys::GUC_check_errhint_string = pgrx::pg_sys::pstrdup(
-            c"put the key in a file readable only by the server (custos.master_key_file, custos.master_key_previous_file, custos.checkpoint_key_file)".as_ptr(),
+            c"put the key in a file readable only by the server (custos.master_key_file, custos.master_key_previous_file, custos.checkpoint_key_file, custos.ai_credentials_file)".as_ptr(),
         );
     }
     false

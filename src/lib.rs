@@ -125,9 +125,12 @@ extension_sql_file!(
     requires = [
         "tenancy",
         "dormant",
+        "ledger",
         ai::redact,
         ai::embed_texts,
-        ai::check_redaction_pattern
+        ai::check_redaction_pattern,
+        ai::tasks::complete_json,
+        ai::tasks::check_ai_task
     ]
 );
 
@@ -143,6 +146,7 @@ pub extern "C-unwind" fn _PG_init() {
     ledger::head::init();
     ledger::guard::init();
     pg::cache::init();
+    ai::guard::init();
 }
 
 #[cfg(test)]

@@ -1,11 +1,26 @@
-//! The AI layer, first step: PII redaction (`custos.redact`) and the built-in offline embedder
-//! (`custos.embed`, `custos.embed_batch`, provider `local`). The pure logic is in
-//! custos_core::ai; this module adds the tenant's rules (its own patterns and the identities it
-//! knows) and the SQL surface.
+//! The AI layer: PII redaction (`custos.redact`), embeddings (`custos.embed`, `embed_batch`) and
+//! validated JSON answers of registered tasks (`custos.complete_json`), from the built-in offline
+//! models or from Amazon Bedrock and OpenAI-compatible servers. The pure logic (redaction, wire
+//! formats, signing, retry and budget arithmetic, schemas) is in custos_core::ai; this module
+//! adds the tenant's rules and settings, the calls and their log.
+//!
+//! - `config`: the tenant's `ai.*` settings, credentials, allowed endpoints
+//! - `providers`: the Provider trait and its three implementations
+//! - `transport`, `http`: retries, breakers and deadlines around each HTTP exchange
+//! - `guard`: breakers and budgets shared by every backend
+//! - `calls`: one remote call from refusal checks to its custos.ai_calls row
+//! - `tasks`: registered tasks and custos.complete_json
 #![deny(unsafe_code)]
 
+mod calls;
+mod config;
+pub mod guard;
+mod http;
+mod providers;
+pub mod tasks;
+mod transport;
+
 use crate::error::raise;
-use custos_core::ai::embed;
 use custos_core::ai::redact::{self, Rules};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
@@ -103,29 +118,11 @@ fn check_redaction_pattern(pattern: &str) {
     }
 }
 
-/// The dimensions of a local model name: `local-lexical-<dims>`.
-fn local_dims(model: &str) -> Option<usize> {
-    let dims: usize = model.strip_prefix("local-lexical-")?.parse().ok()?;
-    [256, 384, 512, 768, 1024, 1536]
-        .contains(&dims)
-        .then_some(dims)
-}
-
-/// The embedding model to use: the argument, else the tenant's `ai.embedding_model`.
-fn embedding_model(model: Option<&str>) -> String {
-    if let Some(m) = model {
-        return m.to_string();
-    }
-    let value = crate::tenancy::current_tenant_id()
-        .and_then(|t| crate::tenancy::setting_for(t.as_bytes(), "ai.embedding_model"))
-        .unwrap_or_else(|| "\"local-lexical-384\"".to_string());
-    serde_json::from_str::<String>(&value).unwrap_or_else(|_| "local-lexical-384".to_string())
-}
-
-/// `custos_internal.embed_texts`: each text redacted, then embedded by the local model, in
-/// order. (Providers that call out, Bedrock and OpenAI-compatible ones, come with issue 21's
-/// next step; `ai.provider` accepts only `local` until then.)
-#[pg_extern(stable, parallel_restricted)]
+/// `custos_internal.embed_texts`: each text redacted, then embedded by `model` (default: the
+/// tenant's `ai.embedding_model`), in order. Local models compute here and log nothing; remote
+/// ones are held against the budget, called once per batch where the provider takes batches, and
+/// logged in custos.ai_calls.
+#[pg_extern(volatile, parallel_restricted)]
 fn embed_texts(
     inputs: Option<Vec<Option<String>>>,
     model: Option<&str>,
@@ -137,35 +134,95 @@ fn embed_texts(
             None,
         )
     });
-    let model = embedding_model(model);
-    let Some(dims) = local_dims(&model) else {
-        raise(
-            ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown embedding model \"{model}\""),
-            Some("the built-in models are local-lexical-256, -384, -512, -768, -1024 and -1536"),
-        )
-    };
+    let cfg = config::AiConfig::current();
+    let model = model.map_or_else(|| cfg.embedding_model.clone(), str::to_string);
     let texts: Vec<&str> = inputs
         .iter()
         .enumerate()
         .map(|(i, text)| check_text(text.as_deref(), &format!("input {}", i + 1)))
         .collect();
+    if let Some(i) = texts
+        .iter()
+        .position(|t| !t.chars().any(char::is_alphanumeric))
+    {
+        raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("input {} has no word to embed", i + 1),
+            Some("an embedding needs at least one letter or digit"),
+        );
+    }
     // The tenant's rules are read once for the whole batch.
     let rules = tenant_rules(&texts);
-    let vectors: Vec<Vec<f32>> = texts
+    let redacted: Vec<String> = texts
         .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            embed::embed(&redact::redact(text, &rules).text, dims).unwrap_or_else(|| {
+        .map(|t| redact::redact(t, &rules).text)
+        .collect();
+    let sent: Vec<&str> = redacted.iter().map(String::as_str).collect();
+    let provider = providers::for_model(&cfg, &model);
+    let provider_name = provider.kind().name();
+    if provider.kind() == config::ProviderKind::Local {
+        let mut unused = transport::Transport::new(&cfg, config::ProviderKind::Local);
+        let out = provider
+            .embed(&mut unused, &model, None, &sent)
+            .unwrap_or_else(|e| {
                 raise(
                     ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("input {} has no word to embed", i + 1),
-                    Some("an embedding needs at least one letter or digit"),
+                    e.message().to_string(),
+                    None,
                 )
+            });
+        return SetOfIterator::new(out.vectors);
+    }
+    let tenant = require_tenant_for_calls(provider_name);
+    let estimate: u64 = sent
+        .iter()
+        .map(|t| custos_core::ai::provider::estimate_tokens(t))
+        .sum();
+    let result = calls::remote(&cfg, provider.as_ref(), &model, estimate, 0, |t| {
+        provider
+            .embed(t, &model, cfg.embedding_dims, &sent)
+            .map(|e| {
+                let tokens = e.tokens;
+                (e.vectors, tokens, 0)
             })
+    });
+    let joined = sent.join("\n");
+    let (vectors, usage, error) = match result {
+        Ok((v, usage)) => (Some(v), usage, None),
+        Err((e, usage)) => (None, usage, Some(e)),
+    };
+    if let Some(e) = &error {
+        calls::raise_call_error(e);
+    }
+    calls::log(&calls::CallRecord {
+        tenant,
+        provider: provider_name,
+        model: &model,
+        operation: "embed",
+        task: None,
+        usage: &usage,
+        outcome: "ok",
+        error: None,
+        sent: &joined,
+        excerpt: &joined,
+    });
+    SetOfIterator::new(vectors.unwrap_or_default())
+}
+
+/// The current tenant, which every call that leaves the database needs (budgets, breakers and
+/// the log are the tenant's); 42501 without one.
+fn require_tenant_for_calls(provider: &str) -> [u8; 16] {
+    crate::tenancy::current_tenant_id()
+        .map(|t| *t.as_bytes())
+        .unwrap_or_else(|| {
+            raise(
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "calls to {provider} need a tenant: they are budgeted and logged per tenant"
+                ),
+                Some("call custos.set_tenant(uuid) first, or use a local-* model"),
+            )
         })
-        .collect();
-    SetOfIterator::new(vectors)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -278,6 +278,12 @@ unsafe extern "C-unwind" fn xact_callback(
     }
 }
 
+/// Whether this transaction holds any chain lock (it wrote events): other writers of those
+/// tenants wait until it commits.
+pub fn holds_chain_locks() -> bool {
+    STATE.with(|s| !s.borrow().locks.is_empty())
+}
+
 fn has_chain_state() -> bool {
     STATE.with(|s| {
         let s = s.borrow();

@@ -173,6 +173,35 @@ pub fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
+/// Whether the library is being loaded by shared_preload_libraries (in the postmaster).
+pub fn preloading() -> bool {
+    // SAFETY: reads a postmaster global on the main thread.
+    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+}
+
+/// The current database's oid.
+pub fn database_id() -> u32 {
+    // SAFETY: reads a backend global.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// What is left of `statement_timeout` for the running statement, if it is set.
+pub fn statement_time_left() -> Option<std::time::Duration> {
+    use std::time::Duration;
+    // SAFETY: reads backend globals on the backend thread.
+    let (timeout_ms, started) = unsafe {
+        (
+            pg_sys::StatementTimeout,
+            pg_sys::GetCurrentStatementStartTimestamp(),
+        )
+    };
+    if timeout_ms <= 0 {
+        return None;
+    }
+    let elapsed_us = (now() - started).max(0) as u64;
+    Some(Duration::from_millis(timeout_ms as u64).saturating_sub(Duration::from_micros(elapsed_us)))
+}
+
 /// This backend's process id (a forked child has another).
 pub fn process_id() -> i32 {
     // SAFETY: reads a backend global.
@@ -192,6 +221,17 @@ pub fn strong_random(buf: &mut [u8]) -> bool {
 /// schema placed before pg_catalog could supply the `=` of a query and have it run with the
 /// superuser's rights. Both are restored on error by the transaction abort.
 pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    as_bootstrap_superuser(pg_sys::SECURITY_RESTRICTED_OPERATION as i32, f)
+}
+
+/// [`as_superuser`] without the security-restricted flag, which forbids queueing deferred
+/// triggers: only for an INSERT into a custos table whose triggers are custos' own (custos.ai_calls
+/// and its deferred ledger trigger), with nothing user-defined in the statement.
+pub fn as_superuser_queueing_deferred_triggers<R>(f: impl FnOnce() -> R) -> R {
+    as_bootstrap_superuser(0, f)
+}
+
+fn as_bootstrap_superuser<R>(restricted: i32, f: impl FnOnce() -> R) -> R {
     let mut user = pg_sys::InvalidOid;
     let mut context = 0;
     // SAFETY: backend thread; the previous user, context and search_path are restored below.
@@ -199,9 +239,7 @@ pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(
             pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | restricted,
         );
         let level = pg_sys::NewGUCNestLevel();
         set_guc(

@@ -16,6 +16,9 @@ pub enum LockKind {
     ActivityFold = 0xC7,
     /// New versions of a tenant's anomaly models (custos.if_train), numbered one at a time.
     Models = 0xC8,
+    /// A tenant's AI budget and breakers when custos is not preloaded (no shared memory): one
+    /// provider call of the tenant at a time.
+    AiBudget = 0xC9,
 }
 
 /// The lock tag of `kind` for `tenant` in `database`. Two tenants may share one (a 64-bit fold

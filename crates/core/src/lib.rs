@@ -24,11 +24,17 @@ pub mod dormant {
     pub mod risk;
 }
 
+pub mod time;
+
 pub mod ai {
     pub mod bedrock;
     pub mod embed;
+    pub mod openai;
+    pub mod provider;
     pub mod redact;
     pub mod resilience;
+    pub mod sigv4;
+    pub mod tasks;
 }
 
 pub mod anomaly {

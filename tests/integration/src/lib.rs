@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: fresh databases with custos, connections as any role, and
 //! the exact per-request protocol PostgREST speaks.
 
+pub mod mock_bedrock;
+
 use postgres::{Client, IsolationLevel, NoTls, Row};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

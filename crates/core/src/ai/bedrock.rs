@@ -2,6 +2,8 @@
 //! Titan Text Embeddings v1 and v2 and for Claude's Messages API, and their answers and errors
 //! read back. No network here: the extension signs and sends what these build.
 
+use super::provider::finite_vector;
+pub use super::provider::Answer;
 use serde_json::{json, Value};
 
 /// Titan Text Embeddings v1: 1,536 dimensions, no options.
@@ -74,11 +76,8 @@ pub fn parse_embedding(body: &[u8], dims: usize) -> Result<(Vec<f32>, u64), Bedr
     let values = v["embedding"]
         .as_array()
         .ok_or_else(|| bad("no embedding array".into()))?;
-    let vector = values
-        .iter()
-        .map(|x| x.as_f64().map(|f| f as f32).filter(|f| f.is_finite()))
-        .collect::<Option<Vec<f32>>>()
-        .ok_or_else(|| bad("a value that is not a finite number".into()))?;
+    let vector =
+        finite_vector(values).ok_or_else(|| bad("a value that is not a finite number".into()))?;
     if vector.len() != dims {
         return Err(bad(format!("{} values, not {dims}", vector.len())));
     }
@@ -97,14 +96,6 @@ pub fn messages_request(system: &str, user: &str, max_tokens: u32, temperature: 
 }
 
 /// A Messages API answer: its text, input and output tokens, and why it stopped.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub text: String,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    pub stop_reason: String,
-}
-
 pub fn parse_messages(body: &[u8]) -> Result<Answer, BedrockError> {
     let bad = |why: String| BedrockError::Malformed("the Messages API", why);
     let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;

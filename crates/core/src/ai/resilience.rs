@@ -66,12 +66,13 @@ pub fn retry_after_ms(header: &str) -> Option<u64> {
 
 /// A circuit breaker per provider and tenant: after `threshold` consecutive failures it opens for
 /// `cool_down_ms`; then one call may probe (half-open): its success closes it, its failure opens
-/// it again.
+/// it again. A probe that never reports (its backend was cancelled) is replaced by another after
+/// one more cool-down.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Breaker {
     Closed { failures: u32 },
     Open { until_ms: i64 },
-    HalfOpen,
+    HalfOpen { probe_until_ms: i64 },
 }
 
 impl Breaker {
@@ -81,13 +82,17 @@ impl Breaker {
 
     /// Whether a call may go out at `now_ms`, and the state to keep (an open breaker whose
     /// cool-down is over lets one probe through).
-    pub fn admit(self, now_ms: i64) -> (bool, Breaker) {
+    pub fn admit(self, now_ms: i64, cool_down_ms: i64) -> (bool, Breaker) {
+        let probe = Breaker::HalfOpen {
+            probe_until_ms: now_ms.saturating_add(cool_down_ms),
+        };
         match self {
             Breaker::Closed { .. } => (true, self),
-            Breaker::Open { until_ms } if now_ms >= until_ms => (true, Breaker::HalfOpen),
+            Breaker::Open { until_ms } if now_ms >= until_ms => (true, probe),
             Breaker::Open { .. } => (false, self),
-            // A probe is out: others wait for its answer.
-            Breaker::HalfOpen => (false, self),
+            // A probe is out: others wait for its answer, unless it is overdue.
+            Breaker::HalfOpen { probe_until_ms } if now_ms >= probe_until_ms => (true, probe),
+            Breaker::HalfOpen { .. } => (false, self),
         }
     }
 
@@ -101,6 +106,15 @@ impl Breaker {
             (_, false) => Breaker::Open {
                 until_ms: now_ms.saturating_add(cool_down_ms),
             },
+        }
+    }
+
+    /// When a refused call may try again.
+    pub fn retry_at_ms(self) -> Option<i64> {
+        match self {
+            Breaker::Closed { .. } => None,
+            Breaker::Open { until_ms } => Some(until_ms),
+            Breaker::HalfOpen { probe_until_ms } => Some(probe_until_ms),
         }
     }
 }
@@ -174,14 +188,22 @@ mod tests {
     fn the_breaker_opens_after_n_failures_and_half_opens_after_its_cool_down() {
         let mut b = Breaker::new();
         for t in 0..3 {
-            assert!(b.admit(t).0);
+            assert!(b.admit(t, 1000).0);
             b = b.record(false, t, 3, 1000);
         }
         assert_eq!(b, Breaker::Open { until_ms: 1002 });
-        assert!(!b.admit(1001).0);
-        let (probe, half) = b.admit(1002);
-        assert!(probe && half == Breaker::HalfOpen);
-        assert!(!half.admit(1003).0, "one probe at a time");
+        assert!(!b.admit(1001, 1000).0);
+        assert_eq!(b.retry_at_ms(), Some(1002));
+        let (probe, half) = b.admit(1002, 1000);
+        assert!(
+            probe
+                && half
+                    == Breaker::HalfOpen {
+                        probe_until_ms: 2002
+                    }
+        );
+        assert!(!half.admit(1003, 1000).0, "one probe at a time");
+        assert!(half.admit(2002, 1000).0, "an overdue probe is replaced");
         assert_eq!(
             half.record(false, 1010, 3, 1000),
             Breaker::Open { until_ms: 2010 }
