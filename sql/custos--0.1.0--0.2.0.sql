@@ -2542,18 +2542,6 @@ CREATE CONSTRAINT TRIGGER zz_ai_call_to_ledger AFTER INSERT ON @extschema@.ai_ca
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION custos_internal.ai_call_to_ledger();
 
-CREATE TABLE custos_internal.ai_breakers (
-    tenant_id uuid NOT NULL,
-    provider  text NOT NULL,
-    state     smallint NOT NULL,
-    failures  integer NOT NULL,
-    until_ms  bigint NOT NULL,
-    PRIMARY KEY (tenant_id, provider)
-);
-COMMENT ON TABLE custos_internal.ai_breakers IS
-'Circuit breakers of (tenant, provider) when custos is not preloaded (with shared_preload_libraries they live in shared memory): state 0 closed, 1 open until until_ms, 2 half-open. Written by custos only; not dumped (transient).';
-REVOKE ALL ON custos_internal.ai_breakers FROM PUBLIC;
-
 ------------------------------------------------------------------------------------------------
 -- Tasks
 ------------------------------------------------------------------------------------------------

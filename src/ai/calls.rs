@@ -5,7 +5,7 @@
 
 use super::config::AiConfig;
 use super::guard;
-use super::providers::Provider;
+use super::providers::{Operation, Provider};
 use super::transport::{CallError, Transport};
 use crate::error::raise;
 use custos_core::ai::resilience::cost_micros;
@@ -96,11 +96,15 @@ pub fn remote<T>(
     cfg: &AiConfig,
     provider: &dyn Provider,
     model: &str,
+    operation: &Operation,
     tokens_in: u64,
     max_tokens_out: u64,
     f: impl FnOnce(&mut Transport) -> Result<(T, u64, u64), CallError>,
 ) -> Result<(T, Usage), (CallError, Usage)> {
     let name = provider.kind().name();
+    if let Err(e) = provider.check(model, operation) {
+        return Err((e, Usage::default()));
+    }
     refuse_unsafe_call(name);
     let (price_in, price_out) = prices(name, model, cfg);
     let held_tokens = tokens_in + max_tokens_out;

@@ -178,14 +178,25 @@ fn embed_texts(
         .iter()
         .map(|t| custos_core::ai::provider::estimate_tokens(t))
         .sum();
-    let result = calls::remote(&cfg, provider.as_ref(), &model, estimate, 0, |t| {
-        provider
-            .embed(t, &model, cfg.embedding_dims, &sent)
-            .map(|e| {
-                let tokens = e.tokens;
-                (e.vectors, tokens, 0)
-            })
-    });
+    let operation = providers::Operation::Embed {
+        dims: cfg.embedding_dims,
+    };
+    let result = calls::remote(
+        &cfg,
+        provider.as_ref(),
+        &model,
+        &operation,
+        estimate,
+        0,
+        |t| {
+            provider
+                .embed(t, &model, cfg.embedding_dims, &sent)
+                .map(|e| {
+                    let tokens = e.tokens;
+                    (e.vectors, tokens, 0)
+                })
+        },
+    );
     let joined = sent.join("\n");
     let (vectors, usage, error) = match result {
         Ok((v, usage)) => (Some(v), usage, None),

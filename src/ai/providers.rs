@@ -21,8 +21,18 @@ pub struct Prompt<'a> {
     pub temperature: f64,
 }
 
+/// What a call asks of a provider, for checks made before anything is priced or sent.
+pub enum Operation {
+    Embed { dims: Option<usize> },
+    Complete,
+}
+
 pub trait Provider {
     fn kind(&self) -> ProviderKind;
+    /// Refuses a model or option the provider does not have (before the budget is touched).
+    fn check(&self, _model: &str, _operation: &Operation) -> Result<(), CallError> {
+        Ok(())
+    }
     /// The vectors of `texts` (redacted), in order, each of `dims` values when `dims` is known.
     fn embed(
         &self,
@@ -163,9 +173,31 @@ impl Bedrock {
     }
 }
 
+/// Titan's dimensions when none are asked for.
+fn titan_dims(model: &str, dims: Option<usize>) -> usize {
+    dims.unwrap_or(if model == bedrock::TITAN_V1 {
+        1536
+    } else {
+        1024
+    })
+}
+
 impl Provider for Bedrock {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Bedrock
+    }
+
+    fn check(&self, model: &str, operation: &Operation) -> Result<(), CallError> {
+        match operation {
+            Operation::Embed { dims } => bedrock::embedding_request(model, "", titan_dims(model, *dims))
+                .map(drop)
+                .map_err(|e| CallError::Invalid(e.to_string())),
+            Operation::Complete if model.starts_with("anthropic.") || model.contains(".anthropic.") => Ok(()),
+            Operation::Complete => Err(CallError::Invalid(format!(
+                "model {model} is not one custos calls on Bedrock for answers: use an Anthropic Claude model such as {}",
+                bedrock::CLAUDE_3_HAIKU
+            ))),
+        }
     }
 
     /// Titan takes one text per request.
@@ -176,11 +208,7 @@ impl Provider for Bedrock {
         dims: Option<usize>,
         texts: &[&str],
     ) -> Result<Embeddings, CallError> {
-        let dims = dims.unwrap_or(if model == bedrock::TITAN_V1 {
-            1536
-        } else {
-            1024
-        });
+        let dims = titan_dims(model, dims);
         let mut out = Embeddings::default();
         for text in texts {
             let body = bedrock::embedding_request(model, text, dims)
@@ -200,12 +228,7 @@ impl Provider for Bedrock {
         model: &str,
         prompt: &Prompt,
     ) -> Result<Answer, CallError> {
-        if !model.starts_with("anthropic.") && !model.contains(".anthropic.") {
-            return Err(CallError::Invalid(format!(
-                "model {model} is not one custos calls on Bedrock for answers: use an Anthropic Claude model such as {}",
-                bedrock::CLAUDE_3_HAIKU
-            )));
-        }
+        self.check(model, &Operation::Complete)?;
         let body = bedrock::messages_request(
             prompt.system,
             prompt.user,

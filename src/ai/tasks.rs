@@ -223,6 +223,7 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
             &cfg,
             provider.as_ref(),
             &model,
+            &providers::Operation::Complete,
             estimate,
             u64::from(p.max_tokens),
             |t| {

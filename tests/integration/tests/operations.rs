@@ -749,9 +749,14 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
         .unwrap();
     }
     let events: i64 = one(&mut su, "SELECT count(*) FROM custos.events");
+    let keys_sent: i64 = one(&mut su, "SELECT count(*) FROM custos.data_keys");
     let mut r = subscriber.connect("replica");
+    // Each table is copied by its own sync worker: wait for the keys as well as the events.
     assert!(
-        within_30s(|| one::<i64>(&mut r, "SELECT count(*) FROM custos.events") == events),
+        within_30s(
+            || one::<i64>(&mut r, "SELECT count(*) FROM custos.events") == events
+                && one::<i64>(&mut r, "SELECT count(*) FROM custos.data_keys") == keys_sent
+        ),
         "the initial copy never arrived: {}",
         subscriber.log()
     );
