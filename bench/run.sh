@@ -22,7 +22,7 @@ done
 
 echo "[bench] building custos (release)"
 PROFILE=release install_extension
-cluster_start "synchronous_commit = on" "track_commit_timestamp = on" "min_wal_size = 2GB" "max_wal_size = 4GB" "checkpoint_timeout = 30min" "shared_buffers = 2GB"
+cluster_start "shared_preload_libraries = 'custos'" "synchronous_commit = on" "track_commit_timestamp = on" "min_wal_size = 2GB" "max_wal_size = 4GB" "checkpoint_timeout = 30min" "shared_buffers = 2GB"
 bench_warm_up
 echo "[bench] $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(psql -XAtc 'select version()' postgres | cut -d, -f1)"
 for n in "${names[@]}"; do

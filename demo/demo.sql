@@ -292,7 +292,7 @@ SELECT i.customer, i.amount, round(s.score::numeric, 3) AS score
  ORDER BY s.score DESC LIMIT 3;
 
 \echo ''
-\echo '== 13. AI, first step: PII redaction before any text leaves the database, offline embeddings'
+\echo '== 13. AI: PII redaction before any text leaves the database, embeddings, validated JSON answers'
 BEGIN;
 SELECT custos.set_tenant('c3000000-0000-4000-8000-000000000003') \gset
 SELECT custos.redact('Ticket from ana@initech.example (+1 415 555 2671): card 4111 1111 1111 1111 declined, server 10.0.3.7, order ORD-2024-001234, app v2.4.1') AS what_leaves_the_database;
@@ -301,4 +301,16 @@ WITH docs(t) AS (VALUES ('failed logins from a new IP address'), ('quarterly inv
                         ('password reset requested after failed login'), ('new office opening in Lisbon'))
 SELECT t AS text, round((custos.embed(t) <=> custos.embed('failed login from an unknown address'))::numeric, 3) AS cosine_distance
   FROM docs ORDER BY 2;
+\echo '   a registered task answers in JSON valid against its schema (offline: the rule-based answerer;'
+\echo '   with ai.provider = bedrock, Claude 3 Haiku through SigV4-signed calls, budgeted and logged):'
+SELECT jsonb_pretty(custos.complete_json('triage_alert', jsonb_build_object(
+         'alert', 'Critical: 12 accounts deleted by user7 at 03:00 from 198.51.100.23',
+         'events', (SELECT jsonb_agg(action) FROM custos.events WHERE action = 'delete_user')))) AS triage;
+SELECT provider, model, task, prompt_version, outcome, left(excerpt, 60) AS what_was_sent FROM custos.ai_calls;
+COMMIT;
+\echo '   every AI call is on the tenant''s ledger too (appended when its transaction commits):'
+BEGIN;
+SELECT custos.set_tenant('c3000000-0000-4000-8000-000000000003') \gset
+SELECT seq, action, details->>'task' AS task, details->>'outcome' AS outcome, left(details->>'prompt_hash', 16) AS prompt_hash
+  FROM custos.events WHERE tenant_id = 'c3000000-0000-4000-8000-000000000003' AND action = 'ai.call';
 COMMIT;
