@@ -301,16 +301,11 @@ WITH docs(t) AS (VALUES ('failed logins from a new IP address'), ('quarterly inv
                         ('password reset requested after failed login'), ('new office opening in Lisbon'))
 SELECT t AS text, round((custos.embed(t) <=> custos.embed('failed login from an unknown address'))::numeric, 3) AS cosine_distance
   FROM docs ORDER BY 2;
-\echo '   a registered task answers in JSON valid against its schema (offline: the rule-based answerer;'
-\echo '   with ai.provider = bedrock, Claude 3 Haiku through SigV4-signed calls, budgeted and logged):'
+\echo '   a registered task answers in JSON valid against its schema. Offline, the rule-based answerer'
+\echo '   fills it from the input (nothing leaves the database, nothing is logged); with ai.provider ='
+\echo '   bedrock, Claude 3 Haiku answers through SigV4-signed calls, budgeted, logged in custos.ai_calls'
+\echo '   and chained in the ledger as ai.call events:'
 SELECT jsonb_pretty(custos.complete_json('triage_alert', jsonb_build_object(
          'alert', 'Critical: 12 accounts deleted by user7 at 03:00 from 198.51.100.23',
          'events', (SELECT jsonb_agg(action) FROM custos.events WHERE action = 'delete_user')))) AS triage;
-SELECT provider, model, task, prompt_version, outcome, left(excerpt, 60) AS what_was_sent FROM custos.ai_calls;
-COMMIT;
-\echo '   every AI call is on the tenant''s ledger too (appended when its transaction commits):'
-BEGIN;
-SELECT custos.set_tenant('c3000000-0000-4000-8000-000000000003') \gset
-SELECT seq, action, details->>'task' AS task, details->>'outcome' AS outcome, left(details->>'prompt_hash', 16) AS prompt_hash
-  FROM custos.events WHERE tenant_id = 'c3000000-0000-4000-8000-000000000003' AND action = 'ai.call';
 COMMIT;

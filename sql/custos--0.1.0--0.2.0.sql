@@ -2374,7 +2374,7 @@ CREATE  FUNCTION "embed_texts"(
 	"inputs" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"model" TEXT /* Option < & str > */
 ) RETURNS SETOF real[] /* Vec < f32 > */
-VOLATILE PARALLEL RESTRICTED
+VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'embed_texts_wrapper';
 
@@ -2505,14 +2505,14 @@ CREATE TABLE @extschema@.ai_calls (
     cost_usd       numeric GENERATED ALWAYS AS (cost_micros / 1000000.0) STORED,
     latency_ms     double precision NOT NULL DEFAULT 0,
     attempts       integer NOT NULL DEFAULT 0,
-    outcome        text NOT NULL CHECK (outcome IN ('ok', 'rules', 'fallback')),
+    outcome        text NOT NULL CHECK (outcome IN ('ok', 'fallback')),
     error          text,
     prompt_hash    text NOT NULL,
     excerpt        text NOT NULL
 );
 CREATE INDEX ai_calls_tenant_at ON @extschema@.ai_calls (tenant_id, at);
 COMMENT ON TABLE @extschema@.ai_calls IS
-'One row per AI call that completed: remote embeddings (local ones are pure computation and are not logged) and every custos.complete_json. Outcome ok (the model''s valid answer), rules (the local answerer) or fallback (the rule-based answer after an invalid answer twice or an unavailable provider; error says why). prompt_hash is the SHA-256 of what was sent, excerpt its first 200 characters: both redacted, never the raw text. A call whose transaction rolls back leaves no row, but still counts against the budget while the server runs. Each row appends an ai.call event to the tenant''s ledger when its transaction commits. Tenant-isolated; written by custos only.';
+'One row per remote AI call that completed: embeddings and custos.complete_json answers from Bedrock or an OpenAI-compatible server (the local models are pure computation in the database: neither billed nor logged). Outcome ok (the model''s valid answer) or fallback (the rule-based answer after an invalid answer twice or an unavailable provider; error says why). prompt_hash is the SHA-256 of what was sent, excerpt its first 200 characters: both redacted, never the raw text. A call whose transaction rolls back leaves no row, but still counts against the budget while the server runs. Each row appends an ai.call event to the tenant''s ledger when its transaction commits. Tenant-isolated; written by custos only.';
 SELECT @extschema@.enable_tenant_isolation('@extschema@.ai_calls');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_calls', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_calls_id_seq', '');
@@ -2552,7 +2552,7 @@ CREATE TABLE @extschema@.ai_tasks (
     version         integer NOT NULL CHECK (version > 0),
     system_prompt   text NOT NULL CHECK (length(system_prompt) BETWEEN 1 AND 20000),
     prompt_template text NOT NULL CHECK (length(prompt_template) BETWEEN 1 AND 20000),
-    answer_schema   jsonb NOT NULL,
+    answer_schema   jsonb NOT NULL CHECK (octet_length(answer_schema::text) <= 65536),
     model           text,
     max_tokens      integer NOT NULL DEFAULT 1024 CHECK (max_tokens BETWEEN 1 AND 8192),
     temperature     double precision NOT NULL DEFAULT 0 CHECK (temperature BETWEEN 0 AND 1),
@@ -2663,14 +2663,14 @@ COMMENT ON FUNCTION custos_internal.embed_texts(text[], text) IS
 -- The real[] result becomes a vector through pgvector's assignment cast (found by type, not by
 -- name: these functions pin their search_path).
 CREATE FUNCTION @extschema@.embed(input text, model text DEFAULT NULL) RETURNS vector
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT e FROM custos_internal.embed_texts(ARRAY[input], model) e $fn$;
 COMMENT ON FUNCTION @extschema@.embed(text, text) IS
 'The embedding of a text (redacted first) by model, else the tenant''s ai.embedding_model. The built-in local-lexical-<dims> models need no network and capture lexical similarity only (shared words, word pairs and parts of words; not synonyms); Titan (bedrock) and OpenAI-compatible models are called out, budgeted and logged in custos.ai_calls. NULL, text without a word, text over 1 MiB and unknown models are refused.';
 
 CREATE FUNCTION @extschema@.embed_batch(inputs text[], model text DEFAULT NULL) RETURNS SETOF vector
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT e FROM custos_internal.embed_texts(inputs, model) e $fn$;
 COMMENT ON FUNCTION @extschema@.embed_batch(text[], text) IS

@@ -25,11 +25,12 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Adds another call's usage (a repair round). Counts come from providers: saturating.
     pub fn add(&mut self, other: &Usage) {
-        self.tokens_in += other.tokens_in;
-        self.tokens_out += other.tokens_out;
-        self.cost_micros += other.cost_micros;
-        self.attempts += other.attempts;
+        self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
+        self.attempts = self.attempts.saturating_add(other.attempts);
         self.latency_ms += other.latency_ms;
     }
 }
@@ -37,19 +38,22 @@ impl Usage {
 /// A model's prices in micro-dollars per 1,000 input and output tokens (custos.ai_model_prices:
 /// the built-in list, overridden by custos.ai_prices).
 fn prices(provider: &str, model: &str, cfg: &AiConfig) -> (u64, u64) {
-    let row = Spi::connect(|client| {
-        let mut rows = client.select(
-            "SELECT (usd_per_1k_input * 1000000)::bigint, (usd_per_1k_output * 1000000)::bigint
+    // A pinned search_path: a caller's own `*` must not make every call free.
+    let row = crate::pg::backend::with_pinned_search_path(|| {
+        Spi::connect(|client| {
+            let mut rows = client.select(
+                "SELECT (usd_per_1k_input * 1000000)::bigint, (usd_per_1k_output * 1000000)::bigint
                FROM custos.ai_model_prices WHERE provider = $1 AND model = $2",
-            None,
-            &[provider.into(), model.into()],
-        )?;
-        Ok::<_, pgrx::spi::Error>(rows.next().map(|r| {
-            (
-                r.get::<i64>(1).ok().flatten().unwrap_or(0).max(0) as u64,
-                r.get::<i64>(2).ok().flatten().unwrap_or(0).max(0) as u64,
-            )
-        }))
+                None,
+                &[provider.into(), model.into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(rows.next().map(|r| {
+                (
+                    r.get::<i64>(1).ok().flatten().unwrap_or(0).max(0) as u64,
+                    r.get::<i64>(2).ok().flatten().unwrap_or(0).max(0) as u64,
+                )
+            }))
+        })
     })
     .unwrap_or_else(|e| {
         raise(
@@ -127,7 +131,10 @@ pub fn remote<T>(
             usage.tokens_in = if used_in > 0 { used_in } else { tokens_in };
             usage.tokens_out = used_out;
             usage.cost_micros = cost_micros(usage.tokens_in, usage.tokens_out, price_in, price_out);
-            reservation.settle(usage.tokens_in + usage.tokens_out, usage.cost_micros);
+            reservation.settle(
+                usage.tokens_in.saturating_add(usage.tokens_out),
+                usage.cost_micros,
+            );
             Ok((value, usage))
         }
         Err(e) => {
@@ -161,6 +168,11 @@ pub fn prompt_hash(sent: &str) -> String {
     hex::encode(Sha256::digest(sent.as_bytes()))
 }
 
+/// A count for a bigint column (providers' counts are not trusted to fit).
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Writes the call's row (as custos itself: tenants read custos.ai_calls, nobody writes it).
 pub fn log(rec: &CallRecord) -> i64 {
     let excerpt: String = rec.excerpt.chars().take(200).collect();
@@ -180,9 +192,9 @@ pub fn log(rec: &CallRecord) -> i64 {
                     rec.operation.into(),
                     rec.task.map(|t| t.0).into(),
                     rec.task.map(|t| t.1).into(),
-                    (u.tokens_in as i64).into(),
-                    (u.tokens_out as i64).into(),
-                    (u.cost_micros as i64).into(),
+                    big(u.tokens_in).into(),
+                    big(u.tokens_out).into(),
+                    big(u.cost_micros).into(),
                     u.latency_ms.into(),
                     (u.attempts as i32).into(),
                     rec.outcome.into(),

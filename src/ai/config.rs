@@ -112,7 +112,8 @@ impl AiConfig {
     pub fn base_url(&self) -> String {
         if let Some(endpoint) = &self.endpoint {
             let endpoint = endpoint.trim_end_matches('/');
-            if !endpoint_allowed(endpoint, &setting_text(&gucs::AI_ALLOWED_ENDPOINTS)) {
+            let allowed = setting_text(&gucs::AI_ALLOWED_ENDPOINTS);
+            if !endpoint_allowed(endpoint, self.provider.name(), &allowed) {
                 raise(
                     ERRCODE_INSUFFICIENT_PRIVILEGE,
                     format!("the endpoint \"{endpoint}\" of setting ai.endpoint is not allowed"),
@@ -146,14 +147,48 @@ pub fn region_is_valid(region: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// Whether `endpoint` is one of the comma-separated base URLs of `allowed`, exactly (scheme, host,
-/// port and path; a trailing slash aside).
-pub fn endpoint_allowed(endpoint: &str, allowed: &str) -> bool {
+/// Whether `endpoint` is one of the comma-separated base URLs of `allowed` for `provider`,
+/// exactly (scheme, host, port and path; a trailing slash aside). An entry `bedrock=URL` or
+/// `openai=URL` allows the URL for that provider only, so that one provider's credentials never go
+/// to an endpoint allowed for another; a bare URL allows it for both.
+pub fn endpoint_allowed(endpoint: &str, provider: &str, allowed: &str) -> bool {
     let endpoint = endpoint.trim_end_matches('/');
-    allowed
-        .split(',')
-        .map(|a| a.trim().trim_end_matches('/'))
-        .any(|a| !a.is_empty() && a == endpoint)
+    allowed.split(',').map(str::trim).any(|entry| {
+        let (for_provider, url) = match entry.split_once('=') {
+            Some((p, url)) if !p.contains(':') => (Some(p.trim()), url.trim()),
+            _ => (None, entry),
+        };
+        let url = url.trim_end_matches('/');
+        !url.is_empty() && url == endpoint && for_provider.is_none_or(|p| p == provider)
+    })
+}
+
+/// Whether a key may be sent to `url` as a bearer token: over https, or plain http to this
+/// machine's loopback interface only (a local Ollama, a test server).
+pub fn key_may_travel_to(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
+/// Raises unless a key may be sent to `url` ([`key_may_travel_to`]).
+pub fn require_key_may_travel_to(url: &str) {
+    if !key_may_travel_to(url) {
+        raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "custos sends API keys only over https, or over http to the loopback interface",
+            Some("use an https endpoint, or SigV4 credentials for Bedrock (the signature carries no secret)"),
+        );
+    }
 }
 
 fn setting_text(setting: &pgrx::GucSetting<Option<CString>>) -> String {
@@ -255,20 +290,45 @@ mod unit {
     use super::*;
 
     #[test]
-    fn endpoints_must_be_listed_exactly() {
-        let allowed =
-            "http://127.0.0.1:9000, https://vpce-1.bedrock-runtime.eu-west-1.vpce.amazonaws.com/";
-        assert!(endpoint_allowed("http://127.0.0.1:9000/", allowed));
+    fn endpoints_must_be_listed_exactly_and_for_the_provider() {
+        let allowed = "http://127.0.0.1:9000, bedrock=https://vpce-1.bedrock-runtime.eu-west-1.vpce.amazonaws.com/, openai = http://ollama:11434";
         assert!(endpoint_allowed(
-            "https://vpce-1.bedrock-runtime.eu-west-1.vpce.amazonaws.com",
+            "http://127.0.0.1:9000/",
+            "bedrock",
             allowed
         ));
-        assert!(!endpoint_allowed("http://127.0.0.1:9001", allowed));
+        assert!(endpoint_allowed(
+            "http://127.0.0.1:9000/",
+            "openai",
+            allowed
+        ));
+        let vpce = "https://vpce-1.bedrock-runtime.eu-west-1.vpce.amazonaws.com";
+        assert!(endpoint_allowed(vpce, "bedrock", allowed));
+        assert!(!endpoint_allowed(vpce, "openai", allowed));
+        assert!(endpoint_allowed("http://ollama:11434", "openai", allowed));
+        assert!(!endpoint_allowed("http://ollama:11434", "bedrock", allowed));
+        assert!(!endpoint_allowed(
+            "http://127.0.0.1:9001",
+            "bedrock",
+            allowed
+        ));
         assert!(!endpoint_allowed(
             "http://127.0.0.1:9000.evil.example",
+            "bedrock",
             allowed
         ));
-        assert!(!endpoint_allowed("http://127.0.0.1:9000", ""));
+        assert!(!endpoint_allowed("http://127.0.0.1:9000", "bedrock", ""));
+    }
+
+    #[test]
+    fn keys_travel_over_https_or_to_loopback_only() {
+        assert!(key_may_travel_to("https://api.openai.com/v1/embeddings"));
+        assert!(key_may_travel_to("http://127.0.0.1:11434/v1/embeddings"));
+        assert!(key_may_travel_to("http://localhost/v1"));
+        assert!(key_may_travel_to("http://[::1]:8080/x"));
+        assert!(!key_may_travel_to("http://ollama:11434/v1/embeddings"));
+        assert!(!key_may_travel_to("http://127.0.0.1.evil.example/v1"));
+        assert!(!key_may_travel_to("ftp://127.0.0.1/"));
     }
 
     #[test]

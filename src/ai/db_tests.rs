@@ -16,6 +16,20 @@ fn redaction_uses_the_tenants_patterns_and_identities() {
             "<PERSON_1> (<REDACTED_1>, <EMAIL_1>, <PHONE_1>) reset <IPV4_1>; order ORD-2024-001234"
         )
     );
+    // A caller's own `=` placed before pg_catalog does not empty the rules.
+    Spi::run(
+        "CREATE SCHEMA evil; CREATE FUNCTION evil.never(uuid, uuid) RETURNS boolean LANGUAGE sql AS 'SELECT false';
+         CREATE OPERATOR evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = evil.never);
+         SET LOCAL search_path = evil, pg_catalog",
+    )
+    .unwrap();
+    assert_eq!(
+        Spi::get_one::<String>("SELECT custos.redact('EMP-12345 and jdoe42')")
+            .unwrap()
+            .as_deref(),
+        Some("<REDACTED_1> and <PERSON_1>")
+    );
+    Spi::run("RESET search_path").unwrap();
     // Another tenant's rules do not apply.
     Spi::run("SELECT custos.set_tenant('00000000-0000-4000-8000-0000000a1002')").unwrap();
     assert_eq!(
@@ -90,7 +104,7 @@ fn set(key: &str, value: &str) {
 }
 
 #[pg_test]
-fn complete_json_answers_by_rules_logs_the_call_and_chains_it() {
+fn complete_json_answers_by_rules_in_the_database() {
     Spi::run("SELECT custos.set_tenant('00000000-0000-4000-8000-0000000a1004')").unwrap();
     let answer = Spi::get_one::<pgrx::JsonB>(
         "SELECT custos.complete_json('triage_alert', '{\"alert\": \"Critical: bulk export by ana@example.com\", \"events\": [1, 2, 3]}')",
@@ -106,23 +120,11 @@ fn complete_json_answers_by_rules_logs_the_call_and_chains_it() {
         .as_str()
         .unwrap()
         .contains("ana@example.com"));
-    // The log has no raw text: the excerpt and hash are of the redacted prompt.
-    assert_eq!(
-        count("SELECT count(*) FROM custos.ai_calls WHERE task = 'triage_alert' AND prompt_version = 1
-                 AND outcome = 'rules' AND provider = 'local' AND excerpt LIKE 'Alert (JSON):%<EMAIL_1>%'
-                 AND excerpt NOT LIKE '%ana@example.com%' AND length(prompt_hash) = 64"),
-        1
-    );
-    // The ai.call event is appended when the deferred trigger fires (at commit, or here).
+    // Answered in the database: nothing was sent, so nothing is billed or logged.
+    assert_eq!(count("SELECT count(*) FROM custos.ai_calls"), 0);
     assert_eq!(
         count("SELECT count(*) FROM custos.events WHERE action = 'ai.call'"),
         0
-    );
-    Spi::run("SET CONSTRAINTS ALL IMMEDIATE").unwrap();
-    assert_eq!(
-        count("SELECT count(*) FROM custos.events WHERE action = 'ai.call' AND details->>'task' = 'triage_alert'
-                 AND details->>'outcome' = 'rules' AND details ? 'prompt_hash'"),
-        1
     );
     for (sql, state, needle) in [
         ("SELECT custos.complete_json('no_such_task', '{}')", "42704", "does not exist"),
@@ -169,10 +171,6 @@ fn tasks_are_versioned_and_their_schemas_must_be_fillable_by_the_fallback() {
     .unwrap()
     .0;
     assert_eq!(answer, serde_json::json!({"label": "spam"}));
-    assert_eq!(
-        count("SELECT prompt_version FROM custos.ai_calls WHERE task = 'classify'"),
-        2
-    );
     // Another tenant sees the shared tasks, not this one's.
     Spi::run("SELECT custos.set_tenant('00000000-0000-4000-8000-0000000a1006')").unwrap();
     assert_eq!(
@@ -287,6 +285,7 @@ fn remote_calls_are_budgeted_guarded_and_refused_clearly_without_shared_memory()
         256
     );
     // No call goes out while the transaction holds the tenant's chain lock.
+    set("ai.embedding_dimensions", "0");
     Spi::run("SELECT custos.record_event('login', 'user', 'u1')").unwrap();
     assert_error(
         "SELECT custos.embed('hello')",

@@ -272,11 +272,69 @@ fn logged_spend(tenant: &[u8; 16]) -> (u64, u64) {
 /// A call's hold on its tenant's budget: its estimate until it settles. Dropped unsettled (the
 /// call was cancelled or failed mid-way), the estimate counts as spent: never undercount.
 pub struct Reservation {
-    tenant: Option<[u8; 16]>,
+    /// What this call holds in shared memory; None when nothing is (no tenant, not preloaded)
+    /// or once settled.
+    held: Option<Held>,
+}
+
+/// A call's hold on a budget slot.
+#[derive(Clone, Copy)]
+struct Held {
+    id: u64,
+    tenant: [u8; 16],
     month: i32,
     tokens: u64,
     micros: u64,
-    settled: bool,
+}
+
+thread_local! {
+    /// This backend's holds, released as spent if it exits before they settle (a FATAL error
+    /// or a terminated backend skips the Drop of a Reservation).
+    static HELD: std::cell::RefCell<Vec<Held>> = const { std::cell::RefCell::new(Vec::new()) };
+    static NEXT_HOLD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static EXIT_HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Replaces a hold's amounts in its slot by what the call spent.
+fn settle_slot(h: &Held, tokens: u64, micros: u64) {
+    let mut state = SHARED.exclusive();
+    if let Some(slot) = state
+        .budgets
+        .iter_mut()
+        .find(|s| s.used && s.database == database() && s.tenant == h.tenant && s.month == h.month)
+    {
+        slot.tokens_reserved = slot.tokens_reserved.saturating_sub(h.tokens);
+        slot.micros_reserved = slot.micros_reserved.saturating_sub(h.micros);
+        slot.tokens_spent = slot.tokens_spent.saturating_add(tokens);
+        slot.micros_spent = slot.micros_spent.saturating_add(micros);
+    }
+}
+
+/// At backend exit: every hold still open counts as spent.
+#[pgrx::pg_guard]
+extern "C-unwind" fn settle_holds_at_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    for h in &held {
+        settle_slot(h, h.tokens, h.micros);
+    }
+}
+
+fn hold(tenant: [u8; 16], month: i32, tokens: u64, micros: u64) -> Reservation {
+    if !EXIT_HOOKED.get() {
+        crate::pg::backend::before_backend_exit(settle_holds_at_exit);
+        EXIT_HOOKED.set(true);
+    }
+    let id = NEXT_HOLD.get();
+    NEXT_HOLD.set(id + 1);
+    let h = Held {
+        id,
+        tenant,
+        month,
+        tokens,
+        micros,
+    };
+    HELD.with(|held| held.borrow_mut().push(h));
+    Reservation { held: Some(h) }
 }
 
 /// Spent and held amounts of a tenant's month, in tokens and micro-dollars.
@@ -331,13 +389,7 @@ fn refuse_over_budget((setting, limit, used): (&'static str, String, String), to
 /// they do not fit beside what is spent and held.
 pub fn reserve(cfg: &AiConfig, tokens: u64, micros: u64) -> Reservation {
     let Some(tenant) = cfg.tenant else {
-        return Reservation {
-            tenant: None,
-            month: 0,
-            tokens: 0,
-            micros: 0,
-            settled: true,
-        };
+        return Reservation { held: None };
     };
     let month = custos_core::time::month_index(crate::pg::backend::now());
     if !shared() {
@@ -352,13 +404,8 @@ pub fn reserve(cfg: &AiConfig, tokens: u64, micros: u64) -> Reservation {
         if let Some(why) = over_budget(cfg, usage, tokens, micros) {
             refuse_over_budget(why, tokens);
         }
-        return Reservation {
-            tenant: Some(tenant),
-            month,
-            tokens,
-            micros,
-            settled: false,
-        };
+        // The call's own row in custos.ai_calls will count it; the lock makes the others wait.
+        return Reservation { held: None };
     }
     let matches = |s: &BudgetSlot| {
         s.used && s.database == database() && s.tenant == tenant && s.month == month
@@ -373,7 +420,12 @@ pub fn reserve(cfg: &AiConfig, tokens: u64, micros: u64) -> Reservation {
             &state.budgets,
             matches,
             |s| s.used,
-            |s| (s.tokens_reserved == 0 && s.micros_reserved == 0).then_some(s.last_ms),
+            // Idle slots may be given up; so may a past month's, whatever it still holds (its
+            // holders settle into nothing).
+            |s| {
+                let idle = s.tokens_reserved == 0 && s.micros_reserved == 0;
+                (idle || s.month != month).then_some(s.last_ms)
+            },
         );
         match (index, found, logged) {
             (None, _, _) => Err("too many tenants have AI calls in flight"),
@@ -410,13 +462,7 @@ pub fn reserve(cfg: &AiConfig, tokens: u64, micros: u64) -> Reservation {
         }
     };
     match verdict {
-        Ok(None) => Reservation {
-            tenant: Some(tenant),
-            month,
-            tokens,
-            micros,
-            settled: false,
-        },
+        Ok(None) => hold(tenant, month, tokens, micros),
         Ok(Some(why)) => refuse_over_budget(why, tokens),
         Err("") => reserve(cfg, tokens, micros),
         Err(busy) => raise(
@@ -434,32 +480,17 @@ impl Reservation {
     }
 
     fn release(&mut self, tokens: u64, micros: u64) {
-        if self.settled {
-            return;
-        }
-        self.settled = true;
-        let Some(tenant) = self.tenant else { return };
-        if !shared() {
-            return;
-        }
-        let mut state = SHARED.exclusive();
-        let month = self.month;
-        if let Some(slot) = state
-            .budgets
-            .iter_mut()
-            .find(|s| s.used && s.database == database() && s.tenant == tenant && s.month == month)
-        {
-            slot.tokens_reserved = slot.tokens_reserved.saturating_sub(self.tokens);
-            slot.micros_reserved = slot.micros_reserved.saturating_sub(self.micros);
-            slot.tokens_spent = slot.tokens_spent.saturating_add(tokens);
-            slot.micros_spent = slot.micros_spent.saturating_add(micros);
+        if let Some(h) = self.held.take() {
+            HELD.with(|held| held.borrow_mut().retain(|x| x.id != h.id));
+            settle_slot(&h, tokens, micros);
         }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let (tokens, micros) = (self.tokens, self.micros);
-        self.release(tokens, micros);
+        if let Some(h) = self.held {
+            self.release(h.tokens, h.micros);
+        }
     }
 }

@@ -51,23 +51,16 @@ fn check_text<'a>(text: Option<&'a str>, what: &str) -> &'a str {
 
 /// The current tenant's redaction rules: its patterns (custos.ai_redaction_patterns) and the
 /// identities the text may name (user ids of custos.identities; e-mails are caught as e-mails).
-/// Read with the caller's rights: row-level security limits both to the tenant.
+/// Read with the caller's rights (row-level security limits both to the tenant) and a pinned
+/// search_path (a caller's schema cannot supply the `=` that would empty them).
 fn tenant_rules(texts: &[&str]) -> Rules {
     let Some(tenant) = crate::tenancy::current_tenant_id() else {
         return Rules::default();
     };
     let tenant = pgrx::Uuid::from_bytes(*tenant.as_bytes());
-    // The words of all texts, once each: one index probe per distinct word for a whole batch.
-    let mut words: Vec<String> = texts
-        .iter()
-        .flat_map(|text| text.split(|c: char| c.is_whitespace() || ",;()[]{}<>\"'".contains(c)))
-        .map(|w| w.trim_matches(|c: char| c == '.' || c == ':' || c == '!' || c == '?'))
-        .filter(|w| w.len() >= 3 && w.len() <= 256)
-        .map(str::to_string)
-        .collect();
-    words.sort_unstable();
-    words.dedup();
-    Spi::connect(|client| {
+    // The words of all texts, once each: one index probe per candidate for a whole batch.
+    let words = redact::identity_candidates(texts);
+    crate::pg::backend::with_pinned_search_path(|| Spi::connect(|client| {
         let patterns = client
             .select(
                 "SELECT pattern FROM custos.ai_redaction_patterns WHERE tenant_id = $1 ORDER BY id",
@@ -90,7 +83,7 @@ fn tenant_rules(texts: &[&str]) -> Rules {
                 .collect()
         };
         Ok::<_, pgrx::spi::Error>(Rules { patterns, known })
-    })
+    }))
     .unwrap_or_else(|e| raise(ERRCODE_INTERNAL_ERROR, format!("reading redaction rules: {e}"), None))
 }
 
@@ -122,7 +115,7 @@ fn check_redaction_pattern(pattern: &str) {
 /// tenant's `ai.embedding_model`), in order. Local models compute here and log nothing; remote
 /// ones are held against the budget, called once per batch where the provider takes batches, and
 /// logged in custos.ai_calls.
-#[pg_extern(volatile, parallel_restricted)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn embed_texts(
     inputs: Option<Vec<Option<String>>>,
     model: Option<&str>,

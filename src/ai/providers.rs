@@ -142,6 +142,9 @@ impl Bedrock {
     fn invoke(&self, t: &mut Transport, model: &str, body: &Value) -> Result<Response, CallError> {
         let url = bedrock::invoke_url(&self.region, Some(&self.base), model);
         let auth = config::bedrock_auth();
+        if matches!(auth, BedrockAuth::ApiKey(_)) {
+            config::require_key_may_travel_to(&url);
+        }
         let bytes = body.to_string().into_bytes();
         let build = || {
             let headers: Vec<(String, String)> = match &auth {
@@ -247,7 +250,11 @@ pub struct OpenAi {
 impl OpenAi {
     fn post(&self, t: &mut Transport, path: &str, body: &Value) -> Result<Response, CallError> {
         let url = openai::url(&self.base, path);
-        let headers: Vec<(String, String)> = config::openai_key()
+        let key = config::openai_key();
+        if key.is_some() {
+            config::require_key_may_travel_to(&url);
+        }
+        let headers: Vec<(String, String)> = key
             .map(|k| vec![("authorization".into(), format!("Bearer {k}"))])
             .unwrap_or_default();
         let bytes = body.to_string().into_bytes();

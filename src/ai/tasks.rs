@@ -9,7 +9,7 @@ use super::providers::{self, Prompt};
 use super::transport::CallError;
 use crate::error::raise;
 use custos_core::ai::provider::estimate_tokens;
-use custos_core::ai::redact::{self, Kind};
+use custos_core::ai::redact::{self, Kind, Redactor};
 use custos_core::ai::tasks::{self, AnswerSchema};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -18,10 +18,6 @@ use serde_json::Value;
 
 /// The largest input document of a task (1 MiB as JSON text).
 const MAX_INPUT_BYTES: usize = 1 << 20;
-
-/// Separates the system prompt from the user's in the one text that is redacted, so both share
-/// one set of placeholders. No pattern matches the record separator.
-const SEPARATOR: char = '\u{1e}';
 
 struct Task {
     name: String,
@@ -34,17 +30,18 @@ struct Task {
     temperature: f64,
 }
 
-/// The task the current tenant runs under `name`: its own latest version, else the shared one.
-fn load_task(name: &str) -> Task {
-    let task = Spi::connect(|client| {
+/// The task `tenant` runs under `name`: its own latest active version, else the shared one. The
+/// tenant is named in the query, not left to row-level security (which a superuser bypasses).
+fn load_task(name: &str, tenant: [u8; 16]) -> Task {
+    let task = crate::pg::backend::with_pinned_search_path(|| Spi::connect(|client| {
         let mut rows = client.select(
             "SELECT name, version, system_prompt, prompt_template, answer_schema, model, max_tokens, temperature
                FROM custos.ai_tasks
-              WHERE name = $1 AND active
+              WHERE name = $1 AND active AND (tenant_id = $2 OR tenant_id IS NULL)
               ORDER BY tenant_id IS NULL, version DESC
               LIMIT 1",
             None,
-            &[name.into()],
+            &[name.into(), pgrx::Uuid::from_bytes(tenant).into()],
         )?;
         Ok::<_, pgrx::spi::Error>(rows.next().map(|r| Task {
             name: r.get::<String>(1).ok().flatten().unwrap_or_default(),
@@ -56,7 +53,7 @@ fn load_task(name: &str) -> Task {
             max_tokens: r.get::<i32>(7).ok().flatten().unwrap_or(1024),
             temperature: r.get::<f64>(8).ok().flatten().unwrap_or(0.0),
         }))
-    })
+    }))
     .unwrap_or_else(|e| raise(ERRCODE_INTERNAL_ERROR, format!("reading AI task \"{name}\": {e}"), None));
     task.unwrap_or_else(|| {
         raise(
@@ -85,26 +82,40 @@ fn restore_strings(v: Value, mapping: &[(String, Kind, String)]) -> Value {
 
 /// How a task's answer came about.
 enum Verdict {
+    /// The answer, with its placeholders mapped back.
     Valid(Value),
-    /// The answer's errors, and its text as received (redacted).
-    Invalid(Vec<String>, String),
+    /// The answer's errors, found while it still held placeholders only (they quote values, and
+    /// go back to the model and into the log), and its text as received.
+    Invalid(Vec<String>),
 }
 
 fn judge(schema: &AnswerSchema, text: &str, mapping: &[(String, Kind, String)]) -> Verdict {
-    match tasks::extract_json(text) {
-        None => Verdict::Invalid(
-            vec!["/: the answer is not a JSON object".into()],
-            text.to_string(),
-        ),
-        Some(v) => {
-            let restored = restore_strings(v, mapping);
-            let errors = schema.errors(&restored);
-            if errors.is_empty() {
-                Verdict::Valid(restored)
-            } else {
-                Verdict::Invalid(errors, text.to_string())
-            }
-        }
+    let Some(answer) = tasks::extract_json(text) else {
+        return Verdict::Invalid(vec!["/: the answer is not a JSON object".into()]);
+    };
+    let errors = schema.errors(&answer);
+    if !errors.is_empty() {
+        return Verdict::Invalid(errors);
+    }
+    let restored = restore_strings(answer, mapping);
+    if schema.errors(&restored).is_empty() {
+        Verdict::Valid(restored)
+    } else {
+        // Valid with placeholders, not with the values: say so without quoting them.
+        Verdict::Invalid(vec!["/: the answer breaks the schema once its placeholders are replaced by the values they stand for (a length limit, say)".into()])
+    }
+}
+
+/// Every string and object key of `v`, in order.
+fn json_strings<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| json_strings(x, out)),
+        Value::Object(o) => o.iter().for_each(|(k, x)| {
+            out.push(k);
+            json_strings(x, out);
+        }),
+        _ => {}
     }
 }
 
@@ -116,14 +127,11 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
     let input = input
         .map(|j| j.0)
         .unwrap_or_else(|| raise(ERRCODE_NULL_VALUE_NOT_ALLOWED, "input cannot be NULL", None));
-    let input_text = input.to_string();
-    if input_text.len() > MAX_INPUT_BYTES {
+    let input_bytes = input.to_string().len();
+    if input_bytes > MAX_INPUT_BYTES {
         raise(
             ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!(
-                "the input has {} bytes as JSON, more than the {MAX_INPUT_BYTES} custos sends",
-                input_text.len()
-            ),
+            format!("the input has {input_bytes} bytes as JSON, more than the {MAX_INPUT_BYTES} custos sends"),
             Some("pass a smaller document, for example fewer events"),
         );
     }
@@ -137,7 +145,7 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
             )
         });
     let cfg = AiConfig::current();
-    let task = load_task(name);
+    let task = load_task(name, tenant);
     let schema = AnswerSchema::compile(&task.schema).unwrap_or_else(|e| {
         raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
@@ -147,29 +155,66 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
     });
     let model = task.model.clone().unwrap_or_else(|| cfg.chat_model.clone());
     let provider = providers::for_model(&cfg, &model);
-    let provider_name = provider.kind().name();
+    let now = custos_core::time::rfc3339(crate::pg::backend::now());
+    let fallback = || tasks::rule_based_answer(schema.schema(), &input, &now);
 
-    // One redaction for both prompts: the same value gets the same placeholder in either.
-    let system = tasks::system_prompt(&task.system_prompt, schema.schema());
-    let user = tasks::render(&task.template, &input);
-    let texts = [system.as_str(), user.as_str()];
+    if provider.kind() == ProviderKind::Local {
+        // Computed here from the input alone: nothing leaves the database, nothing is billed or
+        // logged, and it works on a hot standby.
+        let prompt = Prompt {
+            system: "",
+            user: "",
+            schema: schema.schema(),
+            input: &input,
+            max_tokens: 0,
+            temperature: 0.0,
+        };
+        let mut unused = super::transport::Transport::new(&cfg, ProviderKind::Local);
+        let text = provider
+            .complete(&mut unused, &model, &prompt)
+            .unwrap_or_else(|e| calls::raise_call_error(&e))
+            .text;
+        let answer = tasks::extract_json(&text).unwrap_or(Value::Null);
+        let errors = schema.errors(&answer);
+        if !errors.is_empty() {
+            raise(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "the rule-based answer of task \"{name}\" does not fit its schema: {}",
+                    errors.join("; ")
+                ),
+                Some("give such fields an enum, a default or looser limits"),
+            );
+        }
+        return JsonB(answer);
+    }
+
+    // Every string is redacted on its own (prompt, template, schema, each value of the input),
+    // with one set of placeholders: the JSON text of the input would glue escapes to values.
+    let mut texts = vec![task.system_prompt.as_str(), task.template.as_str()];
+    json_strings(&input, &mut texts);
     let rules = super::tenant_rules(&texts);
-    let red = redact::redact(&format!("{system}{SEPARATOR}{user}"), &rules);
-    let (system_sent, user_sent) = red.text.split_once(SEPARATOR).unwrap_or((&red.text, ""));
-    let sent = red.text.replace(SEPARATOR, "\n");
+    let mut redactor = Redactor::new(&rules);
+    let system_text = redactor.redact(&task.system_prompt);
+    let template = redactor.redact(&task.template);
+    let schema_sent = redactor.redact_json(schema.schema());
+    let input_sent = redactor.redact_json(&input);
+    let mapping = redactor.into_mapping();
+    let system = tasks::system_prompt(&system_text, &schema_sent);
+    let user = tasks::render(&template, &input_sent);
+    let sent = format!("{system}\n{user}");
     let prompt = Prompt {
-        system: system_sent,
-        user: user_sent,
+        system: &system,
+        user: &user,
         schema: schema.schema(),
         input: &input,
         max_tokens: task.max_tokens.max(1) as u32,
         temperature: task.temperature,
     };
-
     let record = |usage: &Usage, outcome: &str, error: Option<&str>| {
         calls::log(&CallRecord {
             tenant,
-            provider: provider_name,
+            provider: provider.kind().name(),
             model: &model,
             operation: "complete",
             task: Some((&task.name, task.version)),
@@ -177,49 +222,15 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
             outcome,
             error,
             sent: &sent,
-            excerpt: user_sent,
+            excerpt: &user,
         })
     };
-    let fallback = || {
-        tasks::rule_based_answer(
-            schema.schema(),
-            &input,
-            &custos_core::time::rfc3339(crate::pg::backend::now()),
-        )
-    };
-
-    if provider.kind() == ProviderKind::Local {
-        let mut t = super::transport::Transport::new(&cfg, ProviderKind::Local);
-        let answer = provider
-            .complete(&mut t, &model, &prompt)
-            .unwrap_or_else(|e| {
-                raise(
-                    ERRCODE_INVALID_PARAMETER_VALUE,
-                    e.message().to_string(),
-                    None,
-                )
-            });
-        return match judge(&schema, &answer.text, &[]) {
-            Verdict::Valid(v) => {
-                record(&Usage::default(), "rules", None);
-                JsonB(v)
-            }
-            Verdict::Invalid(errors, _) => raise(
-                ERRCODE_INVALID_PARAMETER_VALUE,
-                format!(
-                    "the rule-based answer of task \"{name}\" does not fit its schema: {}",
-                    errors.join("; ")
-                ),
-                Some("give such fields an enum, a default or looser limits"),
-            ),
-        };
-    }
 
     let mut usage = Usage::default();
     let mut ask = |user: &str| -> Result<String, CallError> {
         let p = Prompt { user, ..prompt };
-        let estimate = estimate_tokens(p.system) + estimate_tokens(user);
-        match calls::remote(
+        let estimate = estimate_tokens(p.system).saturating_add(estimate_tokens(user));
+        let asked = calls::remote(
             &cfg,
             provider.as_ref(),
             &model,
@@ -232,7 +243,8 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
                     (a.text, i, o)
                 })
             },
-        ) {
+        );
+        match asked {
             Ok((text, u)) => {
                 usage.add(&u);
                 Ok(text)
@@ -243,33 +255,33 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
             }
         }
     };
-    let first = ask(user_sent);
-    let outcome = first.and_then(|text| match judge(&schema, &text, &red.mapping) {
+    let first = ask(&user);
+    let outcome = first.and_then(|text| match judge(&schema, &text, &mapping) {
         Verdict::Valid(v) => Ok(Ok(v)),
-        Verdict::Invalid(errors, previous) => {
-            let repair = tasks::repair_prompt(user_sent, &previous, &errors);
-            ask(&repair).map(|text| match judge(&schema, &text, &red.mapping) {
+        Verdict::Invalid(errors) => {
+            let previous = redact::redact(&text, &rules).text;
+            let repair = tasks::repair_prompt(&user, &previous, &errors);
+            ask(&repair).map(|text| match judge(&schema, &text, &mapping) {
                 Verdict::Valid(v) => Ok(v),
-                Verdict::Invalid(errors, _) => Err(errors),
+                Verdict::Invalid(errors) => Err(errors),
             })
         }
     });
+    let fall_back = |why: &str| {
+        record(&usage, "fallback", Some(why));
+        pgrx::notice!("custos: task \"{name}\" answered by rules (fallback): {why}");
+        JsonB(fallback())
+    };
     match outcome {
         Ok(Ok(answer)) => {
             record(&usage, "ok", None);
             JsonB(answer)
         }
-        Ok(Err(errors)) => {
-            let why = format!("the answer was invalid twice: {}", errors.join("; "));
-            record(&usage, "fallback", Some(&why));
-            pgrx::notice!("custos: task \"{name}\" answered by rules (fallback): {why}");
-            JsonB(fallback())
-        }
-        Err(CallError::Unavailable(why)) => {
-            record(&usage, "fallback", Some(&why));
-            pgrx::notice!("custos: task \"{name}\" answered by rules (fallback): {why}");
-            JsonB(fallback())
-        }
+        Ok(Err(errors)) => fall_back(&format!(
+            "the answer was invalid twice: {}",
+            errors.join("; ")
+        )),
+        Err(CallError::Unavailable(why)) => fall_back(&why),
         Err(e) => calls::raise_call_error(&e),
     }
 }

@@ -91,7 +91,12 @@ impl<'a> Transport<'a> {
                             format!(": {message}")
                         }
                     );
-                    let retry_after = r.retry_after.as_deref().and_then(retry_after_ms);
+                    // A server's wait is honoured up to a minute (the deadline caps it anyway).
+                    let retry_after = r
+                        .retry_after
+                        .as_deref()
+                        .and_then(retry_after_ms)
+                        .map(|ms| ms.min(60_000));
                     (
                         Outcome::Status(r.status, kind),
                         detail,

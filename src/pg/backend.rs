@@ -202,6 +202,13 @@ pub fn statement_time_left() -> Option<std::time::Duration> {
     Some(Duration::from_millis(timeout_ms as u64).saturating_sub(Duration::from_micros(elapsed_us)))
 }
 
+/// Runs `callback` when this backend exits (before it detaches from shared memory), also after
+/// a FATAL error. Register once.
+pub fn before_backend_exit(callback: extern "C-unwind" fn(std::ffi::c_int, pg_sys::Datum)) {
+    // SAFETY: registers a plain function pointer with PostgreSQL's exit callbacks.
+    unsafe { pg_sys::before_shmem_exit(Some(callback), pg_sys::Datum::from(0)) };
+}
+
 /// This backend's process id (a forked child has another).
 pub fn process_id() -> i32 {
     // SAFETY: reads a backend global.
@@ -234,13 +241,28 @@ pub fn as_superuser_queueing_deferred_triggers<R>(f: impl FnOnce() -> R) -> R {
 fn as_bootstrap_superuser<R>(restricted: i32, f: impl FnOnce() -> R) -> R {
     let mut user = pg_sys::InvalidOid;
     let mut context = 0;
-    // SAFETY: backend thread; the previous user, context and search_path are restored below.
-    let guc_level = unsafe {
+    // SAFETY: backend thread; the previous user and context are restored below (and by the
+    // transaction's abort on error).
+    unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(
             pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
             context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | restricted,
         );
+    }
+    let out = with_pinned_search_path(f);
+    // SAFETY: as above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    out
+}
+
+/// Runs `f` with search_path pinned to `pg_catalog, pg_temp`, as the caller (privileges and
+/// row-level security apply): a caller's own schemas cannot then supply the operators or
+/// functions of custos' queries (an `=` or `*` that reads or changes what custos computes).
+/// Restored after `f`, or by the transaction's abort on error.
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: backend thread inside a transaction; the nest level is closed below.
+    let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
         set_guc(
             c"search_path",
@@ -252,9 +274,6 @@ fn as_bootstrap_superuser<R>(restricted: i32, f: impl FnOnce() -> R) -> R {
     };
     let out = f();
     // SAFETY: as above.
-    unsafe {
-        pg_sys::AtEOXact_GUC(true, guc_level);
-        pg_sys::SetUserIdAndSecContext(user, context);
-    }
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
     out
 }

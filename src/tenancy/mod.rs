@@ -214,6 +214,10 @@ mod tests {
 
 /// A tenant's effective settings under `prefix` (its override, else the default), as JSON text.
 pub(crate) fn settings_for(tenant: &[u8; 16], prefix: &str) -> Vec<(String, String)> {
+    crate::pg::backend::with_pinned_search_path(|| settings_as_read(tenant, prefix))
+}
+
+fn settings_as_read(tenant: &[u8; 16], prefix: &str) -> Vec<(String, String)> {
     Spi::connect(|client| {
         client
             .select(

@@ -343,17 +343,33 @@ fn no_raw_pii_reaches_any_request_body() {
         .get(0);
     tx.commit().unwrap();
     assert_eq!(n as usize, texts.len());
-    // Bedrock: the corpus as a task's input.
+    // Bedrock: the corpus as a task's input, also joined by newlines in one string (JSON escapes
+    // them as \n, glued to the next value). The first answer quotes placeholders where the schema
+    // wants other values: the errors sent back with the repair request must not carry the values.
     bedrock(&mut c, ACME, &mock, &[]);
+    mock.script(vec![Reply::Answer(
+        r#"{"summary": "x", "risk": "<EMAIL_1>", "key_terms": [], "event_count": "<PHONE_1>"}"#
+            .into(),
+    )]);
+    let pii: Vec<&str> = cases
+        .iter()
+        .filter(|c| !c.1.is_empty())
+        .map(|c| c.0.as_str())
+        .collect();
     let mut tx = c.transaction().unwrap();
     tx.execute("SELECT custos.set_tenant($1::text::uuid)", &[&ACME])
         .unwrap();
     tx.query_one(
-        "SELECT custos.complete_json('summarize_events', jsonb_build_object('notes', $1::text[]))",
-        &[&texts],
+        "SELECT custos.complete_json('summarize_events', jsonb_build_object('notes', $1::text[], 'joined', array_to_string($2::text[], E'\\n')))",
+        &[&texts, &pii],
     )
     .unwrap();
     tx.commit().unwrap();
+    let repair = String::from_utf8_lossy(&mock.requests()[2].body).into_owned();
+    assert!(
+        repair.contains("<EMAIL_1>") && repair.contains("risk"),
+        "the errors are quoted: {repair:.300}"
+    );
 
     let bodies: Vec<String> = mock
         .requests()

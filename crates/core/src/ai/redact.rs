@@ -405,19 +405,10 @@ fn find_all(text: &str, rules: &Rules) -> Vec<Found> {
         }
     }
     if !rules.known.is_empty() {
-        let lower = text.to_lowercase();
-        // Lower-casing keeps byte offsets for ASCII text; others fall back to exact matching.
-        let haystack = if lower.len() == text.len() {
-            &lower
-        } else {
-            text
-        };
+        // ASCII lower-casing changes single bytes only: offsets stay those of the text.
+        let haystack = text.to_ascii_lowercase();
         for value in &rules.known {
-            let needle = if lower.len() == text.len() {
-                value.to_lowercase()
-            } else {
-                value.clone()
-            };
+            let needle = value.to_ascii_lowercase();
             if needle.len() < 3 {
                 continue;
             }
@@ -451,27 +442,104 @@ fn find_all(text: &str, rules: &Rules) -> Vec<Found> {
 
 /// Replaces every PII value in `text` with a placeholder, the same value with the same one.
 pub fn redact(text: &str, rules: &Rules) -> Redacted {
-    let found = find_all(text, rules);
-    let mut out = String::with_capacity(text.len());
-    let mut mapping: Vec<(String, Kind, String)> = Vec::new();
-    let mut seen: HashMap<(Kind, &str), usize> = HashMap::new();
-    let mut counts: HashMap<Kind, usize> = HashMap::new();
-    let mut at = 0;
-    for (start, end, kind) in found {
-        out.push_str(&text[at..start]);
-        let value = &text[start..end];
-        let index = *seen.entry((kind, value)).or_insert_with(|| {
-            let n = counts.entry(kind).or_insert(0);
-            *n += 1;
-            let placeholder = format!("<{}_{}>", kind.label(), n);
-            mapping.push((placeholder, kind, value.to_string()));
-            mapping.len() - 1
-        });
-        out.push_str(&mapping[index].0);
-        at = end;
+    let mut r = Redactor::new(rules);
+    let text = r.redact(text);
+    Redacted {
+        text,
+        mapping: r.into_mapping(),
     }
-    out.push_str(&text[at..]);
-    Redacted { text: out, mapping }
+}
+
+/// Redacts several texts (and JSON documents) with one set of placeholders: the same value gets
+/// the same placeholder in each.
+pub struct Redactor<'r> {
+    rules: &'r Rules,
+    mapping: Vec<(String, Kind, String)>,
+    seen: HashMap<(Kind, String), usize>,
+    counts: HashMap<Kind, usize>,
+}
+
+impl<'r> Redactor<'r> {
+    pub fn new(rules: &'r Rules) -> Redactor<'r> {
+        Redactor {
+            rules,
+            mapping: Vec::new(),
+            seen: HashMap::new(),
+            counts: HashMap::new(),
+        }
+    }
+
+    pub fn redact(&mut self, text: &str) -> String {
+        let found = find_all(text, self.rules);
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end, kind) in found {
+            out.push_str(&text[at..start]);
+            let value = &text[start..end];
+            let key = (kind, value.to_string());
+            let index = match self.seen.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let n = self.counts.entry(kind).or_insert(0);
+                    *n += 1;
+                    let placeholder = format!("<{}_{}>", kind.label(), n);
+                    self.mapping.push((placeholder, kind, value.to_string()));
+                    self.seen.insert(key, self.mapping.len() - 1);
+                    self.mapping.len() - 1
+                }
+            };
+            out.push_str(&self.mapping[index].0);
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
+    /// A JSON document with every string and object key redacted, each on its own: redacting
+    /// the document's text instead would see `\n` escapes glued to the values that follow them.
+    pub fn redact_json(&mut self, v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => Value::String(self.redact(s)),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.redact_json(x)).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| (self.redact(k), self.redact_json(x)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    /// (placeholder, kind, original), in order of first appearance.
+    pub fn into_mapping(self) -> Vec<(String, Kind, String)> {
+        self.mapping
+    }
+}
+
+/// The words of `texts` that could be identity values (user ids), to look up once for a whole
+/// batch: every run of letters, digits and `._-@+` (`user=alice` gives `alice`, `actor:bob.k`
+/// gives `bob.k`), its parts around `@`, and each as written and in lower case.
+pub fn identity_candidates(texts: &[&str]) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut add = |w: &str| {
+        let w = w.trim_matches(|c: char| c == '.' || c == '-' || c == '+');
+        if (3..=256).contains(&w.len()) {
+            words.push(w.to_string());
+            words.push(w.to_ascii_lowercase());
+        }
+    };
+    for text in texts {
+        for token in text.split(|c: char| !(c.is_alphanumeric() || "._-@+".contains(c))) {
+            add(token);
+            if token.contains('@') {
+                token.split('@').for_each(&mut add);
+            }
+        }
+    }
+    words.sort_unstable();
+    words.dedup();
+    words
 }
 
 /// Puts the originals back into a text that carries placeholders of `mapping` (an answer).
@@ -496,6 +564,32 @@ mod tests {
             .into_iter()
             .map(|(_, k, v)| (k, v))
             .collect()
+    }
+
+    #[test]
+    fn identity_candidates_split_as_the_matcher_does() {
+        let words = identity_candidates(&["user=Alice actor:bob.k (carol@corp) to"]);
+        for w in ["Alice", "alice", "bob.k", "carol@corp", "carol", "corp"] {
+            assert!(words.contains(&w.to_string()), "{w} in {words:?}");
+        }
+        assert!(!words.iter().any(|w| w == "to" || w.contains('=')));
+    }
+
+    #[test]
+    fn json_strings_are_redacted_one_by_one_with_shared_placeholders() {
+        let input = serde_json::json!({"note": "call\n+1 415 555 0199, SSN\n123-45-6789",
+                                       "cc": ["ana@example.com"], "ana@example.com": 1});
+        let rules = Rules::default();
+        let mut r = Redactor::new(&rules);
+        let out = r.redact_json(&input).to_string();
+        let again = r.redact("ana@example.com");
+        assert!(
+            !out.contains("555 0199") && !out.contains("123-45-6789"),
+            "{out}"
+        );
+        assert!(!out.contains("ana@example.com"), "{out}");
+        assert_eq!(again, "<EMAIL_1>", "one placeholder across texts");
+        assert_eq!(r.into_mapping().len(), 3);
     }
 
     #[test]

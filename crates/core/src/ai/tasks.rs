@@ -171,7 +171,8 @@ fn summary(text: &str, max: usize) -> String {
 /// A value for a string property, by its name and limits.
 fn string_for(name: &str, schema: &Value, facts: &Facts, now: &str) -> Value {
     let max = schema["maxLength"].as_u64().map_or(400, |m| m as usize);
-    let min = schema["minLength"].as_u64().unwrap_or(0) as usize;
+    // Beyond the cap the string stays short and the schema unfilled (not gigabytes of dots).
+    let min = (schema["minLength"].as_u64().unwrap_or(0) as usize).min(MAX_FILL_CHARS + 1);
     let name = name.to_lowercase();
     let mut s = match schema["format"].as_str() {
         Some("date-time") => now.to_string(),
@@ -191,8 +192,9 @@ fn string_for(name: &str, schema: &Value, facts: &Facts, now: &str) -> Value {
     if s.is_empty() {
         s = "none".to_string();
     }
-    while s.chars().count() < min {
-        s.push('.');
+    let have = s.chars().count();
+    if have < min && min <= MAX_FILL_CHARS {
+        s.push_str(&".".repeat(min - have));
     }
     Value::String(truncate_chars(&s, max))
 }
@@ -244,82 +246,100 @@ fn choose(values: &[Value], schema: &Value, facts: &Facts) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn fill(name: &str, schema: &Value, facts: &Facts, now: &str, depth: usize) -> Value {
-    if depth > 16 {
-        return Value::Null;
-    }
-    if let Some(c) = schema.get("const") {
-        return c.clone();
-    }
-    if let Some(values) = schema["enum"].as_array() {
-        return choose(values, schema, facts);
-    }
-    let kind = match &schema["type"] {
-        Value::String(t) => t.as_str(),
-        Value::Array(ts) => ts
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|t| *t != "null")
-            .unwrap_or("null"),
-        _ => "string",
-    };
-    match kind {
-        "object" => {
-            let mut out = Map::new();
-            if let Some(properties) = schema["properties"].as_object() {
-                for (key, sub) in properties {
-                    out.insert(key.clone(), fill(key, sub, facts, now, depth + 1));
-                }
-            }
-            Value::Object(out)
+/// Limits of what the rule-based answerer makes, whatever a schema asks: items of one list,
+/// characters of one string, values in all. A schema that needs more cannot be filled (and its
+/// task is refused when registered).
+const MAX_FILL_ITEMS: usize = 100;
+const MAX_FILL_CHARS: usize = 10_000;
+const MAX_FILL_VALUES: usize = 10_000;
+const MAX_FILL_DEPTH: usize = 16;
+
+struct Filler<'a> {
+    facts: Facts,
+    now: &'a str,
+    /// Values that may still be made.
+    budget: usize,
+}
+
+impl Filler<'_> {
+    fn fill(&mut self, name: &str, schema: &Value, depth: usize) -> Value {
+        if depth > MAX_FILL_DEPTH || self.budget == 0 {
+            return Value::Null;
         }
-        "array" => {
-            let items = &schema["items"];
-            let min = schema["minItems"].as_u64().unwrap_or(0) as usize;
-            let max = schema["maxItems"].as_u64().map_or(5, |m| m as usize);
-            let words = items["type"] == "string" && items.get("enum").is_none();
-            let lower = name.to_lowercase();
-            let steps = ["step", "action", "recommend"]
+        self.budget -= 1;
+        if let Some(c) = schema.get("const") {
+            return c.clone();
+        }
+        if let Some(values) = schema["enum"].as_array() {
+            return choose(values, schema, &self.facts);
+        }
+        let kind = match &schema["type"] {
+            Value::String(t) => t.as_str(),
+            Value::Array(ts) => ts
                 .iter()
-                .any(|w| lower.contains(w));
-            if words && steps && max > 0 {
-                let mut list = vec![string_for("next action", items, facts, now)];
-                while list.len() < min {
-                    list.push(list[0].clone());
+                .filter_map(Value::as_str)
+                .find(|t| *t != "null")
+                .unwrap_or("null"),
+            _ => "string",
+        };
+        match kind {
+            "object" => {
+                let mut out = Map::new();
+                if let Some(properties) = schema["properties"].as_object() {
+                    for (key, sub) in properties {
+                        let v = self.fill(key, sub, depth + 1);
+                        out.insert(key.clone(), v);
+                    }
                 }
-                Value::Array(list)
-            } else if words {
-                let mut list: Vec<Value> = keywords(&facts.text, max.min(5).max(min))
-                    .into_iter()
-                    .map(|w| {
-                        string_for(
-                            name,
-                            &json!({"maxLength": items["maxLength"]}),
-                            &Facts {
-                                text: w,
-                                largest_list: 0,
-                            },
-                            now,
-                        )
-                    })
-                    .collect();
-                while list.len() < min {
-                    list.push(fill(name, items, facts, now, depth + 1));
-                }
-                Value::Array(list)
-            } else {
-                Value::Array(
-                    (0..min)
-                        .map(|_| fill(name, items, facts, now, depth + 1))
-                        .collect(),
-                )
+                Value::Object(out)
             }
+            "array" => self.list(name, schema, depth),
+            "string" => string_for(name, schema, &self.facts, self.now),
+            "integer" => number_for(name, schema, &self.facts, true),
+            "number" => number_for(name, schema, &self.facts, false),
+            "boolean" => Value::Bool(false),
+            _ => Value::Null,
         }
-        "string" => string_for(name, schema, facts, now),
-        "integer" => number_for(name, schema, facts, true),
-        "number" => number_for(name, schema, facts, false),
-        "boolean" => Value::Bool(false),
-        _ => Value::Null,
+    }
+
+    fn list(&mut self, name: &str, schema: &Value, depth: usize) -> Value {
+        let items = &schema["items"];
+        let min = (schema["minItems"].as_u64().unwrap_or(0) as usize).min(MAX_FILL_ITEMS + 1);
+        let max = schema["maxItems"].as_u64().map_or(5, |m| m as usize);
+        let words = items["type"] == "string" && items.get("enum").is_none();
+        let lower = name.to_lowercase();
+        let steps = ["step", "action", "recommend"]
+            .iter()
+            .any(|w| lower.contains(w));
+        let mut list: Vec<Value> = if words && steps && max > 0 {
+            vec![string_for("next action", items, &self.facts, self.now)]
+        } else if words {
+            keywords(&self.facts.text, max.min(5).max(min))
+                .into_iter()
+                .map(|w| {
+                    let word = Facts {
+                        text: w,
+                        largest_list: 0,
+                    };
+                    string_for(
+                        name,
+                        &json!({"maxLength": items["maxLength"]}),
+                        &word,
+                        self.now,
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        while list.len() < min && self.budget > 0 {
+            let v = match list.first() {
+                Some(first) if words && steps => first.clone(),
+                _ => self.fill(name, items, depth + 1),
+            };
+            list.push(v);
+        }
+        Value::Array(list)
     }
 }
 
@@ -327,9 +347,14 @@ fn fill(name: &str, schema: &Value, facts: &Facts, now: &str, depth: usize) -> V
 /// (strings with the input's first sentences, lists with its most frequent words, counts with the
 /// length of its longest list, enums with the first value the input names). `now` fills
 /// date-time fields. Deterministic; valid whenever the schema asks only for what these rules can
-/// make (checked when a task is registered).
+/// make, within their limits (checked when a task is registered).
 pub fn rule_based_answer(schema: &Value, input: &Value, now: &str) -> Value {
-    fill("", schema, &facts(input), now, 0)
+    let mut filler = Filler {
+        facts: facts(input),
+        now,
+        budget: MAX_FILL_VALUES,
+    };
+    filler.fill("", schema, 0)
 }
 
 #[cfg(test)]
@@ -379,6 +404,17 @@ mod tests {
             rule_based_answer(schema.schema(), &input, "t"),
             rule_based_answer(schema.schema(), &input, "t")
         );
+    }
+
+    #[test]
+    fn what_a_schema_asks_beyond_the_limits_is_not_made() {
+        let huge = json!({"type": "object", "required": ["s", "l"], "properties": {
+            "s": {"type": "string", "minLength": 1_000_000_000u64},
+            "l": {"type": "array", "minItems": 100_000_000u64, "items": {"type": "array", "minItems": 100_000_000u64, "items": {"type": "integer"}}}}});
+        let schema = AnswerSchema::compile(&huge).unwrap();
+        let answer = rule_based_answer(schema.schema(), &json!({}), "t");
+        assert!(answer.to_string().len() < 1_000_000, "bounded");
+        assert!(!schema.errors(&answer).is_empty(), "and so not valid");
     }
 
     #[test]
