@@ -2680,6 +2680,403 @@ COMMENT ON FUNCTION @extschema@.complete_json(text, jsonb) IS
 'Runs the AI task named task (custos.ai_tasks: the tenant''s own, else the shared one) on input and returns its answer, valid against the task''s JSON Schema. The prompt is redacted before it leaves the database and placeholders in the answer are mapped back. An invalid answer is repaired once; if it is still invalid, or the provider is unavailable (retries spent, breaker open), the rule-based answer is returned instead, with a NOTICE and outcome fallback in custos.ai_calls. Errors: 53400 when the monthly budget would be exceeded, 38000 when the provider refuses the request, 28000 without credentials.';
 -- END ai
 
+-- BEGIN search (new in 0.2.0): its Rust functions, then sql/search.sql as it is.
+
+
+-- Similarity search (src/search/): embeddings of identities and events stored with what made them
+-- (model, dimensions, content hash), HNSW indexes, and tenant-isolated searches: users like this
+-- one, events like a text, events like this one.
+--
+-- One table per kind holds every model's vectors (column vector without a fixed dimension); an
+-- HNSW index per common dimension indexes the rows of that dimension (a partial expression index:
+-- HNSW needs a fixed dimension). Searches filter by tenant inside the index scan with pgvector's
+-- iterative scans (hnsw.iterative_scan = relaxed_order), so a small tenant among many still gets k
+-- results, then re-order exactly.
+
+CREATE TABLE @extschema@.identity_embeddings (
+    tenant_id    uuid NOT NULL DEFAULT @extschema@.current_tenant(),
+    user_id      text NOT NULL,
+    model        text NOT NULL,
+    dims         integer NOT NULL CHECK (dims > 0),
+    content_hash bytea NOT NULL,
+    embedded_at  timestamptz NOT NULL DEFAULT now(),
+    embedding    vector NOT NULL,
+    PRIMARY KEY (tenant_id, user_id, model)
+);
+COMMENT ON TABLE @extschema@.identity_embeddings IS
+'Embeddings of identities'' profiles (status, roles, department, source, privileges, MFA, activity; never names, e-mails or user ids), one per identity and model, with the SHA-256 of the text they were made from: custos.embed_identities re-embeds only what changed. Tenant-isolated.';
+CREATE INDEX identity_embeddings_hnsw_384 ON @extschema@.identity_embeddings
+    USING hnsw ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384;
+CREATE INDEX identity_embeddings_hnsw_1024 ON @extschema@.identity_embeddings
+    USING hnsw ((embedding::vector(1024)) vector_cosine_ops) WHERE dims = 1024;
+SELECT @extschema@.enable_tenant_isolation('@extschema@.identity_embeddings');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.identity_embeddings', '');
+GRANT SELECT ON @extschema@.identity_embeddings TO custos_reader;
+
+CREATE TABLE @extschema@.event_embeddings (
+    tenant_id    uuid NOT NULL,
+    seq          bigint NOT NULL,
+    occurred_at  timestamptz NOT NULL,
+    action       text NOT NULL,
+    model        text NOT NULL,
+    dims         integer NOT NULL CHECK (dims > 0),
+    content_hash bytea NOT NULL,
+    embedded_at  timestamptz NOT NULL DEFAULT now(),
+    embedding    vector NOT NULL,
+    PRIMARY KEY (tenant_id, seq, model)
+);
+COMMENT ON TABLE @extschema@.event_embeddings IS
+'Embeddings of ledger events (action, entity, severity and details, redacted before embedding; sealed values are not opened and no text is stored), one per event and model, with the SHA-256 of the text they were made from. Tenant-isolated; removed with the events retention removes.';
+CREATE INDEX event_embeddings_hnsw_384 ON @extschema@.event_embeddings
+    USING hnsw ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384;
+CREATE INDEX event_embeddings_hnsw_1024 ON @extschema@.event_embeddings
+    USING hnsw ((embedding::vector(1024)) vector_cosine_ops) WHERE dims = 1024;
+SELECT @extschema@.enable_tenant_isolation('@extschema@.event_embeddings');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.event_embeddings', '');
+GRANT SELECT ON @extschema@.event_embeddings TO custos_reader;
+
+-- The text an identity is embedded from: what it is and does, not who it is.
+CREATE FUNCTION custos_internal.identity_profile(i @extschema@.identities) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT concat_ws('; ',
+        'status ' || i.status,
+        CASE WHEN i.is_service_account THEN 'service account' ELSE 'person' END,
+        CASE WHEN i.is_privileged THEN 'privileged' END,
+        'roles ' || coalesce(nullif(array_to_string(i.roles, ', '), ''), 'none'),
+        'department ' || coalesce(i.department, 'unknown'),
+        'source ' || i.source,
+        CASE WHEN i.mfa_enabled THEN 'mfa enabled' ELSE 'no mfa' END,
+        CASE WHEN NOT i.has_valid_credentials THEN 'credentials revoked' END,
+        CASE WHEN i.last_active_at IS NULL THEN 'never active'
+             WHEN i.last_active_at > now() - interval '30 days' THEN 'active this month'
+             WHEN i.last_active_at > now() - interval '90 days' THEN 'inactive 30 to 90 days'
+             WHEN i.last_active_at > now() - interval '365 days' THEN 'inactive 90 days to a year'
+             ELSE 'inactive over a year' END)
+$fn$;
+COMMENT ON FUNCTION custos_internal.identity_profile(@extschema@.identities) IS
+'Internal: the profile text an identity is embedded from (status, kind, privileges, roles, department, source, MFA, credentials, activity band); no name, e-mail or user id.';
+
+-- The model a tenant embeds with when none is named.
+CREATE FUNCTION custos_internal.embedding_model(model text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT coalesce(model, @extschema@.setting('ai.embedding_model') #>> '{}') $fn$;
+COMMENT ON FUNCTION custos_internal.embedding_model(text) IS
+'Internal: the model named, else the tenant''s ai.embedding_model.';
+
+-- The schema of a type, for naming pgvector's operators in queries built under a pinned
+-- search_path (pgvector may live in any schema).
+CREATE FUNCTION custos_internal.schema_of_type(t regtype) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT quote_ident(n.nspname) FROM pg_catalog.pg_type ty JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace WHERE ty.oid = t $fn$;
+COMMENT ON FUNCTION custos_internal.schema_of_type(regtype) IS
+'Internal: the (quoted) schema of a type, to name pgvector''s operators in queries built under a pinned search_path.';
+
+CREATE FUNCTION custos_internal.check_k(k integer) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF k IS NULL OR k < 1 OR k > 1000 THEN
+        RAISE EXCEPTION 'k must be between 1 and 1000, not %', coalesce(k::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'ask for at most 1000 neighbours; page through time ranges for more';
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.check_k(integer) IS 'Internal: raises 22023 unless 1 <= k <= 1000.';
+
+CREATE FUNCTION @extschema@.embed_identities(model text DEFAULT NULL)
+RETURNS TABLE (embedded bigint, unchanged bigint, removed bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    m text := custos_internal.embedding_model(model);
+    batch record;
+    n_embedded bigint := 0;
+BEGIN
+    -- Whatever the provider, 256 texts a batch: one request for providers that take batches.
+    FOR batch IN
+        WITH profiles AS (
+            SELECT i.user_id, p.text, sha256(convert_to(m || E'\n' || p.text, 'UTF8')) AS hash
+              FROM @extschema@.identities i
+             CROSS JOIN LATERAL (SELECT custos_internal.identity_profile(i) AS text) p
+             WHERE i.tenant_id = tenant),
+        stale AS (
+            SELECT p.*, row_number() OVER (ORDER BY p.user_id) - 1 AS n
+              FROM profiles p
+              LEFT JOIN @extschema@.identity_embeddings e
+                ON e.tenant_id = tenant AND e.user_id = p.user_id AND e.model = m
+             WHERE e.content_hash IS DISTINCT FROM p.hash)
+        SELECT array_agg(user_id ORDER BY n) AS ids, array_agg(text ORDER BY n) AS texts,
+               array_agg(hash ORDER BY n) AS hashes
+          FROM stale GROUP BY n / 256
+    LOOP
+        INSERT INTO @extschema@.identity_embeddings AS e (tenant_id, user_id, model, dims, content_hash, embedding)
+        SELECT tenant, batch.ids[v.n], m, array_length(v.e, 1), batch.hashes[v.n], v.e
+          FROM custos_internal.embed_texts(batch.texts, m) WITH ORDINALITY AS v (e, n)
+        ON CONFLICT (tenant_id, user_id, model) DO UPDATE
+           SET dims = excluded.dims, content_hash = excluded.content_hash,
+               embedded_at = now(), embedding = excluded.embedding;
+        n_embedded := n_embedded + array_length(batch.ids, 1);
+    END LOOP;
+    DELETE FROM @extschema@.identity_embeddings e
+     WHERE e.tenant_id = tenant AND e.model = m
+       AND NOT EXISTS (SELECT 1 FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = e.user_id);
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    embedded := n_embedded;
+    SELECT count(*) - n_embedded INTO unchanged
+      FROM @extschema@.identity_embeddings e WHERE e.tenant_id = tenant AND e.model = m;
+    RETURN NEXT;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.embed_identities(text) IS
+'Embeds the current tenant''s identities'' profiles (custos_internal.identity_profile) with model, else the tenant''s ai.embedding_model, in batches of 256; only those whose profile changed since they were embedded (content hash), and removes embeddings of identities that are gone. Returns (embedded, unchanged, removed).';
+
+-- The text an event is embedded from: its action, entity, severity and details (top-level keys
+-- and values as text, so that redaction sees each value as it is, not JSON-escaped). Sealed
+-- values (ledger.encrypt) are not opened: they read <sealed>, so neither a provider nor a vector
+-- ever holds their plaintext, and erasing a person leaves nothing of them here.
+CREATE FUNCTION custos_internal.event_text(action text, entity_type text, entity_id text, severity text, details jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT concat_ws('; ', action,
+                     entity_type || coalesce(' ' || CASE WHEN entity_id ~ '^enc[23][.]' THEN '<sealed>' ELSE entity_id END, ''),
+                     'severity ' || severity,
+                     (SELECT string_agg(d.key || ': ' || CASE WHEN d.value ~ '^enc[23][.]' THEN '<sealed>' ELSE d.value END,
+                                        '; ' ORDER BY d.key)
+                        FROM jsonb_each_text(CASE WHEN jsonb_typeof(details) = 'object' THEN details END) d))
+$fn$;
+COMMENT ON FUNCTION custos_internal.event_text(text, text, text, text, jsonb) IS
+'Internal: the text an event is embedded from (redacted before it is embedded; sealed values read <sealed>); never stored.';
+
+CREATE FUNCTION @extschema@.embed_events(since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL,
+                                         model text DEFAULT NULL)
+RETURNS TABLE (embedded bigint, unchanged bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    m text := custos_internal.embedding_model(model);
+    batch record;
+    n_embedded bigint := 0;
+    n_seen bigint := 0;
+BEGIN
+    FOR batch IN
+        WITH texts AS (
+            SELECT ev.seq, ev.occurred_at, ev.action,
+                   custos_internal.event_text(ev.action, ev.entity_type, ev.entity_id, ev.severity, ev.details) AS text
+              FROM @extschema@.events ev
+             WHERE ev.tenant_id = tenant
+               AND (since IS NULL OR ev.occurred_at >= since) AND (until IS NULL OR ev.occurred_at < until)),
+        hashed AS (
+            SELECT t.*, sha256(convert_to(m || E'\n' || t.text, 'UTF8')) AS hash FROM texts t),
+        stale AS (
+            SELECT h.*, row_number() OVER (ORDER BY h.seq) - 1 AS n, count(*) OVER () AS seen
+              FROM hashed h
+              LEFT JOIN @extschema@.event_embeddings e ON e.tenant_id = tenant AND e.seq = h.seq AND e.model = m
+             WHERE e.content_hash IS DISTINCT FROM h.hash)
+        SELECT array_agg(seq ORDER BY n) AS seqs, array_agg(occurred_at ORDER BY n) AS ats,
+               array_agg(action ORDER BY n) AS actions, array_agg(text ORDER BY n) AS texts,
+               array_agg(hash ORDER BY n) AS hashes
+          FROM stale GROUP BY n / 256
+    LOOP
+        INSERT INTO @extschema@.event_embeddings AS e (tenant_id, seq, occurred_at, action, model, dims, content_hash, embedding)
+        SELECT tenant, batch.seqs[v.n], batch.ats[v.n], batch.actions[v.n], m, array_length(v.e, 1), batch.hashes[v.n], v.e
+          FROM custos_internal.embed_texts(batch.texts, m) WITH ORDINALITY AS v (e, n)
+        ON CONFLICT (tenant_id, seq, model) DO UPDATE
+           SET dims = excluded.dims, content_hash = excluded.content_hash,
+               embedded_at = now(), embedding = excluded.embedding;
+        n_embedded := n_embedded + array_length(batch.seqs, 1);
+    END LOOP;
+    SELECT count(*) INTO n_seen FROM @extschema@.events ev
+     WHERE ev.tenant_id = tenant AND (since IS NULL OR ev.occurred_at >= since) AND (until IS NULL OR ev.occurred_at < until);
+    embedded := n_embedded;
+    unchanged := n_seen - n_embedded;
+    RETURN NEXT;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.embed_events(timestamptz, timestamptz, text) IS
+'Embeds the current tenant''s events that occurred in [since, until) (all when NULL) with model, else the tenant''s ai.embedding_model, in batches of 256; only those not embedded yet or whose text changed (content hash). The text (action, entity, severity, details) is redacted before embedding and never stored; sealed values are not opened (they read <sealed>). Returns (embedded, unchanged).';
+
+CREATE FUNCTION @extschema@.similar_users(user_id text, k integer DEFAULT 10, min_similarity double precision DEFAULT 0.0)
+RETURNS TABLE (similar_user_id text, similarity double precision, status text, department text,
+               is_privileged boolean, last_active_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = 'relaxed_order'
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    m text := custos_internal.embedding_model(NULL);
+    q @extschema@.identity_embeddings.embedding%TYPE;
+    d integer;
+BEGIN
+    PERFORM custos_internal.check_k(k);
+    SELECT e.embedding, e.dims INTO q, d FROM @extschema@.identity_embeddings e
+     WHERE e.tenant_id = tenant AND e.user_id = similar_users.user_id AND e.model = m;
+    IF q IS NULL THEN
+        RAISE EXCEPTION 'no embedding of identity "%" with model %', similar_users.user_id, m
+            USING ERRCODE = 'P0002', HINT = 'is the user id right? custos.embed_identities() embeds the tenant''s identities';
+    END IF;
+    -- The partial index of the dimension, when there is one (fixed by the cast), filtered by
+    -- tenant inside the scan; the candidates then re-ordered exactly. pgvector's type and
+    -- operator are named with their schema (the search_path is pinned).
+    RETURN QUERY EXECUTE format($q$
+        WITH near AS MATERIALIZED (
+            SELECT e.user_id, e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s) AS distance
+              FROM @extschema@.identity_embeddings e
+             WHERE e.tenant_id = $2 AND e.model = $3 AND e.dims = %1$s AND e.user_id <> $4
+             ORDER BY e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s)
+             LIMIT $5)
+        SELECT n.user_id, 1 - n.distance, i.status, i.department, i.is_privileged, i.last_active_at
+          FROM near n JOIN @extschema@.identities i ON i.tenant_id = $2 AND i.user_id = n.user_id
+         WHERE 1 - n.distance >= $6
+         ORDER BY n.distance, n.user_id$q$, d, pg_typeof(q), custos_internal.schema_of_type(pg_typeof(q)))
+    USING q, tenant, m, similar_users.user_id, k, coalesce(min_similarity, 0.0);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.similar_users(text, integer, double precision) IS
+'The k identities of the current tenant whose profiles are closest to user_id''s (cosine similarity of their embeddings by the tenant''s ai.embedding_model, at least min_similarity), nearest first. Needs custos.embed_identities. k from 1 to 1000.';
+
+-- The events nearest to q, opened, for the search functions (which log the read).
+CREATE FUNCTION custos_internal.nearest_events(tenant uuid, q vector, m text, k integer, since timestamptz,
+                                               until timestamptz, with_action text, by_actor text, except_seq bigint)
+RETURNS TABLE (seq bigint, id uuid, similarity double precision, occurred_at timestamptz, action text,
+               entity_type text, entity_id text, actor text, severity text, details jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = 'relaxed_order'
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    d integer := array_length(q::real[], 1);
+BEGIN
+    -- An actor may be sealed: it is compared once opened, after the nearest are found, so that
+    -- filter reads the tenant's events exactly instead of through the index.
+    RETURN QUERY EXECUTE format($q$
+        WITH near AS MATERIALIZED (
+            SELECT e.seq, e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s) AS distance
+              FROM @extschema@.event_embeddings e
+             WHERE e.tenant_id = $2 AND e.model = $3 AND e.dims = %1$s
+               AND ($5::timestamptz IS NULL OR e.occurred_at >= $5) AND ($6::timestamptz IS NULL OR e.occurred_at < $6)
+               AND ($7::text IS NULL OR e.action = $7) AND ($9::bigint IS NULL OR e.seq <> $9)
+             ORDER BY e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s)
+             LIMIT CASE WHEN $8::text IS NULL THEN $4 END)
+        SELECT o.seq, o.id, 1 - n.distance, o.occurred_at, o.action, o.entity_type, o.entity_id, o.actor,
+               o.severity, o.details
+          FROM near n JOIN custos_internal.opened_events o ON o.tenant_id = $2 AND o.seq = n.seq
+         WHERE $8::text IS NULL OR o.actor = $8
+         ORDER BY n.distance, o.seq
+         LIMIT $4$q$, d, pg_typeof(q), custos_internal.schema_of_type(pg_typeof(q)))
+    USING q, tenant, m, k, since, until, with_action, by_actor, except_seq;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.nearest_events(uuid, vector, text, integer, timestamptz, timestamptz, text, text, bigint) IS
+'Internal: the k events of a tenant nearest to a vector, filtered, opened; behind custos.search_events and custos.similar_events.';
+
+CREATE FUNCTION @extschema@.search_events(query text, k integer DEFAULT 20, since timestamptz DEFAULT NULL,
+                                          until timestamptz DEFAULT NULL, with_action text DEFAULT NULL, by_actor text DEFAULT NULL)
+RETURNS TABLE (seq bigint, id uuid, similarity double precision, occurred_at timestamptz, action text,
+               entity_type text, entity_id text, actor text, severity text, details jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    m text := custos_internal.embedding_model(NULL);
+    n bigint;
+BEGIN
+    PERFORM custos_internal.check_k(k);
+    IF query IS NULL OR btrim(query) = '' THEN
+        RAISE EXCEPTION 'the query is empty' USING ERRCODE = '22023', HINT = 'describe the events to find, for example ''exports of customer data at night''';
+    END IF;
+    RETURN QUERY SELECT * FROM custos_internal.nearest_events(tenant, @extschema@.embed(query, m), m, k, since, until,
+                                                              with_action, by_actor, NULL);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM custos_internal.log_access(tenant, 'custos.search_events',
+        jsonb_strip_nulls(jsonb_build_object('query', @extschema@.redact(query), 'k', k, 'since', since, 'until', until,
+                                             'with_action', with_action, 'by_actor', by_actor)), n);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.search_events(text, integer, timestamptz, timestamptz, text, text) IS
+'The k events of the current tenant nearest in meaning to query (embedded, redacted first, by the tenant''s ai.embedding_model; needs custos.embed_events), optionally in [since, until), of one action (with_action) or by one actor (by_actor, compared opened); sealed fields opened. Recorded in custos.access_log (the query redacted). k from 1 to 1000.';
+
+CREATE FUNCTION @extschema@.similar_events(event_id uuid, k integer DEFAULT 20)
+RETURNS TABLE (seq bigint, id uuid, similarity double precision, occurred_at timestamptz, action text,
+               entity_type text, entity_id text, actor text, severity text, details jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    m text := custos_internal.embedding_model(NULL);
+    s bigint := @extschema@.event_seq(event_id);
+    q @extschema@.event_embeddings.embedding%TYPE;
+    n bigint;
+BEGIN
+    PERFORM custos_internal.check_k(k);
+    SELECT e.embedding INTO q FROM @extschema@.event_embeddings e
+     WHERE e.tenant_id = tenant AND e.seq = s AND e.model = m;
+    IF q IS NULL THEN
+        PERFORM custos_internal.log_access(tenant, 'custos.similar_events', jsonb_build_object('id', event_id, 'k', k), 0);
+        RAISE EXCEPTION 'no embedding of event % in the current tenant with model %', event_id, m
+            USING ERRCODE = 'P0002', HINT = 'is the id right? custos.embed_events() embeds the tenant''s events';
+    END IF;
+    RETURN QUERY SELECT * FROM custos_internal.nearest_events(tenant, q, m, k, NULL, NULL, NULL, NULL, s);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM custos_internal.log_access(tenant, 'custos.similar_events', jsonb_build_object('id', event_id, 'k', k), n);
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.similar_events(uuid, integer) IS
+'The k events of the current tenant nearest to the event event_id (needs custos.embed_events), nearest first, sealed fields opened. Recorded in custos.access_log. k from 1 to 1000.';
+
+-- What leaves the ledger or the identities leaves the embeddings too.
+CREATE FUNCTION custos_internal.event_embeddings_removed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.event_embeddings_removed');
+    DELETE FROM @extschema@.event_embeddings ee USING custos_removed r
+     WHERE ee.tenant_id = r.tenant_id AND ee.seq = r.seq;
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.event_embeddings_removed() IS
+'Trigger of custos.events: the embeddings of the events retention removes go with them.';
+CREATE TRIGGER zz_event_embeddings_removed AFTER DELETE ON @extschema@.events
+    REFERENCING OLD TABLE AS custos_removed FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.event_embeddings_removed();
+
+CREATE FUNCTION custos_internal.identity_embeddings_removed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.identities', 'custos.identity_embeddings_removed');
+    DELETE FROM @extschema@.identity_embeddings ie USING custos_removed r
+     WHERE ie.tenant_id = r.tenant_id AND ie.user_id = r.user_id;
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.identity_embeddings_removed() IS
+'Trigger of custos.identities: a removed identity (custos.forget_subject among others) takes its embeddings along.';
+CREATE TRIGGER zz_identity_embeddings_removed AFTER DELETE ON @extschema@.identities
+    REFERENCING OLD TABLE AS custos_removed FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.identity_embeddings_removed();
+-- END search
+
 -- Triggers and event triggers 0.2.0 adds or changes.
 CREATE TRIGGER ledger_settings_check BEFORE INSERT OR UPDATE ON @extschema@.tenant_settings
     FOR EACH ROW EXECUTE FUNCTION custos_internal.ledger_settings_check();
@@ -2736,7 +3133,11 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.embed(text, text),
     @extschema@.embed_batch(text[], text),
     custos_internal.embed_texts(text[], text),
-    @extschema@.complete_json(text, jsonb)
+    @extschema@.complete_json(text, jsonb),
+    @extschema@.similar_users(text, integer, double precision),
+    custos_internal.embedding_model(text),
+    custos_internal.check_k(integer),
+    custos_internal.schema_of_type(regtype)
 TO custos_reader;
 
 GRANT EXECUTE ON FUNCTION
@@ -2756,7 +3157,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.event_seq(uuid),
     @extschema@.score_events(timestamptz, timestamptz),
     @extschema@.detect_anomalies(timestamptz, timestamptz, double precision),
-    @extschema@.anomaly_detection_rates(timestamptz, timestamptz)
+    @extschema@.anomaly_detection_rates(timestamptz, timestamptz),
+    @extschema@.search_events(text, integer, timestamptz, timestamptz, text, text),
+    @extschema@.similar_events(uuid, integer)
 TO custos_auditor;
 
 GRANT EXECUTE ON FUNCTION
@@ -2787,5 +3190,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.anomaly_feedback(bigint, boolean, text),
     @extschema@.register_ai_task(text, text, text, jsonb, text, integer, double precision),
     custos_internal.check_ai_task(text, jsonb),
-    custos_internal.check_redaction_pattern(text)
+    custos_internal.check_redaction_pattern(text),
+    @extschema@.embed_identities(text),
+    @extschema@.embed_events(timestamptz, timestamptz, text)
 TO custos_admin;

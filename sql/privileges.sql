@@ -46,7 +46,11 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.embed(text, text),
     @extschema@.embed_batch(text[], text),
     custos_internal.embed_texts(text[], text),
-    @extschema@.complete_json(text, jsonb)
+    @extschema@.complete_json(text, jsonb),
+    @extschema@.similar_users(text, integer, double precision),
+    custos_internal.embedding_model(text),
+    custos_internal.check_k(integer),
+    custos_internal.schema_of_type(regtype)
 TO custos_reader;
 
 -- Writers: recording events.
@@ -68,7 +72,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.event_seq(uuid),
     @extschema@.score_events(timestamptz, timestamptz),
     @extschema@.detect_anomalies(timestamptz, timestamptz, double precision),
-    @extschema@.anomaly_detection_rates(timestamptz, timestamptz)
+    @extschema@.anomaly_detection_rates(timestamptz, timestamptz),
+    @extschema@.search_events(text, integer, timestamptz, timestamptz, text, text),
+    @extschema@.similar_events(uuid, integer)
 TO custos_auditor;
 
 -- Exporters: bulk and per-subject exports.
@@ -103,5 +109,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.anomaly_feedback(bigint, boolean, text),
     @extschema@.register_ai_task(text, text, text, jsonb, text, integer, double precision),
     custos_internal.check_ai_task(text, jsonb),
-    custos_internal.check_redaction_pattern(text)
+    custos_internal.check_redaction_pattern(text),
+    @extschema@.embed_identities(text),
+    @extschema@.embed_events(timestamptz, timestamptz, text)
 TO custos_admin;

@@ -32,6 +32,7 @@ pub mod gucs;
 pub mod ledger;
 pub mod pg;
 pub mod protection;
+pub mod search;
 pub mod tenancy;
 
 ::pgrx::pg_module_magic!();
@@ -132,6 +133,12 @@ extension_sql_file!(
         ai::tasks::complete_json,
         ai::tasks::check_ai_task
     ]
+);
+
+extension_sql_file!(
+    "../sql/search.sql",
+    name = "search",
+    requires = ["ai", "protection", "dormant"]
 );
 
 // Every function's EXECUTE privilege, in one place (the README's privilege table mirrors it).

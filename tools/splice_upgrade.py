@@ -13,6 +13,7 @@ SECTIONS = [
      ["anomaly_scores_on_insert", "event_value_key", "if_assess", "if_explain", "if_score",
       "if_train", "invalidate_model_cache", "train_event_model"]),
     ("ai", "sql/ai.sql", ["check_ai_task", "check_redaction_pattern", "complete_json", "embed_texts", "redact"]),
+    ("search", "sql/search.sql", []),
 ]
 ANCHOR = "-- Triggers and event triggers 0.2.0 adds or changes."
 
