@@ -79,33 +79,39 @@ bench_search() {
 }
 
 # search_figures DB TYPE TABLE EXPR EXTRA: p50/p95 of 200 tenant-filtered top-10 searches through
-# the HNSW index (iterative scan), and their recall@10 against exact search.
+# the HNSW index as custos_internal.nearest_events runs them for a tenant of 1,000 vectors or more
+# (iterative scan, ef_search 200, the tenant compared as text so that the primary key is not
+# taken), their recall@10 against exact search, and the exact search's own latency.
 search_figures() {
   local db=$1 type=$2 table=$3 expr=$4 extra=$5
-  cpsql -d $db -At -c "SET hnsw.iterative_scan = 'relaxed_order'" -c "SET hnsw.ef_search = 100" -c "
-    CREATE TEMP TABLE runs AS SELECT 0 AS q, 0.0::float8 AS ms, 0.0::float8 AS recall LIMIT 0;
+  cpsql -d $db -At -c "SET hnsw.iterative_scan = 'relaxed_order'" -c "SET hnsw.ef_search = 200" -c "
+    CREATE TEMP TABLE runs AS SELECT 0 AS q, 0.0::float8 AS ms, 0.0::float8 AS recall, 0.0::float8 AS exact_ms LIMIT 0;
     DO \$\$ DECLARE t0 timestamptz; ann bigint[]; exact bigint[]; r record; BEGIN
       FOR r IN SELECT * FROM queries ORDER BY q LOOP
         t0 := clock_timestamp();
         SELECT array_agg(seq) INTO ann FROM (
           WITH near AS MATERIALIZED (
             SELECT e.seq, $expr <=> r.v::$type AS distance FROM $table e
-             WHERE e.tenant_id = r.tenant_id $extra ORDER BY $expr <=> r.v::$type LIMIT 10)
+             WHERE e.tenant_id::text = r.tenant_id::text $extra ORDER BY $expr <=> r.v::$type LIMIT 10)
           SELECT seq FROM near ORDER BY distance) s;
         INSERT INTO runs VALUES (r.q, extract(epoch FROM clock_timestamp() - t0) * 1000, 0);
         SET LOCAL enable_indexscan = off;
+        t0 := clock_timestamp();
         SELECT array_agg(seq) INTO exact FROM (
           SELECT e.seq FROM $table e WHERE e.tenant_id = r.tenant_id $extra
            ORDER BY e.embedding::vector(1024) <=> r.v LIMIT 10) s;
         RESET enable_indexscan;
-        UPDATE runs SET recall = (SELECT count(*) FROM unnest(ann) a WHERE a = ANY (exact)) / 10.0 WHERE runs.q = r.q;
+        UPDATE runs SET recall = (SELECT count(*) FROM unnest(ann) a WHERE a = ANY (exact)) / 10.0,
+                        exact_ms = extract(epoch FROM clock_timestamp() - t0) * 1000 WHERE runs.q = r.q;
       END LOOP; END \$\$;
-    SELECT format('%s %s %s', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
+    SELECT format('%s %s %s %s', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
                               round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 2),
-                              round(avg(recall)::numeric, 3)) FROM runs;" | tail -1 | {
-    read -r p50 p95 recall
+                              round(avg(recall)::numeric, 3),
+                              round(percentile_cont(0.95) WITHIN GROUP (ORDER BY exact_ms)::numeric, 2)) FROM runs;" | tail -1 | {
+    read -r p50 p95 recall exact95
     report "$type, one tenant of 10, top 10 through HNSW: p50" "$p50" "ms"
     report "  p95" "$p95" "ms" "the goal" 10
     report "  recall@10 against exact search" "$recall" "" "the goal" 0.95
+    report "  exact search of the tenant's 10,000 vectors: p95" "$exact95" "ms"
   }
 }

@@ -5,6 +5,7 @@
 ALTER FUNCTION @extschema@.embed_texts(text[], text) SET SCHEMA custos_internal;
 ALTER FUNCTION @extschema@.check_redaction_pattern(text) SET SCHEMA custos_internal;
 ALTER FUNCTION @extschema@.check_ai_task(text, jsonb) SET SCHEMA custos_internal;
+ALTER FUNCTION @extschema@.run_ai_task(text, jsonb) SET SCHEMA custos_internal;
 
 INSERT INTO @extschema@.setting_definitions (key, value_type, default_value, min_value, max_value, allowed_values, description) VALUES
     ('ai.provider', 'text', '"local"', NULL, NULL, ARRAY['local', 'bedrock', 'openai'],
@@ -291,3 +292,5 @@ COMMENT ON FUNCTION @extschema@.embed_batch(text[], text) IS
 
 COMMENT ON FUNCTION @extschema@.complete_json(text, jsonb) IS
 'Runs the AI task named task (custos.ai_tasks: the tenant''s own, else the shared one) on input and returns its answer, valid against the task''s JSON Schema. The prompt is redacted before it leaves the database and placeholders in the answer are mapped back. An invalid answer is repaired once; if it is still invalid, or the provider is unavailable (retries spent, breaker open), the rule-based answer is returned instead, with a NOTICE and outcome fallback in custos.ai_calls. Errors: 53400 when the monthly budget would be exceeded, 38000 when the provider refuses the request, 28000 without credentials.';
+COMMENT ON FUNCTION custos_internal.run_ai_task(text, jsonb) IS
+'Internal: what custos.complete_json does, with who answered (provider, model, prompt version, and fallback when the rule-based answerer did): for custos'' own analyses.';

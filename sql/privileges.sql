@@ -50,7 +50,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.similar_users(text, integer, double precision),
     custos_internal.embedding_model(text),
     custos_internal.check_k(integer),
-    custos_internal.schema_of_type(regtype)
+    custos_internal.schema_of_type(regtype),
+    custos_internal.large_enough_for_hnsw(bigint)
 TO custos_reader;
 
 -- Writers: recording events.
@@ -74,7 +75,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.detect_anomalies(timestamptz, timestamptz, double precision),
     @extschema@.anomaly_detection_rates(timestamptz, timestamptz),
     @extschema@.search_events(text, integer, timestamptz, timestamptz, text, text),
-    @extschema@.similar_events(uuid, integer)
+    @extschema@.similar_events(uuid, integer),
+    @extschema@.analyze_dormant_user(text)
 TO custos_auditor;
 
 -- Exporters: bulk and per-subject exports.

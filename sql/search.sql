@@ -90,6 +90,18 @@ AS $fn$ SELECT quote_ident(n.nspname) FROM pg_catalog.pg_type ty JOIN pg_catalog
 COMMENT ON FUNCTION custos_internal.schema_of_type(regtype) IS
 'Internal: the (quoted) schema of a type, to name pgvector''s operators in queries built under a pinned search_path.';
 
+-- Whether a search of a tenant's rows should go through the HNSW index rather than read them all
+-- exactly: past a thousand rows (a few milliseconds of exact distances) the index wins; below,
+-- exact search is as fast and returns every neighbour however small the tenant's share of the
+-- index. The planner, seeing the tenant's rows at the head of the primary key, keeps choosing the
+-- exact path long after the index would be 40 times faster (bench/search.sh).
+CREATE FUNCTION custos_internal.large_enough_for_hnsw(n_rows bigint) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT n_rows >= 1000 $fn$;
+COMMENT ON FUNCTION custos_internal.large_enough_for_hnsw(bigint) IS
+'Internal: whether a tenant with this many vectors of a model is searched through the HNSW index (else exactly).';
+
 CREATE FUNCTION custos_internal.check_k(k integer) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -229,6 +241,7 @@ RETURNS TABLE (similar_user_id text, similarity double precision, status text, d
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET hnsw.iterative_scan = 'relaxed_order'
+SET hnsw.ef_search = 200
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -236,6 +249,7 @@ DECLARE
     m text := custos_internal.embedding_model(NULL);
     q @extschema@.identity_embeddings.embedding%TYPE;
     d integer;
+    tenant_rows bigint;
 BEGIN
     PERFORM custos_internal.check_k(k);
     SELECT e.embedding, e.dims INTO q, d FROM @extschema@.identity_embeddings e
@@ -244,20 +258,24 @@ BEGIN
         RAISE EXCEPTION 'no embedding of identity "%" with model %', similar_users.user_id, m
             USING ERRCODE = 'P0002', HINT = 'is the user id right? custos.embed_identities() embeds the tenant''s identities';
     END IF;
-    -- The partial index of the dimension, when there is one (fixed by the cast), filtered by
-    -- tenant inside the scan; the candidates then re-ordered exactly. pgvector's type and
-    -- operator are named with their schema (the search_path is pinned).
+    SELECT count(*) INTO tenant_rows
+      FROM (SELECT 1 FROM @extschema@.identity_embeddings e WHERE e.tenant_id = tenant LIMIT 1000) x;
+    -- Large tenants: the partial index of the dimension (fixed by the cast), filtered by tenant
+    -- inside the scan, the candidates then re-ordered exactly; the tenant is compared as text so
+    -- that the planner cannot take the primary key instead. Small ones: exactly. pgvector's type
+    -- and operator are named with their schema (the search_path is pinned).
     RETURN QUERY EXECUTE format($q$
         WITH near AS MATERIALIZED (
             SELECT e.user_id, e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s) AS distance
               FROM @extschema@.identity_embeddings e
-             WHERE e.tenant_id = $2 AND e.model = $3 AND e.dims = %1$s AND e.user_id <> $4
+             WHERE %4$s AND e.model = $3 AND e.dims = %1$s AND e.user_id <> $4
              ORDER BY e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s)
              LIMIT $5)
         SELECT n.user_id, 1 - n.distance, i.status, i.department, i.is_privileged, i.last_active_at
           FROM near n JOIN @extschema@.identities i ON i.tenant_id = $2 AND i.user_id = n.user_id
          WHERE 1 - n.distance >= $6
-         ORDER BY n.distance, n.user_id$q$, d, pg_typeof(q), custos_internal.schema_of_type(pg_typeof(q)))
+         ORDER BY n.distance, n.user_id$q$, d, pg_typeof(q), custos_internal.schema_of_type(pg_typeof(q)),
+        CASE WHEN custos_internal.large_enough_for_hnsw(tenant_rows) THEN 'e.tenant_id::text = $2::text' ELSE 'e.tenant_id = $2' END)
     USING q, tenant, m, similar_users.user_id, k, coalesce(min_similarity, 0.0);
 END
 $fn$;
@@ -272,18 +290,22 @@ RETURNS TABLE (seq bigint, id uuid, similarity double precision, occurred_at tim
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET hnsw.iterative_scan = 'relaxed_order'
+SET hnsw.ef_search = 200
 AS $fn$
 #variable_conflict use_column
 DECLARE
     d integer := array_length(q::real[], 1);
+    tenant_rows bigint;
 BEGIN
+    SELECT count(*) INTO tenant_rows
+      FROM (SELECT 1 FROM @extschema@.event_embeddings e WHERE e.tenant_id = tenant LIMIT 1000) x;
     -- An actor may be sealed: it is compared once opened, after the nearest are found, so that
     -- filter reads the tenant's events exactly instead of through the index.
     RETURN QUERY EXECUTE format($q$
         WITH near AS MATERIALIZED (
             SELECT e.seq, e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s) AS distance
               FROM @extschema@.event_embeddings e
-             WHERE e.tenant_id = $2 AND e.model = $3 AND e.dims = %1$s
+             WHERE %4$s AND e.model = $3 AND e.dims = %1$s
                AND ($5::timestamptz IS NULL OR e.occurred_at >= $5) AND ($6::timestamptz IS NULL OR e.occurred_at < $6)
                AND ($7::text IS NULL OR e.action = $7) AND ($9::bigint IS NULL OR e.seq <> $9)
              ORDER BY e.embedding::%2$s(%1$s) OPERATOR(%3$s.<=>) $1::%2$s(%1$s)
@@ -293,7 +315,9 @@ BEGIN
           FROM near n JOIN custos_internal.opened_events o ON o.tenant_id = $2 AND o.seq = n.seq
          WHERE $8::text IS NULL OR o.actor = $8
          ORDER BY n.distance, o.seq
-         LIMIT $4$q$, d, pg_typeof(q), custos_internal.schema_of_type(pg_typeof(q)))
+         LIMIT $4$q$, d, pg_typeof(q), custos_internal.schema_of_type(pg_typeof(q)),
+        CASE WHEN custos_internal.large_enough_for_hnsw(tenant_rows) AND by_actor IS NULL
+             THEN 'e.tenant_id::text = $2::text' ELSE 'e.tenant_id = $2' END)
     USING q, tenant, m, k, since, until, with_action, by_actor, except_seq;
 END
 $fn$;

@@ -29,6 +29,7 @@ pub mod crypto;
 pub mod dormant;
 pub mod error;
 pub mod gucs;
+pub mod insights;
 pub mod ledger;
 pub mod pg;
 pub mod protection;
@@ -131,6 +132,7 @@ extension_sql_file!(
         ai::embed_texts,
         ai::check_redaction_pattern,
         ai::tasks::complete_json,
+        ai::tasks::run_ai_task,
         ai::tasks::check_ai_task
     ]
 );
@@ -139,6 +141,12 @@ extension_sql_file!(
     "../sql/search.sql",
     name = "search",
     requires = ["ai", "protection", "dormant"]
+);
+
+extension_sql_file!(
+    "../sql/insights.sql",
+    name = "insights",
+    requires = ["search"]
 );
 
 // Every function's EXECUTE privilege, in one place (the README's privilege table mirrors it).

@@ -12,8 +12,10 @@ SECTIONS = [
     ("anomaly", "sql/anomaly.sql",
      ["anomaly_scores_on_insert", "event_value_key", "if_assess", "if_explain", "if_score",
       "if_train", "invalidate_model_cache", "train_event_model"]),
-    ("ai", "sql/ai.sql", ["check_ai_task", "check_redaction_pattern", "complete_json", "embed_texts", "redact"]),
+    ("ai", "sql/ai.sql", ["check_ai_task", "check_redaction_pattern", "complete_json", "embed_texts", "redact",
+                            "run_ai_task"]),
     ("search", "sql/search.sql", []),
+    ("insights", "sql/insights.sql", []),
 ]
 ANCHOR = "-- Triggers and event triggers 0.2.0 adds or changes."
 

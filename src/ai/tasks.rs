@@ -119,9 +119,43 @@ fn json_strings<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
     }
 }
 
+/// A task's answer and how it came about.
+struct Ran {
+    answer: Value,
+    provider: &'static str,
+    model: String,
+    version: i32,
+    /// The rule-based answer: the provider is local, or failed.
+    fallback: bool,
+}
+
 /// `custos.complete_json`: runs task `task` on `input` and returns its schema-valid answer.
 #[pg_extern(volatile, parallel_unsafe)]
 fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
+    JsonB(run(task, input).answer)
+}
+
+/// `custos_internal.run_ai_task`: what custos.complete_json does, with who answered: for custos'
+/// own analyses, which store the provider, model, prompt version and whether rules answered.
+#[pg_extern(volatile, parallel_unsafe)]
+fn run_ai_task(
+    task: Option<&str>,
+    input: Option<JsonB>,
+) -> TableIterator<
+    'static,
+    (
+        name!(answer, JsonB),
+        name!(provider, String),
+        name!(model, String),
+        name!(prompt_version, i32),
+        name!(fallback, bool),
+    ),
+> {
+    let r = run(task, input);
+    TableIterator::once((JsonB(r.answer), r.provider.to_string(), r.model, r.version, r.fallback))
+}
+
+fn run(task: Option<&str>, input: Option<JsonB>) -> Ran {
     let name =
         task.unwrap_or_else(|| raise(ERRCODE_NULL_VALUE_NOT_ALLOWED, "task cannot be NULL", None));
     let input = input
@@ -186,7 +220,13 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
                 Some("give such fields an enum, a default or looser limits"),
             );
         }
-        return JsonB(answer);
+        return Ran {
+            answer,
+            provider: ProviderKind::Local.name(),
+            model,
+            version: task.version,
+            fallback: true,
+        };
     }
 
     // Every string is redacted on its own (prompt, template, schema, each value of the input),
@@ -267,15 +307,22 @@ fn complete_json(task: Option<&str>, input: Option<JsonB>) -> JsonB {
             })
         }
     });
+    let ran = |answer: Value, fallback: bool| Ran {
+        answer,
+        provider: provider.kind().name(),
+        model: model.clone(),
+        version: task.version,
+        fallback,
+    };
     let fall_back = |why: &str| {
         record(&usage, "fallback", Some(why));
         pgrx::notice!("custos: task \"{name}\" answered by rules (fallback): {why}");
-        JsonB(fallback())
+        ran(fallback(), true)
     };
     match outcome {
         Ok(Ok(answer)) => {
             record(&usage, "ok", None);
-            JsonB(answer)
+            ran(answer, false)
         }
         Ok(Err(errors)) => fall_back(&format!(
             "the answer was invalid twice: {}",

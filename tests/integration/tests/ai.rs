@@ -660,3 +660,72 @@ fn tenants_settings_and_calls_stay_apart_through_postgrest() {
     .unwrap_err();
     assert_eq!(sqlstate(&err), "42501", "{err:?}");
 }
+
+#[test]
+fn a_dormant_account_is_analysed_by_the_model_and_the_answer_stored_with_who_gave_it() {
+    let mock = MockBedrock::start(MockConfig::default());
+    let (_db, mut c) = setup("ai_analysis", &mock);
+    bedrock(&mut c, ACME, &mock, &[]);
+    as_tenant(
+        &mut c,
+        ACME,
+        "SELECT custos.upsert_identities(jsonb_build_array(jsonb_build_object('user_id', 'old_admin',
+           'roles', jsonb_build_array('admin'), 'is_privileged', true, 'last_active_at', now() - interval '400 days')))",
+    )
+    .unwrap();
+    mock.set_answer(
+        r#"{"risk_score": 0.92, "risk_level": "critical", "summary": "<PERSON_1> holds admin rights unused for 400 days.",
+            "insights": ["privileged and dormant"],
+            "recommendations": [{"action": "Disable <PERSON_1>", "priority": "urgent", "rationale": "Unused admin rights."}]}"#,
+    );
+    let analyse = |c: &mut Client| {
+        as_tenant(
+            c,
+            ACME,
+            "SELECT risk_score, risk_level, summary, fallback, provider, model, prompt_version, recommendations
+               FROM custos.analyze_dormant_user('old_admin')",
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let row = analyse(&mut c);
+    assert_eq!(row.get::<_, f64>(0), 0.92);
+    assert_eq!(row.get::<_, String>(1), "critical");
+    assert_eq!(
+        row.get::<_, String>(2),
+        "old_admin holds admin rights unused for 400 days."
+    );
+    assert!(!row.get::<_, bool>(3));
+    assert_eq!(
+        (row.get::<_, String>(4), row.get::<_, String>(5)),
+        ("bedrock".into(), HAIKU.into())
+    );
+    assert_eq!(row.get::<_, String>(6), "analyze_dormant_user@1");
+    assert_eq!(row.get::<_, Value>(7)[0]["action"], "Disable old_admin");
+    // The user id went out as a placeholder.
+    let sent = String::from_utf8_lossy(&mock.requests()[0].body).into_owned();
+    assert!(
+        !sent.contains("old_admin") && sent.contains("<PERSON_1>"),
+        "{sent:.400}"
+    );
+    // Invalid twice: the analysis by rules, marked as such, with the deterministic level.
+    mock.set_answer("not json at all");
+    let row = analyse(&mut c);
+    assert!(row.get::<_, bool>(3));
+    let deterministic: String = as_tenant(
+        &mut c,
+        ACME,
+        "SELECT risk_level FROM custos.dormant_users() WHERE user_id = 'old_admin'",
+    )
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(row.get::<_, String>(1), deterministic);
+    let history: i64 = as_tenant(
+        &mut c,
+        ACME,
+        "SELECT count(*) FROM custos.rag_analysis_history",
+    )
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(history, 2);
+}
