@@ -152,7 +152,13 @@ fn run_ai_task(
     ),
 > {
     let r = run(task, input);
-    TableIterator::once((JsonB(r.answer), r.provider.to_string(), r.model, r.version, r.fallback))
+    TableIterator::once((
+        JsonB(r.answer),
+        r.provider.to_string(),
+        r.model,
+        r.version,
+        r.fallback,
+    ))
 }
 
 fn run(task: Option<&str>, input: Option<JsonB>) -> Ran {
