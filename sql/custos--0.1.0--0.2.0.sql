@@ -3380,7 +3380,9 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.embedding_model(text),
     custos_internal.check_k(integer),
     custos_internal.schema_of_type(regtype),
-    custos_internal.large_enough_for_hnsw(bigint)
+    custos_internal.large_enough_for_hnsw(bigint),
+    custos_internal.prefer_hnsw(boolean),
+    custos_internal.restore_planner(text)
 TO custos_reader;
 
 GRANT EXECUTE ON FUNCTION
