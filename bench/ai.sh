@@ -89,6 +89,30 @@ PY
   report "custos.complete_json via Bedrock (Claude 3 Haiku), per call" "$ms" "ms"
   report "  overhead beyond the model's 200 ms" "$(awk -v ms="$ms" 'BEGIN {printf "%.2f", ms - 200}')" "ms" "the goal" 5
   report "floor: the mock's own overhead, from a plain HTTP client" "$floor" "ms"
+  # custos.analyze_dormant_user: the context gathered (profile, deterministic risk, similar
+  # accounts), one call, the answer validated and stored twice; a mock of its own answers it.
+  local mock2_pid url2 analysis
+  analysis='{"risk_score": 0.9, "risk_level": "critical", "summary": "<PERSON_1> holds admin rights unused for a year.", "insights": ["privileged and dormant"], "recommendations": [{"action": "Disable <PERSON_1>", "priority": "urgent", "rationale": "Unused admin rights."}]}'
+  "$ROOT/tests/integration/target/release/mock-bedrock" --delay-ms 200 --answer "$analysis" >"$CLUSTER_DIR/mock2.url" &
+  mock2_pid=$!
+  for _ in $(seq 50); do [ -s "$CLUSTER_DIR/mock2.url" ] && break; sleep 0.1; done
+  url2=$(head -1 "$CLUSTER_DIR/mock2.url")
+  cpsql -d $db -c "ALTER DATABASE $db SET custos.ai_allowed_endpoints = '$url, $url2'" >/dev/null
+  local tenant2="SELECT custos.set_tenant('00000000-0000-4000-8000-0000000a1b02');"
+  cpsql -d $db -c "BEGIN; $tenant2
+    SELECT custos.set_setting('ai.provider', '\"bedrock\"'), custos.set_setting('ai.endpoint', '\"$url2\"'),
+           custos.set_setting('ai.chat_model', '\"anthropic.claude-3-haiku-20240307-v1:0\"');
+    SELECT custos.upsert_identities((SELECT jsonb_agg(jsonb_build_object('user_id', 'user' || g, 'department', 'dept' || (g % 5),
+             'roles', jsonb_build_array('role' || (g % 7)), 'is_privileged', g % 10 = 0,
+             'last_active_at', now() - (g % 400) * interval '1 day')) FROM generate_series(1, 2000) g));
+    SELECT * FROM custos.embed_identities('local-lexical-384');
+    COMMIT;" >/dev/null
+  tenant=$tenant2
+  ms=$(per_call "SELECT * FROM custos.analyze_dormant_user('user@G@0');")
+  report "custos.analyze_dormant_user via Bedrock (Claude 3 Haiku), per call" "$ms" "ms"
+  report "  overhead beyond the model's 200 ms" "$(awk -v ms="$ms" 'BEGIN {printf "%.2f", ms - 200}')" "ms" "the goal" 20
+  kill $mock2_pid 2>/dev/null || true
+  tenant="SELECT custos.set_tenant('00000000-0000-4000-8000-0000000a1b01');"
   cpsql -d $db -At -c "BEGIN; $tenant SELECT format('  logged: %s calls, %s tokens, \$%s, outcomes %s', count(*), sum(tokens_in + tokens_out), sum(cost_usd), string_agg(DISTINCT outcome, ',')) FROM custos.ai_calls; COMMIT;" | tail -1
   kill $mock_pid 2>/dev/null || true
 }
