@@ -178,9 +178,11 @@ fn tasks_are_versioned_and_their_schemas_must_be_fillable_by_the_fallback() {
         0
     );
     assert_eq!(
-        count("SELECT count(*) FROM custos.ai_tasks WHERE builtin"),
-        2
+        count("SELECT count(*) FROM custos.ai_tasks WHERE builtin AND tenant_id IS NULL"),
+        count("SELECT count(*) FROM custos.ai_tasks WHERE tenant_id IS NULL"),
+        "the shared tasks are the built-in ones"
     );
+    assert!(count("SELECT count(*) FROM custos.ai_tasks WHERE name = 'triage_alert'") == 1);
     assert_error(
         "SELECT custos.complete_json('classify', '{}')",
         "42704",
