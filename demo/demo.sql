@@ -309,3 +309,22 @@ SELECT jsonb_pretty(custos.complete_json('triage_alert', jsonb_build_object(
          'alert', 'Critical: 12 accounts deleted by user7 at 03:00 from 198.51.100.23',
          'events', (SELECT jsonb_agg(action) FROM custos.events WHERE action = 'delete_user')))) AS triage;
 COMMIT;
+
+\echo ''
+\echo '== 14. Similarity search and a dormant account analysed (offline embeddings and rules here;'
+\echo '   Titan and Claude on Bedrock when the tenant sets ai.provider)'
+BEGIN;
+SELECT custos.set_tenant('a1000000-0000-4000-8000-000000000001') \gset
+SELECT embedded AS identities_embedded FROM custos.embed_identities();
+SELECT embedded AS events_embedded FROM custos.embed_events();
+\echo '   accounts whose profiles look like root-admin''s (never names or e-mails: roles, department, activity):'
+SELECT similar_user_id, round(similarity::numeric, 3) AS similarity, status, department
+  FROM custos.similar_users('root-admin', 3);
+\echo '   events nearest in meaning to a question (each search is in the access log):'
+SELECT seq, action, entity_type, round(similarity::numeric, 3) AS similarity
+  FROM custos.search_events('someone signed in', 3);
+\echo '   root-admin analysed: its deterministic risk, the reasons, and what to do about it:'
+SELECT risk_level, round(risk_score::numeric, 3) AS risk_score, summary, fallback, prompt_version,
+       (SELECT string_agg(r->>'priority' || ': ' || (r->>'action'), E'\n') FROM jsonb_array_elements(recommendations) r) AS recommendations
+  FROM custos.analyze_dormant_user('root-admin');
+COMMIT;
