@@ -106,19 +106,22 @@ struct Facts {
 }
 
 fn facts(input: &Value) -> Facts {
-    fn walk(v: &Value, f: &mut Facts) {
+    // Each string once: a list of twelve identical actions says it once in a summary.
+    fn walk<'v>(v: &'v Value, f: &mut Facts, seen: &mut std::collections::HashSet<&'v str>) {
         match v {
             Value::String(s) => {
-                if !f.text.is_empty() {
-                    f.text.push_str(". ");
+                if seen.insert(s) {
+                    if !f.text.is_empty() {
+                        f.text.push_str(". ");
+                    }
+                    f.text.push_str(s);
                 }
-                f.text.push_str(s);
             }
             Value::Array(a) => {
                 f.largest_list = f.largest_list.max(a.len());
-                a.iter().for_each(|x| walk(x, f));
+                a.iter().for_each(|x| walk(x, f, seen));
             }
-            Value::Object(o) => o.values().for_each(|x| walk(x, f)),
+            Value::Object(o) => o.values().for_each(|x| walk(x, f, seen)),
             _ => {}
         }
     }
@@ -126,7 +129,7 @@ fn facts(input: &Value) -> Facts {
         text: String::new(),
         largest_list: 0,
     };
-    walk(input, &mut f);
+    walk(input, &mut f, &mut std::collections::HashSet::new());
     f
 }
 
