@@ -109,13 +109,11 @@ fn facts(input: &Value) -> Facts {
     // Each string once: a list of twelve identical actions says it once in a summary.
     fn walk<'v>(v: &'v Value, f: &mut Facts, seen: &mut std::collections::HashSet<&'v str>) {
         match v {
-            Value::String(s) => {
-                if seen.insert(s) {
-                    if !f.text.is_empty() {
-                        f.text.push_str(". ");
-                    }
-                    f.text.push_str(s);
+            Value::String(s) if seen.insert(s) => {
+                if !f.text.is_empty() {
+                    f.text.push_str(". ");
                 }
+                f.text.push_str(s);
             }
             Value::Array(a) => {
                 f.largest_list = f.largest_list.max(a.len());
