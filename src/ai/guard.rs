@@ -144,6 +144,21 @@ fn slot_index<T>(
     (oldest, false)
 }
 
+/// The slot of (tenant, provider) among the breakers ([`slot_index`]).
+fn breaker_slot(
+    breakers: &[BreakerSlot],
+    tenant: &[u8; 16],
+    provider: ProviderKind,
+) -> (Option<usize>, bool) {
+    slot_index(
+        breakers,
+        |s| s.database == database() && s.tenant == *tenant && s.provider == provider.index(),
+        |s| s.used,
+        // A closed breaker without failures says nothing: it may be given up.
+        |s| (s.state == 0 && s.failures == 0).then_some(s.last_ms),
+    )
+}
+
 /// Refuses a call while the breaker of (tenant, provider) is open: the caller gets the time it
 /// may try again. Admitting a probe moves an open breaker to half-open.
 pub fn admit(cfg: &AiConfig, provider: ProviderKind) -> Result<(), i64> {
@@ -153,13 +168,7 @@ pub fn admit(cfg: &AiConfig, provider: ProviderKind) -> Result<(), i64> {
     let cool_down = cfg.breaker_cool_down_ms;
     if shared() {
         let mut state = SHARED.exclusive();
-        let (index, found) = slot_index(
-            &state.breakers,
-            |s| s.database == database() && s.tenant == tenant && s.provider == provider.index(),
-            |s| s.used,
-            // A closed breaker without failures says nothing: it may be given up.
-            |s| (s.state == 0 && s.failures == 0).then_some(s.last_ms),
-        );
+        let (index, found) = breaker_slot(&state.breakers, &tenant, provider);
         let Some(i) = index else {
             return Ok(());
         };
@@ -191,12 +200,7 @@ pub fn record(cfg: &AiConfig, provider: ProviderKind, success: bool) {
     let (threshold, cool_down) = (cfg.breaker_failures, cfg.breaker_cool_down_ms);
     if shared() {
         let mut state = SHARED.exclusive();
-        let (index, found) = slot_index(
-            &state.breakers,
-            |s| s.database == database() && s.tenant == tenant && s.provider == provider.index(),
-            |s| s.used,
-            |s| (s.state == 0 && s.failures == 0).then_some(s.last_ms),
-        );
+        let (index, found) = breaker_slot(&state.breakers, &tenant, provider);
         // A success with no slot changes nothing; a failure takes one (else it goes uncounted).
         let Some(i) = index.filter(|_| found || !success) else {
             return;

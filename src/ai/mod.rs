@@ -166,7 +166,10 @@ fn embed_texts(
             });
         return SetOfIterator::new(out.vectors);
     }
-    let tenant = require_tenant_for_calls(provider_name);
+    let tenant = require_tenant(
+        &format!("calls to {provider_name} need a tenant: they are budgeted and logged per tenant"),
+        "call custos.set_tenant(uuid) first, or use a local-* model",
+    );
     let estimate: u64 = sent
         .iter()
         .map(|t| custos_core::ai::provider::estimate_tokens(t))
@@ -213,20 +216,12 @@ fn embed_texts(
     SetOfIterator::new(vectors.unwrap_or_default())
 }
 
-/// The current tenant, which every call that leaves the database needs (budgets, breakers and
-/// the log are the tenant's); 42501 without one.
-fn require_tenant_for_calls(provider: &str) -> [u8; 16] {
+/// The current tenant, which AI calls need (tasks, budgets, breakers and the log are the
+/// tenant's); without one, 42501 with `message` and `hint`.
+fn require_tenant(message: &str, hint: &str) -> [u8; 16] {
     crate::tenancy::current_tenant_id()
         .map(|t| *t.as_bytes())
-        .unwrap_or_else(|| {
-            raise(
-                ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "calls to {provider} need a tenant: they are budgeted and logged per tenant"
-                ),
-                Some("call custos.set_tenant(uuid) first, or use a local-* model"),
-            )
-        })
+        .unwrap_or_else(|| raise(ERRCODE_INSUFFICIENT_PRIVILEGE, message, Some(hint)))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

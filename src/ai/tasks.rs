@@ -175,15 +175,10 @@ fn run(task: Option<&str>, input: Option<JsonB>) -> Ran {
             Some("pass a smaller document, for example fewer events"),
         );
     }
-    let tenant = crate::tenancy::current_tenant_id()
-        .map(|t| *t.as_bytes())
-        .unwrap_or_else(|| {
-            raise(
-                ERRCODE_INSUFFICIENT_PRIVILEGE,
-                "custos.complete_json needs a tenant: tasks, budgets and the log are the tenant's",
-                Some("call custos.set_tenant(uuid) first"),
-            )
-        });
+    let tenant = super::require_tenant(
+        "custos.complete_json needs a tenant: tasks, budgets and the log are the tenant's",
+        "call custos.set_tenant(uuid) first",
+    );
     let cfg = AiConfig::current();
     let task = load_task(name, tenant);
     let schema = AnswerSchema::compile(&task.schema).unwrap_or_else(|e| {
