@@ -117,7 +117,12 @@ fn key_file(dir: &Path, name: &str, key: &str) -> String {
 
 fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
     c.query_one(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{sql}: {}",
+                e.as_db_error().map_or(e.to_string(), |d| d.to_string())
+            )
+        })
         .get(0)
 }
 
@@ -748,15 +753,16 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
         ))
         .unwrap();
     }
-    let events: i64 = one(&mut su, "SELECT count(*) FROM custos.events");
-    let keys_sent: i64 = one(&mut su, "SELECT count(*) FROM custos.data_keys");
+    // Each table is copied by its own sync worker: wait for every published table.
+    let published = "SELECT array[(SELECT count(*) FROM custos.events),
+                                  (SELECT count(*) FROM custos.checkpoints),
+                                  (SELECT count(*) FROM custos.chain_anchors),
+                                  (SELECT count(*) FROM custos.data_keys),
+                                  (SELECT count(*) FROM custos.subject_keys)]";
+    let sent: Vec<i64> = one(&mut su, published);
     let mut r = subscriber.connect("replica");
-    // Each table is copied by its own sync worker: wait for the keys as well as the events.
     assert!(
-        within_30s(
-            || one::<i64>(&mut r, "SELECT count(*) FROM custos.events") == events
-                && one::<i64>(&mut r, "SELECT count(*) FROM custos.data_keys") == keys_sent
-        ),
+        within_30s(|| one::<Vec<i64>>(&mut r, published) == sent),
         "the initial copy never arrived: {}",
         subscriber.log()
     );
@@ -805,7 +811,7 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
     assert!(within_30s(|| one::<i64>(
         &mut k,
         "SELECT count(*) FROM custos.events"
-    ) >= events));
+    ) >= sent[0]));
     let e = k
         .query_one(
             &format!("SELECT ip_address FROM custos_internal.opened_events WHERE tenant_id = '{A}' AND action = 'login'"),
