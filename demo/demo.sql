@@ -327,4 +327,10 @@ SELECT seq, action, entity_type, round(similarity::numeric, 3) AS similarity
 SELECT risk_level, round(risk_score::numeric, 3) AS risk_score, summary, fallback, prompt_version,
        (SELECT string_agg(r->>'priority' || ': ' || (r->>'action'), E'\n') FROM jsonb_array_elements(recommendations) r) AS recommendations
   FROM custos.analyze_dormant_user('root-admin');
+\echo '   the most severe event explained (sealed values stay sealed; related events around it):'
+SELECT significance, what_happened, why_it_matters, jsonb_array_length(related_events) AS related
+  FROM custos.explain_event((SELECT id FROM custos.events WHERE tenant_id = custos.current_tenant() ORDER BY custos_internal.severity_rank(severity) DESC, seq DESC LIMIT 1));
+\echo '   the last week summarised: statistics computed in SQL, the narrative by rules offline:'
+SELECT risk, summary, jsonb_pretty(highlights) AS highlights
+  FROM custos.summarize('weekly');
 COMMIT;

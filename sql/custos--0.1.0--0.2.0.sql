@@ -1006,7 +1006,8 @@ BEGIN
         'identities', coalesce((SELECT jsonb_agg(to_jsonb(i) - 'risk_key') FROM @extschema@.identities i
                                  WHERE i.tenant_id = tenant AND i.user_id = subject), '[]'),
         'keys', coalesce((SELECT jsonb_agg(jsonb_build_object('id', k.id, 'created_at', k.created_at, 'retired_at', k.retired_at))
-                            FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = export_subject.subject), '[]'))
+                            FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = export_subject.subject), '[]'),
+        'insights', custos_internal.subject_insights(tenant, subject))
       INTO doc;
     n := jsonb_array_length(doc->'events') + jsonb_array_length(doc->'identities');
     IF n = 0 AND jsonb_array_length(doc->'keys') = 0 THEN
@@ -1019,7 +1020,7 @@ END
 $fn$;
 
 COMMENT ON FUNCTION @extschema@.export_subject(uuid, text) IS
-'Everything the tenant holds about a person (events they acted in or that name them, with sealed fields opened; their identity record; their keys) as one JSON document, for a GDPR access request. For custos_exporter; recorded in custos.access_log.';
+'Everything the tenant holds about a person (events they acted in or that name them, with sealed fields opened; their identity record; their keys; the analyses of their account and the embeddings of their profile, without the vectors) as one JSON document, for a GDPR access request. For custos_exporter; recorded in custos.access_log.';
 
 CREATE OR REPLACE FUNCTION @extschema@.forget_subject(tenant uuid, subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -2901,16 +2902,36 @@ COMMENT ON FUNCTION @extschema@.embed_identities(text) IS
 -- and values as text, so that redaction sees each value as it is, not JSON-escaped). Sealed
 -- values (ledger.encrypt) are not opened: they read <sealed>, so neither a provider nor a vector
 -- ever holds their plaintext, and erasing a person leaves nothing of them here.
+-- A sealed value (enc2/enc3, see sql/crypto.sql) as <sealed>: texts custos builds for embeddings
+-- and models never open one. No SET clause, so that it inlines (it uses built-ins only, and
+-- pg_catalog is searched first).
+CREATE FUNCTION custos_internal.masked(value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $fn$ SELECT CASE WHEN value ~ '^enc[23][.]' THEN '<sealed>' ELSE value END $fn$;
+COMMENT ON FUNCTION custos_internal.masked(text) IS
+'Internal: a value as custos shows it to embedders and models: <sealed> when it is sealed, else as it is.';
+
+CREATE FUNCTION custos_internal.masked_details(details jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(jsonb_object_agg(d.key, CASE WHEN jsonb_typeof(d.value) = 'string'
+                                                 THEN to_jsonb(custos_internal.masked(d.value #>> '{}')) ELSE d.value END),
+                    '{}')
+      FROM jsonb_each(CASE WHEN jsonb_typeof(details) = 'object' THEN details END) d
+$fn$;
+COMMENT ON FUNCTION custos_internal.masked_details(jsonb) IS
+'Internal: an event''s details with each sealed value as <sealed> (custos seals top-level values).';
+
 CREATE FUNCTION custos_internal.event_text(action text, entity_type text, entity_id text, severity text, details jsonb)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT concat_ws('; ', action,
-                     entity_type || coalesce(' ' || CASE WHEN entity_id ~ '^enc[23][.]' THEN '<sealed>' ELSE entity_id END, ''),
+                     entity_type || coalesce(' ' || custos_internal.masked(entity_id), ''),
                      'severity ' || severity,
-                     (SELECT string_agg(d.key || ': ' || CASE WHEN d.value ~ '^enc[23][.]' THEN '<sealed>' ELSE d.value END,
-                                        '; ' ORDER BY d.key)
+                     (SELECT string_agg(d.key || ': ' || custos_internal.masked(d.value), '; ' ORDER BY d.key)
                         FROM jsonb_each_text(CASE WHEN jsonb_typeof(details) = 'object' THEN details END) d))
 $fn$;
 COMMENT ON FUNCTION custos_internal.event_text(text, text, text, text, jsonb) IS
@@ -3162,8 +3183,10 @@ CREATE TRIGGER zz_identity_embeddings_removed AFTER DELETE ON @extschema@.identi
 
 -- Insights (src/insights/): analyses that combine custos' own data with a model's judgement
 -- (retrieval-augmented), each answer validated against its task's schema and stored with who
--- gave it: custos.analyze_dormant_user, into custos.user_insights (the latest per user) and
--- custos.rag_analysis_history (every one).
+-- gave it: custos.analyze_dormant_user (into custos.user_insights, the latest per user),
+-- custos.explain_event (both into custos.rag_analysis_history, every one) and custos.summarize
+-- (into custos.summaries). Without a model, each falls back to an answer by rules of the same
+-- shape. Texts shown to a model never open a sealed value (custos_internal.masked).
 
 INSERT INTO @extschema@.ai_tasks (tenant_id, name, version, builtin, system_prompt, prompt_template, answer_schema, max_tokens) VALUES
 (NULL, 'analyze_dormant_user', 1, true,
@@ -3209,7 +3232,7 @@ GRANT SELECT ON @extschema@.user_insights TO custos_reader;
 CREATE TABLE @extschema@.rag_analysis_history (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id       uuid NOT NULL DEFAULT @extschema@.current_tenant(),
-    subject_type    text NOT NULL CHECK (subject_type IN ('user')),
+    subject_type    text NOT NULL CHECK (subject_type IN ('user', 'event')),
     subject         text NOT NULL,
     analysis        jsonb NOT NULL,
     provider        text NOT NULL,
@@ -3220,7 +3243,7 @@ CREATE TABLE @extschema@.rag_analysis_history (
 );
 CREATE INDEX rag_analysis_history_subject ON @extschema@.rag_analysis_history (tenant_id, subject_type, subject, analyzed_at);
 COMMENT ON TABLE @extschema@.rag_analysis_history IS
-'Every analysis custos made (custos.analyze_dormant_user), with the answer as stored and who gave it. Tenant-isolated; removed with the identity it is about.';
+'Every analysis custos made (custos.analyze_dormant_user of a user, custos.explain_event of an event: subject is its id), with the answer as stored and who gave it. Tenant-isolated; removed with the identity, or the event (retention), it is about.';
 SELECT @extschema@.enable_tenant_isolation('@extschema@.rag_analysis_history');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rag_analysis_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rag_analysis_history_id_seq', '');
@@ -3356,6 +3379,362 @@ COMMENT ON FUNCTION custos_internal.user_insights_removed() IS
 'Trigger of custos.identities: a removed identity (custos.forget_subject among others) takes its insights and their history along.';
 CREATE TRIGGER zz_user_insights_removed AFTER DELETE ON @extschema@.identities
     REFERENCING OLD TABLE AS custos_removed FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.user_insights_removed();
+
+------------------------------------------------------------------------------------------------
+-- Events explained
+------------------------------------------------------------------------------------------------
+INSERT INTO @extschema@.ai_tasks (tenant_id, name, version, builtin, system_prompt, prompt_template, answer_schema, max_tokens) VALUES
+(NULL, 'explain_event', 1, true,
+ 'You explain one audit event to an auditor: what happened, in plain words, and why it may matter given how often such events occur, who usually does them and what happened around it. Ground every statement in the data given; values shown as <sealed> are encrypted and unknown to you.',
+ E'Event and its context (JSON):\n{{input}}',
+ '{"type": "object", "additionalProperties": false,
+   "required": ["what_happened", "why_it_matters", "significance", "follow_up"],
+   "properties": {
+     "what_happened": {"type": "string", "minLength": 1, "maxLength": 600},
+     "why_it_matters": {"type": "string", "minLength": 1, "maxLength": 800},
+     "significance": {"enum": ["low", "medium", "high", "critical"], "default": "low"},
+     "follow_up": {"type": "array", "items": {"type": "string", "maxLength": 300}, "maxItems": 3}}}',
+ 700);
+
+-- What a model is told about an event: the event with sealed values masked, how common it is,
+-- and the events around it. Counts cover the 30 days before the event.
+CREATE FUNCTION custos_internal.event_context(tenant uuid, ev @extschema@.events) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    stats record;
+    utc_hour integer := extract(hour FROM ev.occurred_at AT TIME ZONE 'UTC');
+    m text;
+    q @extschema@.event_embeddings.embedding%TYPE;
+    related jsonb;
+BEGIN
+    SELECT count(*) AS tenant_events,
+           count(*) FILTER (WHERE e.action = ev.action) AS action_events,
+           count(*) FILTER (WHERE e.action = ev.action AND e.actor = ev.actor) AS actor_action_events,
+           count(*) FILTER (WHERE e.actor = ev.actor) AS actor_events
+      INTO stats
+      FROM @extschema@.events e
+     WHERE e.tenant_id = tenant AND e.occurred_at > ev.occurred_at - interval '30 days' AND e.occurred_at <= ev.occurred_at;
+    -- Around it: the same actor or entity within a day (among the 10,000 events either side),
+    -- and, when the events are embedded, the nearest in meaning.
+    SELECT coalesce(jsonb_agg(x ORDER BY x.occurred_at, x.seq), '[]') INTO related FROM (
+        SELECT e.seq, e.id, e.occurred_at, e.action, e.severity,
+               CASE WHEN ev.entity_id IS NOT NULL AND e.entity_type = ev.entity_type AND e.entity_id = ev.entity_id
+                    THEN 'same entity' ELSE 'same actor' END AS relation
+          FROM @extschema@.events e
+         WHERE e.tenant_id = tenant AND e.seq BETWEEN ev.seq - 10000 AND ev.seq + 10000 AND e.seq <> ev.seq
+           AND e.occurred_at BETWEEN ev.occurred_at - interval '1 day' AND ev.occurred_at + interval '1 day'
+           AND (e.actor = ev.actor OR (ev.entity_id IS NOT NULL AND e.entity_type = ev.entity_type AND e.entity_id = ev.entity_id))
+         ORDER BY abs(extract(epoch FROM e.occurred_at - ev.occurred_at)), e.seq
+         LIMIT 5) x;
+    m := custos_internal.embedding_model(NULL);
+    SELECT e.embedding INTO q FROM @extschema@.event_embeddings e WHERE e.tenant_id = tenant AND e.seq = ev.seq AND e.model = m;
+    IF q IS NOT NULL THEN
+        related := related || coalesce((
+            SELECT jsonb_agg(jsonb_build_object('seq', n.seq, 'id', n.id, 'occurred_at', n.occurred_at, 'action', n.action,
+                                                'severity', n.severity, 'relation', 'similar',
+                                                'similarity', round(n.similarity::numeric, 3)) ORDER BY n.similarity DESC)
+              FROM custos_internal.nearest_events(tenant, q, m, 3, NULL, NULL, NULL, NULL, ev.seq) n
+             WHERE NOT related @> jsonb_build_array(jsonb_build_object('seq', n.seq))), '[]');
+    END IF;
+    RETURN jsonb_build_object(
+        'event', jsonb_strip_nulls(jsonb_build_object(
+            'action', ev.action, 'entity_type', ev.entity_type, 'entity_id', custos_internal.masked(ev.entity_id),
+            'actor', custos_internal.masked(ev.actor), 'db_role', ev.db_role, 'severity', ev.severity,
+            'occurred_at', ev.occurred_at, 'ip_address', custos_internal.masked(ev.ip_address),
+            'details', custos_internal.masked_details(ev.details))),
+        'statistics', jsonb_build_object(
+            'tenant_events_30d', stats.tenant_events, 'action_events_30d', stats.action_events,
+            'actor_events_30d', stats.actor_events, 'actor_action_events_30d', stats.actor_action_events,
+            'first_of_its_kind_for_actor', stats.actor_action_events <= 1,
+            'outside_working_hours_utc', utc_hour < 7 OR utc_hour >= 20,
+            'weekend_utc', extract(isodow FROM ev.occurred_at AT TIME ZONE 'UTC') >= 6),
+        'related_events', related);
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.event_context(uuid, @extschema@.events) IS
+'Internal: what custos.explain_event tells a model about an event: the event (sealed values masked), how common such events are in the 30 days before it, and related events (same actor or entity within a day; the nearest in meaning when embedded).';
+
+-- The explanation by rules, when no model answered: the event in words and the signals its
+-- context raises.
+CREATE FUNCTION custos_internal.event_explanation_by_rules(ev @extschema@.events, context jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH s AS (SELECT context->'statistics' AS st, jsonb_array_length(context->'related_events') AS n_related),
+    signals AS (
+        SELECT array_remove(ARRAY[
+                   CASE WHEN (st->>'first_of_its_kind_for_actor')::boolean
+                        THEN format('It is the first "%s" by this actor in 30 days.', (ev).action) END,
+                   CASE WHEN (st->>'action_events_30d')::bigint <= 3
+                        THEN format('The tenant recorded only %s such event%s in 30 days.', st->>'action_events_30d',
+                                    CASE WHEN st->>'action_events_30d' = '1' THEN '' ELSE 's' END) END,
+                   CASE WHEN (st->>'outside_working_hours_utc')::boolean OR (st->>'weekend_utc')::boolean
+                        THEN 'It happened outside working hours (UTC).' END], NULL) AS found,
+               st, n_related
+          FROM s)
+    SELECT jsonb_build_object(
+        'what_happened', format('%s on %s%s by %s at %s UTC, severity %s.', (ev).action, (ev).entity_type,
+                                coalesce(' ' || custos_internal.masked((ev).entity_id), ''),
+                                coalesce(nullif(custos_internal.masked((ev).actor), ''), 'an unknown actor'),
+                                to_char((ev).occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), (ev).severity),
+        'why_it_matters', CASE WHEN cardinality(found) = 0 AND (ev).severity IN ('info', 'low')
+                               THEN format('A routine event: %s such events in 30 days, %s by this actor.',
+                                           st->>'action_events_30d', st->>'actor_action_events_30d')
+                               ELSE concat_ws(' ', CASE WHEN (ev).severity IN ('high', 'critical')
+                                                        THEN format('It was recorded with severity %s.', (ev).severity) END,
+                                              array_to_string(found, ' ')) END
+                          || CASE WHEN n_related = 1 THEN ' 1 related event is listed.'
+                                  WHEN n_related > 1 THEN format(' %s related events are listed.', n_related) ELSE '' END,
+        'significance', CASE WHEN (ev).severity = 'critical' THEN 'critical'
+                             WHEN (ev).severity = 'high' OR cardinality(found) >= 2 THEN 'high'
+                             WHEN (ev).severity = 'medium' OR cardinality(found) = 1 THEN 'medium'
+                             ELSE 'low' END,
+        'follow_up', to_jsonb(array_remove(ARRAY[
+            CASE WHEN (st->>'first_of_its_kind_for_actor')::boolean AND (ev).severity <> 'info'
+                 THEN 'Confirm with the actor that the action was intended.' END,
+            CASE WHEN (ev).severity IN ('high', 'critical') OR cardinality(found) >= 2
+                 THEN 'Review the related events around it in custos.timeline().' END], NULL)))
+      FROM signals
+$fn$;
+COMMENT ON FUNCTION custos_internal.event_explanation_by_rules(@extschema@.events, jsonb) IS
+'Internal: the explanation of custos.explain_event by rules (the event in words; rarity, first time for the actor, hours and severity as reasons), when no model answered.';
+
+CREATE FUNCTION @extschema@.explain_event(event_id uuid)
+RETURNS TABLE (explained_event_id uuid, seq bigint, occurred_at timestamptz, action text, what_happened text,
+               why_it_matters text, significance text, follow_up jsonb, related_events jsonb, provider text,
+               model text, prompt_version text, fallback boolean, explained_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    ev @extschema@.events;
+    context jsonb;
+    r record;
+    answer jsonb;
+    version text;
+BEGIN
+    SELECT * INTO ev FROM @extschema@.events e
+     WHERE e.tenant_id = tenant AND e.seq = @extschema@.event_seq(explain_event.event_id) AND e.id = explain_event.event_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the current tenant has no event %', explain_event.event_id
+            USING ERRCODE = 'P0002', HINT = 'custos.timeline() lists the tenant''s events with their ids';
+    END IF;
+    context := custos_internal.event_context(tenant, ev);
+    SELECT * INTO r FROM custos_internal.run_ai_task('explain_event', context);
+    answer := CASE WHEN r.fallback THEN custos_internal.event_explanation_by_rules(ev, context) ELSE r.answer END;
+    version := 'explain_event@' || r.prompt_version;
+    INSERT INTO @extschema@.rag_analysis_history (tenant_id, subject_type, subject, analysis, provider, model, prompt_version, fallback)
+    VALUES (tenant, 'event', ev.id::text, answer || jsonb_build_object('related_events', context->'related_events',
+                                                                        'statistics', context->'statistics'),
+            r.provider, r.model, version, r.fallback);
+    PERFORM custos_internal.log_access(tenant, 'custos.explain_event', jsonb_build_object('id', ev.id), 1);
+    RETURN QUERY SELECT ev.id, ev.seq, ev.occurred_at, ev.action, answer->>'what_happened', answer->>'why_it_matters',
+                        answer->>'significance', coalesce(answer->'follow_up', '[]'), context->'related_events',
+                        r.provider, r.model, version, r.fallback, now();
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.explain_event(uuid) IS
+'Explains one event of the current tenant: the event (sealed values masked, never opened), how common such events are in the 30 days before it and the related events around it (same actor or entity within a day; the nearest in meaning when embedded) go, redacted, to the explain_event task; the answer (what happened, why it may matter, significance, follow-up), validated against the task''s schema, is stored in custos.rag_analysis_history and returned with the related events and who answered. With the local provider, or when the model fails twice, the explanation by rules stands (fallback = true). Recorded in custos.access_log.';
+
+CREATE FUNCTION custos_internal.event_explanations_removed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM custos_internal.require_trigger_on(TG_RELID, '@extschema@.events', 'custos.event_explanations_removed');
+    IF EXISTS (SELECT 1 FROM @extschema@.rag_analysis_history h WHERE h.subject_type = 'event') THEN
+        DELETE FROM @extschema@.rag_analysis_history h USING custos_removed r
+         WHERE h.tenant_id = r.tenant_id AND h.subject_type = 'event' AND h.subject = r.id::text;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.event_explanations_removed() IS
+'Trigger of custos.events: the explanations of the events retention removes go with them.';
+CREATE TRIGGER zz_event_explanations_removed AFTER DELETE ON @extschema@.events
+    REFERENCING OLD TABLE AS custos_removed FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.event_explanations_removed();
+
+------------------------------------------------------------------------------------------------
+-- Periods summarised
+------------------------------------------------------------------------------------------------
+INSERT INTO @extschema@.ai_tasks (tenant_id, name, version, builtin, system_prompt, prompt_template, answer_schema, max_tokens) VALUES
+(NULL, 'summarize_period', 1, true,
+ 'You write the security summary of one period of an organisation''s audit ledger for its security team and auditors. You are given statistics computed from the ledger for the period and the one before it. Say what happened, what changed and what deserves attention, most important first. Use only the numbers given; values shown as <sealed> are encrypted and unknown to you.',
+ E'Period statistics (JSON):\n{{input}}',
+ '{"type": "object", "additionalProperties": false,
+   "required": ["summary", "risk", "highlights", "follow_up"],
+   "properties": {
+     "summary": {"type": "string", "minLength": 1, "maxLength": 1200},
+     "risk": {"enum": ["none", "low", "medium", "high", "critical"], "default": "low"},
+     "highlights": {"type": "array", "items": {"type": "string", "maxLength": 300}, "maxItems": 5},
+     "follow_up": {"type": "array", "items": {"type": "string", "maxLength": 300}, "maxItems": 3}}}',
+ 900);
+
+CREATE TABLE @extschema@.summaries (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id      uuid NOT NULL DEFAULT @extschema@.current_tenant(),
+    period         text NOT NULL CHECK (period IN ('daily', 'weekly', 'monthly')),
+    window_start   timestamptz NOT NULL,
+    window_end     timestamptz NOT NULL CHECK (window_end > window_start),
+    statistics     jsonb NOT NULL,
+    summary        text NOT NULL,
+    risk           text NOT NULL CHECK (risk IN ('none', 'low', 'medium', 'high', 'critical')),
+    highlights     jsonb NOT NULL,
+    follow_up      jsonb NOT NULL,
+    provider       text NOT NULL,
+    model          text NOT NULL,
+    prompt_version text NOT NULL,
+    fallback       boolean NOT NULL,
+    summarized_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX summaries_tenant_period ON @extschema@.summaries (tenant_id, period, window_end DESC);
+COMMENT ON TABLE @extschema@.summaries IS
+'Every summary custos.summarize made: the period''s statistics (computed in SQL) and the narrative, validated against the summarize_period task''s schema, with who wrote it (fallback when the rules did). Tenant-isolated.';
+SELECT @extschema@.enable_tenant_isolation('@extschema@.summaries');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.summaries', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.summaries_id_seq', '');
+GRANT SELECT ON @extschema@.summaries TO custos_reader;
+
+-- A period's statistics, beside the period before it. Sealed actors read <sealed>.
+CREATE FUNCTION custos_internal.period_statistics(tenant uuid, window_start timestamptz, window_end timestamptz)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH w AS MATERIALIZED (
+        SELECT e.action, e.severity, e.actor FROM @extschema@.events e
+         WHERE e.tenant_id = tenant AND e.occurred_at >= window_start AND e.occurred_at < window_end)
+    SELECT jsonb_build_object(
+        'window_start', window_start, 'window_end', window_end,
+        'events', (SELECT count(*) FROM w),
+        'previous_period_events', (SELECT count(*) FROM @extschema@.events e
+                                    WHERE e.tenant_id = tenant AND e.occurred_at >= window_start - (window_end - window_start)
+                                      AND e.occurred_at < window_start),
+        'actors', (SELECT count(DISTINCT w.actor) FROM w),
+        'by_severity', (SELECT coalesce(jsonb_object_agg(x.severity, x.n), '{}')
+                          FROM (SELECT w.severity, count(*) AS n FROM w GROUP BY 1) x),
+        'top_actions', (SELECT coalesce(jsonb_agg(jsonb_build_object('action', x.action, 'events', x.n) ORDER BY x.n DESC, x.action), '[]')
+                          FROM (SELECT w.action, count(*) AS n FROM w GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10) x),
+        'top_actors', (SELECT coalesce(jsonb_agg(jsonb_build_object('actor', x.actor, 'events', x.n) ORDER BY x.n DESC, x.actor), '[]')
+                         FROM (SELECT custos_internal.masked(w.actor) AS actor, count(*) AS n FROM w GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5) x),
+        'erasures', (SELECT count(*) FROM w WHERE w.action = 'custos.forget_subject'),
+        'alerts', (SELECT coalesce(jsonb_object_agg(x.severity, x.n), '{}')
+                     FROM (SELECT a.severity, count(*) AS n FROM @extschema@.alerts a
+                            WHERE a.tenant_id = tenant AND a.created_at >= window_start AND a.created_at < window_end
+                            GROUP BY 1) x))
+$fn$;
+COMMENT ON FUNCTION custos_internal.period_statistics(uuid, timestamptz, timestamptz) IS
+'Internal: the statistics custos.summarize reports for [window_start, window_end): events by severity, the top actions and actors, erasures, alerts by severity, and the previous period''s event count.';
+
+-- The summary by rules, when no model answered: the statistics in words.
+CREATE FUNCTION custos_internal.period_summary_by_rules(period text, st jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    WITH n AS (
+        SELECT (st->>'events')::bigint AS events, (st->>'previous_period_events')::bigint AS previous,
+               coalesce((st->'by_severity'->>'critical')::bigint, 0) AS critical,
+               coalesce((st->'by_severity'->>'high')::bigint, 0) AS high,
+               coalesce((st->'by_severity'->>'medium')::bigint, 0) AS medium,
+               (st->>'erasures')::bigint AS erasures,
+               (SELECT coalesce(sum(v::bigint), 0) FROM jsonb_each_text(st->'alerts') a(k, v)) AS alerts,
+               coalesce((st->'alerts'->>'critical')::bigint, 0) + coalesce((st->'alerts'->>'high')::bigint, 0) AS serious_alerts,
+               CASE period WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week' ELSE 'month' END AS span)
+    SELECT jsonb_build_object(
+        'summary', CASE WHEN events = 0 THEN format('No events were recorded in the last %s.', span)
+                        ELSE format('%s by %s in the last %s (%s in the %s before). Most frequent: %s.',
+                                    CASE WHEN events = 1 THEN '1 event' ELSE events || ' events' END, CASE WHEN st->>'actors' = '1' THEN '1 actor' ELSE (st->>'actors') || ' actors' END,
+                                    span, previous, span,
+                                    (SELECT string_agg(format('%s (%s)', a->>'action', a->>'events'), ', ')
+                                       FROM jsonb_array_elements(st->'top_actions') WITH ORDINALITY t(a, o) WHERE o <= 3))
+                   END,
+        'risk', CASE WHEN critical > 0 OR coalesce((st->'alerts'->>'critical')::bigint, 0) > 0 THEN 'critical'
+                     WHEN high > 0 OR serious_alerts > 0 THEN 'high'
+                     WHEN medium > 0 OR alerts > 0 OR erasures > 0 THEN 'medium'
+                     WHEN events > 0 THEN 'low' ELSE 'none' END,
+        'highlights', to_jsonb(array_remove(ARRAY[
+            CASE WHEN critical + high > 0
+                 THEN format('%s event%s of severity high or critical.', critical + high, CASE WHEN critical + high = 1 THEN '' ELSE 's' END) END,
+            CASE WHEN alerts > 0 THEN format('%s alert%s raised (%s high or critical).', alerts,
+                                             CASE WHEN alerts = 1 THEN '' ELSE 's' END, serious_alerts) END,
+            CASE WHEN erasures > 0 THEN format('%s subject%s erased (custos.forget_subject).', erasures,
+                                               CASE WHEN erasures = 1 THEN '' ELSE 's' END) END,
+            CASE WHEN previous > 0 AND (events >= 2 * previous OR 2 * events <= previous)
+                 THEN format('Activity changed from %s to %s events against the period before.', previous, events) END], NULL)),
+        'follow_up', to_jsonb(array_remove(ARRAY[
+            CASE WHEN serious_alerts > 0 THEN 'Triage the open high and critical alerts (custos.alerts).' END,
+            CASE WHEN critical + high > 0 THEN 'Review the high and critical events in custos.timeline(min_severity => ''high'').' END], NULL)))
+      FROM n
+$fn$;
+COMMENT ON FUNCTION custos_internal.period_summary_by_rules(text, jsonb) IS
+'Internal: the summary of custos.summarize by rules (the statistics in words, a risk from severities, alerts and erasures), when no model answered.';
+
+CREATE FUNCTION @extschema@.summarize(period text DEFAULT 'daily', until timestamptz DEFAULT NULL)
+RETURNS TABLE (summary_id bigint, window_start timestamptz, window_end timestamptz, statistics jsonb, summary text,
+               risk text, highlights jsonb, follow_up jsonb, provider text, model text, prompt_version text,
+               fallback boolean, summarized_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := @extschema@.require_tenant();
+    w_end timestamptz := coalesce(summarize.until, now());
+    w_start timestamptz;
+    st jsonb;
+    r record;
+    answer jsonb;
+    new_id bigint;
+BEGIN
+    w_start := w_end - CASE summarize.period WHEN 'daily' THEN interval '1 day' WHEN 'weekly' THEN interval '7 days'
+                                                       WHEN 'monthly' THEN interval '1 month' END;
+    IF w_start IS NULL THEN
+        RAISE EXCEPTION 'unknown period "%"', summarize.period
+            USING ERRCODE = '22023', HINT = 'one of daily, weekly, monthly: the period that ends at until (default now)';
+    END IF;
+    st := custos_internal.period_statistics(tenant, w_start, w_end);
+    SELECT * INTO r FROM custos_internal.run_ai_task('summarize_period', st || jsonb_build_object('period', summarize.period));
+    answer := CASE WHEN r.fallback THEN custos_internal.period_summary_by_rules(summarize.period, st) ELSE r.answer END;
+    INSERT INTO @extschema@.summaries (tenant_id, period, window_start, window_end, statistics, summary, risk, highlights,
+                                       follow_up, provider, model, prompt_version, fallback)
+    VALUES (tenant, summarize.period, w_start, w_end, st, answer->>'summary', answer->>'risk',
+            coalesce(answer->'highlights', '[]'), coalesce(answer->'follow_up', '[]'), r.provider, r.model,
+            'summarize_period@' || r.prompt_version, r.fallback)
+    RETURNING id INTO new_id;
+    PERFORM custos_internal.log_access(tenant, 'custos.summarize',
+                                       jsonb_build_object('period', summarize.period, 'since', w_start, 'until', w_end),
+                                       (st->>'events')::bigint);
+    RETURN QUERY SELECT s.id, s.window_start, s.window_end, s.statistics, s.summary, s.risk, s.highlights, s.follow_up,
+                        s.provider, s.model, s.prompt_version, s.fallback, s.summarized_at
+                   FROM @extschema@.summaries s WHERE s.id = new_id;
+END
+$fn$;
+COMMENT ON FUNCTION @extschema@.summarize(text, timestamptz) IS
+'Summarises the current tenant''s ledger over the daily, weekly or monthly period that ends at until (default now): statistics computed in SQL (events by severity, top actions and actors with sealed actors masked, erasures, alerts, the period before) and a narrative from the summarize_period task, validated against its schema; both stored in custos.summaries and returned. With the local provider, or when the model fails twice, the summary by rules stands (fallback = true). Recorded in custos.access_log.';
+
+-- What custos.export_subject adds about a person from this module: their latest analysis and
+-- every earlier one.
+CREATE FUNCTION custos_internal.subject_insights(tenant uuid, subject text) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT jsonb_build_object(
+        'latest', (SELECT to_jsonb(u) - 'tenant_id' FROM @extschema@.user_insights u
+                    WHERE u.tenant_id = tenant AND u.user_id = subject),
+        'history', coalesce((SELECT jsonb_agg(to_jsonb(h) - 'tenant_id' ORDER BY h.analyzed_at)
+                               FROM @extschema@.rag_analysis_history h
+                              WHERE h.tenant_id = tenant AND h.subject_type = 'user' AND h.subject = subject_insights.subject), '[]'),
+        'embeddings', coalesce((SELECT jsonb_agg(jsonb_build_object('model', e.model, 'dimensions', e.dims,
+                                                                    'embedded_at', e.embedded_at) ORDER BY e.model)
+                                  FROM @extschema@.identity_embeddings e
+                                 WHERE e.tenant_id = tenant AND e.user_id = subject), '[]'))
+$fn$;
+COMMENT ON FUNCTION custos_internal.subject_insights(uuid, text) IS
+'Internal: what custos.export_subject reports of a person''s analyses (latest and history) and of their profile''s embeddings (model, dimensions, when; not the vectors).';
 -- END insights
 
 -- Triggers and event triggers 0.2.0 adds or changes.
@@ -3444,7 +3823,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.anomaly_detection_rates(timestamptz, timestamptz),
     @extschema@.search_events(text, integer, timestamptz, timestamptz, text, text),
     @extschema@.similar_events(uuid, integer),
-    @extschema@.analyze_dormant_user(text)
+    @extschema@.analyze_dormant_user(text),
+    @extschema@.explain_event(uuid),
+    @extschema@.summarize(text, timestamptz)
 TO custos_auditor;
 
 GRANT EXECUTE ON FUNCTION

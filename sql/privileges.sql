@@ -78,7 +78,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.anomaly_detection_rates(timestamptz, timestamptz),
     @extschema@.search_events(text, integer, timestamptz, timestamptz, text, text),
     @extschema@.similar_events(uuid, integer),
-    @extschema@.analyze_dormant_user(text)
+    @extschema@.analyze_dormant_user(text),
+    @extschema@.explain_event(uuid),
+    @extschema@.summarize(text, timestamptz)
 TO custos_auditor;
 
 -- Exporters: bulk and per-subject exports.

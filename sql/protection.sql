@@ -287,7 +287,8 @@ BEGIN
         'identities', coalesce((SELECT jsonb_agg(to_jsonb(i) - 'risk_key') FROM @extschema@.identities i
                                  WHERE i.tenant_id = tenant AND i.user_id = subject), '[]'),
         'keys', coalesce((SELECT jsonb_agg(jsonb_build_object('id', k.id, 'created_at', k.created_at, 'retired_at', k.retired_at))
-                            FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = export_subject.subject), '[]'))
+                            FROM @extschema@.subject_keys k WHERE k.tenant_id = tenant AND k.subject = export_subject.subject), '[]'),
+        'insights', custos_internal.subject_insights(tenant, subject))
       INTO doc;
     n := jsonb_array_length(doc->'events') + jsonb_array_length(doc->'identities');
     IF n = 0 AND jsonb_array_length(doc->'keys') = 0 THEN
@@ -299,7 +300,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.export_subject(uuid, text) IS
-'Everything the tenant holds about a person (events they acted in or that name them, with sealed fields opened; their identity record; their keys) as one JSON document, for a GDPR access request. For custos_exporter; recorded in custos.access_log.';
+'Everything the tenant holds about a person (events they acted in or that name them, with sealed fields opened; their identity record; their keys; the analyses of their account and the embeddings of their profile, without the vectors) as one JSON document, for a GDPR access request. For custos_exporter; recorded in custos.access_log.';
 
 CREATE FUNCTION @extschema@.forget_subject(tenant uuid, subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER

@@ -199,16 +199,36 @@ COMMENT ON FUNCTION @extschema@.embed_identities(text) IS
 -- and values as text, so that redaction sees each value as it is, not JSON-escaped). Sealed
 -- values (ledger.encrypt) are not opened: they read <sealed>, so neither a provider nor a vector
 -- ever holds their plaintext, and erasing a person leaves nothing of them here.
+-- A sealed value (enc2/enc3, see sql/crypto.sql) as <sealed>: texts custos builds for embeddings
+-- and models never open one. No SET clause, so that it inlines (it uses built-ins only, and
+-- pg_catalog is searched first).
+CREATE FUNCTION custos_internal.masked(value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $fn$ SELECT CASE WHEN value ~ '^enc[23][.]' THEN '<sealed>' ELSE value END $fn$;
+COMMENT ON FUNCTION custos_internal.masked(text) IS
+'Internal: a value as custos shows it to embedders and models: <sealed> when it is sealed, else as it is.';
+
+CREATE FUNCTION custos_internal.masked_details(details jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(jsonb_object_agg(d.key, CASE WHEN jsonb_typeof(d.value) = 'string'
+                                                 THEN to_jsonb(custos_internal.masked(d.value #>> '{}')) ELSE d.value END),
+                    '{}')
+      FROM jsonb_each(CASE WHEN jsonb_typeof(details) = 'object' THEN details END) d
+$fn$;
+COMMENT ON FUNCTION custos_internal.masked_details(jsonb) IS
+'Internal: an event''s details with each sealed value as <sealed> (custos seals top-level values).';
+
 CREATE FUNCTION custos_internal.event_text(action text, entity_type text, entity_id text, severity text, details jsonb)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT concat_ws('; ', action,
-                     entity_type || coalesce(' ' || CASE WHEN entity_id ~ '^enc[23][.]' THEN '<sealed>' ELSE entity_id END, ''),
+                     entity_type || coalesce(' ' || custos_internal.masked(entity_id), ''),
                      'severity ' || severity,
-                     (SELECT string_agg(d.key || ': ' || CASE WHEN d.value ~ '^enc[23][.]' THEN '<sealed>' ELSE d.value END,
-                                        '; ' ORDER BY d.key)
+                     (SELECT string_agg(d.key || ': ' || custos_internal.masked(d.value), '; ' ORDER BY d.key)
                         FROM jsonb_each_text(CASE WHEN jsonb_typeof(details) = 'object' THEN details END) d))
 $fn$;
 COMMENT ON FUNCTION custos_internal.event_text(text, text, text, text, jsonb) IS

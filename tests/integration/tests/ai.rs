@@ -729,3 +729,109 @@ fn a_dormant_account_is_analysed_by_the_model_and_the_answer_stored_with_who_gav
         .get(0);
     assert_eq!(history, 2);
 }
+
+#[test]
+fn events_are_explained_and_periods_summarised_without_opening_a_sealed_value() {
+    let mock = MockBedrock::start(MockConfig::default());
+    let (db, mut c) = setup("ai_explain", &mock);
+    let key = "/tmp/custos-it-ai_explain.master.key";
+    std::fs::write(
+        key,
+        "5ec0de5ec0de5ec0de5ec0de5ec0de5ec0de5ec0de5ec0de5ec0de5ec0de5ec0",
+    )
+    .unwrap();
+    c.batch_execute(&format!(
+        "ALTER DATABASE {db} SET custos.master_key_file = '{key}'"
+    ))
+    .unwrap();
+    let mut c = connect(&db, "postgres");
+    bedrock(&mut c, ACME, &mock, &[("ledger.encrypt", json!(true))]);
+    let id: String = as_tenant(
+        &mut c,
+        ACME,
+        "SELECT id::text FROM custos.record_event('role_granted', 'user', 'dave.hidden',
+                                           '{\"email\": \"dave.hidden@example.com\", \"role\": \"admin\"}',
+                                           severity => 'high', ip_address => '203.0.113.77',
+                                           user_agent => 'SecretBrowser/9', actor => 'carol.secret')",
+    )
+    .unwrap()[0]
+        .get(0);
+    mock.set_answer(
+        r#"{"what_happened": "An admin role was granted.", "why_it_matters": "Admin rights are rare here.",
+            "significance": "high", "follow_up": ["Confirm the grant."]}"#,
+    );
+    let row = as_tenant(
+        &mut c,
+        ACME,
+        &format!("SELECT what_happened, significance, fallback, provider, prompt_version FROM custos.explain_event('{id}')"),
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!(row.get::<_, String>(0), "An admin role was granted.");
+    assert_eq!(row.get::<_, String>(1), "high");
+    assert!(!row.get::<_, bool>(2));
+    assert_eq!(
+        (row.get::<_, String>(3), row.get::<_, String>(4)),
+        ("bedrock".into(), "explain_event@1".into())
+    );
+    // The model is told the event with its sealed values as <sealed>.
+    let sent = String::from_utf8_lossy(&mock.requests()[0].body).into_owned();
+    assert!(
+        sent.contains("role_granted") && sent.contains("<sealed>"),
+        "{sent:.600}"
+    );
+    // Invalid twice: the summary by rules, stored as such.
+    mock.set_answer("no json here");
+    let row = as_tenant(
+        &mut c,
+        ACME,
+        "SELECT summary, risk, fallback, statistics->>'events' FROM custos.summarize('weekly')",
+    )
+    .unwrap()
+    .remove(0);
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, String>(1), "high", "an event of severity high");
+    assert_eq!(
+        row.get::<_, String>(3),
+        "2",
+        "the grant and the explanation's ai.call"
+    );
+    assert!(row
+        .get::<_, String>(0)
+        .starts_with("2 events by 2 actors in the last week"));
+    let stored: Vec<String> = as_tenant(
+        &mut c,
+        ACME,
+        "SELECT analysis::text FROM custos.rag_analysis_history
+         UNION ALL SELECT to_jsonb(s)::text FROM custos.summaries s",
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(stored.len(), 2);
+    let sent: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(sent.len(), 3, "an explanation, a summary and its repair");
+    for secret in [
+        "carol.secret",
+        "dave.hidden",
+        "203.0.113.77",
+        "SecretBrowser",
+    ] {
+        for text in stored.iter().chain(sent.iter()) {
+            assert!(!text.contains(secret), "{secret} in {text:.600}");
+        }
+    }
+    // Another tenant cannot have the event explained, whatever its id.
+    let err = as_tenant(
+        &mut c,
+        GLOBEX,
+        &format!("SELECT * FROM custos.explain_event('{id}')"),
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&err), "P0002", "{}", msg(&err));
+}

@@ -102,6 +102,29 @@ fn searches_stay_in_their_tenant_through_postgrest() {
     .unwrap()[0]
         .get(0);
     assert_eq!(rows, 6);
+    // Nor can it have another tenant's event explained, and its summary counts its own events.
+    let acme_event: String = rpc(
+        &mut api,
+        ACME,
+        "SELECT id::text FROM custos.timeline() LIMIT 1",
+    )
+    .unwrap()[0]
+        .get(0);
+    let err = rpc(
+        &mut api,
+        GLOBEX,
+        &format!("SELECT * FROM custos.explain_event('{acme_event}')"),
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&err), "P0002", "{err:?}");
+    let counted: String = rpc(
+        &mut api,
+        GLOBEX,
+        "SELECT statistics->>'events' FROM custos.summarize('weekly')",
+    )
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(counted, "6");
     // Each tenant's searches are in its own access log.
     let logged = |api: &mut Client, tenant: &str| -> i64 {
         rpc(
