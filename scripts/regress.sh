@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PGRX_HOME="$ROOT/pgrx-config" PATH="$HOME/.cargo/bin:$PATH"
 source "$ROOT/scripts/lib/cluster.sh"
-TESTS=(setup tenancy ledger capture dormant protection anomaly insights)
+TESTS=(setup tenancy ledger capture dormant protection anomaly insights jobs)
 [ "${SKIP_INSTALL:-0}" = 1 ] || install_extension
 cluster_start "shared_preload_libraries = 'custos'"
 cpsql -d postgres -c "CREATE DATABASE custos_regress" >/dev/null

@@ -53,8 +53,22 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.schema_of_type(regtype),
     custos_internal.large_enough_for_hnsw(bigint),
     custos_internal.prefer_hnsw(boolean),
-    custos_internal.restore_planner(text)
+    custos_internal.restore_planner(text),
+    @extschema@.health(),
+    custos_internal.worker_states(),
+    custos_internal.breaker_states(boolean),
+    custos_internal.worker_progress(),
+    custos_internal.shown_url(text)
 TO custos_reader;
+
+-- Monitoring: the metrics of every tenant (counts and ages), and the workers' progress.
+GRANT EXECUTE ON FUNCTION
+    custos_internal.metric_rows(),
+    custos_internal.worker_states(),
+    custos_internal.breaker_states(boolean),
+    custos_internal.worker_progress()
+TO pg_monitor;
+GRANT EXECUTE ON FUNCTION custos_internal.metric_rows() TO custos_admin;
 
 -- Writers: recording events.
 GRANT EXECUTE ON FUNCTION
@@ -117,5 +131,10 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.check_ai_task(text, jsonb),
     custos_internal.check_redaction_pattern(text),
     @extschema@.embed_identities(text),
-    @extschema@.embed_events(timestamptz, timestamptz, text)
+    @extschema@.embed_events(timestamptz, timestamptz, text),
+    @extschema@.run_job(text, uuid),
+    @extschema@.retry_failed(),
+    @extschema@.set_integration(text, text, text, text, text[], boolean),
+    @extschema@.remove_integration(text),
+    @extschema@.retry_dead_notifications()
 TO custos_admin;

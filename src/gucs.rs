@@ -105,6 +105,26 @@ pub static AI_ALLOWED_ENDPOINTS: GucSetting<Option<CString>> =
 /// Lets a superuser drop the extension, and with it the ledger. Off by default.
 pub static ALLOW_LEDGER_DROP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Databases the background workers serve (comma-separated); empty: none.
+pub static WORKER_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// How long an idle worker sleeps on its latch between looks at its queues, in milliseconds.
+pub static WORKER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Items a worker embeds in one provider call.
+pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(256);
+/// Provider requests a minute all workers together make to each provider (0: no limit).
+pub static WORKER_REQUESTS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(600);
+/// Provider calls all workers together have in flight to each provider.
+pub static WORKER_PROVIDER_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// Where the checkpoint publication job POSTs each tenant's signed checkpoint; empty: nowhere.
+pub static CHECKPOINT_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Webhooks over plain http, and to loopback or private networks.
+pub static WEBHOOK_ALLOW_HTTP: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static WEBHOOK_ALLOW_PRIVATE: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// Attempts before a notification is dead, the first retry's wait, and one attempt's timeout.
+pub static WEBHOOK_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static WEBHOOK_RETRY_BASE_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+pub static WEBHOOK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"custos.tenant_id",
@@ -303,8 +323,120 @@ superusers may allow one (a VPC endpoint, a proxy, a local Ollama or vLLM).",
         GucContext::Suset,
         GucFlags::default(),
     );
+    define_worker_settings();
     // SAFETY: called from _PG_init on the backend thread; the prefix is a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"custos".as_ptr()) };
+}
+
+/// The settings of the background workers and of webhook delivery (src/jobs, src/webhooks).
+fn define_worker_settings() {
+    GucRegistry::define_string_guc(
+        c"custos.worker_databases",
+        c"Databases (comma-separated) custos' background workers serve; empty: none.",
+        c"Needs custos in shared_preload_libraries. A worker starts for each database listed and \
+waits quietly until custos is installed (or updated) there. Changed by a reload.",
+        &WORKER_DATABASES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.worker_naptime_ms",
+        c"How long an idle worker sleeps on its latch, in milliseconds (100 to 60000).",
+        c"Committed changes that queue work wake the database's worker at once; the nap bounds how \
+late it notices new events of tenants with jobs.embed_events and due scheduled jobs.",
+        &WORKER_NAPTIME_MS,
+        100,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.worker_batch_size",
+        c"Items a worker embeds in one provider call (1 to 1000).",
+        c"One tenant a batch. Larger batches mean fewer calls and a longer wait for each.",
+        &WORKER_BATCH_SIZE,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.worker_requests_per_minute",
+        c"Provider requests a minute all workers together make to each remote provider (0: no limit).",
+        c"A token bucket in shared memory per provider (bedrock, openai), bursts of up to a tenth of \
+a minute's requests; a worker whose provider is out of tokens serves other tenants meanwhile.",
+        &WORKER_REQUESTS_PER_MINUTE,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.worker_provider_concurrency",
+        c"Calls all workers together have in flight to each remote provider (1 to 64).",
+        c"A worker that finds its provider at the limit serves other tenants meanwhile.",
+        &WORKER_PROVIDER_CONCURRENCY,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"custos.checkpoint_url",
+        c"URL the checkpoint publication job POSTs each tenant's signed checkpoint to; empty: none.",
+        c"Checked like a webhook's URL (https unless custos.webhook_allow_http). Superuser-only: it \
+may carry a token.",
+        &CHECKPOINT_URL,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_bool_guc(
+        c"custos.webhook_allow_http",
+        c"Lets webhooks and custos.checkpoint_url use plain http.",
+        c"Off by default: notifications carry alerts, and Slack's and Teams' URLs are credentials.",
+        &WEBHOOK_ALLOW_HTTP,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"custos.webhook_allow_private",
+        c"Lets webhooks reach loopback and private networks (10/8, 172.16/12, 192.168/16, fc00::/7).",
+        c"Off by default, so that a tenant cannot aim the server at internal services. Link-local \
+and cloud metadata addresses are refused always.",
+        &WEBHOOK_ALLOW_PRIVATE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.webhook_max_attempts",
+        c"Delivery attempts before a notification is dead (1 to 100).",
+        c"custos.retry_dead_notifications() sends a tenant's dead notifications again.",
+        &WEBHOOK_MAX_ATTEMPTS,
+        1,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.webhook_retry_base_ms",
+        c"Wait before a failed notification's first retry, doubling for each later one (an hour at most).",
+        c"Default 5000.",
+        &WEBHOOK_RETRY_BASE_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"custos.webhook_timeout_ms",
+        c"How long one delivery attempt may take, in milliseconds.",
+        c"Default 10000.",
+        &WEBHOOK_TIMEOUT_MS,
+        100,
+        120_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 }
 
 /// Defines a secret setting: superuser-only, hidden from SHOW ALL, shown masked to whoever may read

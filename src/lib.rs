@@ -30,11 +30,13 @@ pub mod dormant;
 pub mod error;
 pub mod gucs;
 pub mod insights;
+pub mod jobs;
 pub mod ledger;
 pub mod pg;
 pub mod protection;
 pub mod search;
 pub mod tenancy;
+pub mod webhooks;
 
 ::pgrx::pg_module_magic!();
 
@@ -149,6 +151,30 @@ extension_sql_file!(
     requires = ["search"]
 );
 
+extension_sql_file!(
+    "../sql/webhooks.sql",
+    name = "webhooks",
+    requires = [
+        "alerts",
+        "insights",
+        webhooks::check_webhook_url,
+        webhooks::shown_url,
+        jobs::wake_worker_at_commit
+    ]
+);
+
+extension_sql_file!(
+    "../sql/jobs.sql",
+    name = "jobs",
+    requires = [
+        "webhooks",
+        "anomaly",
+        jobs::worker_states,
+        jobs::worker_progress,
+        ai::guard::breaker_states
+    ]
+);
+
 // Every function's EXECUTE privilege, in one place (the README's privilege table mirrors it).
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
@@ -162,6 +188,7 @@ pub extern "C-unwind" fn _PG_init() {
     ledger::guard::init();
     pg::cache::init();
     ai::guard::init();
+    jobs::init();
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ SECTIONS = [
                             "run_ai_task"]),
     ("search", "sql/search.sql", []),
     ("insights", "sql/insights.sql", []),
+    ("webhooks", "sql/webhooks.sql", ["check_webhook_url", "shown_url", "wake_worker_at_commit"]),
+    ("jobs", "sql/jobs.sql", ["breaker_states", "worker_progress", "worker_states"]),
 ]
 ANCHOR = "-- Triggers and event triggers 0.2.0 adds or changes."
 

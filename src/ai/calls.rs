@@ -93,30 +93,58 @@ fn refuse_unsafe_call(provider: &str) {
     }
 }
 
-/// Runs `f` (one provider operation, perhaps several HTTP requests) for the current tenant:
-/// held against the budget with `tokens_in` estimated and `max_tokens_out`, settled with what
-/// `f` reports (tokens in, tokens out).
-pub fn remote<T>(
+/// A call made ready inside a transaction (checked, priced, held against the budget): it may be
+/// performed later, outside any transaction (a background worker never waits for a provider with
+/// a transaction open).
+pub struct Prepared {
+    price_in: u64,
+    price_out: u64,
+    tokens_in: u64,
+    reservation: guard::Reservation,
+}
+
+/// Checks, prices and holds one provider operation for the current tenant: `tokens_in`
+/// estimated and `max_tokens_out`. Raises where a call must not happen (a standby, ledger chain
+/// locks, an exhausted budget).
+pub fn prepare(
     cfg: &AiConfig,
     provider: &dyn Provider,
     model: &str,
     operation: &Operation,
     tokens_in: u64,
     max_tokens_out: u64,
-    f: impl FnOnce(&mut Transport) -> Result<(T, u64, u64), CallError>,
-) -> Result<(T, Usage), (CallError, Usage)> {
-    let name = provider.kind().name();
-    if let Err(e) = provider.check(model, operation) {
-        return Err((e, Usage::default()));
-    }
-    refuse_unsafe_call(name);
-    let (price_in, price_out) = prices(name, model, cfg);
-    let held_tokens = tokens_in + max_tokens_out;
+) -> Result<Prepared, CallError> {
+    provider.check(model, operation)?;
+    refuse_unsafe_call(provider.kind().name());
+    let (price_in, price_out) = prices(provider.kind().name(), model, cfg);
     let reservation = guard::reserve(
         cfg,
-        held_tokens,
+        tokens_in + max_tokens_out,
         cost_micros(tokens_in, max_tokens_out, price_in, price_out),
     );
+    Ok(Prepared {
+        price_in,
+        price_out,
+        tokens_in,
+        reservation,
+    })
+}
+
+/// Performs a prepared call: `f` (one provider operation, perhaps several HTTP requests)
+/// through a transport, then the hold settled with what `f` reports (tokens in, tokens out).
+/// Touches no table: it runs inside a transaction or outside one.
+pub fn perform<T>(
+    cfg: &AiConfig,
+    provider: &dyn Provider,
+    prepared: Prepared,
+    f: impl FnOnce(&mut Transport) -> Result<(T, u64, u64), CallError>,
+) -> Result<(T, Usage), (CallError, Usage)> {
+    let Prepared {
+        price_in,
+        price_out,
+        tokens_in,
+        reservation,
+    } = prepared;
     let mut transport = Transport::new(cfg, provider.kind());
     let started = Instant::now();
     let result = f(&mut transport);
@@ -144,6 +172,22 @@ pub fn remote<T>(
             reservation.settle(usage.tokens_in, usage.cost_micros);
             Err((e, usage))
         }
+    }
+}
+
+/// [`prepare`] then [`perform`], in the caller's transaction.
+pub fn remote<T>(
+    cfg: &AiConfig,
+    provider: &dyn Provider,
+    model: &str,
+    operation: &Operation,
+    tokens_in: u64,
+    max_tokens_out: u64,
+    f: impl FnOnce(&mut Transport) -> Result<(T, u64, u64), CallError>,
+) -> Result<(T, Usage), (CallError, Usage)> {
+    match prepare(cfg, provider, model, operation, tokens_in, max_tokens_out) {
+        Ok(prepared) => perform(cfg, provider, prepared, f),
+        Err(e) => Err((e, Usage::default())),
     }
 }
 

@@ -498,3 +498,56 @@ impl Drop for Reservation {
         }
     }
 }
+
+/// `custos_internal.breaker_states`: the circuit breakers of this database that are not plainly
+/// closed (open, half-open, or closed with failures counted): the current tenant's, or every
+/// tenant's when `every_tenant` and the function runs as a superuser (custos.metrics).
+#[allow(unsafe_code)]
+#[pg_extern(stable, parallel_safe)]
+fn breaker_states(
+    every_tenant: bool,
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, pgrx::Uuid),
+        name!(provider, String),
+        name!(state, String),
+        name!(failures, i32),
+        name!(retry_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    // SAFETY: reads the current user's superuser flag.
+    let all = every_tenant && unsafe { pg_sys::superuser() };
+    let current = crate::tenancy::current_tenant_id().map(|t| *t.as_bytes());
+    let slots: Vec<BreakerSlot> = if shared() {
+        SHARED.share().breakers.to_vec()
+    } else {
+        Vec::new()
+    };
+    let rows: Vec<_> = slots
+        .into_iter()
+        .filter(|s| s.used && s.database == database() && (s.state != 0 || s.failures > 0))
+        .filter(|s| all || current == Some(s.tenant))
+        .map(|s| {
+            let provider = ["local", "bedrock", "openai"]
+                .get(usize::from(s.provider))
+                .copied()
+                .unwrap_or("unknown");
+            let state = match s.state {
+                1 => "open",
+                2 => "half-open",
+                _ => "closed",
+            };
+            let retry_at = (s.state != 0)
+                .then(|| pgrx::datum::TimestampWithTimeZone::try_from(s.until_ms * 1000).ok());
+            (
+                pgrx::Uuid::from_bytes(s.tenant),
+                provider.to_string(),
+                state.to_string(),
+                s.failures as i32,
+                retry_at.flatten(),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}

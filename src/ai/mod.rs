@@ -12,10 +12,11 @@
 //! - `tasks`: registered tasks and custos.complete_json
 #![deny(unsafe_code)]
 
+pub mod batch;
 mod calls;
 mod config;
 pub mod guard;
-mod http;
+pub(crate) mod http;
 mod providers;
 pub mod tasks;
 mod transport;

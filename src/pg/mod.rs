@@ -12,6 +12,7 @@ pub mod numeric;
 pub mod query;
 pub mod spi;
 pub mod srf;
+pub mod subxact;
 pub mod threads;
 pub mod tuple;
 pub mod varlena;

@@ -24,7 +24,9 @@ pub mod dormant {
     pub mod risk;
 }
 
+pub mod jobs;
 pub mod time;
+pub mod webhooks;
 
 pub mod ai {
     pub mod bedrock;

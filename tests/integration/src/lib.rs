@@ -1,7 +1,9 @@
 //! Helpers for the integration tests: fresh databases with custos, connections as any role, and
 //! the exact per-request protocol PostgREST speaks.
 
+pub mod cluster;
 pub mod mock_bedrock;
+pub mod receiver;
 
 use postgres::{Client, IsolationLevel, NoTls, Row};
 use std::sync::atomic::{AtomicBool, Ordering};

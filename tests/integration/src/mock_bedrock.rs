@@ -365,6 +365,32 @@ fn serve(stream: TcpStream, shared: &Shared) {
 
 // ---- HTTP/1.1 -------------------------------------------------------------------------------
 
+/// A request as another test server (the webhook receiver) gets it.
+pub(crate) struct PlainRequest {
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// One request read from `stream`; None if the connection closed or the request was not HTTP.
+pub(crate) fn read_one_request(stream: &TcpStream) -> Option<PlainRequest> {
+    let mut out = stream.try_clone().ok()?;
+    let mut input = BufReader::new(stream.try_clone().ok()?);
+    match read_request(&mut input, &mut out) {
+        Ok(Some(r)) => Some(PlainRequest {
+            target: r.target,
+            headers: r.headers,
+            body: r.body,
+        }),
+        _ => None,
+    }
+}
+
+/// The bytes of a JSON answer with `status`, closing the connection.
+pub(crate) fn json_answer(status: u16, body: &Value) -> Vec<u8> {
+    Response::json(status, body).to_bytes(false)
+}
+
 struct Request {
     method: String,
     target: String,

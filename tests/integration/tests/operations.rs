@@ -2,19 +2,16 @@
 //! depends on, read from a hot standby, replicate the ledger logically. Each test drives the real
 //! tools against the test cluster (and clusters of its own, on Unix sockets only).
 
+use custos_integration_tests::cluster::{new_cluster, pg_bin, scratch, Cluster};
 use custos_integration_tests::{connect, empty_db, fresh_db, sqlstate};
 use postgres::Client;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const A: &str = "a6000000-0000-4000-8000-000000000001";
 const B: &str = "b6000000-0000-4000-8000-000000000002";
 const MASTER: &str = "0be7a7100be7a7100be7a7100be7a7100be7a7100be7a7100be7a7100be7a710";
 const SIGNER: &str = "7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e";
-/// The PostgreSQL programs of the cluster under test (scripts/test.sh runs 15, then 18).
-fn pg_bin() -> String {
-    std::env::var("CUSTOS_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
-}
 
 fn host() -> String {
     std::env::var("CUSTOS_TEST_HOST").expect("CUSTOS_TEST_HOST")
@@ -89,19 +86,6 @@ fn release_sync_waiters() {
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
     )
     .unwrap();
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(format!("/tmp/custos-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ok = Command::new("chown")
-        .args(["postgres:", dir.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    dir
 }
 
 fn key_file(dir: &Path, name: &str, key: &str) -> String {
@@ -463,61 +447,6 @@ fn drops_that_would_cascade_into_the_ledger_are_refused() {
     assert_eq!(n, 0);
 }
 
-/// A cluster of the test's own, run as postgres on a Unix socket in `dir`.
-struct Cluster {
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn pg_ctl(&self, args: &[&str]) -> bool {
-        Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{}/pg_ctl", pg_bin()),
-                "-D",
-            ])
-            .arg(self.dir.join("data"))
-            .args(["-l"])
-            .arg(self.dir.join("server.log"))
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
-    fn connect(&self, db: &str) -> Client {
-        Client::connect(
-            &format!(
-                "host={} port=5432 dbname={db} user=postgres",
-                self.dir.display()
-            ),
-            postgres::NoTls,
-        )
-        .unwrap_or_else(|e| panic!("connect to {db} at {}: {e}", self.dir.display()))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
-    fn configure(&self, lines: &str) {
-        let conf = self.dir.join("data/postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str(lines);
-        std::fs::write(&conf, text).unwrap();
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn a_hot_standby_audits() {
     let keys = scratch("standby-keys");
@@ -674,38 +603,6 @@ fn an_upgrade_from_0_1_0_gives_the_schema_of_a_fresh_install_and_keeps_the_ledge
 }
 
 /// A second cluster of the test's own, preloading custos, on a Unix socket in a scratch dir.
-fn new_cluster(name: &str) -> Cluster {
-    let cluster = Cluster { dir: scratch(name) };
-    let ok = Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            &format!("{}/initdb", pg_bin()),
-            "-D",
-        ])
-        .arg(cluster.dir.join("data"))
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "initdb");
-    cluster.configure(&format!(
-        "\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = 5432\nshared_preload_libraries = 'custos'\n",
-        cluster.dir.display()
-    ));
-    assert!(cluster.pg_ctl(&["-w", "start"]), "{}", cluster.log());
-    cluster
-}
-
 fn within_30s(mut done: impl FnMut() -> bool) -> bool {
     for _ in 0..300 {
         if done() {
