@@ -334,3 +334,26 @@ SELECT significance, what_happened, why_it_matters, jsonb_array_length(related_e
 SELECT risk, summary, jsonb_pretty(highlights) AS highlights
   FROM custos.summarize('weekly');
 COMMIT;
+
+\echo ''
+\echo '== 15. Background work (here by hand: with custos preloaded and custos.worker_databases set,'
+\echo '   a worker per database does it within seconds, and delivers notifications)'
+BEGIN;
+SELECT custos.set_tenant('a1000000-0000-4000-8000-000000000001') \gset
+UPDATE custos.identities SET department = 'security' WHERE user_id = 'dave';
+\echo '   dave changed department: his profile is queued for a new embedding (a login alone would not be):'
+SELECT kind, item, state FROM custos.embedding_queue;
+SELECT items, outcome FROM custos.run_job('embedding_refresh');
+\echo '   a Slack integration for critical alerts (its URL, a credential, is never shown again):'
+SELECT integration FROM custos.set_integration('soc-slack', 'slack', 'https://hooks.slack.com/services/T000/B000/XXXX', 'critical');
+SELECT name, kind, url, min_severity FROM custos.integration_list;
+INSERT INTO custos.alerts (tenant_id, source, severity, title)
+VALUES (custos.current_tenant(), 'demo', 'critical', 'privileged account used from a new country');
+\echo '   the alert waits in the outbox, queued in the same transaction:'
+SELECT topic, state, subject->>'title' AS title FROM custos.notifications;
+\echo '   scheduled jobs, run by hand as pg_cron would (each run recorded in custos.job_runs):'
+SELECT job, outcome, items, coalesce(error, '') AS note
+  FROM (SELECT 'retention' AS job, r.* FROM custos.run_job('retention') r
+        UNION ALL SELECT 'checkpoint_publication', r.* FROM custos.run_job('checkpoint_publication') r) x;
+SELECT jsonb_pretty(custos.health() - 'checked_at' - 'jobs') AS health;
+COMMIT;

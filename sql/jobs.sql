@@ -641,7 +641,7 @@ AS $fn$
                 'pending', count(*) FILTER (WHERE q.state = 'pending' AND q.kind <> 'events'),
                 'failed', count(*) FILTER (WHERE q.state = 'failed'),
                 'leased', count(*) FILTER (WHERE q.lease_until > now()),
-                'oldest_pending_age_s', round(extract(epoch FROM now() - min(q.enqueued_at) FILTER (WHERE q.state = 'pending' AND q.kind <> 'events'))::numeric, 3),
+                'oldest_pending_age_s', round(greatest(0, extract(epoch FROM clock_timestamp() - min(q.enqueued_at) FILTER (WHERE q.state = 'pending' AND q.kind <> 'events')))::numeric, 3),
                 'events_behind', coalesce(sum((SELECT max(e.seq) FROM @extschema@.events e WHERE e.tenant_id = q.tenant_id) - q.done_seq)
                                               FILTER (WHERE q.kind = 'events'), 0))
               FROM @extschema@.embedding_queue q),
@@ -650,7 +650,7 @@ AS $fn$
                 'pending', count(*) FILTER (WHERE n.state = 'pending'),
                 'dead', count(*) FILTER (WHERE n.state = 'dead'),
                 'delivered_24h', count(*) FILTER (WHERE n.state = 'delivered' AND n.delivered_at > now() - interval '1 day'),
-                'oldest_pending_age_s', round(extract(epoch FROM now() - min(n.created_at) FILTER (WHERE n.state = 'pending'))::numeric, 3))
+                'oldest_pending_age_s', round(greatest(0, extract(epoch FROM clock_timestamp() - min(n.created_at) FILTER (WHERE n.state = 'pending')))::numeric, 3))
               FROM @extschema@.notifications n),
         'breakers', (SELECT coalesce(jsonb_agg(to_jsonb(b)), '[]') FROM custos_internal.breaker_states(false) b),
         'jobs', (
@@ -682,7 +682,7 @@ AS $fn$
       FROM @extschema@.embedding_queue q WHERE q.kind <> 'events' GROUP BY q.tenant_id, q.state
     UNION ALL
     SELECT 'custos_embedding_queue_oldest_seconds', jsonb_build_object('tenant_id', q.tenant_id),
-           extract(epoch FROM now() - min(q.enqueued_at))::float8, 'Age of the oldest pending item of the embedding queue.'
+           greatest(0, extract(epoch FROM clock_timestamp() - min(q.enqueued_at)))::float8, 'Age of the oldest pending item of the embedding queue.'
       FROM @extschema@.embedding_queue q WHERE q.kind <> 'events' AND q.state = 'pending' GROUP BY q.tenant_id
     UNION ALL
     SELECT 'custos_embedding_events_behind', jsonb_build_object('tenant_id', q.tenant_id),

@@ -186,6 +186,14 @@ BEGIN
      WHERE e.tenant_id = tenant AND e.model = m
        AND NOT EXISTS (SELECT 1 FROM @extschema@.identities i WHERE i.tenant_id = tenant AND i.user_id = e.user_id);
     GET DIAGNOSTICS removed = ROW_COUNT;
+    -- What the workers had queued is done, where the profile as it stands now is the one embedded.
+    IF m = custos_internal.embedding_model(NULL) THEN
+        DELETE FROM @extschema@.embedding_queue q
+         USING @extschema@.identities i, @extschema@.identity_embeddings e
+         WHERE q.tenant_id = tenant AND q.kind = 'identity' AND i.tenant_id = tenant AND i.user_id = q.item
+           AND e.tenant_id = tenant AND e.user_id = q.item AND e.model = m
+           AND e.content_hash = sha256(convert_to(m || E'\n' || custos_internal.identity_profile(i), 'UTF8'));
+    END IF;
     embedded := n_embedded;
     SELECT count(*) - n_embedded INTO unchanged
       FROM @extschema@.identity_embeddings e WHERE e.tenant_id = tenant AND e.model = m;

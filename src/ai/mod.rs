@@ -9,6 +9,7 @@
 //! - `transport`, `http`: retries, breakers and deadlines around each HTTP exchange
 //! - `guard`: breakers and budgets shared by every backend
 //! - `calls`: one remote call from refusal checks to its custos.ai_calls row
+//! - `batch`: embeddings for the background workers, prepared, called and logged in three steps
 //! - `tasks`: registered tasks and custos.complete_json
 #![deny(unsafe_code)]
 
