@@ -3803,7 +3803,8 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.integrations_id_seq', ''
 
 -- No security_invoker: readers may not read url or secret, and the view names the current
 -- tenant itself (a view runs as its owner, which row-level security would let through).
-CREATE VIEW @extschema@.integration_list AS
+-- security_barrier: no function of a caller's query runs before the tenant filter.
+CREATE VIEW @extschema@.integration_list WITH (security_barrier) AS
     SELECT i.name, i.kind, custos_internal.shown_url(i.url) AS url, i.secret IS NOT NULL AS signed, i.min_severity,
            i.topics, i.enabled, i.created_at
       FROM @extschema@.integrations i
@@ -4274,11 +4275,15 @@ BEGIN
      WHERE s.key = 'jobs.embed_events' AND s.value = 'true'
     ON CONFLICT (tenant_id, kind, item) DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- A tenant that turned it off is not embedded further (its events and single events leave).
+    DELETE FROM @extschema@.embedding_queue q
+     WHERE q.kind IN ('events', 'event')
+       AND @extschema@.tenant_setting(q.tenant_id, 'jobs.embed_events') <> 'true';
     RETURN n;
 END
 $fn$;
 COMMENT ON FUNCTION custos_internal.watch_event_embeddings() IS
-'Internal: adds the events row of the embedding queue for each tenant that turned jobs.embed_events on.';
+'Internal: adds the events row of the embedding queue for each tenant that turned jobs.embed_events on, and removes the events of tenants that turned it off.';
 
 -- The next batch to embed, claimed under a lease: the due item kinds of the tenant whose oldest
 -- due item is oldest (one tenant a batch: one provider call with the tenant's model). Returns
@@ -4296,6 +4301,8 @@ DECLARE
     b_seqs bigint[];
     b_actions text[];
     b_texts text[];
+    settled bigint;
+    start_seq bigint;
 BEGIN
     SELECT q.tenant_id INTO t FROM @extschema@.embedding_queue q
      WHERE q.state = 'pending' AND q.next_attempt_at <= clock_timestamp()
@@ -4354,6 +4361,18 @@ BEGIN
              WHERE ev.tenant_id = t AND ev.seq > from_seq
              ORDER BY ev.seq
              LIMIT batch_size) x;
+    IF b_seqs IS NULL THEN
+        RETURN;
+    END IF;
+    -- Never past an event not visible yet (a later one may commit first): the chain's seqs have no
+    -- gaps, so the batch stops at the first one missing. Retention may have removed the events
+    -- below the tenant's oldest.
+    start_seq := greatest(from_seq + 1, (SELECT min(ev.seq) FROM @extschema@.events ev WHERE ev.tenant_id = t));
+    SELECT count(*) INTO settled FROM unnest(b_seqs) WITH ORDINALITY u(seq, o) WHERE u.seq = start_seq + u.o - 1;
+    IF settled = 0 THEN
+        RETURN;
+    END IF;
+    b_seqs := b_seqs[1:settled]; b_actions := b_actions[1:settled]; b_texts := b_texts[1:settled];
     IF NOT EXISTS (SELECT 1 FROM unnest(b_actions) a WHERE a <> 'ai.call') THEN
         UPDATE @extschema@.embedding_queue q SET done_seq = greatest(q.done_seq, b_seqs[cardinality(b_seqs)])
          WHERE q.tenant_id = t AND q.kind = 'events' AND q.item = '';
@@ -4394,6 +4413,10 @@ BEGIN
           FROM unnest(kinds, items, generations, texts) WITH ORDINALITY x(kind, item, gen, txt, o)
           JOIN @extschema@.embedding_queue q
             ON q.tenant_id = tenant AND q.kind = 'identity' AND q.item = x.item AND q.generation = x.gen
+          -- The profile as it stands now is the one embedded (a claim can see a newer generation
+          -- than the text it read).
+          JOIN @extschema@.identities i
+            ON i.tenant_id = tenant AND i.user_id = x.item AND custos_internal.identity_profile(i) = x.txt
          WHERE x.kind = 'identity'),
     written AS (
         INSERT INTO @extschema@.identity_embeddings AS ie (tenant_id, user_id, model, dims, content_hash, embedded_at, embedding)
@@ -4848,8 +4871,8 @@ COMMENT ON FUNCTION custos_internal.metric_rows() IS
 
 CREATE VIEW @extschema@.metrics AS SELECT * FROM custos_internal.metric_rows();
 COMMENT ON VIEW @extschema@.metrics IS
-'custos'' metrics for Prometheus (postgres_exporter custom queries): one row a metric and label set, with its help text: workers up and their heartbeat age, the embedding queue by state and its oldest item, events not embedded yet, notifications by state, each job''s last run and failures, AI calls and cost this month, open breakers. Every tenant''s counts (no content): for pg_monitor and custos_admin.';
-GRANT SELECT ON @extschema@.metrics TO pg_monitor, custos_admin;
+'custos'' metrics for Prometheus (postgres_exporter custom queries): one row a metric and label set, with its help text: workers up and their heartbeat age, the embedding queue by state and its oldest item, events not embedded yet, notifications by state, each job''s last run and failures, AI calls and cost this month, open breakers. Every tenant''s counts (no content): for pg_monitor only, not for any tenant''s roles.';
+GRANT SELECT ON @extschema@.metrics TO pg_monitor;
 
 CREATE VIEW @extschema@.job_progress AS SELECT * FROM custos_internal.worker_progress();
 COMMENT ON VIEW @extschema@.job_progress IS
@@ -4934,7 +4957,6 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.breaker_states(boolean),
     custos_internal.worker_progress()
 TO pg_monitor;
-GRANT EXECUTE ON FUNCTION custos_internal.metric_rows() TO custos_admin;
 
 GRANT EXECUTE ON FUNCTION
     @extschema@.record_event(text, text, text, jsonb, text, timestamptz, text, inet, text),

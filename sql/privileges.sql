@@ -68,7 +68,6 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.breaker_states(boolean),
     custos_internal.worker_progress()
 TO pg_monitor;
-GRANT EXECUTE ON FUNCTION custos_internal.metric_rows() TO custos_admin;
 
 -- Writers: recording events.
 GRANT EXECUTE ON FUNCTION

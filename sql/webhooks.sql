@@ -36,7 +36,8 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.integrations_id_seq', ''
 
 -- No security_invoker: readers may not read url or secret, and the view names the current
 -- tenant itself (a view runs as its owner, which row-level security would let through).
-CREATE VIEW @extschema@.integration_list AS
+-- security_barrier: no function of a caller's query runs before the tenant filter.
+CREATE VIEW @extschema@.integration_list WITH (security_barrier) AS
     SELECT i.name, i.kind, custos_internal.shown_url(i.url) AS url, i.secret IS NOT NULL AS signed, i.min_severity,
            i.topics, i.enabled, i.created_at
       FROM @extschema@.integrations i

@@ -25,8 +25,10 @@ enum State {
     Embedded(Vec<Vec<f32>>),
     /// A remote call, checked and held against the budget.
     Ready(Prepared),
-    /// Refused before any call (a model the provider lacks, a text with no word, the budget).
+    /// Refused before any call (a model the provider lacks, a text with no word).
     Refused(String),
+    /// Not now: the tenant's budget is spent, or too many calls are in flight (53xxx).
+    Deferred(String),
 }
 
 /// What became of a batch.
@@ -105,6 +107,7 @@ pub fn prepare(texts: &[String]) -> Batch {
     let state = match prepared {
         Ok(Ok(p)) => State::Ready(p),
         Ok(Err(e)) => State::Refused(e.message().to_string()),
+        Err(caught) if caught.sqlstate.starts_with("53") => State::Deferred(caught.message),
         Err(caught) => State::Refused(caught.message),
     };
     Batch {
@@ -138,6 +141,15 @@ impl Batch {
                 Outcome::Failed {
                     message,
                     refused: true,
+                    counted: false,
+                },
+                None,
+            ),
+            // Waits like an unavailable provider: delayed, never failed for it.
+            State::Deferred(message) => (
+                Outcome::Failed {
+                    message,
+                    refused: false,
                     counted: false,
                 },
                 None,

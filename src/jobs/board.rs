@@ -62,6 +62,8 @@ struct Slot {
     embedded: u64,
     delivered: u64,
     failures: u64,
+    /// Places this worker holds at each provider's gate: given back when it exits, however.
+    held: [u32; PROVIDERS],
 }
 
 #[derive(Clone, Copy)]
@@ -166,6 +168,11 @@ pub fn release(slot: usize, pid: i32) {
     if ready() && slot < SLOTS {
         let mut b = BOARD.exclusive();
         if b.slots[slot].pid == pid {
+            // A worker ended mid-call (SIGTERM exits without unwinding): its places go back.
+            let held = b.slots[slot].held;
+            for (gate, n) in b.gates.iter_mut().zip(held) {
+                gate.in_flight = gate.in_flight.saturating_sub(n);
+            }
             b.slots[slot] = Slot::default();
         }
     }
@@ -206,6 +213,26 @@ pub fn count(slot: usize, embedded: u64, delivered: u64, failures: u64) {
         s.failures += failures;
         s.heartbeat_ms = now_ms();
     }
+}
+
+/// The workers whose processes still run: (database, pid).
+#[allow(unsafe_code)]
+pub fn live_workers() -> Vec<(u32, i32)> {
+    if !ready() {
+        return Vec::new();
+    }
+    let slots: Vec<(u32, i32)> = BOARD
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.used)
+        .map(|s| (s.database, s.pid))
+        .collect();
+    // SAFETY: signal 0 only checks that the process exists.
+    slots
+        .into_iter()
+        .filter(|(_, pid)| unsafe { libc::kill(*pid, 0) } == 0)
+        .collect()
 }
 
 /// The pid of the worker serving `database`, if one runs.
@@ -270,6 +297,7 @@ pub fn snapshot() -> (Vec<SlotView>, Option<(i32, i64)>) {
 /// A call in flight through a provider's gate; dropping it frees its place.
 pub struct Ticket {
     provider: usize,
+    slot: usize,
 }
 
 impl Drop for Ticket {
@@ -278,28 +306,45 @@ impl Drop for Ticket {
             let mut b = BOARD.exclusive();
             let g = &mut b.gates[self.provider];
             g.in_flight = g.in_flight.saturating_sub(1);
+            let h = &mut b.slots[self.slot].held[self.provider];
+            *h = h.saturating_sub(1);
         }
     }
 }
 
-/// A place for one call to `provider` (0..3): within the requests a minute and the calls in
-/// flight that every worker shares; else how many milliseconds to wait.
-pub fn pass_gate(provider: u8, per_minute: u32, concurrency: u32) -> Result<Option<Ticket>, i64> {
-    if !ready() {
+/// A place for worker `slot`'s call to `provider` (0..3): within the requests a minute and the
+/// calls in flight that every worker shares; else how many milliseconds to wait.
+pub fn pass_gate(
+    slot: usize,
+    provider: u8,
+    per_minute: u32,
+    concurrency: u32,
+) -> Result<Option<Ticket>, i64> {
+    if !ready() || slot >= SLOTS {
         return Ok(None);
     }
     let p = usize::from(provider).min(PROVIDERS - 1);
     let now = now_ms();
     let mut b = BOARD.exclusive();
+    b.slots[slot].held[p] += 1;
     let g = &mut b.gates[p];
     if g.bucket.per_minute != per_minute {
         // The rate changed (a reload): a new bucket, bursts of a tenth of a minute's requests.
         g.bucket = TokenBucket::new(per_minute, (per_minute / 10).max(1), now);
     }
-    if g.in_flight >= concurrency {
-        return Err(200);
+    let admitted = if g.in_flight >= concurrency {
+        Err(200)
+    } else {
+        g.bucket.take(now)
+    };
+    match admitted {
+        Ok(()) => {
+            g.in_flight += 1;
+            Ok(Some(Ticket { provider: p, slot }))
+        }
+        Err(wait_ms) => {
+            b.slots[slot].held[p] -= 1;
+            Err(wait_ms)
+        }
     }
-    g.bucket.take(now)?;
-    g.in_flight += 1;
-    Ok(Some(Ticket { provider: p }))
 }

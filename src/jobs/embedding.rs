@@ -104,6 +104,7 @@ pub fn refresh_once(slot: usize) -> bool {
         let ticket = match prepared.remote_provider() {
             None => None,
             Some(kind) => match board::pass_gate(
+                slot,
                 kind.index(),
                 gucs::WORKER_REQUESTS_PER_MINUTE.get().max(0) as u32,
                 gucs::WORKER_PROVIDER_CONCURRENCY.get().max(1) as u32,

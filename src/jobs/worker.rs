@@ -161,7 +161,8 @@ pub extern "C-unwind" fn custos_launcher_main(_arg: pg_sys::Datum) {
             pgrx::log!("custos launcher: custos.worker_databases: {e}");
             Vec::new()
         });
-        // Databases no longer listed: their workers stop.
+        // Databases no longer listed: their workers stop (also those an earlier launcher
+        // started, found on the board).
         let (keep, gone): (Vec<_>, Vec<_>) =
             running.into_iter().partition(|(db, _)| wanted.contains(db));
         for (db, worker) in gone {
@@ -169,19 +170,22 @@ pub extern "C-unwind" fn custos_launcher_main(_arg: pg_sys::Datum) {
             let _ = worker.terminate();
         }
         running = keep;
-        for db in &wanted {
-            let alive = running.iter().any(|(d, w)| {
-                d == db
-                    && !matches!(
-                        w.pid(),
-                        Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
-                    )
-            });
-            if alive {
-                continue;
+        let oids: Vec<(String, Option<u32>)> = wanted
+            .iter()
+            .map(|db| (db.clone(), database_oid(db)))
+            .collect();
+        let live = board::live_workers();
+        for (database, pid) in &live {
+            if !oids.iter().any(|(_, o)| *o == Some(*database)) {
+                // SAFETY: SIGTERM to a custos worker of this server (its pid is on the board).
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(*pid, libc::SIGTERM);
+                }
             }
-            running.retain(|(d, _)| d != db);
-            let Some(oid) = database_oid(db) else {
+        }
+        for (db, oid) in &oids {
+            let Some(oid) = *oid else {
                 if !missing_logged.contains(db) {
                     pgrx::log!("custos launcher: database \"{db}\" of custos.worker_databases does not exist; its worker starts once it does");
                     missing_logged.push(db.clone());
@@ -189,6 +193,20 @@ pub extern "C-unwind" fn custos_launcher_main(_arg: pg_sys::Datum) {
                 continue;
             };
             missing_logged.retain(|d| d != db);
+            // Running already: on the board (this launcher's, or an earlier one's), or started
+            // and not yet there.
+            let on_board = live.iter().any(|(d, _)| *d == oid);
+            let starting = running.iter().any(|(d, w)| {
+                d == db
+                    && !matches!(
+                        w.pid(),
+                        Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
+                    )
+            });
+            if on_board || starting {
+                continue;
+            }
+            running.retain(|(d, _)| d != db);
             match start_worker(db, oid) {
                 Some(w) => running.push((db.clone(), w)),
                 None => pgrx::log!("custos launcher: no background worker slot for database \"{db}\" (raise max_worker_processes)"),

@@ -45,26 +45,61 @@ const METADATA_HOSTS: &[&str] = &[
     "instance-data.ec2.internal",
 ];
 
+/// The IPv4 address an IPv6 address carries, if it carries one: IPv4-mapped (::ffff:0:0/96),
+/// IPv4-compatible (::/96), NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0, _, _] if !v6.is_loopback() && !v6.is_unspecified() => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, a, b, ..] => Some(Ipv4Addr::new(
+            (a >> 8) as u8,
+            a as u8,
+            (b >> 8) as u8,
+            b as u8,
+        )),
+        _ => None,
+    }
+}
+
 /// Whether an address is never a webhook's: link-local (169.254/16 holds the cloud metadata
-/// services), unspecified, multicast, broadcast, or AWS' IPv6 metadata address.
+/// services), the clouds' other metadata and host addresses, "this network", reserved,
+/// benchmarking, multicast and broadcast ranges.
 fn forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let o = v4.octets();
             v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_multicast()
                 || v4.is_broadcast()
-                // Alibaba Cloud's metadata service.
+                || o[0] == 0
+                // IETF protocol assignments (Oracle Cloud's metadata is 192.0.0.192).
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                // Benchmarking (198.18/15) and reserved (240/4).
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240
+                // Alibaba Cloud's metadata service, Azure's host (WireServer).
                 || v4 == Ipv4Addr::new(100, 100, 100, 200)
+                || v4 == Ipv4Addr::new(168, 63, 129, 16)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return forbidden(IpAddr::V4(v4));
             }
-            (v6.segments()[0] & 0xffc0) == 0xfe80
+            let first = v6.segments()[0];
+            (first & 0xffc0) == 0xfe80
+                // Site-local (deprecated, still routed by some stacks).
+                || (first & 0xffc0) == 0xfec0
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                // AWS' and Google Cloud's IPv6 metadata addresses.
                 || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6 == Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)
         }
     }
 }
@@ -80,7 +115,7 @@ fn private(ip: IpAddr) -> bool {
                 || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return private(IpAddr::V4(v4));
             }
             v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
@@ -207,8 +242,55 @@ fn detail_lines(details: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The body of a notification for `kind`.
+/// Text as Slack's mrkdwn and Teams' markdown show it literally: `&`, `<` and `>` escaped, so an
+/// event's text cannot mention `<!channel>` or make a link that reads as something else.
+fn literal(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The body of a notification for `kind`. Chat messages show every value literally.
 pub fn payload(kind: Kind, alert: &Alert) -> Value {
+    if kind != Kind::Generic {
+        let details = match alert.details {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (literal(k), Value::String(literal(&text)))
+                    })
+                    .collect(),
+            ),
+            _ => Value::Null,
+        };
+        let (source, title) = (literal(alert.source), literal(alert.title));
+        let escaped = Alert {
+            source: &source,
+            title: &title,
+            details: &details,
+            ..alert.clone()
+        };
+        return chat_payload(kind, &escaped);
+    }
+    json!({
+        "type": "custos.alert",
+        "alert": {
+            "id": alert.id,
+            "tenant_id": alert.tenant,
+            "source": alert.source,
+            "severity": alert.severity,
+            "title": alert.title,
+            "created_at": alert.created_at,
+            "details": alert.details,
+        }
+    })
+}
+
+fn chat_payload(kind: Kind, alert: &Alert) -> Value {
     let headline = format!("[{}] {}", alert.severity.to_uppercase(), alert.title);
     match kind {
         Kind::Slack => {
@@ -265,18 +347,7 @@ pub fn payload(kind: Kind, alert: &Alert) -> Value {
                 }]
             })
         }
-        Kind::Generic => json!({
-            "type": "custos.alert",
-            "alert": {
-                "id": alert.id,
-                "tenant_id": alert.tenant,
-                "source": alert.source,
-                "severity": alert.severity,
-                "title": alert.title,
-                "created_at": alert.created_at,
-                "details": alert.details,
-            }
-        }),
+        Kind::Generic => Value::Null,
     }
 }
 
@@ -351,6 +422,50 @@ mod tests {
         ] {
             assert!(check_url(bad, OPEN).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn addresses_hidden_in_ipv6_or_reserved_ranges_are_refused() {
+        let all = Allowance {
+            http: true,
+            private: true,
+        };
+        for bad in [
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[2002:a9fe:a9fe::1]/",
+            "http://[::a9fe:a9fe]/",
+            "http://[fd20:ce::254]/",
+            "http://[fec0::1]/",
+            "http://0.1.2.3/",
+            "http://192.0.0.192/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
+            "http://168.63.129.16/",
+        ] {
+            assert!(check_url(bad, all).is_err(), "{bad}");
+        }
+        assert!(
+            check_url("http://[64:ff9b::a00:1]/", OPEN).is_err(),
+            "NAT64 of 10.0.0.1"
+        );
+        assert!(check_url("https://[2606:4700::1111]/", OPEN).is_ok());
+    }
+
+    #[test]
+    fn chat_messages_show_values_literally() {
+        let d = json!({"note": "<!channel> <https://evil.example|bank>"});
+        let mut a = alert(&d);
+        a.title = "x <@U123> & y";
+        let s = payload(Kind::Slack, &a).to_string();
+        assert!(!s.contains("<!channel>") && !s.contains("<@U123>"), "{s}");
+        assert!(s.contains("&lt;!channel&gt;"));
+        let t = payload(Kind::Teams, &a).to_string();
+        assert!(!t.contains("<https://evil"));
+        let g = payload(Kind::Generic, &a);
+        assert_eq!(
+            g["alert"]["title"], "x <@U123> & y",
+            "generic JSON keeps the value"
+        );
     }
 
     #[test]
