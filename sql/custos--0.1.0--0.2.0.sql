@@ -3294,6 +3294,85 @@ $fn$;
 COMMENT ON FUNCTION custos_internal.dormant_analysis_by_rules(@extschema@.identities, real, text, text[], integer) IS
 'Internal: the analysis of custos.analyze_dormant_user by rules (the deterministic risk, its reasons, recommendations from the account''s state), when no model answered.';
 
+-- What the model is told about an identity (custos.analyze_dormant_user, the dormant_insights
+-- job): its profile, inactivity, deterministic risk with reasons, and its most similar accounts
+-- with their state (when its profile is embedded).
+CREATE FUNCTION custos_internal.dormant_context(tenant uuid, who text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    i @extschema@.identities;
+    d record;
+    neighbours jsonb := '[]';
+BEGIN
+    SELECT * INTO i FROM @extschema@.identities x WHERE x.tenant_id = tenant AND x.user_id = who;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the current tenant has no identity "%"', who
+            USING ERRCODE = 'P0002', HINT = 'custos.dormant_users lists the tenant''s identities';
+    END IF;
+    SELECT * INTO d FROM custos_internal.dormant_row(i, NULL);
+    IF EXISTS (SELECT 1 FROM @extschema@.identity_embeddings e
+                WHERE e.tenant_id = tenant AND e.user_id = who AND e.model = custos_internal.embedding_model(NULL)) THEN
+        SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', s.similar_user_id, 'similarity', round(s.similarity::numeric, 3),
+                                                     'status', s.status, 'department', s.department,
+                                                     'privileged', s.is_privileged, 'last_active_at', s.last_active_at)
+                                  ORDER BY s.similarity DESC), '[]')
+          INTO neighbours FROM @extschema@.similar_users(who, 5) s;
+    END IF;
+    RETURN jsonb_build_object(
+        'account', jsonb_strip_nulls(jsonb_build_object(
+            'user_id', who, 'status', (i).status, 'service_account', (i).is_service_account,
+            'privileged', (i).is_privileged, 'roles', to_jsonb((i).roles), 'department', (i).department,
+            'source', (i).source, 'mfa_enabled', (i).mfa_enabled, 'credentials_valid', (i).has_valid_credentials,
+            'days_inactive', d.days_inactive, 'never_active', d.never_active,
+            'review_decision', (i).review_decision)),
+        'deterministic_risk', jsonb_build_object('score', round(d.risk_score::numeric, 3), 'level', d.risk_level,
+                                                 'reasons', to_jsonb(d.reasons)),
+        'similar_accounts', neighbours);
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.dormant_context(uuid, text) IS
+'Internal: what the analyze_dormant_user task is told about an identity (profile, inactivity, deterministic risk and reasons, similar accounts); P0002 for an unknown one.';
+
+-- Stores an analysis (the model's answer, or the rules' when fallback) as the latest of the
+-- identity and in the history.
+CREATE FUNCTION custos_internal.store_dormant_analysis(tenant uuid, who text, context jsonb, answer jsonb, provider text,
+                                                       model text, prompt_version integer, fallback boolean)
+RETURNS @extschema@.user_insights
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    i @extschema@.identities;
+    d record;
+    version text := 'analyze_dormant_user@' || prompt_version;
+    neighbours jsonb := coalesce(context->'similar_accounts', '[]');
+    stored @extschema@.user_insights;
+BEGIN
+    IF fallback THEN
+        SELECT * INTO i FROM @extschema@.identities x WHERE x.tenant_id = tenant AND x.user_id = who;
+        SELECT * INTO d FROM custos_internal.dormant_row(i, NULL);
+        answer := custos_internal.dormant_analysis_by_rules(i, d.risk_score, d.risk_level, d.reasons, d.days_inactive);
+    END IF;
+    INSERT INTO @extschema@.rag_analysis_history (tenant_id, subject_type, subject, analysis, provider, model, prompt_version, fallback)
+    VALUES (tenant, 'user', who, answer || jsonb_build_object('similar_users', neighbours), provider, model, version, fallback);
+    INSERT INTO @extschema@.user_insights AS u (tenant_id, user_id, risk_score, risk_level, summary, insights, recommendations,
+                                                similar_users, provider, model, prompt_version, fallback, analyzed_at)
+    VALUES (tenant, who, (answer->>'risk_score')::float8, answer->>'risk_level', answer->>'summary', answer->'insights',
+            answer->'recommendations', neighbours, provider, model, version, fallback, now())
+    ON CONFLICT (tenant_id, user_id) DO UPDATE
+       SET risk_score = excluded.risk_score, risk_level = excluded.risk_level, summary = excluded.summary,
+           insights = excluded.insights, recommendations = excluded.recommendations,
+           similar_users = excluded.similar_users, provider = excluded.provider, model = excluded.model,
+           prompt_version = excluded.prompt_version, fallback = excluded.fallback, analyzed_at = excluded.analyzed_at
+    RETURNING * INTO stored;
+    RETURN stored;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.store_dormant_analysis(uuid, text, jsonb, jsonb, text, text, integer, boolean) IS
+'Internal: stores an analysis of an identity (the rules'' when fallback) in custos.user_insights and custos.rag_analysis_history.';
+
 CREATE FUNCTION @extschema@.analyze_dormant_user(user_id text)
 RETURNS TABLE (analyzed_user_id text, risk_score double precision, risk_level text, summary text, insights jsonb,
                recommendations jsonb, similar_users jsonb, provider text, model text, prompt_version text,
@@ -3305,58 +3384,14 @@ AS $fn$
 DECLARE
     tenant uuid := @extschema@.require_tenant();
     who text := analyze_dormant_user.user_id;
-    i @extschema@.identities;
-    d record;
-    neighbours jsonb := '[]';
-    context jsonb;
+    context jsonb := custos_internal.dormant_context(tenant, who);
     r record;
-    answer jsonb;
-    version text;
+    u @extschema@.user_insights;
 BEGIN
-    SELECT * INTO i FROM @extschema@.identities x WHERE x.tenant_id = tenant AND x.user_id = who;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'the current tenant has no identity "%"', who
-            USING ERRCODE = 'P0002', HINT = 'custos.dormant_users lists the tenant''s identities';
-    END IF;
-    SELECT * INTO d FROM custos_internal.dormant_row(i, NULL);
-    -- Who else looks like this account, and what became of them (when its profile is embedded).
-    IF EXISTS (SELECT 1 FROM @extschema@.identity_embeddings e
-                WHERE e.tenant_id = tenant AND e.user_id = who AND e.model = custos_internal.embedding_model(NULL)) THEN
-        SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', s.similar_user_id, 'similarity', round(s.similarity::numeric, 3),
-                                                     'status', s.status, 'department', s.department,
-                                                     'privileged', s.is_privileged, 'last_active_at', s.last_active_at)
-                                  ORDER BY s.similarity DESC), '[]')
-          INTO neighbours FROM @extschema@.similar_users(who, 5) s;
-    END IF;
-    context := jsonb_build_object(
-        'account', jsonb_strip_nulls(jsonb_build_object(
-            'user_id', who, 'status', (i).status, 'service_account', (i).is_service_account,
-            'privileged', (i).is_privileged, 'roles', to_jsonb((i).roles), 'department', (i).department,
-            'source', (i).source, 'mfa_enabled', (i).mfa_enabled, 'credentials_valid', (i).has_valid_credentials,
-            'days_inactive', d.days_inactive, 'never_active', d.never_active,
-            'review_decision', (i).review_decision)),
-        'deterministic_risk', jsonb_build_object('score', round(d.risk_score::numeric, 3), 'level', d.risk_level,
-                                                 'reasons', to_jsonb(d.reasons)),
-        'similar_accounts', neighbours);
     SELECT * INTO r FROM custos_internal.run_ai_task('analyze_dormant_user', context);
-    answer := CASE WHEN r.fallback
-                   THEN custos_internal.dormant_analysis_by_rules(i, d.risk_score, d.risk_level, d.reasons, d.days_inactive)
-                   ELSE r.answer END;
-    version := 'analyze_dormant_user@' || r.prompt_version;
-    INSERT INTO @extschema@.rag_analysis_history (tenant_id, subject_type, subject, analysis, provider, model, prompt_version, fallback)
-    VALUES (tenant, 'user', who, answer || jsonb_build_object('similar_users', neighbours), r.provider, r.model, version, r.fallback);
-    INSERT INTO @extschema@.user_insights AS u (tenant_id, user_id, risk_score, risk_level, summary, insights, recommendations,
-                                                similar_users, provider, model, prompt_version, fallback, analyzed_at)
-    VALUES (tenant, who, (answer->>'risk_score')::float8, answer->>'risk_level', answer->>'summary', answer->'insights',
-            answer->'recommendations', neighbours, r.provider, r.model, version, r.fallback, now())
-    ON CONFLICT (tenant_id, user_id) DO UPDATE
-       SET risk_score = excluded.risk_score, risk_level = excluded.risk_level, summary = excluded.summary,
-           insights = excluded.insights, recommendations = excluded.recommendations,
-           similar_users = excluded.similar_users, provider = excluded.provider, model = excluded.model,
-           prompt_version = excluded.prompt_version, fallback = excluded.fallback, analyzed_at = excluded.analyzed_at;
+    u := custos_internal.store_dormant_analysis(tenant, who, context, r.answer, r.provider, r.model, r.prompt_version, r.fallback);
     RETURN QUERY SELECT u.user_id, u.risk_score, u.risk_level, u.summary, u.insights, u.recommendations,
-                        u.similar_users, u.provider, u.model, u.prompt_version, u.fallback, u.analyzed_at
-                   FROM @extschema@.user_insights u WHERE u.tenant_id = tenant AND u.user_id = who;
+                        u.similar_users, u.provider, u.model, u.prompt_version, u.fallback, u.analyzed_at;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.analyze_dormant_user(text) IS
@@ -3681,6 +3716,56 @@ $fn$;
 COMMENT ON FUNCTION custos_internal.period_summary_by_rules(text, jsonb) IS
 'Internal: the summary of custos.summarize by rules (the statistics in words, a risk from severities, alerts and erasures), when no model answered.';
 
+-- The window of a period ending at until: [until - period, until); 22023 for an unknown period.
+CREATE FUNCTION custos_internal.period_window(period text, until timestamptz)
+RETURNS TABLE (window_start timestamptz, window_end timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    w_end timestamptz := coalesce(period_window.until, now());
+    w_start timestamptz := w_end - CASE period_window.period WHEN 'daily' THEN interval '1 day'
+                                   WHEN 'weekly' THEN interval '7 days' WHEN 'monthly' THEN interval '1 month' END;
+BEGIN
+    IF w_start IS NULL THEN
+        RAISE EXCEPTION 'unknown period "%"', period_window.period
+            USING ERRCODE = '22023', HINT = 'one of daily, weekly, monthly: the period that ends at until (default now)';
+    END IF;
+    RETURN QUERY SELECT w_start, w_end;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.period_window(text, timestamptz) IS
+'Internal: the window [start, end) of a daily, weekly or monthly period ending at until (default now).';
+
+-- Stores a summary (the model's narrative, or the rules' when fallback) and logs the read.
+CREATE FUNCTION custos_internal.store_summary(tenant uuid, period text, w_start timestamptz, w_end timestamptz,
+                                              statistics jsonb, answer jsonb, provider text, model text,
+                                              prompt_version integer, fallback boolean)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    new_id bigint;
+BEGIN
+    IF fallback THEN
+        answer := custos_internal.period_summary_by_rules(period, statistics);
+    END IF;
+    INSERT INTO @extschema@.summaries (tenant_id, period, window_start, window_end, statistics, summary, risk, highlights,
+                                       follow_up, provider, model, prompt_version, fallback)
+    VALUES (tenant, period, w_start, w_end, statistics, answer->>'summary', answer->>'risk',
+            coalesce(answer->'highlights', '[]'), coalesce(answer->'follow_up', '[]'), provider, model,
+            'summarize_period@' || prompt_version, fallback)
+    RETURNING id INTO new_id;
+    PERFORM custos_internal.log_access(tenant, 'custos.summarize',
+                                       jsonb_build_object('period', period, 'since', w_start, 'until', w_end),
+                                       (statistics->>'events')::bigint);
+    RETURN new_id;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.store_summary(uuid, text, timestamptz, timestamptz, jsonb, jsonb, text, text, integer, boolean) IS
+'Internal: stores a summary (the rules'' narrative when fallback) in custos.summaries and records the read in the access log.';
+
 CREATE FUNCTION @extschema@.summarize(period text DEFAULT 'daily', until timestamptz DEFAULT NULL)
 RETURNS TABLE (summary_id bigint, window_start timestamptz, window_end timestamptz, statistics jsonb, summary text,
                risk text, highlights jsonb, follow_up jsonb, provider text, model text, prompt_version text,
@@ -3691,31 +3776,16 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     tenant uuid := @extschema@.require_tenant();
-    w_end timestamptz := coalesce(summarize.until, now());
-    w_start timestamptz;
+    w record;
     st jsonb;
     r record;
-    answer jsonb;
     new_id bigint;
 BEGIN
-    w_start := w_end - CASE summarize.period WHEN 'daily' THEN interval '1 day' WHEN 'weekly' THEN interval '7 days'
-                                                       WHEN 'monthly' THEN interval '1 month' END;
-    IF w_start IS NULL THEN
-        RAISE EXCEPTION 'unknown period "%"', summarize.period
-            USING ERRCODE = '22023', HINT = 'one of daily, weekly, monthly: the period that ends at until (default now)';
-    END IF;
-    st := custos_internal.period_statistics(tenant, w_start, w_end);
+    SELECT * INTO w FROM custos_internal.period_window(summarize.period, summarize.until);
+    st := custos_internal.period_statistics(tenant, w.window_start, w.window_end);
     SELECT * INTO r FROM custos_internal.run_ai_task('summarize_period', st || jsonb_build_object('period', summarize.period));
-    answer := CASE WHEN r.fallback THEN custos_internal.period_summary_by_rules(summarize.period, st) ELSE r.answer END;
-    INSERT INTO @extschema@.summaries (tenant_id, period, window_start, window_end, statistics, summary, risk, highlights,
-                                       follow_up, provider, model, prompt_version, fallback)
-    VALUES (tenant, summarize.period, w_start, w_end, st, answer->>'summary', answer->>'risk',
-            coalesce(answer->'highlights', '[]'), coalesce(answer->'follow_up', '[]'), r.provider, r.model,
-            'summarize_period@' || r.prompt_version, r.fallback)
-    RETURNING id INTO new_id;
-    PERFORM custos_internal.log_access(tenant, 'custos.summarize',
-                                       jsonb_build_object('period', summarize.period, 'since', w_start, 'until', w_end),
-                                       (st->>'events')::bigint);
+    new_id := custos_internal.store_summary(tenant, summarize.period, w.window_start, w.window_end, st, r.answer,
+                                            r.provider, r.model, r.prompt_version, r.fallback);
     RETURN QUERY SELECT s.id, s.window_start, s.window_end, s.statistics, s.summary, s.risk, s.highlights, s.follow_up,
                         s.provider, s.model, s.prompt_version, s.fallback, s.summarized_at
                    FROM @extschema@.summaries s WHERE s.id = new_id;
@@ -3943,31 +4013,42 @@ CREATE TRIGGER zz_alerts_to_outbox AFTER INSERT ON @extschema@.alerts
     REFERENCING NEW TABLE AS custos_added FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.alerts_to_outbox();
 
 -- The summary report job: this week's summary, stored, and sent to the integrations that take
--- summaries.
-CREATE FUNCTION custos_internal.queue_summary_report(tenant uuid) RETURNS bigint
+-- summaries. (A worker asks the model between transactions, then calls notify_summary.)
+CREATE FUNCTION custos_internal.notify_summary(tenant uuid, of_summary bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    s record;
     n bigint;
 BEGIN
-    SELECT * INTO s FROM @extschema@.summarize('weekly');
     INSERT INTO @extschema@.notifications (tenant_id, integration_id, topic, subject)
     SELECT tenant, i.id, 'summary',
-           jsonb_build_object('id', s.summary_id, 'source', 'custos.summarize', 'severity',
+           jsonb_build_object('id', s.id, 'source', 'custos.summarize', 'severity',
                               CASE s.risk WHEN 'none' THEN 'info' ELSE s.risk END,
-                              'title', 'Weekly summary: ' || left(s.summary, 200), 'created_at', s.summarized_at,
+                              'title', initcap(s.period) || ' summary: ' || left(s.summary, 200), 'created_at', s.summarized_at,
                               'details', jsonb_build_object('window_start', s.window_start, 'window_end', s.window_end,
                                                             'risk', s.risk, 'highlights', s.highlights))
-      FROM @extschema@.integrations i
-     WHERE i.tenant_id = tenant AND i.enabled AND 'summary' = ANY (i.topics);
+      FROM @extschema@.summaries s
+      JOIN @extschema@.integrations i ON i.tenant_id = tenant AND i.enabled AND 'summary' = ANY (i.topics)
+     WHERE s.tenant_id = tenant AND s.id = of_summary;
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM custos_internal.wake_worker_at_commit();
+    END IF;
     RETURN n;
 END
 $fn$;
+COMMENT ON FUNCTION custos_internal.notify_summary(uuid, bigint) IS
+'Internal: queues a stored summary for each integration of the tenant that takes summaries; returns how many.';
+
+CREATE FUNCTION custos_internal.queue_summary_report(tenant uuid) RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT custos_internal.notify_summary(tenant, (SELECT s.summary_id FROM @extschema@.summarize('weekly') s))
+$fn$;
 COMMENT ON FUNCTION custos_internal.queue_summary_report(uuid) IS
-'Internal: the summary_report job: custos.summarize(''weekly'') for the tenant, queued for each integration that takes summaries; returns how many.';
+'Internal: the summary_report job run by hand: custos.summarize(''weekly'') for the tenant, queued for each integration that takes summaries; returns how many.';
 
 -- The checkpoint publication job: a signed checkpoint of the tenant's chain, to custos.checkpoint_url.
 CREATE FUNCTION custos_internal.queue_checkpoint(tenant uuid) RETURNS bigint
@@ -4016,37 +4097,56 @@ COMMENT ON FUNCTION custos_internal.raise_budget_alerts(uuid) IS
 'Internal: the budget_alert job: raises an ai.budget alert (once a month) when the tenant''s monthly token or USD budget is spent.';
 
 -- The dormant insights job: privileged accounts that became dormant since their last analysis,
--- analysed (at most 20 a run) and alerted on.
+-- analysed (at most 20 a run) and alerted on. (A worker asks the model between transactions.)
+CREATE FUNCTION custos_internal.newly_dormant(tenant uuid)
+RETURNS TABLE (user_id text, days_inactive integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT du.user_id, du.days_inactive FROM @extschema@.dormant_users(lim => 1000, only_privileged => true) du
+      LEFT JOIN @extschema@.user_insights u ON u.tenant_id = tenant AND u.user_id = du.user_id
+     WHERE u.user_id IS NULL OR u.analyzed_at < coalesce(du.last_active_at, '-infinity'::timestamptz)
+     ORDER BY du.risk_score DESC, du.user_id
+     LIMIT 20
+$fn$;
+COMMENT ON FUNCTION custos_internal.newly_dormant(uuid) IS
+'Internal: the tenant''s privileged dormant accounts with no analysis since they were last active, riskiest first, 20 at most.';
+
+CREATE FUNCTION custos_internal.alert_dormant(tenant uuid, who text, days_inactive integer, analysis @extschema@.user_insights)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    INSERT INTO @extschema@.alerts (tenant_id, source, severity, title, details)
+    VALUES (tenant, 'dormant.privileged',
+            CASE WHEN (analysis).risk_level IN ('high', 'critical') THEN (analysis).risk_level ELSE 'medium' END,
+            format('privileged account %s is dormant (%s)', who, coalesce(days_inactive || ' days inactive', 'never active')),
+            jsonb_build_object('user_id', who, 'risk_score', (analysis).risk_score, 'summary', (analysis).summary,
+                               'recommendations', (analysis).recommendations))
+$fn$;
+COMMENT ON FUNCTION custos_internal.alert_dormant(uuid, text, integer, @extschema@.user_insights) IS
+'Internal: raises the dormant.privileged alert of an analysed account (its severity the analysis'' risk level, at least medium).';
+
 CREATE FUNCTION custos_internal.refresh_dormant_insights(tenant uuid) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     d record;
-    a record;
+    u @extschema@.user_insights;
     n bigint := 0;
 BEGIN
-    FOR d IN
-        SELECT du.user_id, du.days_inactive FROM @extschema@.dormant_users(lim => 1000, only_privileged => true) du
-          LEFT JOIN @extschema@.user_insights u ON u.tenant_id = tenant AND u.user_id = du.user_id
-         WHERE u.user_id IS NULL OR u.analyzed_at < coalesce(du.last_active_at, '-infinity'::timestamptz)
-         ORDER BY du.risk_score DESC
-         LIMIT 20
-    LOOP
-        SELECT * INTO a FROM @extschema@.analyze_dormant_user(d.user_id);
-        INSERT INTO @extschema@.alerts (tenant_id, source, severity, title, details)
-        VALUES (tenant, 'dormant.privileged', CASE WHEN a.risk_level IN ('high', 'critical') THEN a.risk_level ELSE 'medium' END,
-                format('privileged account %s is dormant (%s)', d.user_id,
-                       coalesce(d.days_inactive || ' days inactive', 'never active')),
-                jsonb_build_object('user_id', d.user_id, 'risk_score', a.risk_score, 'summary', a.summary,
-                                   'recommendations', a.recommendations));
+    FOR d IN SELECT * FROM custos_internal.newly_dormant(tenant) LOOP
+        SELECT a.* INTO u FROM @extschema@.user_insights a, @extschema@.analyze_dormant_user(d.user_id) x
+         WHERE a.tenant_id = tenant AND a.user_id = d.user_id;
+        PERFORM custos_internal.alert_dormant(tenant, d.user_id, d.days_inactive, u);
         n := n + 1;
     END LOOP;
     RETURN n;
 END
 $fn$;
 COMMENT ON FUNCTION custos_internal.refresh_dormant_insights(uuid) IS
-'Internal: the dormant_insights job: analyses the tenant''s privileged dormant accounts that have no analysis since they were last active (custos.analyze_dormant_user, 20 a run at most) and raises a dormant.privileged alert for each.';
+'Internal: the dormant_insights job run by hand: analyses the tenant''s privileged dormant accounts with no analysis since they were last active (custos.analyze_dormant_user, 20 a run at most) and raises a dormant.privileged alert for each.';
 
 -- Claims due notifications for delivery under a lease, with where they go.
 CREATE FUNCTION custos_internal.claim_notifications(batch_size integer, lease_seconds integer)
@@ -4660,6 +4760,19 @@ $fn$;
 COMMENT ON FUNCTION custos_internal.due_jobs() IS
 'Internal: the scheduled jobs due, per tenant: those whose jobs.<job>_minutes have passed since their last run (0: never).';
 
+CREATE FUNCTION custos_internal.record_job_run(tenant uuid, job text, started timestamptz, items bigint, outcome text,
+                                               error text, run_by text)
+RETURNS @extschema@.job_runs
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    INSERT INTO @extschema@.job_runs (tenant_id, job, started_at, ended_at, items, outcome, error, run_by)
+    VALUES (tenant, job, started, clock_timestamp(), items, outcome, left(error, 1000), run_by)
+    RETURNING *
+$fn$;
+COMMENT ON FUNCTION custos_internal.record_job_run(uuid, text, timestamptz, bigint, text, text, text) IS
+'Internal: records one run of a job in custos.job_runs.';
+
 -- One job for one tenant, as custos itself (the tenant set for the job's functions), its errors
 -- caught and recorded: a failing job or tenant never stops the others.
 CREATE FUNCTION custos_internal.run_job_for(tenant uuid, job text, run_by text)
@@ -4673,7 +4786,6 @@ DECLARE
     result text := 'ok';
     why text;
     previous_tenant uuid := @extschema@.current_tenant();
-    row @extschema@.job_runs;
 BEGIN
     PERFORM @extschema@.set_tenant(tenant);
     BEGIN
@@ -4714,10 +4826,7 @@ BEGIN
         GET STACKED DIAGNOSTICS why = MESSAGE_TEXT;
     END;
     PERFORM @extschema@.set_tenant(previous_tenant);
-    INSERT INTO @extschema@.job_runs (tenant_id, job, started_at, ended_at, items, outcome, error, run_by)
-    VALUES (tenant, job, started, clock_timestamp(), n, result, left(why, 1000), run_by)
-    RETURNING * INTO row;
-    RETURN row;
+    RETURN custos_internal.record_job_run(tenant, job, started, n, result, why, run_by);
 END
 $fn$;
 COMMENT ON FUNCTION custos_internal.run_job_for(uuid, text, text) IS

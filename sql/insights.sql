@@ -103,6 +103,85 @@ $fn$;
 COMMENT ON FUNCTION custos_internal.dormant_analysis_by_rules(@extschema@.identities, real, text, text[], integer) IS
 'Internal: the analysis of custos.analyze_dormant_user by rules (the deterministic risk, its reasons, recommendations from the account''s state), when no model answered.';
 
+-- What the model is told about an identity (custos.analyze_dormant_user, the dormant_insights
+-- job): its profile, inactivity, deterministic risk with reasons, and its most similar accounts
+-- with their state (when its profile is embedded).
+CREATE FUNCTION custos_internal.dormant_context(tenant uuid, who text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    i @extschema@.identities;
+    d record;
+    neighbours jsonb := '[]';
+BEGIN
+    SELECT * INTO i FROM @extschema@.identities x WHERE x.tenant_id = tenant AND x.user_id = who;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the current tenant has no identity "%"', who
+            USING ERRCODE = 'P0002', HINT = 'custos.dormant_users lists the tenant''s identities';
+    END IF;
+    SELECT * INTO d FROM custos_internal.dormant_row(i, NULL);
+    IF EXISTS (SELECT 1 FROM @extschema@.identity_embeddings e
+                WHERE e.tenant_id = tenant AND e.user_id = who AND e.model = custos_internal.embedding_model(NULL)) THEN
+        SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', s.similar_user_id, 'similarity', round(s.similarity::numeric, 3),
+                                                     'status', s.status, 'department', s.department,
+                                                     'privileged', s.is_privileged, 'last_active_at', s.last_active_at)
+                                  ORDER BY s.similarity DESC), '[]')
+          INTO neighbours FROM @extschema@.similar_users(who, 5) s;
+    END IF;
+    RETURN jsonb_build_object(
+        'account', jsonb_strip_nulls(jsonb_build_object(
+            'user_id', who, 'status', (i).status, 'service_account', (i).is_service_account,
+            'privileged', (i).is_privileged, 'roles', to_jsonb((i).roles), 'department', (i).department,
+            'source', (i).source, 'mfa_enabled', (i).mfa_enabled, 'credentials_valid', (i).has_valid_credentials,
+            'days_inactive', d.days_inactive, 'never_active', d.never_active,
+            'review_decision', (i).review_decision)),
+        'deterministic_risk', jsonb_build_object('score', round(d.risk_score::numeric, 3), 'level', d.risk_level,
+                                                 'reasons', to_jsonb(d.reasons)),
+        'similar_accounts', neighbours);
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.dormant_context(uuid, text) IS
+'Internal: what the analyze_dormant_user task is told about an identity (profile, inactivity, deterministic risk and reasons, similar accounts); P0002 for an unknown one.';
+
+-- Stores an analysis (the model's answer, or the rules' when fallback) as the latest of the
+-- identity and in the history.
+CREATE FUNCTION custos_internal.store_dormant_analysis(tenant uuid, who text, context jsonb, answer jsonb, provider text,
+                                                       model text, prompt_version integer, fallback boolean)
+RETURNS @extschema@.user_insights
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    i @extschema@.identities;
+    d record;
+    version text := 'analyze_dormant_user@' || prompt_version;
+    neighbours jsonb := coalesce(context->'similar_accounts', '[]');
+    stored @extschema@.user_insights;
+BEGIN
+    IF fallback THEN
+        SELECT * INTO i FROM @extschema@.identities x WHERE x.tenant_id = tenant AND x.user_id = who;
+        SELECT * INTO d FROM custos_internal.dormant_row(i, NULL);
+        answer := custos_internal.dormant_analysis_by_rules(i, d.risk_score, d.risk_level, d.reasons, d.days_inactive);
+    END IF;
+    INSERT INTO @extschema@.rag_analysis_history (tenant_id, subject_type, subject, analysis, provider, model, prompt_version, fallback)
+    VALUES (tenant, 'user', who, answer || jsonb_build_object('similar_users', neighbours), provider, model, version, fallback);
+    INSERT INTO @extschema@.user_insights AS u (tenant_id, user_id, risk_score, risk_level, summary, insights, recommendations,
+                                                similar_users, provider, model, prompt_version, fallback, analyzed_at)
+    VALUES (tenant, who, (answer->>'risk_score')::float8, answer->>'risk_level', answer->>'summary', answer->'insights',
+            answer->'recommendations', neighbours, provider, model, version, fallback, now())
+    ON CONFLICT (tenant_id, user_id) DO UPDATE
+       SET risk_score = excluded.risk_score, risk_level = excluded.risk_level, summary = excluded.summary,
+           insights = excluded.insights, recommendations = excluded.recommendations,
+           similar_users = excluded.similar_users, provider = excluded.provider, model = excluded.model,
+           prompt_version = excluded.prompt_version, fallback = excluded.fallback, analyzed_at = excluded.analyzed_at
+    RETURNING * INTO stored;
+    RETURN stored;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.store_dormant_analysis(uuid, text, jsonb, jsonb, text, text, integer, boolean) IS
+'Internal: stores an analysis of an identity (the rules'' when fallback) in custos.user_insights and custos.rag_analysis_history.';
+
 CREATE FUNCTION @extschema@.analyze_dormant_user(user_id text)
 RETURNS TABLE (analyzed_user_id text, risk_score double precision, risk_level text, summary text, insights jsonb,
                recommendations jsonb, similar_users jsonb, provider text, model text, prompt_version text,
@@ -114,58 +193,14 @@ AS $fn$
 DECLARE
     tenant uuid := @extschema@.require_tenant();
     who text := analyze_dormant_user.user_id;
-    i @extschema@.identities;
-    d record;
-    neighbours jsonb := '[]';
-    context jsonb;
+    context jsonb := custos_internal.dormant_context(tenant, who);
     r record;
-    answer jsonb;
-    version text;
+    u @extschema@.user_insights;
 BEGIN
-    SELECT * INTO i FROM @extschema@.identities x WHERE x.tenant_id = tenant AND x.user_id = who;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'the current tenant has no identity "%"', who
-            USING ERRCODE = 'P0002', HINT = 'custos.dormant_users lists the tenant''s identities';
-    END IF;
-    SELECT * INTO d FROM custos_internal.dormant_row(i, NULL);
-    -- Who else looks like this account, and what became of them (when its profile is embedded).
-    IF EXISTS (SELECT 1 FROM @extschema@.identity_embeddings e
-                WHERE e.tenant_id = tenant AND e.user_id = who AND e.model = custos_internal.embedding_model(NULL)) THEN
-        SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', s.similar_user_id, 'similarity', round(s.similarity::numeric, 3),
-                                                     'status', s.status, 'department', s.department,
-                                                     'privileged', s.is_privileged, 'last_active_at', s.last_active_at)
-                                  ORDER BY s.similarity DESC), '[]')
-          INTO neighbours FROM @extschema@.similar_users(who, 5) s;
-    END IF;
-    context := jsonb_build_object(
-        'account', jsonb_strip_nulls(jsonb_build_object(
-            'user_id', who, 'status', (i).status, 'service_account', (i).is_service_account,
-            'privileged', (i).is_privileged, 'roles', to_jsonb((i).roles), 'department', (i).department,
-            'source', (i).source, 'mfa_enabled', (i).mfa_enabled, 'credentials_valid', (i).has_valid_credentials,
-            'days_inactive', d.days_inactive, 'never_active', d.never_active,
-            'review_decision', (i).review_decision)),
-        'deterministic_risk', jsonb_build_object('score', round(d.risk_score::numeric, 3), 'level', d.risk_level,
-                                                 'reasons', to_jsonb(d.reasons)),
-        'similar_accounts', neighbours);
     SELECT * INTO r FROM custos_internal.run_ai_task('analyze_dormant_user', context);
-    answer := CASE WHEN r.fallback
-                   THEN custos_internal.dormant_analysis_by_rules(i, d.risk_score, d.risk_level, d.reasons, d.days_inactive)
-                   ELSE r.answer END;
-    version := 'analyze_dormant_user@' || r.prompt_version;
-    INSERT INTO @extschema@.rag_analysis_history (tenant_id, subject_type, subject, analysis, provider, model, prompt_version, fallback)
-    VALUES (tenant, 'user', who, answer || jsonb_build_object('similar_users', neighbours), r.provider, r.model, version, r.fallback);
-    INSERT INTO @extschema@.user_insights AS u (tenant_id, user_id, risk_score, risk_level, summary, insights, recommendations,
-                                                similar_users, provider, model, prompt_version, fallback, analyzed_at)
-    VALUES (tenant, who, (answer->>'risk_score')::float8, answer->>'risk_level', answer->>'summary', answer->'insights',
-            answer->'recommendations', neighbours, r.provider, r.model, version, r.fallback, now())
-    ON CONFLICT (tenant_id, user_id) DO UPDATE
-       SET risk_score = excluded.risk_score, risk_level = excluded.risk_level, summary = excluded.summary,
-           insights = excluded.insights, recommendations = excluded.recommendations,
-           similar_users = excluded.similar_users, provider = excluded.provider, model = excluded.model,
-           prompt_version = excluded.prompt_version, fallback = excluded.fallback, analyzed_at = excluded.analyzed_at;
+    u := custos_internal.store_dormant_analysis(tenant, who, context, r.answer, r.provider, r.model, r.prompt_version, r.fallback);
     RETURN QUERY SELECT u.user_id, u.risk_score, u.risk_level, u.summary, u.insights, u.recommendations,
-                        u.similar_users, u.provider, u.model, u.prompt_version, u.fallback, u.analyzed_at
-                   FROM @extschema@.user_insights u WHERE u.tenant_id = tenant AND u.user_id = who;
+                        u.similar_users, u.provider, u.model, u.prompt_version, u.fallback, u.analyzed_at;
 END
 $fn$;
 COMMENT ON FUNCTION @extschema@.analyze_dormant_user(text) IS
@@ -490,6 +525,56 @@ $fn$;
 COMMENT ON FUNCTION custos_internal.period_summary_by_rules(text, jsonb) IS
 'Internal: the summary of custos.summarize by rules (the statistics in words, a risk from severities, alerts and erasures), when no model answered.';
 
+-- The window of a period ending at until: [until - period, until); 22023 for an unknown period.
+CREATE FUNCTION custos_internal.period_window(period text, until timestamptz)
+RETURNS TABLE (window_start timestamptz, window_end timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    w_end timestamptz := coalesce(period_window.until, now());
+    w_start timestamptz := w_end - CASE period_window.period WHEN 'daily' THEN interval '1 day'
+                                   WHEN 'weekly' THEN interval '7 days' WHEN 'monthly' THEN interval '1 month' END;
+BEGIN
+    IF w_start IS NULL THEN
+        RAISE EXCEPTION 'unknown period "%"', period_window.period
+            USING ERRCODE = '22023', HINT = 'one of daily, weekly, monthly: the period that ends at until (default now)';
+    END IF;
+    RETURN QUERY SELECT w_start, w_end;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.period_window(text, timestamptz) IS
+'Internal: the window [start, end) of a daily, weekly or monthly period ending at until (default now).';
+
+-- Stores a summary (the model's narrative, or the rules' when fallback) and logs the read.
+CREATE FUNCTION custos_internal.store_summary(tenant uuid, period text, w_start timestamptz, w_end timestamptz,
+                                              statistics jsonb, answer jsonb, provider text, model text,
+                                              prompt_version integer, fallback boolean)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    new_id bigint;
+BEGIN
+    IF fallback THEN
+        answer := custos_internal.period_summary_by_rules(period, statistics);
+    END IF;
+    INSERT INTO @extschema@.summaries (tenant_id, period, window_start, window_end, statistics, summary, risk, highlights,
+                                       follow_up, provider, model, prompt_version, fallback)
+    VALUES (tenant, period, w_start, w_end, statistics, answer->>'summary', answer->>'risk',
+            coalesce(answer->'highlights', '[]'), coalesce(answer->'follow_up', '[]'), provider, model,
+            'summarize_period@' || prompt_version, fallback)
+    RETURNING id INTO new_id;
+    PERFORM custos_internal.log_access(tenant, 'custos.summarize',
+                                       jsonb_build_object('period', period, 'since', w_start, 'until', w_end),
+                                       (statistics->>'events')::bigint);
+    RETURN new_id;
+END
+$fn$;
+COMMENT ON FUNCTION custos_internal.store_summary(uuid, text, timestamptz, timestamptz, jsonb, jsonb, text, text, integer, boolean) IS
+'Internal: stores a summary (the rules'' narrative when fallback) in custos.summaries and records the read in the access log.';
+
 CREATE FUNCTION @extschema@.summarize(period text DEFAULT 'daily', until timestamptz DEFAULT NULL)
 RETURNS TABLE (summary_id bigint, window_start timestamptz, window_end timestamptz, statistics jsonb, summary text,
                risk text, highlights jsonb, follow_up jsonb, provider text, model text, prompt_version text,
@@ -500,31 +585,16 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     tenant uuid := @extschema@.require_tenant();
-    w_end timestamptz := coalesce(summarize.until, now());
-    w_start timestamptz;
+    w record;
     st jsonb;
     r record;
-    answer jsonb;
     new_id bigint;
 BEGIN
-    w_start := w_end - CASE summarize.period WHEN 'daily' THEN interval '1 day' WHEN 'weekly' THEN interval '7 days'
-                                                       WHEN 'monthly' THEN interval '1 month' END;
-    IF w_start IS NULL THEN
-        RAISE EXCEPTION 'unknown period "%"', summarize.period
-            USING ERRCODE = '22023', HINT = 'one of daily, weekly, monthly: the period that ends at until (default now)';
-    END IF;
-    st := custos_internal.period_statistics(tenant, w_start, w_end);
+    SELECT * INTO w FROM custos_internal.period_window(summarize.period, summarize.until);
+    st := custos_internal.period_statistics(tenant, w.window_start, w.window_end);
     SELECT * INTO r FROM custos_internal.run_ai_task('summarize_period', st || jsonb_build_object('period', summarize.period));
-    answer := CASE WHEN r.fallback THEN custos_internal.period_summary_by_rules(summarize.period, st) ELSE r.answer END;
-    INSERT INTO @extschema@.summaries (tenant_id, period, window_start, window_end, statistics, summary, risk, highlights,
-                                       follow_up, provider, model, prompt_version, fallback)
-    VALUES (tenant, summarize.period, w_start, w_end, st, answer->>'summary', answer->>'risk',
-            coalesce(answer->'highlights', '[]'), coalesce(answer->'follow_up', '[]'), r.provider, r.model,
-            'summarize_period@' || r.prompt_version, r.fallback)
-    RETURNING id INTO new_id;
-    PERFORM custos_internal.log_access(tenant, 'custos.summarize',
-                                       jsonb_build_object('period', summarize.period, 'since', w_start, 'until', w_end),
-                                       (st->>'events')::bigint);
+    new_id := custos_internal.store_summary(tenant, summarize.period, w.window_start, w.window_end, st, r.answer,
+                                            r.provider, r.model, r.prompt_version, r.fallback);
     RETURN QUERY SELECT s.id, s.window_start, s.window_end, s.statistics, s.summary, s.risk, s.highlights, s.follow_up,
                         s.provider, s.model, s.prompt_version, s.fallback, s.summarized_at
                    FROM @extschema@.summaries s WHERE s.id = new_id;

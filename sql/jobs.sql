@@ -531,6 +531,19 @@ $fn$;
 COMMENT ON FUNCTION custos_internal.due_jobs() IS
 'Internal: the scheduled jobs due, per tenant: those whose jobs.<job>_minutes have passed since their last run (0: never).';
 
+CREATE FUNCTION custos_internal.record_job_run(tenant uuid, job text, started timestamptz, items bigint, outcome text,
+                                               error text, run_by text)
+RETURNS @extschema@.job_runs
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    INSERT INTO @extschema@.job_runs (tenant_id, job, started_at, ended_at, items, outcome, error, run_by)
+    VALUES (tenant, job, started, clock_timestamp(), items, outcome, left(error, 1000), run_by)
+    RETURNING *
+$fn$;
+COMMENT ON FUNCTION custos_internal.record_job_run(uuid, text, timestamptz, bigint, text, text, text) IS
+'Internal: records one run of a job in custos.job_runs.';
+
 -- One job for one tenant, as custos itself (the tenant set for the job's functions), its errors
 -- caught and recorded: a failing job or tenant never stops the others.
 CREATE FUNCTION custos_internal.run_job_for(tenant uuid, job text, run_by text)
@@ -544,7 +557,6 @@ DECLARE
     result text := 'ok';
     why text;
     previous_tenant uuid := @extschema@.current_tenant();
-    row @extschema@.job_runs;
 BEGIN
     PERFORM @extschema@.set_tenant(tenant);
     BEGIN
@@ -585,10 +597,7 @@ BEGIN
         GET STACKED DIAGNOSTICS why = MESSAGE_TEXT;
     END;
     PERFORM @extschema@.set_tenant(previous_tenant);
-    INSERT INTO @extschema@.job_runs (tenant_id, job, started_at, ended_at, items, outcome, error, run_by)
-    VALUES (tenant, job, started, clock_timestamp(), n, result, left(why, 1000), run_by)
-    RETURNING * INTO row;
-    RETURN row;
+    RETURN custos_internal.record_job_run(tenant, job, started, n, result, why, run_by);
 END
 $fn$;
 COMMENT ON FUNCTION custos_internal.run_job_for(uuid, text, text) IS

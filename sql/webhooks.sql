@@ -176,31 +176,42 @@ CREATE TRIGGER zz_alerts_to_outbox AFTER INSERT ON @extschema@.alerts
     REFERENCING NEW TABLE AS custos_added FOR EACH STATEMENT EXECUTE FUNCTION custos_internal.alerts_to_outbox();
 
 -- The summary report job: this week's summary, stored, and sent to the integrations that take
--- summaries.
-CREATE FUNCTION custos_internal.queue_summary_report(tenant uuid) RETURNS bigint
+-- summaries. (A worker asks the model between transactions, then calls notify_summary.)
+CREATE FUNCTION custos_internal.notify_summary(tenant uuid, of_summary bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    s record;
     n bigint;
 BEGIN
-    SELECT * INTO s FROM @extschema@.summarize('weekly');
     INSERT INTO @extschema@.notifications (tenant_id, integration_id, topic, subject)
     SELECT tenant, i.id, 'summary',
-           jsonb_build_object('id', s.summary_id, 'source', 'custos.summarize', 'severity',
+           jsonb_build_object('id', s.id, 'source', 'custos.summarize', 'severity',
                               CASE s.risk WHEN 'none' THEN 'info' ELSE s.risk END,
-                              'title', 'Weekly summary: ' || left(s.summary, 200), 'created_at', s.summarized_at,
+                              'title', initcap(s.period) || ' summary: ' || left(s.summary, 200), 'created_at', s.summarized_at,
                               'details', jsonb_build_object('window_start', s.window_start, 'window_end', s.window_end,
                                                             'risk', s.risk, 'highlights', s.highlights))
-      FROM @extschema@.integrations i
-     WHERE i.tenant_id = tenant AND i.enabled AND 'summary' = ANY (i.topics);
+      FROM @extschema@.summaries s
+      JOIN @extschema@.integrations i ON i.tenant_id = tenant AND i.enabled AND 'summary' = ANY (i.topics)
+     WHERE s.tenant_id = tenant AND s.id = of_summary;
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM custos_internal.wake_worker_at_commit();
+    END IF;
     RETURN n;
 END
 $fn$;
+COMMENT ON FUNCTION custos_internal.notify_summary(uuid, bigint) IS
+'Internal: queues a stored summary for each integration of the tenant that takes summaries; returns how many.';
+
+CREATE FUNCTION custos_internal.queue_summary_report(tenant uuid) RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT custos_internal.notify_summary(tenant, (SELECT s.summary_id FROM @extschema@.summarize('weekly') s))
+$fn$;
 COMMENT ON FUNCTION custos_internal.queue_summary_report(uuid) IS
-'Internal: the summary_report job: custos.summarize(''weekly'') for the tenant, queued for each integration that takes summaries; returns how many.';
+'Internal: the summary_report job run by hand: custos.summarize(''weekly'') for the tenant, queued for each integration that takes summaries; returns how many.';
 
 -- The checkpoint publication job: a signed checkpoint of the tenant's chain, to custos.checkpoint_url.
 CREATE FUNCTION custos_internal.queue_checkpoint(tenant uuid) RETURNS bigint
@@ -249,37 +260,56 @@ COMMENT ON FUNCTION custos_internal.raise_budget_alerts(uuid) IS
 'Internal: the budget_alert job: raises an ai.budget alert (once a month) when the tenant''s monthly token or USD budget is spent.';
 
 -- The dormant insights job: privileged accounts that became dormant since their last analysis,
--- analysed (at most 20 a run) and alerted on.
+-- analysed (at most 20 a run) and alerted on. (A worker asks the model between transactions.)
+CREATE FUNCTION custos_internal.newly_dormant(tenant uuid)
+RETURNS TABLE (user_id text, days_inactive integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT du.user_id, du.days_inactive FROM @extschema@.dormant_users(lim => 1000, only_privileged => true) du
+      LEFT JOIN @extschema@.user_insights u ON u.tenant_id = tenant AND u.user_id = du.user_id
+     WHERE u.user_id IS NULL OR u.analyzed_at < coalesce(du.last_active_at, '-infinity'::timestamptz)
+     ORDER BY du.risk_score DESC, du.user_id
+     LIMIT 20
+$fn$;
+COMMENT ON FUNCTION custos_internal.newly_dormant(uuid) IS
+'Internal: the tenant''s privileged dormant accounts with no analysis since they were last active, riskiest first, 20 at most.';
+
+CREATE FUNCTION custos_internal.alert_dormant(tenant uuid, who text, days_inactive integer, analysis @extschema@.user_insights)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    INSERT INTO @extschema@.alerts (tenant_id, source, severity, title, details)
+    VALUES (tenant, 'dormant.privileged',
+            CASE WHEN (analysis).risk_level IN ('high', 'critical') THEN (analysis).risk_level ELSE 'medium' END,
+            format('privileged account %s is dormant (%s)', who, coalesce(days_inactive || ' days inactive', 'never active')),
+            jsonb_build_object('user_id', who, 'risk_score', (analysis).risk_score, 'summary', (analysis).summary,
+                               'recommendations', (analysis).recommendations))
+$fn$;
+COMMENT ON FUNCTION custos_internal.alert_dormant(uuid, text, integer, @extschema@.user_insights) IS
+'Internal: raises the dormant.privileged alert of an analysed account (its severity the analysis'' risk level, at least medium).';
+
 CREATE FUNCTION custos_internal.refresh_dormant_insights(tenant uuid) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     d record;
-    a record;
+    u @extschema@.user_insights;
     n bigint := 0;
 BEGIN
-    FOR d IN
-        SELECT du.user_id, du.days_inactive FROM @extschema@.dormant_users(lim => 1000, only_privileged => true) du
-          LEFT JOIN @extschema@.user_insights u ON u.tenant_id = tenant AND u.user_id = du.user_id
-         WHERE u.user_id IS NULL OR u.analyzed_at < coalesce(du.last_active_at, '-infinity'::timestamptz)
-         ORDER BY du.risk_score DESC
-         LIMIT 20
-    LOOP
-        SELECT * INTO a FROM @extschema@.analyze_dormant_user(d.user_id);
-        INSERT INTO @extschema@.alerts (tenant_id, source, severity, title, details)
-        VALUES (tenant, 'dormant.privileged', CASE WHEN a.risk_level IN ('high', 'critical') THEN a.risk_level ELSE 'medium' END,
-                format('privileged account %s is dormant (%s)', d.user_id,
-                       coalesce(d.days_inactive || ' days inactive', 'never active')),
-                jsonb_build_object('user_id', d.user_id, 'risk_score', a.risk_score, 'summary', a.summary,
-                                   'recommendations', a.recommendations));
+    FOR d IN SELECT * FROM custos_internal.newly_dormant(tenant) LOOP
+        SELECT a.* INTO u FROM @extschema@.user_insights a, @extschema@.analyze_dormant_user(d.user_id) x
+         WHERE a.tenant_id = tenant AND a.user_id = d.user_id;
+        PERFORM custos_internal.alert_dormant(tenant, d.user_id, d.days_inactive, u);
         n := n + 1;
     END LOOP;
     RETURN n;
 END
 $fn$;
 COMMENT ON FUNCTION custos_internal.refresh_dormant_insights(uuid) IS
-'Internal: the dormant_insights job: analyses the tenant''s privileged dormant accounts that have no analysis since they were last active (custos.analyze_dormant_user, 20 a run at most) and raises a dormant.privileged alert for each.';
+'Internal: the dormant_insights job run by hand: analyses the tenant''s privileged dormant accounts with no analysis since they were last active (custos.analyze_dormant_user, 20 a run at most) and raises a dormant.privileged alert for each.';
 
 -- Claims due notifications for delivery under a lease, with where they go.
 CREATE FUNCTION custos_internal.claim_notifications(batch_size integer, lease_seconds integer)

@@ -103,6 +103,13 @@ pub struct Prepared {
     reservation: guard::Reservation,
 }
 
+impl Prepared {
+    /// Gives the hold back unspent (a repair round that was not needed).
+    pub fn cancel(self) {
+        self.reservation.settle(0, 0);
+    }
+}
+
 /// Checks, prices and holds one provider operation for the current tenant: `tokens_in`
 /// estimated and `max_tokens_out`. Raises where a call must not happen (a standby, ledger chain
 /// locks, an exhausted budget).

@@ -120,13 +120,13 @@ fn json_strings<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
 }
 
 /// A task's answer and how it came about.
-struct Ran {
-    answer: Value,
-    provider: &'static str,
-    model: String,
-    version: i32,
+pub struct Ran {
+    pub answer: Value,
+    pub provider: &'static str,
+    pub model: String,
+    pub version: i32,
     /// The rule-based answer: the provider is local, or failed.
-    fallback: bool,
+    pub fallback: bool,
 }
 
 /// `custos.complete_json`: runs task `task` on `input` and returns its schema-valid answer.
@@ -167,6 +167,74 @@ fn run(task: Option<&str>, input: Option<JsonB>) -> Ran {
     let input = input
         .map(|j| j.0)
         .unwrap_or_else(|| raise(ERRCODE_NULL_VALUE_NOT_ALLOWED, "input cannot be NULL", None));
+    stage(name, input).perform().finish()
+}
+
+/// A task made ready inside a transaction (the tenant's task, settings and redaction rules, the
+/// price and the budget held for a first call and a repair), to be asked with [`Staged::perform`]
+/// where no transaction need be open, and finished with [`Performed::finish`] in one.
+/// `custos.complete_json` does the three in the caller's transaction; a background worker commits
+/// between them.
+pub struct Staged {
+    base: Base,
+    plan: Plan,
+}
+
+/// What every step needs.
+struct Base {
+    name: String,
+    tenant: [u8; 16],
+    cfg: AiConfig,
+    task: Task,
+    schema: AnswerSchema,
+    model: String,
+    provider: Box<dyn providers::Provider>,
+    input: Value,
+    now: String,
+}
+
+enum Plan {
+    /// The local rule-based answer, computed while staging.
+    Local(Value),
+    Remote(Box<RemotePlan>),
+}
+
+struct RemotePlan {
+    rules: redact::Rules,
+    mapping: Vec<(String, Kind, String)>,
+    system: String,
+    user: String,
+    sent: String,
+    first: calls::Prepared,
+    repair: calls::Prepared,
+}
+
+/// How asking the model went.
+enum Asked {
+    Valid(Value),
+    InvalidTwice(Vec<String>),
+    Failed(CallError),
+}
+
+enum Done {
+    Local(Value),
+    Remote {
+        asked: Asked,
+        usage: Usage,
+        sent: String,
+        user: String,
+    },
+}
+
+/// A task the model was asked; [`Performed::finish`] logs it and gives the answer.
+pub struct Performed {
+    base: Base,
+    done: Done,
+}
+
+/// Stages task `name` on `input` for the current tenant. Raises on bad input, an unknown task,
+/// and where a call may not be made (a standby, ledger locks, a spent budget).
+pub fn stage(name: &str, input: Value) -> Staged {
     let input_bytes = input.to_string().len();
     if input_bytes > MAX_INPUT_BYTES {
         raise(
@@ -191,146 +259,239 @@ fn run(task: Option<&str>, input: Option<JsonB>) -> Ran {
     let model = task.model.clone().unwrap_or_else(|| cfg.chat_model.clone());
     let provider = providers::for_model(&cfg, &model);
     let now = custos_core::time::rfc3339(crate::pg::backend::now());
-    let fallback = || tasks::rule_based_answer(schema.schema(), &input, &now);
+    let base = Base {
+        name: name.to_string(),
+        tenant,
+        cfg,
+        task,
+        schema,
+        model,
+        provider,
+        input,
+        now,
+    };
+    let plan = if base.provider.kind() == ProviderKind::Local {
+        Plan::Local(local_answer(&base))
+    } else {
+        Plan::Remote(Box::new(remote_plan(&base)))
+    };
+    Staged { base, plan }
+}
 
-    if provider.kind() == ProviderKind::Local {
-        // Computed here from the input alone: nothing leaves the database, nothing is billed or
-        // logged, and it works on a hot standby.
-        let prompt = Prompt {
-            system: "",
-            user: "",
-            schema: schema.schema(),
-            input: &input,
-            max_tokens: 0,
-            temperature: 0.0,
-        };
-        let mut unused = super::transport::Transport::new(&cfg, ProviderKind::Local);
-        let text = provider
-            .complete(&mut unused, &model, &prompt)
-            .unwrap_or_else(|e| calls::raise_call_error(&e))
-            .text;
-        let answer = tasks::extract_json(&text).unwrap_or(Value::Null);
-        let errors = schema.errors(&answer);
-        if !errors.is_empty() {
-            raise(
-                ERRCODE_INVALID_PARAMETER_VALUE,
-                format!(
-                    "the rule-based answer of task \"{name}\" does not fit its schema: {}",
-                    errors.join("; ")
-                ),
-                Some("give such fields an enum, a default or looser limits"),
-            );
-        }
-        return Ran {
-            answer,
-            provider: ProviderKind::Local.name(),
-            model,
-            version: task.version,
-            fallback: true,
-        };
+/// The local rule-based answer: computed from the input alone (nothing leaves the database,
+/// nothing is billed or logged, and it works on a hot standby).
+fn local_answer(b: &Base) -> Value {
+    let prompt = Prompt {
+        system: "",
+        user: "",
+        schema: b.schema.schema(),
+        input: &b.input,
+        max_tokens: 0,
+        temperature: 0.0,
+    };
+    let mut unused = super::transport::Transport::new(&b.cfg, ProviderKind::Local);
+    let text = b
+        .provider
+        .complete(&mut unused, &b.model, &prompt)
+        .unwrap_or_else(|e| calls::raise_call_error(&e))
+        .text;
+    let answer = tasks::extract_json(&text).unwrap_or(Value::Null);
+    let errors = b.schema.errors(&answer);
+    if !errors.is_empty() {
+        raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "the rule-based answer of task \"{}\" does not fit its schema: {}",
+                b.name,
+                errors.join("; ")
+            ),
+            Some("give such fields an enum, a default or looser limits"),
+        );
     }
+    answer
+}
 
+/// The redacted prompt and the budget held for it and a repair round.
+fn remote_plan(b: &Base) -> RemotePlan {
     // Every string is redacted on its own (prompt, template, schema, each value of the input),
     // with one set of placeholders: the JSON text of the input would glue escapes to values.
-    let mut texts = vec![task.system_prompt.as_str(), task.template.as_str()];
-    json_strings(&input, &mut texts);
+    let mut texts = vec![b.task.system_prompt.as_str(), b.task.template.as_str()];
+    json_strings(&b.input, &mut texts);
     let rules = super::tenant_rules(&texts);
     let mut redactor = Redactor::new(&rules);
-    let system_text = redactor.redact(&task.system_prompt);
-    let template = redactor.redact(&task.template);
-    let schema_sent = redactor.redact_json(schema.schema());
-    let input_sent = redactor.redact_json(&input);
+    let system_text = redactor.redact(&b.task.system_prompt);
+    let template = redactor.redact(&b.task.template);
+    let schema_sent = redactor.redact_json(b.schema.schema());
+    let input_sent = redactor.redact_json(&b.input);
     let mapping = redactor.into_mapping();
     let system = tasks::system_prompt(&system_text, &schema_sent);
     let user = tasks::render(&template, &input_sent);
     let sent = format!("{system}\n{user}");
-    let prompt = Prompt {
-        system: &system,
-        user: &user,
-        schema: schema.schema(),
-        input: &input,
-        max_tokens: task.max_tokens.max(1) as u32,
-        temperature: task.temperature,
-    };
-    let record = |usage: &Usage, outcome: &str, error: Option<&str>| {
-        calls::log(&CallRecord {
-            tenant,
-            provider: provider.kind().name(),
-            model: &model,
-            operation: "complete",
-            task: Some((&task.name, task.version)),
-            usage,
-            outcome,
-            error,
-            sent: &sent,
-            excerpt: &user,
-        })
-    };
-
-    let mut usage = Usage::default();
-    let mut ask = |user: &str| -> Result<String, CallError> {
-        let p = Prompt { user, ..prompt };
-        let estimate = estimate_tokens(p.system).saturating_add(estimate_tokens(user));
-        let asked = calls::remote(
-            &cfg,
-            provider.as_ref(),
-            &model,
+    let max_out = u64::from(b.task.max_tokens.max(1) as u32);
+    let estimate = estimate_tokens(&system).saturating_add(estimate_tokens(&user));
+    // The repair round sends the first answer and its errors along: held at the same time.
+    let prepare = |tokens_in: u64| {
+        calls::prepare(
+            &b.cfg,
+            b.provider.as_ref(),
+            &b.model,
             &providers::Operation::Complete,
-            estimate,
-            u64::from(p.max_tokens),
-            |t| {
-                provider.complete(t, &model, &p).map(|a| {
+            tokens_in,
+            max_out,
+        )
+        .unwrap_or_else(|e| calls::raise_call_error(&e))
+    };
+    let first = prepare(estimate);
+    let repair = prepare(estimate.saturating_add(max_out).saturating_add(300));
+    RemotePlan {
+        rules,
+        mapping,
+        system,
+        user,
+        sent,
+        first,
+        repair,
+    }
+}
+
+impl Staged {
+    /// Asks the model (a remote task): the first answer, a repair round if it is invalid. Reads
+    /// and writes no table.
+    pub fn perform(self) -> Performed {
+        let Staged { base, plan } = self;
+        let plan = match plan {
+            Plan::Local(answer) => {
+                return Performed {
+                    base,
+                    done: Done::Local(answer),
+                }
+            }
+            Plan::Remote(plan) => *plan,
+        };
+        let mut usage = Usage::default();
+        let (provider, model) = (base.provider.as_ref(), base.model.as_str());
+        let prompt = Prompt {
+            system: &plan.system,
+            user: &plan.user,
+            schema: base.schema.schema(),
+            input: &base.input,
+            max_tokens: base.task.max_tokens.max(1) as u32,
+            temperature: base.task.temperature,
+        };
+        let mut ask = |prepared: calls::Prepared, user: &str| -> Result<String, CallError> {
+            let p = Prompt { user, ..prompt };
+            let asked = calls::perform(&base.cfg, provider, prepared, |t| {
+                provider.complete(t, model, &p).map(|a| {
                     let (i, o) = (a.tokens_in, a.tokens_out);
                     (a.text, i, o)
                 })
+            });
+            match asked {
+                Ok((text, u)) => {
+                    usage.add(&u);
+                    Ok(text)
+                }
+                Err((e, u)) => {
+                    usage.add(&u);
+                    Err(e)
+                }
+            }
+        };
+        let (first, repair) = (plan.first, plan.repair);
+        let asked = match ask(first, &plan.user) {
+            Err(e) => {
+                repair.cancel();
+                Asked::Failed(e)
+            }
+            Ok(text) => match judge(&base.schema, &text, &plan.mapping) {
+                Verdict::Valid(v) => {
+                    repair.cancel();
+                    Asked::Valid(v)
+                }
+                Verdict::Invalid(errors) => {
+                    let previous = redact::redact(&text, &plan.rules).text;
+                    let again = tasks::repair_prompt(&plan.user, &previous, &errors);
+                    match ask(repair, &again) {
+                        Err(e) => Asked::Failed(e),
+                        Ok(text) => match judge(&base.schema, &text, &plan.mapping) {
+                            Verdict::Valid(v) => Asked::Valid(v),
+                            Verdict::Invalid(errors) => Asked::InvalidTwice(errors),
+                        },
+                    }
+                }
             },
-        );
-        match asked {
-            Ok((text, u)) => {
-                usage.add(&u);
-                Ok(text)
-            }
-            Err((e, u)) => {
-                usage.add(&u);
-                Err(e)
-            }
+        };
+        Performed {
+            done: Done::Remote {
+                asked,
+                usage,
+                sent: plan.sent,
+                user: plan.user,
+            },
+            base,
         }
-    };
-    let first = ask(&user);
-    let outcome = first.and_then(|text| match judge(&schema, &text, &mapping) {
-        Verdict::Valid(v) => Ok(Ok(v)),
-        Verdict::Invalid(errors) => {
-            let previous = redact::redact(&text, &rules).text;
-            let repair = tasks::repair_prompt(&user, &previous, &errors);
-            ask(&repair).map(|text| match judge(&schema, &text, &mapping) {
-                Verdict::Valid(v) => Ok(v),
-                Verdict::Invalid(errors) => Err(errors),
+    }
+}
+
+impl Performed {
+    /// Logs a remote task's call in custos.ai_calls (inside a transaction), and gives its answer:
+    /// the model's, or the rule-based one (fallback, with a NOTICE) when it answered invalid JSON
+    /// twice or was unavailable; raises when the provider refused the request.
+    pub fn finish(self) -> Ran {
+        let Performed { base, done } = self;
+        let ran = |answer: Value, fallback: bool| Ran {
+            answer,
+            provider: base.provider.kind().name(),
+            model: base.model.clone(),
+            version: base.task.version,
+            fallback,
+        };
+        let (asked, usage, sent, user) = match done {
+            Done::Local(answer) => return ran(answer, true),
+            Done::Remote {
+                asked,
+                usage,
+                sent,
+                user,
+            } => (asked, usage, sent, user),
+        };
+        let record = |outcome: &str, error: Option<&str>| {
+            calls::log(&CallRecord {
+                tenant: base.tenant,
+                provider: base.provider.kind().name(),
+                model: &base.model,
+                operation: "complete",
+                task: Some((&base.task.name, base.task.version)),
+                usage: &usage,
+                outcome,
+                error,
+                sent: &sent,
+                excerpt: &user,
             })
+        };
+        let fall_back = |why: &str| {
+            record("fallback", Some(why));
+            pgrx::notice!(
+                "custos: task \"{}\" answered by rules (fallback): {why}",
+                base.name
+            );
+            ran(
+                tasks::rule_based_answer(base.schema.schema(), &base.input, &base.now),
+                true,
+            )
+        };
+        match asked {
+            Asked::Valid(answer) => {
+                record("ok", None);
+                ran(answer, false)
+            }
+            Asked::InvalidTwice(errors) => fall_back(&format!(
+                "the answer was invalid twice: {}",
+                errors.join("; ")
+            )),
+            Asked::Failed(CallError::Unavailable(why)) => fall_back(&why),
+            Asked::Failed(e) => calls::raise_call_error(&e),
         }
-    });
-    let ran = |answer: Value, fallback: bool| Ran {
-        answer,
-        provider: provider.kind().name(),
-        model: model.clone(),
-        version: task.version,
-        fallback,
-    };
-    let fall_back = |why: &str| {
-        record(&usage, "fallback", Some(why));
-        pgrx::notice!("custos: task \"{name}\" answered by rules (fallback): {why}");
-        ran(fallback(), true)
-    };
-    match outcome {
-        Ok(Ok(answer)) => {
-            record(&usage, "ok", None);
-            ran(answer, false)
-        }
-        Ok(Err(errors)) => fall_back(&format!(
-            "the answer was invalid twice: {}",
-            errors.join("; ")
-        )),
-        Err(CallError::Unavailable(why)) => fall_back(&why),
-        Err(e) => calls::raise_call_error(&e),
     }
 }
 

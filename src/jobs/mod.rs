@@ -57,17 +57,199 @@ fn run_due_jobs(slot: usize) -> bool {
             0,
         );
         report(&format!("{job} for tenant {tenant}"));
-        let _ = in_transaction(|| {
-            Spi::run_with_args(
-                "SELECT custos_internal.run_job_for($1, $2, 'worker')",
-                &[(*tenant).into(), job.as_str().into()],
-            )
-            .unwrap_or_else(|e| pgrx::error!("running {job}: {e}"))
-        });
+        match job.as_str() {
+            // Jobs that ask a model do so between transactions.
+            "summary_report" | "dormant_insights" => model_job(*tenant, job),
+            _ => {
+                let _ = in_transaction(|| {
+                    Spi::run_with_args(
+                        "SELECT custos_internal.run_job_for($1, $2, 'worker')",
+                        &[(*tenant).into(), job.as_str().into()],
+                    )
+                    .unwrap_or_else(|e| pgrx::error!("running {job}: {e}"))
+                });
+            }
+        }
         board::count(slot, 0, 0, 0);
         pgrx::check_for_interrupts!();
     }
     !due.is_empty()
+}
+
+type Timestamp = pgrx::datum::TimestampWithTimeZone;
+
+fn set_tenant(tenant: pgrx::Uuid) {
+    Spi::run_with_args("SELECT custos.set_tenant($1)", &[tenant.into()])
+        .unwrap_or_else(|e| pgrx::error!("setting the tenant: {e}"));
+}
+
+fn clock() -> Timestamp {
+    Spi::get_one::<Timestamp>("SELECT clock_timestamp()")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| pgrx::error!("reading the clock"))
+}
+
+fn record_run(tenant: pgrx::Uuid, job: &str, started: Timestamp, items: i64, error: Option<&str>) {
+    let _ = in_transaction(|| {
+        Spi::run_with_args(
+            "SELECT custos_internal.record_job_run($1, $2, $3, $4, $5, $6, 'worker')",
+            &[
+                tenant.into(),
+                job.into(),
+                started.into(),
+                items.into(),
+                if error.is_some() { "failed" } else { "ok" }.into(),
+                error.into(),
+            ],
+        )
+        .unwrap_or_else(|e| pgrx::error!("recording the run of {job}: {e}"))
+    });
+}
+
+/// Asks `task` about the input `before` returns (with what `after` needs besides), for
+/// `tenant`, with no transaction open while the model answers: staged in the transaction
+/// `before` runs in (committed), performed, then finished in the transaction `after` runs in.
+fn ask_between<E, T>(
+    tenant: pgrx::Uuid,
+    task: &str,
+    before: impl FnOnce() -> (serde_json::Value, E),
+    after: impl FnOnce(crate::ai::tasks::Ran, E) -> T,
+) -> Result<T, String> {
+    let (staged, extra) = in_transaction(|| {
+        set_tenant(tenant);
+        let (input, extra) = before();
+        crate::pg::subxact::catching(|| crate::ai::tasks::stage(task, input))
+            .map(|staged| (staged, extra))
+            .map_err(|c| c.message)
+    })
+    .and_then(|r| r)?;
+    let performed = staged.perform();
+    in_transaction(|| {
+        set_tenant(tenant);
+        after(performed.finish(), extra)
+    })
+}
+
+/// The summary_report and dormant_insights jobs of a worker: what
+/// custos_internal.run_job_for does by hand, with the model asked between transactions.
+fn model_job(tenant: pgrx::Uuid, job: &str) {
+    let Ok(started) = in_transaction(clock) else {
+        return;
+    };
+    let result = if job == "summary_report" {
+        summary_report(tenant)
+    } else {
+        dormant_insights(tenant)
+    };
+    match result {
+        Ok(items) => record_run(tenant, job, started, items, None),
+        Err(e) => record_run(tenant, job, started, 0, Some(&e)),
+    }
+}
+
+fn summary_report(tenant: pgrx::Uuid) -> Result<i64, String> {
+    ask_between(
+        tenant,
+        "summarize_period",
+        || {
+            let (start, end) = Spi::get_two::<Timestamp, Timestamp>(
+                "SELECT * FROM custos_internal.period_window('weekly', NULL)",
+            )
+            .unwrap_or_else(|e| pgrx::error!("the week's window: {e}"));
+            let (Some(start), Some(end)) = (start, end) else {
+                pgrx::error!("the week's window is empty")
+            };
+            let st = Spi::get_one_with_args::<JsonB>(
+                "SELECT custos_internal.period_statistics($1, $2, $3)",
+                &[tenant.into(), start.into(), end.into()],
+            )
+            .ok()
+            .flatten()
+            .map_or(serde_json::Value::Null, |j| j.0);
+            let mut input = st.clone();
+            input["period"] = "weekly".into();
+            (input, (start, end, st))
+        },
+        |ran, (start, end, st)| {
+            Spi::get_one_with_args::<i64>(
+                "SELECT custos_internal.notify_summary($1,
+                        custos_internal.store_summary($1, 'weekly', $2, $3, $4, $5, $6, $7, $8, $9))",
+                &[
+                    tenant.into(),
+                    start.into(),
+                    end.into(),
+                    JsonB(st).into(),
+                    JsonB(ran.answer).into(),
+                    ran.provider.into(),
+                    ran.model.into(),
+                    ran.version.into(),
+                    ran.fallback.into(),
+                ],
+            )
+            .unwrap_or_else(|e| pgrx::error!("storing the summary: {e}"))
+            .unwrap_or(0)
+        },
+    )
+}
+
+fn dormant_insights(tenant: pgrx::Uuid) -> Result<i64, String> {
+    let accounts: Vec<(String, Option<i32>)> = in_transaction(|| {
+        set_tenant(tenant);
+        Spi::connect(|c| {
+            let rows = c.select(
+                "SELECT user_id, days_inactive FROM custos_internal.newly_dormant($1)",
+                None,
+                &[tenant.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let Some(u) = r.get::<String>(1)? {
+                    out.push((u, r.get::<i32>(2)?));
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap_or_else(|e| pgrx::error!("listing dormant accounts: {e}"))
+    })?;
+    let mut analysed = 0;
+    for (user, days) in accounts {
+        ask_between(
+            tenant,
+            "analyze_dormant_user",
+            || {
+                let context = Spi::get_one_with_args::<JsonB>(
+                    "SELECT custos_internal.dormant_context($1, $2)",
+                    &[tenant.into(), user.as_str().into()],
+                )
+                .ok()
+                .flatten()
+                .map_or(serde_json::Value::Null, |j| j.0);
+                (context.clone(), context)
+            },
+            |ran, context| {
+                Spi::run_with_args(
+                    "SELECT custos_internal.alert_dormant($1, $2, $3,
+                            custos_internal.store_dormant_analysis($1, $2, $4, $5, $6, $7, $8, $9))",
+                    &[
+                        tenant.into(),
+                        user.as_str().into(),
+                        days.into(),
+                        JsonB(context).into(),
+                        JsonB(ran.answer).into(),
+                        ran.provider.into(),
+                        ran.model.into(),
+                        ran.version.into(),
+                        ran.fallback.into(),
+                    ],
+                )
+                .unwrap_or_else(|e| pgrx::error!("storing the analysis of {user}: {e}"))
+            },
+        )?;
+        analysed += 1;
+        pgrx::check_for_interrupts!();
+    }
+    Ok(analysed)
 }
 
 static WAKE_AT_COMMIT: AtomicBool = AtomicBool::new(false);

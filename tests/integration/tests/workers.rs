@@ -429,3 +429,131 @@ fn a_fast_shutdown_returns_within_10_s_while_a_provider_call_stalls() {
     eprintln!("pg_ctl stop -m fast took {took:?} with a provider call stalled");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+#[test]
+fn scheduled_jobs_ask_the_model_with_no_transaction_open_and_publish_checkpoints() {
+    let mock = MockBedrock::start(MockConfig::default());
+    let receiver = Receiver::start();
+    let key = "/tmp/custos-it-workers-jobs-signer.key";
+    std::fs::write(
+        key,
+        "7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e7e57ab1e",
+    )
+    .unwrap();
+    let c = cluster(
+        "workers-jobs",
+        "w",
+        &format!(
+            "custos.webhook_allow_http = on\ncustos.webhook_allow_private = on\ncustos.checkpoint_url = '{}'\ncustos.checkpoint_key_file = '{key}'",
+            receiver.url("checkpoints")
+        ),
+    );
+    let mut w = custos_db(&c, "w");
+    let creds = "/tmp/custos-it-workers-jobs.credentials";
+    let mc = mock.config();
+    std::fs::write(
+        creds,
+        format!(
+            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
+            mc.access_key_id, mc.secret_access_key
+        ),
+    )
+    .unwrap();
+    w.batch_execute(&format!(
+        "ALTER DATABASE w SET custos.ai_credentials_file = '{creds}';
+         ALTER DATABASE w SET custos.ai_allowed_endpoints = '{}';",
+        mock.url()
+    ))
+    .unwrap();
+    mock.set_answer(
+        r#"{"summary": "A quiet week: one export.", "risk": "low", "highlights": ["one export"], "follow_up": []}"#,
+    );
+    mock.set_delay_ms(2000);
+    {
+        let mut tx = w.transaction().unwrap();
+        tx.execute("SELECT custos.set_tenant($1::text::uuid)", &[&A])
+            .unwrap();
+        for (k, v) in [
+            ("ai.provider", "\"bedrock\"".to_string()),
+            ("ai.endpoint", format!("\"{}\"", mock.url())),
+            (
+                "ai.chat_model",
+                "\"anthropic.claude-3-haiku-20240307-v1:0\"".into(),
+            ),
+            ("jobs.dormant_insights_minutes", "0".into()),
+            ("jobs.retention_minutes", "0".into()),
+            ("jobs.budget_alert_minutes", "0".into()),
+            ("jobs.anomaly_detection_minutes", "0".into()),
+            ("jobs.model_retraining_minutes", "0".into()),
+        ] {
+            tx.execute("SELECT custos.set_setting($1, $2::text::jsonb)", &[&k, &v])
+                .unwrap();
+        }
+        tx.query_one(
+            "SELECT signing_secret FROM custos.set_integration('weekly', 'generic', $1, 'info', '{summary}')",
+            &[&receiver.url("summaries")],
+        )
+        .unwrap();
+        tx.execute("SELECT custos.record_event('export', 'report', 'r1')", &[])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    // The worker restarts to read the database's settings (credentials, endpoints).
+    let pid = worker_pid(&mut w, "w").unwrap();
+    w.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    // While the model answers (2 s), the worker has no transaction open.
+    assert!(
+        within(Duration::from_secs(30), || !mock.requests().is_empty()),
+        "{}",
+        c.log()
+    );
+    let open: Option<std::time::SystemTime> = w
+        .query_one(
+            "SELECT xact_start FROM pg_stat_activity WHERE backend_type = 'custos worker w'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(open, None, "a transaction was open during the model's call");
+    assert!(
+        within(Duration::from_secs(30), || {
+            receiver.received().len() >= 2
+        }),
+        "{}",
+        c.log()
+    );
+    let got = receiver.received();
+    let summary = got.iter().find(|r| r.path == "/summaries").unwrap();
+    assert_eq!(summary.json()["type"], "custos.summary");
+    assert!(summary.json()["alert"]["title"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("A quiet week"));
+    let checkpoint = got.iter().find(|r| r.path == "/checkpoints").unwrap();
+    assert_eq!(checkpoint.json()["tenant_id"], A);
+    assert!(checkpoint.json()["checkpoint"].is_string());
+    let runs: Vec<(String, String)> = w
+        .query(
+            "SELECT job, outcome FROM custos.job_runs WHERE run_by = 'worker' ORDER BY job",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("checkpoint_publication".to_string(), "ok".to_string()),
+            ("summary_report".to_string(), "ok".to_string())
+        ]
+    );
+    let (provider, fallback): (String, bool) = {
+        let r = w
+            .query_one("SELECT provider, fallback FROM custos.summaries", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((provider.as_str(), fallback), ("bedrock", false));
+}
