@@ -146,6 +146,30 @@ pub fn postgrest_request(
     Ok(rows)
 }
 
+/// The one value `sql` returns; panics with the server's whole message if it fails.
+pub fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| {
+            panic!(
+                "{sql}: {}",
+                e.as_db_error().map_or(e.to_string(), |d| d.to_string())
+            )
+        })
+        .get(0)
+}
+
+/// Whether `done` comes true within `limit`, asked every 100 ms.
+pub fn within(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    done()
+}
+
 /// The SQLSTATE of a failed statement, for asserting on error codes.
 pub fn sqlstate(err: &postgres::Error) -> String {
     err.code()

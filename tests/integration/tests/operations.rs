@@ -3,7 +3,7 @@
 //! tools against the test cluster (and clusters of its own, on Unix sockets only).
 
 use custos_integration_tests::cluster::{new_cluster, pg_bin, scratch, Cluster};
-use custos_integration_tests::{connect, empty_db, fresh_db, sqlstate};
+use custos_integration_tests::{connect, empty_db, fresh_db, one, sqlstate, within};
 use postgres::Client;
 use std::path::Path;
 use std::process::Command;
@@ -97,17 +97,6 @@ fn key_file(dir: &Path, name: &str, key: &str) -> String {
         .status()
         .unwrap();
     path.to_str().unwrap().to_owned()
-}
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
-    c.query_one(sql, &[])
-        .unwrap_or_else(|e| {
-            panic!(
-                "{sql}: {}",
-                e.as_db_error().map_or(e.to_string(), |d| d.to_string())
-            )
-        })
-        .get(0)
 }
 
 fn in_tenant<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, t: &str, sql: &str) -> T {
@@ -603,16 +592,6 @@ fn an_upgrade_from_0_1_0_gives_the_schema_of_a_fresh_install_and_keeps_the_ledge
 }
 
 /// A second cluster of the test's own, preloading custos, on a Unix socket in a scratch dir.
-fn within_30s(mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..300 {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    false
-}
-
 #[test]
 fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
     let keys = scratch("logical-keys");
@@ -659,7 +638,9 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
     let sent: Vec<i64> = one(&mut su, published);
     let mut r = subscriber.connect("replica");
     assert!(
-        within_30s(|| one::<Vec<i64>>(&mut r, published) == sent),
+        within(std::time::Duration::from_secs(30), || one::<Vec<i64>>(
+            &mut r, published
+        ) == sent),
         "the initial copy never arrived: {}",
         subscriber.log()
     );
@@ -690,7 +671,7 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
         "SELECT seq FROM custos.record_event('streamed', 'x')",
     );
     assert!(
-        within_30s(|| one::<i64>(
+        within(std::time::Duration::from_secs(30), || one::<i64>(
             &mut r,
             &format!("SELECT count(*) FROM custos.events WHERE tenant_id = '{B}' AND seq = {seq}")
         ) == 1),
@@ -705,7 +686,7 @@ fn the_ledger_replicates_logically_and_verifies_on_the_subscriber() {
     assert_eq!((r2.get::<_, bool>(0), r2.get::<_, i64>(1)), (true, seq));
     // Without the key tables, a sealed value reports its missing key, not tampering.
     let mut k = subscriber.connect("keyless");
-    assert!(within_30s(|| one::<i64>(
+    assert!(within(std::time::Duration::from_secs(30), || one::<i64>(
         &mut k,
         "SELECT count(*) FROM custos.events"
     ) >= sent[0]));

@@ -7,6 +7,7 @@
 use custos_integration_tests::cluster::{new_cluster_with, Cluster};
 use custos_integration_tests::mock_bedrock::{MockBedrock, MockConfig, Reply, TEST_BEARER_KEY};
 use custos_integration_tests::receiver::Receiver;
+use custos_integration_tests::{one, within};
 use hmac::{Hmac, Mac};
 use postgres::Client;
 use sha2::Sha256;
@@ -35,28 +36,6 @@ fn custos_db(c: &Cluster, db: &str) -> Client {
         .batch_execute("CREATE EXTENSION custos CASCADE")
         .unwrap();
     client
-}
-
-fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
-}
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
-    c.query_one(sql, &[])
-        .unwrap_or_else(|e| {
-            panic!(
-                "{sql}: {}",
-                e.as_db_error().map_or(e.to_string(), |d| d.to_string())
-            )
-        })
-        .get(0)
 }
 
 /// Runs `sql` as tenant A, committed.
