@@ -4137,8 +4137,8 @@ DECLARE
     n bigint := 0;
 BEGIN
     FOR d IN SELECT * FROM custos_internal.newly_dormant(tenant) LOOP
-        SELECT a.* INTO u FROM @extschema@.user_insights a, @extschema@.analyze_dormant_user(d.user_id) x
-         WHERE a.tenant_id = tenant AND a.user_id = d.user_id;
+        PERFORM * FROM @extschema@.analyze_dormant_user(d.user_id);
+        SELECT * INTO u FROM @extschema@.user_insights a WHERE a.tenant_id = tenant AND a.user_id = d.user_id;
         PERFORM custos_internal.alert_dormant(tenant, d.user_id, d.days_inactive, u);
         n := n + 1;
     END LOOP;
@@ -4213,7 +4213,7 @@ CREATE  FUNCTION "worker_progress"() RETURNS TABLE (
 	"pid" INT,  /* i32 */
 	"activity" TEXT,  /* String */
 	"tenant_id" uuid,  /* Option < pgrx :: Uuid > */
-	"job" TEXT,  /* Option < String > */
+	"job_number" INT,  /* Option < i32 > */
 	"items_done" bigint,  /* i64 */
 	"items_total" bigint,  /* i64 */
 	"since" timestamp with time zone  /* Option < pgrx :: datum :: TimestampWithTimeZone > */
@@ -4983,7 +4983,10 @@ COMMENT ON VIEW @extschema@.metrics IS
 'custos'' metrics for Prometheus (postgres_exporter custom queries): one row a metric and label set, with its help text: workers up and their heartbeat age, the embedding queue by state and its oldest item, events not embedded yet, notifications by state, each job''s last run and failures, AI calls and cost this month, open breakers. Every tenant''s counts (no content): for pg_monitor only, not for any tenant''s roles.';
 GRANT SELECT ON @extschema@.metrics TO pg_monitor;
 
-CREATE VIEW @extschema@.job_progress AS SELECT * FROM custos_internal.worker_progress();
+CREATE VIEW @extschema@.job_progress AS
+    SELECT p.pid, p.activity, p.tenant_id, (custos_internal.job_names())[p.job_number] AS job, p.items_done,
+           p.items_total, p.since
+      FROM custos_internal.worker_progress() p;
 COMMENT ON VIEW @extschema@.job_progress IS
 'What each custos worker of this database is doing now, pg_stat_progress style: pid, activity (idle, embedding, delivering notifications, running a job, waiting for custos), the tenant (shown only to itself and to superusers), the job, items done and to do, since when. Jobs run by hand report their progress as NOTICEs instead.';
 GRANT SELECT ON @extschema@.job_progress TO custos_reader, pg_monitor;
@@ -5057,6 +5060,7 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.worker_states(),
     custos_internal.breaker_states(boolean),
     custos_internal.worker_progress(),
+    custos_internal.job_names(),
     custos_internal.shown_url(text)
 TO custos_reader;
 
@@ -5064,7 +5068,8 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.metric_rows(),
     custos_internal.worker_states(),
     custos_internal.breaker_states(boolean),
-    custos_internal.worker_progress()
+    custos_internal.worker_progress(),
+    custos_internal.job_names()
 TO pg_monitor;
 
 GRANT EXECUTE ON FUNCTION

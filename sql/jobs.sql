@@ -754,7 +754,10 @@ COMMENT ON VIEW @extschema@.metrics IS
 'custos'' metrics for Prometheus (postgres_exporter custom queries): one row a metric and label set, with its help text: workers up and their heartbeat age, the embedding queue by state and its oldest item, events not embedded yet, notifications by state, each job''s last run and failures, AI calls and cost this month, open breakers. Every tenant''s counts (no content): for pg_monitor only, not for any tenant''s roles.';
 GRANT SELECT ON @extschema@.metrics TO pg_monitor;
 
-CREATE VIEW @extschema@.job_progress AS SELECT * FROM custos_internal.worker_progress();
+CREATE VIEW @extschema@.job_progress AS
+    SELECT p.pid, p.activity, p.tenant_id, (custos_internal.job_names())[p.job_number] AS job, p.items_done,
+           p.items_total, p.since
+      FROM custos_internal.worker_progress() p;
 COMMENT ON VIEW @extschema@.job_progress IS
 'What each custos worker of this database is doing now, pg_stat_progress style: pid, activity (idle, embedding, delivering notifications, running a job, waiting for custos), the tenant (shown only to itself and to superusers), the job, items done and to do, since when. Jobs run by hand report their progress as NOTICEs instead.';
 GRANT SELECT ON @extschema@.job_progress TO custos_reader, pg_monitor;

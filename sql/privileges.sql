@@ -58,6 +58,7 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.worker_states(),
     custos_internal.breaker_states(boolean),
     custos_internal.worker_progress(),
+    custos_internal.job_names(),
     custos_internal.shown_url(text)
 TO custos_reader;
 
@@ -66,7 +67,8 @@ GRANT EXECUTE ON FUNCTION
     custos_internal.metric_rows(),
     custos_internal.worker_states(),
     custos_internal.breaker_states(boolean),
-    custos_internal.worker_progress()
+    custos_internal.worker_progress(),
+    custos_internal.job_names()
 TO pg_monitor;
 
 -- Writers: recording events.

@@ -300,8 +300,8 @@ DECLARE
     n bigint := 0;
 BEGIN
     FOR d IN SELECT * FROM custos_internal.newly_dormant(tenant) LOOP
-        SELECT a.* INTO u FROM @extschema@.user_insights a, @extschema@.analyze_dormant_user(d.user_id) x
-         WHERE a.tenant_id = tenant AND a.user_id = d.user_id;
+        PERFORM * FROM @extschema@.analyze_dormant_user(d.user_id);
+        SELECT * INTO u FROM @extschema@.user_insights a WHERE a.tenant_id = tenant AND a.user_id = d.user_id;
         PERFORM custos_internal.alert_dormant(tenant, d.user_id, d.days_inactive, u);
         n := n + 1;
     END LOOP;

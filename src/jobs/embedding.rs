@@ -5,6 +5,7 @@
 //! the lease to expire and the batch to be claimed again.
 
 use super::board::{self, Activity};
+use super::set_tenant;
 use super::worker::{in_transaction, report};
 use crate::ai::batch::{self, Outcome};
 use crate::gucs;
@@ -21,11 +22,6 @@ struct Claimed {
     generations: Vec<i64>,
     seqs: Vec<Option<i64>>,
     texts: Vec<String>,
-}
-
-fn set_tenant(tenant: pgrx::Uuid) {
-    Spi::run_with_args("SELECT custos.set_tenant($1)", &[tenant.into()])
-        .unwrap_or_else(|e| pgrx::error!("setting the tenant: {e}"));
 }
 
 fn claim(batch_size: i32) -> Option<Claimed> {

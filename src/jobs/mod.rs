@@ -78,7 +78,8 @@ fn run_due_jobs(slot: usize) -> bool {
 
 type Timestamp = pgrx::datum::TimestampWithTimeZone;
 
-fn set_tenant(tenant: pgrx::Uuid) {
+/// Sets the tenant of the worker's transaction.
+pub(super) fn set_tenant(tenant: pgrx::Uuid) {
     Spi::run_with_args("SELECT custos.set_tenant($1)", &[tenant.into()])
         .unwrap_or_else(|e| pgrx::error!("setting the tenant: {e}"));
 }
@@ -335,7 +336,8 @@ fn worker_states() -> JsonB {
     }))
 }
 
-/// `custos.job_progress` (a view over this): what each worker of this database is doing now.
+/// `custos.job_progress` (a view over this, naming the job): what each worker of this database
+/// is doing now.
 #[allow(clippy::type_complexity)]
 #[pg_extern(stable, parallel_safe)]
 fn worker_progress() -> TableIterator<
@@ -344,21 +346,12 @@ fn worker_progress() -> TableIterator<
         name!(pid, i32),
         name!(activity, String),
         name!(tenant_id, Option<pgrx::Uuid>),
-        name!(job, Option<String>),
+        name!(job_number, Option<i32>),
         name!(items_done, i64),
         name!(items_total, i64),
         name!(since, Option<pgrx::datum::TimestampWithTimeZone>),
     ),
 > {
-    const JOBS: [&str; 7] = [
-        "anomaly_detection",
-        "model_retraining",
-        "dormant_insights",
-        "retention",
-        "checkpoint_publication",
-        "summary_report",
-        "budget_alert",
-    ];
     let database = crate::pg::backend::database_id();
     let tenant = crate::tenancy::current_tenant_id();
     let superuser = crate::pg::backend::is_superuser(crate::pg::backend::outer_user());
@@ -380,12 +373,8 @@ fn worker_progress() -> TableIterator<
                 s.pid,
                 s.activity.name().to_string(),
                 shown,
-                (s.activity == Activity::Job)
-                    .then(|| {
-                        JOBS.get(usize::from(s.job).saturating_sub(1))
-                            .map(|j| j.to_string())
-                    })
-                    .flatten(),
+                // Its place in custos_internal.job_names(), which the view reads.
+                (s.activity == Activity::Job).then_some(i32::from(s.job)),
                 s.done,
                 s.total,
                 since,
